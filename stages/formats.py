@@ -1,0 +1,175 @@
+"""Data contracts shared by the stages: file locations, table schemas and atomic writers.
+
+Every writer here writes to a temporary file beside the target and renames it into place, so an
+interrupted stage never leaves a half-written output under its final name. Tables are written
+with fixed schemas and without pandas metadata, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+NUM_CLASSES = 1000
+
+BOX = pa.list_(pa.list_(pa.int32(), 4))
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.int32()),
+        ("wnid", pa.string()),
+        ("boxes", BOX),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("skip_reason", pa.string()),
+    ]
+)
+"""`data/manifests/<split>.parquet`: one row per image file found. `skip_reason` is null for usable
+rows; a skipped file keeps its row (label/wnid where known) so counts reconcile downstream."""
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("label", pa.int32()),
+        ("action", pa.string()),
+        ("new_label", pa.int32()),
+        ("cl_candidates", pa.list_(pa.int32())),
+        ("top5_misses", pa.int32()),
+        ("exempted", pa.bool_()),
+        ("reason", pa.string()),
+    ]
+)
+"""The decision ledger contract (DESIGN.md). Stages may append more columns after these."""
+
+ACTIONS = ("keep", "fix", "remove", "skip")
+
+
+def manifest_path(split: str) -> Path:
+    """Where `ingest` writes a split's manifest."""
+    return Path("data/manifests") / f"{split}.parquet"
+
+
+def predictions_path(split: str, model: str) -> Path:
+    """Where `predict` writes a model's (N, 1000) probabilities for a split."""
+    return Path("data/predictions") / split / f"{model}.npy"
+
+
+def sidecar_path(split: str, model: str) -> Path:
+    """The JSON sidecar describing a predictions file."""
+    return Path("data/predictions") / split / f"{model}.json"
+
+
+def votes_path(split: str) -> Path:
+    return Path("data/votes") / f"{split}.parquet"
+
+
+def cams_path(split: str) -> Path:
+    return Path("data/cams") / f"{split}.parquet"
+
+
+def ledger_path(split: str) -> Path:
+    return Path("data/decisions") / f"{split}.parquet"
+
+
+def clean_path(split: str) -> Path:
+    return Path("data/clean") / f"{split}.parquet"
+
+
+def metrics_path(split: str) -> Path:
+    return Path("metrics") / f"{split}.json"
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_table(table: pa.Table | pd.DataFrame, target: str | os.PathLike[str], *,
+                schema: pa.Schema | None = None) -> None:
+    """Atomically write a parquet file with a fixed schema and no pandas index metadata."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    elif schema is not None:
+        table = table.cast(schema)
+    table = table.replace_schema_metadata(None)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_table(path: str | os.PathLike[str], *, what: str = "table") -> pd.DataFrame:
+    """Read a parquet file, with an error that names the stage that should have written it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; run the stage that writes it first")
+    return pq.read_table(path).to_pandas()
+
+
+def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Read a split's manifest (every file found; `skip_reason` marks unusable ones)."""
+    return read_table(path or manifest_path(split), what=f"manifest of split {split!r}")
+
+
+def write_json(data: Any, target: str | os.PathLike[str]) -> None:
+    """Atomically write deterministic, human-readable JSON."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_npy(array: np.ndarray, target: str | os.PathLike[str]) -> None:
+    """Atomically write a .npy file."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+
+def load_predictions(split: str, model: str, *, path: str | os.PathLike[str] | None = None
+                     ) -> np.ndarray:
+    """Memory-map a model's predictions for a split: (N, 1000), float32 or float16."""
+    path = Path(path or predictions_path(split, model))
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions {path} do not exist; run `imagenet-clean predict "
+                                f"--split {split} --model {model}` first")
+    return np.load(path, mmap_mode="r")
+
+
+def read_synsets(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Read `LOC_synset_mapping.txt`-style lines ("wnid name, name") -> (wnids, names)."""
+    wnids, names = [], []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            wnid, _, name = line.strip().partition(" ")
+            wnids.append(wnid)
+            names.append(name)
+    return wnids, names
+
+
+def class_names() -> list[str]:
+    """The 1000 ILSVRC2012 class names in sorted-wnid order (class index order)."""
+    return read_synsets(Path(__file__).with_name("synsets.txt"))[1]
+
+
+def class_wnids() -> list[str]:
+    """The 1000 ILSVRC2012 wnids in sorted order: index = class label."""
+    return read_synsets(Path(__file__).with_name("synsets.txt"))[0]
