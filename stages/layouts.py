@@ -99,7 +99,11 @@ def read_kaggle(source: Source) -> list[Found]:
     data = _require_dir(source.root / "ILSVRC" / "Data" / "CLS-LOC" / source.subset, "image")
     annotations = source.root / "ILSVRC" / "Annotations" / "CLS-LOC" / source.subset
     if source.subset == "train":
-        return read_imagefolder(Source(data, "imagefolder"), annotations=annotations)
+        found = read_imagefolder(Source(data, "imagefolder"), annotations=annotations)
+        prefix = data.relative_to(source.root).as_posix()
+        for record in found:
+            record.path = f"{prefix}/{record.path}"
+        return found
     solution_csv = source.root / f"LOC_{source.subset}_solution.csv"
     solution = _kaggle_solution(solution_csv) if solution_csv.is_file() else {}
     found = []
