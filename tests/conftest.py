@@ -69,3 +69,64 @@ def demo_manifest() -> pd.DataFrame:
 def small_manifest(demo_manifest: pd.DataFrame) -> pd.DataFrame:
     """The first 48 rows of the demo manifest: enough for fast tests on real images."""
     return demo_manifest.head(48).reset_index(drop=True)
+
+
+PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", "pyproject.toml", "iterations",
+                 "data/table_a1_merges.csv", "data/overrides.csv", "data/demo/models",
+                 ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+
+
+def copy_project(dest: Path, n_images: int) -> Path:
+    """Copy the project into `dest` with only the first `n_images` demo images, git-init it."""
+    import shutil
+    import subprocess
+
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / name)
+    split = dest / "data/demo/imagenet-val"
+    lines = (DEMO_ROOT / "LOC_val_solution.csv").read_text().splitlines(keepends=True)
+    keep = sorted(lines[1:])[:n_images]
+    (split / "ILSVRC/Data/CLS-LOC/val").mkdir(parents=True)
+    (split / "ILSVRC/Annotations/CLS-LOC/val").mkdir(parents=True)
+    shutil.copy(DEMO_ROOT / "LOC_synset_mapping.txt", split)
+    (split / "LOC_val_solution.csv").write_text(lines[0] + "".join(keep))
+    for line in keep:
+        image_id = line.split(",")[0]
+        shutil.copy(DEMO_ROOT / "ILSVRC/Data/CLS-LOC/val" / f"{image_id}.JPEG",
+                    split / "ILSVRC/Data/CLS-LOC/val")
+        shutil.copy(DEMO_ROOT / "ILSVRC/Annotations/CLS-LOC/val" / f"{image_id}.xml",
+                    split / "ILSVRC/Annotations/CLS-LOC/val")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
+    subprocess.run(git + ["commit", "-qm", "project"], cwd=dest, check=True)
+    return dest
+
+
+def run_in(project: Path, *command: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+    """Run a command (dvc, git, python, imagenet-clean) in a test project with the venv on PATH."""
+    import subprocess
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    result = subprocess.run(list(command), cwd=project, env=env, text=True, capture_output=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture
+def make_project(tmp_path: Path):
+    """Factory: a git-initialised copy of the project on a slice of the demo."""
+    def make(n_images: int = 24) -> Path:
+        return copy_project(tmp_path / "project", n_images)
+    return make
