@@ -1,0 +1,104 @@
+"""End to end: the whole pipeline under real `dvc repro` in a temp git repo on a demo slice.
+
+One project is reproduced once for the module; the tests then check what a researcher relies on:
+the outputs and metrics exist and reconcile, DVC re-runs only what a params change touches, and two
+iterations are two commits that `dvc metrics diff` compares.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import copy_project, run_in
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075", "mobilenetv2_100_tf",
+          "mobilenetv2_100_tf2"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", 40)
+    run_in(project, "dvc", "repro")
+    run_in(project, "git", "add", "-A")
+    run_in(project, "git", "commit", "-qm", "iteration 0")
+    return project
+
+
+def edit_params(project: Path, edit) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stale_stages(project: Path) -> set[str]:
+    status = json.loads(run_in(project, "dvc", "status", "--json").stdout or "{}")
+    return set(status)
+
+
+def test_repro_writes_every_output(project: Path) -> None:
+    manifest = pd.read_parquet(project / "data/manifests/val.parquet")
+    ledger = pd.read_parquet(project / "data/decisions/val.parquet")
+    assert len(manifest) == len(ledger) == 40
+    assert list(ledger["image_id"]) == list(manifest["image_id"])
+    assert ledger["action"].isin(["keep", "fix", "remove", "skip"]).all()
+    for model in MODELS:
+        assert (project / f"data/predictions/val/{model}.npy").is_file()
+    metrics = json.loads((project / "metrics/val.json").read_text())
+    counts = metrics["counts"]
+    assert counts["keep"] + counts["fix"] + counts["remove"] + counts["skip"] == 40
+    assert (project / "data/hub/README.md").is_file()
+    assert stale_stages(project) == set()
+
+
+def test_metrics_show_lists_the_split_metrics(project: Path) -> None:
+    shown = json.loads(run_in(project, "dvc", "metrics", "show", "--json").stdout)
+    files = {name for rev in shown.values() for name in rev.get("data", {})}
+    assert "metrics/val.json" in files
+
+
+def test_threshold_change_reruns_only_cheap_stages(project: Path) -> None:
+    original = (project / "params.yaml").read_text()
+    try:
+        edit_params(project, lambda p: p["decide"]["val"].update(h1=1, h2=2))
+        stale = stale_stages(project)
+        assert "decide@val" in stale and not any(s.startswith("predict@") for s in stale)
+        assert "vote@val" not in stale and "explain@val" not in stale
+        edit_params(project, lambda p: p["vote"]["val"].update(fn=0.9))
+        stale = stale_stages(project)
+        assert "vote@val" in stale and not any(s.startswith("predict@") for s in stale)
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert stale_stages(project) == set()
+
+
+def test_model_change_reruns_only_its_own_predict_stage(project: Path) -> None:
+    original = (project / "params.yaml").read_text()
+    try:
+        edit_params(project, lambda p: p["models"]["mobilenetv1_025"].update(
+            kwargs={"drop_rate": 0.0}))
+        predicts = {s for s in stale_stages(project) if s.startswith("predict@")}
+        assert predicts == {"predict@val-mobilenetv1_025"}
+    finally:
+        (project / "params.yaml").write_text(original)
+
+
+def test_two_iterations_are_two_commits_that_metrics_diff_compares(project: Path) -> None:
+    run_in(project, "imagenet-clean", "promote", "--split", "val")
+    run_in(project, "dvc", "repro")
+    stale = stale_stages(project)
+    assert stale == set()
+    run_in(project, "git", "add", "-A")
+    run_in(project, "git", "commit", "-qm", "iteration 1")
+    diff = json.loads(run_in(project, "dvc", "metrics", "diff", "HEAD~1", "--json").stdout)
+    changes = diff["metrics/val.json"]
+    assert changes["iteration"] == {"old": 0, "new": 1, "diff": 1}
+    ledger = pd.read_parquet(project / "data/decisions/val.parquet")
+    assert set(ledger["iteration"]) == {1}
