@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -173,3 +174,30 @@ def class_names() -> list[str]:
 def class_wnids() -> list[str]:
     """The 1000 ILSVRC2012 wnids in sorted order: index = class label."""
     return read_synsets(Path(__file__).with_name("synsets.txt"))[0]
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; swap it into place only if the block succeeds
+    (the previous folder stays untouched on failure)."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"output {target} exists and is not a folder; remove it or pass another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old.exists():
+                os.replace(old, target)
+            raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)

@@ -49,6 +49,11 @@ def resolve(root: str | os.PathLike[str], path: str) -> Path | tuple[Path, int]:
     return Path(root) / path
 
 
+def shard_image_bytes(shard: Path, row: int) -> bytes:
+    """The encoded image of one row of a Hub parquet shard (the shard's column is cached)."""
+    return _shard_images(shard)[row]
+
+
 @functools.lru_cache(maxsize=1)
 def _shard_images(shard: Path) -> list[bytes]:
     import pyarrow.parquet as pq
@@ -61,7 +66,7 @@ def open_image(root: str | os.PathLike[str], path: str) -> Image.Image:
     """Decode a manifest row's image (a file, or a row of a Hub parquet shard) to RGB."""
     where = resolve(root, path)
     if isinstance(where, tuple):
-        return open_rgb(io.BytesIO(_shard_images(where[0])[where[1]]))
+        return open_rgb(io.BytesIO(shard_image_bytes(*where)))
     return open_rgb(where)
 
 
@@ -70,5 +75,5 @@ def probe_image(root: str | os.PathLike[str], path: str, *, full: bool = True
     """`probe` for a manifest row's image, file or parquet row."""
     where = resolve(root, path)
     if isinstance(where, tuple):
-        return probe(io.BytesIO(_shard_images(where[0])[where[1]]), full=full)
+        return probe(io.BytesIO(shard_image_bytes(*where)), full=full)
     return probe(where, full=full)

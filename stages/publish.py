@@ -1,0 +1,427 @@
+"""`publish` stage: cleaned splits + decision ledgers -> `data/hub/`, a Hugging Face dataset
+repository folder that `datasets.load_dataset` reads; pushed to the Hub only when asked.
+
+The folder holds two configs, each with one split per published split: `default` (the cleaned split:
+kept and fixed images with their labels after fixes and merges) and `ledger` (every decision with
+its evidence). Parquet shards `data/<config>/<split>-NNNNN-of-NNNNN.parquet` stay under
+`max_shard_bytes` of data each and carry the `datasets` features (ClassLabel labels) in their schema
+metadata; the dataset card `README.md` declares the same features in its YAML. Two modes:
+`labels` publishes no pixels (an overlay keyed by image_id and path, to join with one's own ImageNet
+copy), `images` embeds each image's original bytes as a `datasets.Image` column.
+
+A push uploads the folder in one commit and tags it `iteration-<k>`; the token comes from the
+HF_TOKEN environment variable only and is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetInfo, Features
+from datasets.splits import SplitDict, SplitInfo
+from datasets.table import InMemoryTable, table_cast
+from datasets.utils.tqdm import (are_progress_bars_disabled, disable_progress_bars,
+                                  enable_progress_bars)
+from PIL import Image as PILImage
+from tqdm import tqdm
+
+from stages import formats, images
+from stages.hub import REPO_ID, PushError, PushResult, ensure_push_ready, push  # noqa: F401 (re-exported)
+from stages.card import (CardContext, SplitSummary, card_context, default_features, hub_class_names,
+                         ledger_features, render_card, summarize_split)
+from stages.params import load_params, section, split_params
+
+logger = logging.getLogger(__name__)
+
+CLEAN_COLUMNS = ("image_id", "path", "label", "original_label", "wnid", "action", "placeholder",
+                 "merged", "boxes", "width", "height", "iteration")
+PLACEHOLDER_SIZE = 224
+SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """Options of the publish stage (params.yaml `publish:`)."""
+
+    splits: tuple[str, ...] = ("val",)
+    mode: str = "labels"
+    include_placeholders: bool = False
+    max_shard_bytes: int = 500_000_000
+    repo_id: str = "imagenet-clean/imagenet-clean"
+    push: bool = False
+    dry_run: bool = False
+    private: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.splits or not all(isinstance(name, str) for name in self.splits):
+            raise ValueError(f"publish.splits must be a non-empty list of split names, "
+                             f"got {self.splits!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"publish.mode must be one of {sorted(MODES)}, got {self.mode!r}")
+        _check_max_shard_bytes(self.max_shard_bytes)
+        if not REPO_ID.match(str(self.repo_id)):
+            raise ValueError(f"publish.repo_id must look like 'owner/name', got {self.repo_id!r}")
+        for name in ("include_placeholders", "push", "dry_run", "private"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"publish.{name} must be true or false, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PublishConfig:
+        values = dict(section(dict(params), "publish"))
+        unknown = sorted(set(values) - {item.name for item in fields(cls)})
+        if unknown:
+            raise ValueError(f"params.yaml publish: unknown keys {unknown}; known: "
+                             f"{[item.name for item in fields(cls)]}")
+        values["splits"] = tuple(values.get("splits") or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """Where one published split's tables come from."""
+
+    name: str
+    manifest: Path
+    ledger: Path
+    clean: Path
+    root: Path
+    metrics: Path | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], split: str) -> SplitInputs:
+        root = split_params(dict(params), split).get("root")
+        return cls(split, formats.manifest_path(split), formats.ledger_path(split),
+                   formats.clean_path(split), Path(str(root)), formats.metrics_path(split))
+
+
+@dataclass(frozen=True)
+class HubFolder:
+    """A built repository folder: its files (relative, sorted) and rows per config and split."""
+
+    path: Path
+    iteration: int
+    files: tuple[str, ...]
+    rows: Mapping[str, Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How a mode publishes the `default` config's pixels."""
+
+    images: bool
+    row_bytes: Callable[[pa.Table, Path], np.ndarray]
+    attach: Callable[[pa.Table, Path], pa.Table]
+
+
+@functools.lru_cache(maxsize=1)
+def placeholder_png() -> bytes:
+    """The image of a placeholder row: a black 224x224 RGB PNG (same bytes every call)."""
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _locate(root: Path, path: str) -> Path | tuple[Path, int]:
+    where = images.resolve(root, path)
+    missing = where[0] if isinstance(where, tuple) else where
+    if not missing.is_file():
+        raise FileNotFoundError(f"image {path!r} not found under {root}; `images` mode reads the "
+                                f"files from splits.<split>.root: point it at the ingested source")
+    return where
+
+
+def _image_bytes(root: Path, path: str) -> bytes:
+    where = _locate(root, path)
+    if isinstance(where, tuple):  # a row of a Hub parquet shard (hf-parquet layout)
+        return images.shard_image_bytes(where[0], where[1])
+    return where.read_bytes()
+
+
+def _image_size(root: Path, path: str) -> int:
+    where = _locate(root, path)
+    return len(_image_bytes(root, path)) if isinstance(where, tuple) else where.stat().st_size
+
+
+def _table_row_bytes(table: pa.Table, root: Path) -> np.ndarray:
+    """(N,) estimated bytes per row: the table's in-memory size spread evenly over its rows."""
+    rows = table.num_rows
+    return np.full(rows, table.nbytes / rows if rows else 0.0)
+
+
+def _image_row_bytes(table: pa.Table, root: Path) -> np.ndarray:
+    """(N,) the table's per-row size plus each row's image file size (placeholders: the PNG)."""
+    sizes = [len(placeholder_png()) if path is None else _image_size(root, path)
+             for path in table.column("path").to_pylist()]
+    return _table_row_bytes(table, root) + np.asarray(sizes, dtype=np.float64)
+
+
+def _no_pixels(table: pa.Table, root: Path) -> pa.Table:
+    return table
+
+
+def _embed_images(table: pa.Table, root: Path) -> pa.Table:
+    """Prepend an `image` column (struct of bytes and file name) with each row's original bytes;
+    rows without a path (placeholders) get the black PNG."""
+    column = []
+    ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
+    for image_id, path in zip(ids, paths, strict=True):
+        if path is None:
+            column.append({"bytes": placeholder_png(), "path": f"{image_id}.png"})
+        else:
+            name = PurePosixPath(path).name if "#" not in path else str(image_id)
+            column.append({"bytes": _image_bytes(root, path), "path": name})
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return table.add_column(0, "image", pa.array(column, type=kind))
+
+
+MODES: dict[str, Mode] = {
+    "labels": Mode(images=False, row_bytes=_table_row_bytes, attach=_no_pixels),
+    "images": Mode(images=True, row_bytes=_image_row_bytes, attach=_embed_images),
+}
+
+
+def _read(path: Path, what: str, stage: str, split: str) -> pa.Table:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; run `imagenet-clean {stage} "
+                                f"--split {split}` (or `dvc repro`) first")
+    return pq.read_table(path)
+
+
+def default_table(inputs: SplitInputs, *, include_placeholders: bool) -> pa.Table:
+    """The cleaned split's published rows (contract columns, in order), placeholders optional."""
+    table = _read(inputs.clean, "cleaned split", "decide", inputs.name)
+    missing = [name for name in CLEAN_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ValueError(f"cleaned split {inputs.clean} lacks columns {missing}; re-run "
+                         f"`imagenet-clean decide --split {inputs.name}`")
+    table = table.select(list(CLEAN_COLUMNS))
+    if not include_placeholders:
+        table = table.filter(pc.invert(pc.fill_null(table.column("placeholder"), False)))
+    return table
+
+
+def ledger_table(inputs: SplitInputs) -> pa.Table:
+    """Every ledger row with its evidence, plus the manifest's `path` (rows align by contract)."""
+    ledger = _read(inputs.ledger, "decision ledger", "decide", inputs.name)
+    manifest = _read(inputs.manifest, "manifest", "ingest", inputs.name)
+    missing = [name for name in formats.LEDGER_SCHEMA.names if name not in ledger.column_names]
+    if missing:
+        raise ValueError(f"decision ledger {inputs.ledger} lacks columns {missing}; re-run decide")
+    if ledger.num_rows != manifest.num_rows or not ledger.column("image_id").equals(
+            manifest.column("image_id")):
+        raise ValueError(f"decision ledger {inputs.ledger} ({ledger.num_rows} rows) does not align "
+                         f"with manifest {inputs.manifest} ({manifest.num_rows} rows) by image_id; "
+                         f"re-run `imagenet-clean decide --split {inputs.name}`")
+    if "path" in ledger.column_names:
+        return ledger
+    return ledger.append_column("path", manifest.column("path"))
+
+
+def plan_shards(row_bytes: np.ndarray, max_shard_bytes: int) -> list[tuple[int, int]]:
+    """Contiguous row ranges [start, stop) whose estimated bytes stay within `max_shard_bytes`
+    (a row larger than the limit gets a shard of its own); always at least one range.
+
+    row_bytes: (N,) estimated bytes per row.
+    """
+    ranges, start, total = [], 0, 0.0
+    for index, size in enumerate(np.asarray(row_bytes, dtype=np.float64).tolist()):
+        if index > start and total + size > max_shard_bytes:
+            ranges.append((start, index))
+            start, total = index, 0.0
+        total += size
+    ranges.append((start, len(row_bytes)))
+    return ranges
+
+
+def write_shard(table: pa.Table, features: Features, target: Path | io.BytesIO) -> int:
+    """Write one parquet shard with `datasets`' own writer (HF features in the schema metadata,
+    the Hub's row-group and page settings) -> the shard's in-memory (Arrow) bytes."""
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    table = table_cast(table, features.arrow_schema)
+    dataset = Dataset(InMemoryTable(table), info=DatasetInfo(features=features),
+                      fingerprint="publish")  # never transformed: skip hashing the table
+    dataset.to_parquet(target if isinstance(target, io.BytesIO) else str(target))
+    return int(table.nbytes)
+
+
+def shard_overhead(features: Features) -> int:
+    """Bytes every shard file takes besides its rows: its footer, whose schema holds the
+    features (1000 class names per ClassLabel column), measured on an empty shard."""
+    buffer = io.BytesIO()
+    write_shard(features.arrow_schema.empty_table(), features, buffer)
+    return len(buffer.getvalue())
+
+
+def _write_split(folder: Path, config: str, split: str, table: pa.Table, features: Features,
+                 mode: Mode, root: Path, max_shard_bytes: int) -> SplitInfo:
+    overhead = shard_overhead(features)
+    if max_shard_bytes <= overhead:
+        raise ValueError(f"max_shard_bytes={max_shard_bytes} leaves no room for rows: every "
+                         f"{config} shard takes {overhead} bytes of schema and footer; raise it")
+    ranges = plan_shards(mode.row_bytes(table, root), max_shard_bytes - overhead)
+    num_bytes = 0
+    with tqdm(total=table.num_rows, desc=f"publish {config}/{split}", unit="row") as bar:
+        for index, (start, stop) in enumerate(ranges):
+            shard = mode.attach(table.slice(start, stop - start), root)
+            name = f"{split}-{index:05d}-of-{len(ranges):05d}.parquet"
+            num_bytes += write_shard(shard, features, folder / "data" / config / name)
+            bar.update(stop - start)
+    logger.info("%s/%s: %d rows in %d shard(s)", config, split, table.num_rows, len(ranges))
+    return SplitInfo(name=split, num_bytes=num_bytes, num_examples=table.num_rows)
+
+
+@contextlib.contextmanager
+def _datasets_bars_off() -> Iterator[None]:
+    """`datasets` draws a bar per parquet file; the stage draws its own per split."""
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def _check_max_shard_bytes(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_shard_bytes must be a positive int (bytes, e.g. 500000000), "
+                         f"got {value!r}")
+
+
+def _check_build(splits: Sequence[SplitInputs], mode: str, include_placeholders: bool,
+                 max_shard_bytes: int) -> None:
+    if not splits or not all(isinstance(item, SplitInputs) for item in splits):
+        raise TypeError(f"splits must be a non-empty sequence of SplitInputs, got {splits!r}")
+    names = [item.name for item in splits]
+    if len(set(names)) != len(names):
+        raise ValueError(f"split names must be unique, got {names}")
+    for name in names:
+        if not SPLIT_NAME.match(name):
+            raise ValueError(f"split name {name!r} is not a valid Hub split name (letters, digits, "
+                             f"underscores, dots: {SPLIT_NAME.pattern}); rename it in params.yaml")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    if not isinstance(include_placeholders, bool):
+        raise TypeError(f"include_placeholders must be a bool, got {include_placeholders!r}")
+    _check_max_shard_bytes(max_shard_bytes)
+
+
+def build_hub_folder(splits: Sequence[SplitInputs], *, mode: str = "labels",
+                     include_placeholders: bool = False, max_shard_bytes: int = 500_000_000,
+                     out: str | os.PathLike[str] = "data/hub", context: CardContext | None = None
+                     ) -> HubFolder:
+    """Write a complete Hub dataset repository folder for `splits` (atomically, as a folder).
+
+    Args:
+        splits: the splits to publish, each with its manifest, ledger, cleaned split and root.
+        mode: `labels` (no pixels) or `images` (original image bytes embedded).
+        include_placeholders: publish the black placeholder rows of emptied classes.
+        max_shard_bytes: the most estimated data bytes per parquet shard.
+        out: the folder to (re)place.
+        context: provenance for the card (models, thresholds, repo id); default: none recorded.
+
+    Raises:
+        FileNotFoundError: an input (or, in `images` mode, an image) is missing.
+        ValueError / TypeError: bad options, or inputs that break the data contracts.
+    """
+    _check_build(splits, mode, include_placeholders, max_shard_bytes)
+    names = hub_class_names()
+    infos = {"default": DatasetInfo(features=default_features(names, images=MODES[mode].images),
+                                    splits=SplitDict())}
+    with _datasets_bars_off(), formats.atomic_folder(out) as folder:
+        summaries = [_publish_split(folder, inputs, infos, names, mode=mode,
+                                    include_placeholders=include_placeholders,
+                                    max_shard_bytes=max_shard_bytes) for inputs in splits]
+        for config, info in infos.items():
+            shards = (folder / "data" / config).iterdir()
+            info.download_size = sum(path.stat().st_size for path in shards)
+            info.dataset_size = sum(split.num_bytes for split in info.splits.values())
+        card = render_card(context=context or CardContext(), splits=summaries, infos=infos,
+                           mode=mode, include_placeholders=include_placeholders)
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        files = tuple(sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                             if path.is_file()))
+    iterations = sorted({summary.iteration for summary in summaries})
+    if len(iterations) > 1:
+        logger.warning("published splits are at different iterations %s; the tag uses the latest",
+                       {summary.name: summary.iteration for summary in summaries})
+    logger.info("wrote %s: %d files, mode %s, iteration %d", out, len(files), mode, iterations[-1])
+    rows = {config: {name: split.num_examples for name, split in info.splits.items()}
+            for config, info in infos.items()}
+    return HubFolder(Path(out), iterations[-1], files, rows)
+
+
+def _publish_split(folder: Path, inputs: SplitInputs, infos: dict[str, DatasetInfo],
+                   names: Sequence[str], *, mode: str, include_placeholders: bool,
+                   max_shard_bytes: int) -> SplitSummary:
+    """Write one split of both configs (recording it in `infos`) -> its summary for the card."""
+    default = default_table(inputs, include_placeholders=include_placeholders)
+    ledger = ledger_table(inputs)
+    features = ledger_features(ledger.schema, names)
+    info = infos.setdefault("ledger", DatasetInfo(features=features, splits=SplitDict()))
+    if info.features != features:
+        raise ValueError(f"the ledger of split {inputs.name!r} has columns {list(features)}, unlike "
+                         f"the other splits' {list(info.features)}; re-run decide for every split")
+    for config, table, how in (("default", default, MODES[mode]), ("ledger", ledger, MODES["labels"])):
+        infos[config].splits.add(_write_split(folder, config, inputs.name, table,
+                                              infos[config].features, how, inputs.root,
+                                              max_shard_bytes))
+    sources = {"manifest": inputs.manifest, "ledger": inputs.ledger, "cleaned split": inputs.clean}
+    return summarize_split(inputs.name, default, ledger, clean=inputs.clean, metrics=inputs.metrics,
+                           sources=sources)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m stages.publish`: build data/hub for every split in `publish.splits`; push (or
+    dry-run the push) when params or flags ask."""
+    parser = argparse.ArgumentParser(
+        prog="imagenet-clean publish",
+        description="Build data/hub (a Hub dataset folder) from the cleaned splits and ledgers; "
+                    "push it when publish.push (or --push) asks.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--out", default="data/hub", help="the repository folder to write")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="log what a push would upload (files, sizes, repo, tag); no network")
+    parser.add_argument("--push", action="store_true", help="push even when publish.push is false")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    config = PublishConfig.from_params(params)
+    dry_run = config.dry_run or args.dry_run
+    pushing = (config.push or args.push) and not dry_run
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        if pushing:
+            ensure_push_ready(token)  # fail before a long build, not after it
+        inputs = [SplitInputs.from_params(params, split) for split in config.splits]
+        folder = build_hub_folder(inputs, mode=config.mode, out=args.out,
+                                  include_placeholders=config.include_placeholders,
+                                  max_shard_bytes=config.max_shard_bytes,
+                                  context=card_context(params, repo_id=config.repo_id))
+        if pushing or dry_run:
+            push(folder.path, repo_id=config.repo_id, iteration=folder.iteration, token=token,
+                 dry_run=dry_run, private=config.private)
+    except PushError as error:
+        logger.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from stages.cli import configure_logging
+
+    configure_logging()
+    raise SystemExit(main())
