@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,9 +81,6 @@ PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", "pyproject.toml", "iterati
 
 def copy_project(dest: Path, n_images: int) -> Path:
     """Copy the project into `dest` with only the first `n_images` demo images, git-init it."""
-    import shutil
-    import subprocess
-
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
@@ -108,11 +108,8 @@ def copy_project(dest: Path, n_images: int) -> Path:
     return dest
 
 
-def run_in(project: Path, *command: str, check: bool = True) -> "subprocess.CompletedProcess[str]":
+def run_in(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command (dvc, git, python, imagenet-clean) in a test project with the venv on PATH."""
-    import subprocess
-    import sys
-
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
            "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",

@@ -1,0 +1,466 @@
+"""`vote` stage: confident-learning votes and top-5 misses per model -> `data/votes/<split>.parquet`.
+
+For each model m (params `predict.models`, in that order) cleanlab flags the active rows whose label
+looks wrong; each flagged row gets the candidate l' = m's most likely class other than the label.
+Per row, L' (`cl_candidates`) lists one candidate per flagging model. C_s (`top5_misses`) counts the
+models whose top-5 misses the label. Inactive rows (manifest skip rows, rows an earlier iteration
+removed) take no part. Predictions are memory-mapped and streamed one model at a time.
+
+Two strategies, one per size (`vote.exact_max_rows`): `exact` is cleanlab's `find_label_issues`
+(prune_by_noise_rate, ranked by normalized_margin) on the active rows held as float32; `batched` is
+cleanlab's low-memory `LabelInspector` (two passes over chunks; it approximates
+`filter_by="low_normalized_margin"`, so its flags differ from `exact`: see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import cleanlab
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from cleanlab.count import _reduce_issues, compute_confident_joint
+from cleanlab.experimental.label_issues_batched import LabelInspector
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import find_top_issues
+from tqdm import tqdm
+
+from stages import formats
+from stages.labels import CurrentLabels, current_labels
+from stages.params import load_params, section, split_params
+
+logger = logging.getLogger(__name__)
+
+FILTER_BY = "prune_by_noise_rate"
+RANK_BY = "normalized_margin"
+TOP_K = 5
+
+VOTES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("label", pa.int32()),
+    ("original_label", pa.int32()),
+    ("iteration", pa.int32()),
+    ("inactive_reason", pa.string()),
+    ("cl_candidates", pa.list_(pa.int32())),
+    ("cl_models", pa.list_(pa.string())),
+    ("top5_misses", pa.int32()),
+    ("top5_hit_models", pa.list_(pa.string())),
+    ("n_models", pa.int32()),
+])
+"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts)."""
+
+
+
+@dataclass(frozen=True)
+class VoteConfig:
+    """Options of the vote stage (params `vote.<split>` plus `vote.exact_max_rows`).
+
+    Attributes:
+        fn: cleanlab `frac_noise` in (0, 1].
+        fn_mode: how fn < 1 is applied by the exact strategy: `cleanlab` passes it to cleanlab
+            (as the paper did; cleanlab truncates each class-pair prune count, so with 1000 classes
+            it keeps far fewer than fn of the flags, and a warning gives the figures); `ranked`
+            keeps the top ceil(fn * flags at fn=1) by normalized margin.
+        strategy: `auto` (exact up to `exact_max_rows` active rows, else batched), `exact`, `batched`.
+        exact_max_rows: the auto strategy's size limit for the exact path.
+        chunk_rows: rows read, cast to float32 and checked at a time.
+        n_jobs: cleanlab worker processes (1 = in-process; results do not depend on it).
+    """
+
+    fn: float = 1.0
+    fn_mode: str = "cleanlab"
+    strategy: str = "auto"
+    exact_max_rows: int = 200_000
+    chunk_rows: int = 16_384
+    n_jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fn, bool) or not isinstance(self.fn, (int, float)) or not 0 < self.fn <= 1:
+            raise ValueError(f"vote fn (cleanlab frac_noise) must be a number in (0, 1], got {self.fn!r}")
+        if self.fn_mode not in FN_MODES:
+            raise ValueError(f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}")
+        if self.strategy != "auto" and self.strategy not in STRATEGIES:
+            raise ValueError(f"vote strategy must be 'auto' or one of {sorted(STRATEGIES)}, "
+                             f"got {self.strategy!r}")
+        for name in ("exact_max_rows", "chunk_rows", "n_jobs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"vote {name} must be a positive int, got {value!r}")
+
+    def resolve_strategy(self, n_active: int) -> str:
+        """The strategy used for `n_active` rows."""
+        if self.strategy != "auto":
+            return self.strategy
+        return "exact" if n_active <= self.exact_max_rows else "batched"
+
+
+@dataclass(frozen=True, eq=False)
+class ModelVotes:
+    """One model's votes over N rows.
+
+    Attributes:
+        flagged: (F,) row indices (into the N rows) cleanlab flags, most severe first.
+        candidates: (F,) int32 candidate label l' of each flagged row.
+        top5_hit: (N,) bool, the model's top-5 contains the label (False on inactive rows).
+        flagged_at_fn_1: flags at frac_noise=1.0 when fn < 1 was applied, else None.
+    """
+
+    model: str
+    strategy: str
+    flagged: np.ndarray
+    candidates: np.ndarray
+    top5_hit: np.ndarray
+    n_active: int
+    flagged_at_fn_1: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class VoteResult:
+    """`vote`'s output: the per-row vote columns (a pyarrow table, N rows) and per-model votes."""
+
+    table: pa.Table
+    models: tuple[ModelVotes, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class _Flags:
+    ranked: np.ndarray      # (F,) positions into the active rows, most severe first
+    candidates: np.ndarray  # (A,) int32 top other class of every active row
+    top5_hit: np.ndarray    # (A,) bool
+    flagged_at_fn_1: int | None = None
+
+
+def _chunks(pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: int, model: str,
+            desc: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield (start, labels, float32 probabilities) for consecutive chunks of the active `rows`."""
+    with tqdm(total=len(rows), desc=f"vote {model} {desc}", unit="row", mininterval=2.0,
+              leave=False) as bar:
+        for start in range(0, len(rows), chunk_rows):
+            index = rows[start:start + chunk_rows]
+            if index[-1] - index[0] == len(index) - 1:
+                block = pred_probs[index[0]:index[-1] + 1]
+            else:
+                block = pred_probs[index]
+            chunk = np.asarray(block, dtype=np.float32)
+            _check_chunk(chunk, index, model)
+            bar.update(len(index))
+            yield start, labels[start:start + chunk_rows], chunk
+
+
+def _check_chunk(chunk: np.ndarray, index: np.ndarray, model: str) -> None:
+    bad = ~np.isfinite(chunk).all(axis=1) | (chunk.min(axis=1) < 0) | (chunk.max(axis=1) > 1)
+    if bad.any():
+        row = int(index[np.argmax(bad)])
+        raise ValueError(f"{model}: predictions of active row {row} are not probabilities in [0, 1] "
+                         f"({int(bad.sum())} such rows in rows {index[0]}..{index[-1]}); only "
+                         "manifest skip rows may be NaN: re-run predict for this model")
+
+
+def _chunk_stats(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) labels, (B, K) probs -> candidate (most likely class other than the label), top-5 hit.
+
+    A hit means fewer than 5 classes are strictly more probable than the label (ties count as hits).
+    """
+    at = np.arange(len(labels))
+    own = probs[at, labels]
+    hit = (probs > own[:, None]).sum(axis=1) < TOP_K
+    others = probs.copy()
+    others[at, labels] = -np.inf
+    return others.argmax(axis=1).astype(np.int32), hit
+
+
+def _cleanlab_issues(labels: np.ndarray, probs: np.ndarray, fn: float, n_jobs: int,
+                     confident_joint: np.ndarray | None = None) -> np.ndarray:
+    """cleanlab's find_label_issues as the paper calls it; per-class warnings summarised once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ranked = find_label_issues(labels, probs, filter_by=FILTER_BY, return_indices_ranked_by=RANK_BY,
+                                       frac_noise=fn, confident_joint=confident_joint, n_jobs=n_jobs)
+        finally:  # cleanlab keeps a per-class copy of pred_probs in module globals: drop it
+            cleanlab.filter.pred_probs_by_class, cleanlab.filter.prune_count_matrix_cols = {}, {}
+    few = [w for w in caught if "too few examples" in str(w.message)]
+    if few:
+        logger.info("cleanlab cannot flag rows of %d classes that have <= 1 active example "
+                    "(min_examples_per_class)", len(few))
+    for other in (w for w in caught if w not in few):
+        logger.warning("cleanlab: %s", other.message)
+    return np.asarray(ranked, dtype=np.int64)
+
+
+def _fn_cleanlab(labels: np.ndarray, probs: np.ndarray, config: VoteConfig, model: str
+                 ) -> tuple[np.ndarray, int | None]:
+    if config.fn == 1:
+        return _cleanlab_issues(labels, probs, 1.0, config.n_jobs), None
+    joint = compute_confident_joint(labels, probs)
+    ranked = _cleanlab_issues(labels, probs, config.fn, config.n_jobs, joint)
+    full = len(_cleanlab_issues(labels, probs, 1.0, config.n_jobs, joint))
+    kept = len(ranked) / max(full, 1)
+    logger.log(logging.WARNING if kept < 0.9 * config.fn else logging.INFO,
+               "%s: cleanlab frac_noise=%s kept %d of the %d flags at frac_noise=1 (%.1f %%): cleanlab "
+               "truncates each class-pair prune count, so pairs seen once or twice lose all their "
+               "flags; vote fn_mode: ranked keeps the top fn fraction instead", model, config.fn,
+               len(ranked), full, 100 * kept)
+    return ranked, full
+
+
+def _fn_ranked(labels: np.ndarray, probs: np.ndarray, config: VoteConfig, model: str
+               ) -> tuple[np.ndarray, int | None]:
+    ranked = _cleanlab_issues(labels, probs, 1.0, config.n_jobs)
+    if config.fn == 1:
+        return ranked, None
+    return ranked[:math.ceil(config.fn * len(ranked))], len(ranked)
+
+
+FN_MODES: dict[str, Callable[[np.ndarray, np.ndarray, VoteConfig, str],
+                             tuple[np.ndarray, int | None]]] = {
+    "cleanlab": _fn_cleanlab,
+    "ranked": _fn_ranked,
+}
+
+
+def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
+           model: str) -> _Flags:
+    """cleanlab.filter.find_label_issues on the active rows held in memory as float32."""
+    probs = np.empty((len(rows), pred_probs.shape[1]), dtype=np.float32)
+    candidates = np.empty(len(rows), dtype=np.int32)
+    hit = np.empty(len(rows), dtype=bool)
+    for start, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model, "read"):
+        end = start + len(chunk)
+        probs[start:end] = chunk
+        candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
+    ranked, full = FN_MODES[config.fn_mode](labels, probs, config, model)
+    return _Flags(ranked, candidates, hit, full)
+
+
+def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
+             model: str) -> _Flags:
+    """cleanlab's LabelInspector: thresholds pass, then scores pass; never more than a chunk."""
+    inspector = LabelInspector(num_class=pred_probs.shape[1], verbose=False, n_jobs=1,
+                               quality_score_kwargs={"method": RANK_BY})
+    for _, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model,
+                                          "thresholds"):
+        inspector.update_confident_thresholds(chunk_labels, chunk)
+    candidates = np.empty(len(rows), dtype=np.int32)
+    hit = np.empty(len(rows), dtype=bool)
+    correct = np.empty(len(rows), dtype=bool)
+    for start, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model,
+                                              "scores"):
+        end = start + len(chunk)
+        inspector.score_label_quality(chunk_labels, chunk)
+        correct[start:end] = _reduce_issues(chunk, chunk_labels)
+        candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
+    n_issues = int(inspector.get_num_issues(silent=True))
+    top = n_issues if config.fn == 1 else math.ceil(config.fn * n_issues)
+    ranked = find_top_issues(inspector.get_quality_scores(), top=top).astype(np.int64)
+    ranked = ranked[~correct[ranked]]
+    if config.fn != 1:
+        logger.info("%s: batched path applies fn=%s as the top fn fraction of %d estimated issues",
+                    model, config.fn, n_issues)
+    return _Flags(ranked, candidates, hit, n_issues if config.fn != 1 else None)
+
+
+STRATEGIES: dict[str, Callable[[np.ndarray, Any, np.ndarray, VoteConfig, str], _Flags]] = {
+    "exact": _exact,
+    "batched": _batched,
+}
+
+
+
+def _check_inputs(labels: np.ndarray, pred_probs: Any, active: np.ndarray, model: str) -> None:
+    shape = getattr(pred_probs, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != len(labels) or shape[1] < 2:
+        raise ValueError(f"{model}: pred_probs must have shape (N, K) = ({len(labels)}, K>=2) to "
+                         f"match the labels, got {shape}")
+    if active.shape != labels.shape:
+        raise ValueError(f"active mask has shape {active.shape}, labels {labels.shape}; they must match")
+    used = labels[active]
+    if used.size and (used.min() < 0 or used.max() >= shape[1]):
+        bad = int(used[(used < 0) | (used >= shape[1])][0])
+        raise ValueError(f"{model}: active label {bad} is outside 0..{shape[1] - 1}; mark rows "
+                         "without a label inactive")
+
+
+def model_votes(labels: Sequence[int] | np.ndarray, pred_probs: Any, *,
+                config: VoteConfig = VoteConfig(), active: np.ndarray | None = None,
+                model: str = "model") -> ModelVotes:
+    """One model's CL flags with candidates, and its top-5 hits.
+
+    Args:
+        labels: (N,) int current labels (any value on inactive rows).
+        pred_probs: (N, K) probabilities, float16/float32 ndarray or memmap (read in chunks).
+        config: fn, fn_mode, strategy, chunking.
+        active: (N,) bool rows that take part (default: all).
+        model: name used in messages and results.
+
+    Raises:
+        ValueError: bad shapes, labels outside 0..K-1, non-probabilities on active rows.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    active = np.ones(len(labels), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    _check_inputs(labels, pred_probs, active, model)
+    rows = np.flatnonzero(active)
+    strategy = config.resolve_strategy(len(rows))
+    hit = np.zeros(len(labels), dtype=bool)
+    if len(rows) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return ModelVotes(model, strategy, empty, empty.astype(np.int32), hit, 0)
+    flags = STRATEGIES[strategy](labels[rows], pred_probs, rows, config, model)
+    hit[rows] = flags.top5_hit
+    return ModelVotes(model, strategy, rows[flags.ranked], flags.candidates[flags.ranked], hit,
+                      len(rows), flags.flagged_at_fn_1)
+
+
+def _lists(matrix: np.ndarray, values: pa.Array | None = None) -> pa.ListArray:
+    """(N, M) int matrix, -1 = absent -> N lists of present entries in column order."""
+    rows, cols = np.nonzero(matrix >= 0)
+    offsets = np.zeros(len(matrix) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=len(matrix)), out=offsets[1:])
+    items = pa.array(matrix[rows, cols], pa.int32()) if values is None else values.take(
+        pa.array(matrix[rows, cols], pa.int32()))
+    return pa.ListArray.from_arrays(pa.array(offsets), items)
+
+
+def vote_columns(results: Sequence[ModelVotes], n_rows: int, active: np.ndarray | None = None
+                 ) -> pa.Table:
+    """Per-model votes -> the per-row columns cl_candidates, cl_models, top5_misses,
+    top5_hit_models, n_models (N rows; models in `results` order)."""
+    names = pa.array([r.model for r in results], pa.string())
+    cand = np.full((n_rows, len(results)), -1, dtype=np.int32)
+    hits = np.full((n_rows, len(results)), -1, dtype=np.int32)
+    for m, result in enumerate(results):
+        cand[result.flagged, m] = result.candidates
+        hits[result.top5_hit, m] = m
+    model_of = np.where(cand >= 0, np.arange(len(results), dtype=np.int32), -1)
+    used = np.ones(n_rows, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    misses = np.where(used, (hits < 0).sum(axis=1), 0).astype(np.int32)
+    return pa.table({
+        "cl_candidates": _lists(cand), "cl_models": _lists(model_of, names),
+        "top5_misses": pa.array(misses, pa.int32()), "top5_hit_models": _lists(hits, names),
+        "n_models": pa.array(np.full(n_rows, len(results), dtype=np.int32), pa.int32()),
+    })
+
+
+def vote(labels: Sequence[int] | np.ndarray,
+         pred_probs_by_model: Mapping[str, Any] | Iterable[tuple[str, Any]], *,
+         config: VoteConfig = VoteConfig(), active: np.ndarray | None = None) -> VoteResult:
+    """Votes of every model, streamed: one model's predictions at a time.
+
+    Args:
+        labels: (N,) int current labels.
+        pred_probs_by_model: model name -> (N, K) probabilities, a mapping or an iterable of
+            (name, array) pairs (a generator that memory-maps each file on demand keeps at most
+            one model's predictions open).
+        config: see VoteConfig.
+        active: (N,) bool rows that take part (default: all).
+    """
+    items = pred_probs_by_model.items() if isinstance(pred_probs_by_model, Mapping) else pred_probs_by_model
+    results = tuple(model_votes(labels, probs, config=config, active=active, model=name)
+                    for name, probs in items)
+    if not results:
+        raise ValueError("vote needs at least one model's predictions (params predict.models)")
+    names = [r.model for r in results]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
+    return VoteResult(vote_columns(results, len(np.asarray(labels)), active), results)
+
+
+def config_from_params(params: dict[str, Any], split: str) -> VoteConfig:
+    """VoteConfig from params `vote.<split>` (fn, optional fn_mode/strategy/chunk_rows/n_jobs)
+    and `vote.exact_max_rows`."""
+    own = dict(section(params, "vote", split))
+    unknown = set(own) - {"fn", "fn_mode", "strategy", "chunk_rows", "n_jobs"}
+    if unknown:
+        raise ValueError(f"params vote.{split} has unknown keys {sorted(unknown)}; allowed: fn, "
+                         "fn_mode, strategy, chunk_rows, n_jobs")
+    exact_max_rows = section(params, "vote").get("exact_max_rows", VoteConfig.exact_max_rows)
+    return VoteConfig(exact_max_rows=exact_max_rows, **own)
+
+
+def _model_names(params: dict[str, Any]) -> list[str]:
+    names = (params.get("predict") or {}).get("models")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"params predict.models must be a non-empty list of model names, got {names!r}")
+    return names
+
+
+def _open_predictions(split: str, models: list[str], n_rows: int, folder: Path | None
+                      ) -> Iterator[tuple[str, np.ndarray]]:
+    """Check every predictions file's shape first, then memory-map them one at a time."""
+    paths = {m: (folder / f"{m}.npy" if folder else formats.predictions_path(split, m)) for m in models}
+    for model, path in paths.items():
+        shape = formats.load_predictions(split, model, path=path).shape
+        if len(shape) != 2 or shape != (n_rows, formats.NUM_CLASSES):
+            raise ValueError(f"predictions {path} have shape {shape}, expected ({n_rows}, "
+                             f"{formats.NUM_CLASSES}) for the {n_rows}-row manifest of split "
+                             f"{split!r}; re-run predict for model {model}")
+    return ((model, formats.load_predictions(split, model, path=path)) for model, path in paths.items())
+
+
+def votes_table(manifest: pd.DataFrame, current: CurrentLabels, result: VoteResult) -> pa.Table:
+    """The votes file: manifest identity and labels, then the vote columns."""
+    n = len(manifest)
+    front = pa.table({
+        "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
+        "label": pa.array(current.label, pa.int32(), mask=~current.active),
+        "original_label": pa.array(manifest["label"].astype("Int64"), pa.int32()),
+        "iteration": pa.array(np.full(n, current.iteration, dtype=np.int32)),
+        "inactive_reason": pa.array(current.inactive_reason.tolist(), pa.string()),
+    })
+    columns = front.columns + result.table.columns
+    return pa.Table.from_arrays(columns, schema=VOTES_SCHEMA)
+
+
+def run_vote(split: str, params: dict[str, Any], *, out: Path | None = None,
+             metrics_out: Path | None = None, predictions: Path | None = None) -> dict[str, Any]:
+    """Run the stage for one split: write the votes (and their figures), return the figures."""
+    labels_file = split_params(params, split).get("labels")
+    config = config_from_params(params, split)
+    models = _model_names(params)
+    manifest = formats.read_manifest(split)
+    current = current_labels(manifest, labels_file)
+    strategy = config.resolve_strategy(int(current.active.sum()))
+    logger.info("vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
+                "%d), fn %s", split, len(manifest), current.active.sum(), current.iteration,
+                len(models), strategy, config.exact_max_rows, config.fn)
+    pairs = _open_predictions(split, models, len(manifest), predictions)
+    result = vote(current.label, pairs, config=config, active=current.active)
+    formats.write_table(votes_table(manifest, current, result), out or formats.votes_path(split),
+                        schema=VOTES_SCHEMA)
+    stats = {
+        "split": split, "rows": len(manifest), "active": int(current.active.sum()),
+        "inactive": int((~current.active).sum()), "iteration": current.iteration,
+        "strategy": strategy, "fn": config.fn, "fn_mode": config.fn_mode,
+        "cleanlab": cleanlab.__version__, "filter_by": FILTER_BY, "ranked_by": RANK_BY,
+        "rows_with_candidates": len(np.unique(np.concatenate([r.flagged for r in result.models]))),
+        "models": {r.model: {"flagged": len(r.flagged), "flagged_at_fn_1": r.flagged_at_fn_1,
+                             "top5_hits": int(r.top5_hit.sum())} for r in result.models},
+    }
+    formats.write_json(stats, metrics_out or Path("metrics/vote") / f"{split}.json")
+    logger.info("vote %s: %s", split, stats)
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python -m stages.vote --split val [--params params.yaml]`."""
+    parser = argparse.ArgumentParser(prog="imagenet-clean vote", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    run_vote(args.split, load_params(args.params))
+    return 0
+
+
+if __name__ == "__main__":
+    from stages.cli import configure_logging
+
+    configure_logging()
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""The decide stage's rules on hand-built votes tables (the votes contract, explicit pyarrow schema).
+
+The votes and CAM tables are built by hand because each rule needs an exact count of candidates or
+top-5 misses at its threshold; real votes on the demo cannot be steered to each boundary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages import formats
+from stages.decide import (CLEAN_SCHEMA, LEDGER_FULL_SCHEMA, Thresholds, apply_overrides,
+                           decide_split, load_merges, load_overrides, reconcile, run_decide)
+
+VOTES_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("label", pa.int32()), ("original_label", pa.int32()),
+    ("iteration", pa.int32()), ("inactive_reason", pa.string()),
+    ("cl_candidates", pa.list_(pa.int32())), ("cl_models", pa.list_(pa.string())),
+    ("top5_misses", pa.int32()), ("top5_hit_models", pa.list_(pa.string())),
+    ("n_models", pa.int32()),
+])
+CAMS_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("model", pa.string()), ("gradcam", pa.float64()),
+    ("gradcampp", pa.float64()), ("scorecam", pa.float64()), ("methods_passed", pa.int32()),
+    ("exempted", pa.bool_()),
+])
+MODELS = ["m0", "m1", "m2", "m3", "m4"]
+T = Thresholds(h1=3, h2=3, h3=4, n_models=5)  # the paper's val thresholds at |M| = 5
+WNIDS = formats.class_wnids()
+MERGE_TABLE = Path("data/table_a1_merges.csv")
+TYPEWRITER, KEYBOARD = WNIDS.index("n04505470"), WNIDS.index("n03085013")
+
+
+def vote(image_id: str, label: int | None = 10, candidates: tuple[int, ...] = (), misses: int = 0,
+         inactive: str | None = None, iteration: int = 0) -> dict:
+    """One votes row: candidates come from the first len(candidates) models."""
+    return {"image_id": image_id, "label": None if inactive else label, "original_label": label,
+            "iteration": iteration, "inactive_reason": inactive,
+            "cl_candidates": list(candidates), "cl_models": MODELS[:len(candidates)],
+            "top5_misses": misses, "top5_hit_models": MODELS[misses:], "n_models": 5}
+
+
+def tables(*rows: dict, skip: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(votes, manifest) as the stages read them back from parquet."""
+    skip = skip or {}
+    votes = pa.Table.from_pylist(list(rows), schema=VOTES_SCHEMA).to_pandas()
+    manifest = pa.Table.from_pylist([{
+        "image_id": r["image_id"], "path": f"val/{r['image_id']}.JPEG", "label": r["original_label"],
+        "wnid": WNIDS[r["original_label"]], "boxes": [[1, 2, 30, 40]], "width": 227, "height": 227,
+        "skip_reason": skip.get(r["image_id"])} for r in rows], schema=formats.MANIFEST_SCHEMA)
+    return votes, manifest.to_pandas()
+
+
+def decide(*rows: dict, thresholds: Thresholds = T, **kwargs) -> pd.DataFrame:
+    votes, manifest = tables(*rows, skip=kwargs.pop("skip", None))
+    ledger, _ = decide_split(votes, manifest, thresholds=thresholds, **kwargs)
+    return ledger.set_index("image_id")
+
+
+def overrides(*rows: tuple[str, str, str, str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["image_id", "action", "new_label", "note"])
+
+
+def test_fix_at_exactly_h1_votes_with_two_unique_candidates() -> None:
+    ledger = decide(vote("a", 10, (7, 7, 9)), vote("b", 10, (7, 9)))
+    assert ledger.loc["a", "action"] == "fix" and ledger.loc["a", "new_label"] == 7
+    assert ledger.loc["a", "reason"] == ("fix: 3 of 5 models flagged it, candidates {7: 2, 9: 1} "
+                                         "(h1=3) -> 7")
+    assert ledger.loc["b", "action"] == "keep" and ledger.loc["b", "new_label"] == 10
+    assert "below h1=3" in ledger.loc["b", "reason"]
+
+
+def test_tied_candidates_fix_to_the_smaller_class_index() -> None:
+    ledger = decide(vote("a", 10, (9, 7)), vote("b", 10, (7, 9)),
+                    thresholds=Thresholds(h1=2, h2=3, h3=4, n_models=5))
+    assert list(ledger["new_label"]) == [7, 7]
+
+
+def test_no_fix_at_three_unique_candidates() -> None:
+    ledger = decide(vote("a", 10, (7, 8, 9, 9)), thresholds=Thresholds(h1=3, h2=4, h3=4, n_models=5))
+    assert ledger.loc["a", "action"] == "keep"
+
+
+def test_removal_at_h2_unique_candidates() -> None:
+    ledger = decide(vote("a", 10, (7, 8, 9)), vote("b", 10, (7, 8)))
+    assert ledger.loc["a", "action"] == "remove" and pd.isna(ledger.loc["a", "new_label"])
+    assert "3 unique candidates {7: 1, 8: 1, 9: 1} (h2=3)" in ledger.loc["a", "reason"]
+    assert ledger.loc["b", "action"] == "keep"
+
+
+def test_consensus_removal_at_h3_and_not_below() -> None:
+    ledger = decide(vote("a", 10, misses=4), vote("b", 10, misses=3))
+    assert ledger.loc["a", "action"] == "remove"
+    assert ledger.loc["a", "reason"] == ("remove: top-5 missed by 4 of 5 models (h3=4), "
+                                         "no CAM exemption")
+    assert ledger.loc["b", "action"] == "keep" and ledger.loc["b", "reason"] == "keep"
+    assert list(ledger["top5_misses"]) == [4, 3]
+
+
+def test_cam_exemption_saves_a_consensus_removal() -> None:
+    cams = pa.Table.from_pylist([
+        {"image_id": "a", "model": "m4", "gradcam": 0.5, "gradcampp": 0.4, "scorecam": None,
+         "methods_passed": 2, "exempted": True},
+        {"image_id": "b", "model": "m4", "gradcam": 0.0, "gradcampp": 0.0, "scorecam": 0.0,
+         "methods_passed": 0, "exempted": False},
+    ], schema=CAMS_SCHEMA).to_pandas()
+    ledger = decide(vote("a", 10, misses=4), vote("b", 10, misses=4), cams=cams)
+    assert ledger.loc["a", "action"] == "keep" and ledger.loc["a", "exempted"]
+    assert ledger.loc["a", "exemptions"] == 1 and "exempted by the CAMs of 1" in ledger.loc["a", "reason"]
+    assert ledger.loc["b", "action"] == "remove" and not ledger.loc["b", "exempted"]
+
+
+def test_exemption_does_not_save_a_cl_removal() -> None:
+    cams = pd.DataFrame({"image_id": ["a"], "model": ["m4"], "exempted": [True]})
+    ledger = decide(vote("a", 10, (7, 8, 9), misses=4), cams=cams)
+    assert ledger.loc["a", "action"] == "remove" and not ledger.loc["a", "exempted"]
+    assert "no CAM exemption" not in ledger.loc["a", "reason"]
+
+
+def test_fix_beats_consensus_and_cl_removal() -> None:
+    ledger = decide(vote("a", 10, (7, 7, 7), misses=5), vote("b", 10, (7, 9), misses=5),
+                    thresholds=Thresholds(h1=2, h2=2, h3=4, n_models=5))
+    assert list(ledger["action"]) == ["fix", "fix"]
+    assert list(ledger["new_label"]) == [7, 7]
+
+
+def test_a_fix_to_the_current_label_keeps_and_never_removes() -> None:
+    ledger = decide(vote("a", 7, (7, 7, 7), misses=5))
+    assert ledger.loc["a", "action"] == "keep" and ledger.loc["a", "new_label"] == 7
+
+
+def test_fractional_thresholds_resolve_against_the_model_count(params: dict) -> None:
+    params["predict"]["models"] = MODELS
+    params["decide"]["val"] = {"h1": "M/2", "h2": 3, "h3": "2M/3"}
+    assert Thresholds.from_params(params, "val") == Thresholds(h1=3, h2=3, h3=4, n_models=5)
+    params["decide"]["val"]["h3"] = "M"
+    assert Thresholds.from_params(params, "val").h3 == 5
+    params["decide"]["val"]["h1"] = "half"
+    with pytest.raises(ValueError, match="decide.val.h1"):
+        Thresholds.from_params(params, "val")
+
+
+def test_skip_rows_and_earlier_removals_are_inactive() -> None:
+    ledger = decide(vote("a", 10, (7, 7, 7)), vote("b", 10, inactive="skip: truncated file"),
+                    vote("c", 10, (7, 7, 7), inactive="removed in iteration 0: remove: ...",
+                         iteration=1), skip={"b": "truncated file"})
+    assert list(ledger["action"]) == ["fix", "skip", "remove"]
+    assert ledger.loc["b", "reason"] == "skip: truncated file"
+    assert ledger.loc["c", "reason"] == "removed in iteration 0: remove: ..."
+    assert ledger[["label", "new_label"]].loc[["b", "c"]].isna().all().all()
+    assert list(ledger["original_label"]) == [10, 10, 10]
+
+
+def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
+    merges = load_merges(MERGE_TABLE)
+    assert len(merges) == 21 and merges[TYPEWRITER] == KEYBOARD
+    space_bar = WNIDS.index("n04264628")
+    votes, manifest = tables(vote("fixed", 10, (TYPEWRITER,) * 3), vote("kept", TYPEWRITER),
+                             vote("gone", TYPEWRITER, misses=5), vote("plain", 10))
+    ledger, clean = decide_split(votes, manifest, thresholds=T, merges=merges)
+    ledger = ledger.set_index("image_id")
+    assert ledger.loc["fixed", ["action", "new_label", "merged"]].tolist() == ["fix", KEYBOARD, True]
+    assert ledger.loc["kept", ["action", "new_label", "merged"]].tolist() == ["keep", KEYBOARD, True]
+    assert "merged n04505470 typewriter keyboard -> n03085013 computer keyboard" in \
+        ledger.loc["kept", "reason"]
+    assert not ledger.loc["gone", "merged"] and not ledger.loc["plain", "merged"]
+    assert list(clean["image_id"][:3]) == ["fixed", "kept", "plain"]
+    holders = clean[clean["placeholder"]]
+    assert len(holders) == 21 and holders["action"].eq("placeholder").all()
+    assert holders["path"].isna().all() and holders["original_label"].isna().all()
+    assert (holders["width"] == 224).all() and f"placeholder_{WNIDS[space_bar]}" in set(
+        holders["image_id"])
+    assert list(holders["label"]) == sorted(merges)
+
+
+def test_a_source_class_kept_by_an_override_gets_no_placeholder() -> None:
+    merges = load_merges(MERGE_TABLE)
+    votes, manifest = tables(vote("kept", TYPEWRITER))
+    ledger, clean = decide_split(votes, manifest, thresholds=T, merges=merges,
+                                 overrides=overrides(("kept", "keep", "", "a real typewriter")))
+    assert ledger["new_label"].tolist() == [TYPEWRITER] and not ledger["merged"].any()
+    assert f"placeholder_{WNIDS[TYPEWRITER]}" not in set(clean["image_id"])
+    assert clean["placeholder"].sum() == 20
+
+
+def test_overrides_beat_every_rule() -> None:
+    table = overrides(("fixed", "remove", "", "not a dog at all"),
+                      ("gone", "keep", "", "checked by hand"),
+                      ("plain", "fix", WNIDS[3], ""), ("idx", "fix", "4", "x"))
+    ledger = decide(vote("fixed", 10, (7, 7, 7)), vote("gone", 10, misses=5), vote("plain", 10),
+                    vote("idx", 10), overrides=table)
+    assert ledger["action"].tolist() == ["remove", "keep", "fix", "fix"]
+    assert ledger["new_label"].tolist()[1:] == [10, 3, 4]
+    assert ledger["override"].all()
+    assert ledger["reason"].tolist()[:3] == ["override: not a dog at all", "override: checked by hand",
+                                             "override: (no note)"]
+
+
+@pytest.mark.parametrize("row, match", [
+    (("nope", "keep", "", ""), r"overrides.csv line 2 \(image_id 'nope'\): unknown image_id"),
+    (("a", "delete", "", ""), r"line 2 .*action 'delete' is not keep, fix or remove"),
+    (("a", "fix", "", ""), r"line 2 .*action fix needs a new_label"),
+    (("a", "fix", "n99999999", ""), r"not a class index 0..999 or an ILSVRC2012 wnid"),
+    (("a", "keep", "5", ""), r"new_label is only read for action fix"),
+    (("s", "keep", "", ""), r"unreadable \(a skip row\)"),
+])
+def test_bad_overrides_name_the_file_the_row_and_the_fix(row: tuple, match: str) -> None:
+    votes, manifest = tables(vote("a", 10), vote("s", 10, inactive="skip: empty"),
+                             skip={"s": "empty"})
+    with pytest.raises(ValueError, match=match):
+        decide_split(votes, manifest, thresholds=T, overrides=overrides(row),
+                     overrides_source="data/overrides.csv")
+
+
+def test_duplicate_override_rows_are_refused() -> None:
+    votes, manifest = tables(vote("a", 10))
+    table = overrides(("a", "keep", "", ""), ("a", "remove", "", ""))
+    with pytest.raises(ValueError, match=r"line 3 .*appears twice"):
+        apply_overrides(decide_split(votes, manifest, thresholds=T)[0], table, source="o.csv")
+
+
+def test_counts_reconcile_and_a_broken_ledger_is_refused() -> None:
+    votes, manifest = tables(vote("a", 10, (7, 7, 7)), vote("b", 10, (7, 8, 9)), vote("c", 10),
+                             vote("d", 10, inactive="skip: empty"), skip={"d": "empty"})
+    ledger, clean = decide_split(votes, manifest, thresholds=T)
+    assert reconcile(ledger, manifest) == {"keep": 1, "fix": 1, "remove": 1, "skip": 1}
+    assert len(clean) == 2
+    with pytest.raises(ValueError, match="does not reconcile"):
+        reconcile(ledger.assign(action=["fix", "remove", "keep", "dropped"]), manifest)
+
+
+def test_votes_that_do_not_fit_the_manifest_or_the_models_are_refused() -> None:
+    votes, manifest = tables(vote("a", 10), vote("b", 10))
+    with pytest.raises(ValueError, match="do not align with the manifest"):
+        decide_split(votes.iloc[::-1].reset_index(drop=True), manifest, thresholds=T)
+    with pytest.raises(ValueError, match=r"computed with \[5\] models but predict.models lists 4"):
+        decide_split(votes, manifest, thresholds=Thresholds(h1=2, h2=3, h3=3, n_models=4))
+
+
+def test_header_only_overrides_file_means_none(tmp_path: Path) -> None:
+    assert len(load_overrides(Path("data/overrides.csv"))) == 0
+    (tmp_path / "o.csv").write_text("image_id,action,label\n")
+    with pytest.raises(ValueError, match="header must be image_id,action,new_label,note"):
+        load_overrides(tmp_path / "o.csv")
+
+
+def test_run_decide_writes_the_ledger_and_clean_split_deterministically(tmp_path: Path,
+                                                                         params: dict) -> None:
+    votes, manifest = tables(vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
+                             vote("ILSVRC2012_val_00000002", 10, misses=5),
+                             vote("ILSVRC2012_val_00000003", TYPEWRITER))
+    formats.write_table(manifest, tmp_path / formats.manifest_path("val"),
+                        schema=formats.MANIFEST_SCHEMA)
+    formats.write_table(votes, tmp_path / formats.votes_path("val"), schema=VOTES_SCHEMA)
+    formats.write_table(pa.Table.from_pylist([], schema=CAMS_SCHEMA), tmp_path / formats.cams_path("val"))
+    (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
+    (tmp_path / "data/overrides.csv").write_text("image_id,action,new_label,note\n")
+    params["predict"]["models"] = MODELS
+    counts = run_decide("val", params, root=tmp_path)
+    assert counts == {"keep": 1, "fix": 1, "remove": 1, "skip": 0, "merged": 1, "override": 0,
+                      "exempted": 0, "placeholders": 21}
+    ledger_file = tmp_path / formats.ledger_path("val")
+    first = ledger_file.read_bytes()
+    assert pq.read_schema(ledger_file).names == LEDGER_FULL_SCHEMA.names
+    assert LEDGER_FULL_SCHEMA.names[:8] == formats.LEDGER_SCHEMA.names
+    assert pq.read_schema(tmp_path / formats.clean_path("val")).equals(CLEAN_SCHEMA)
+    run_decide("val", params, root=tmp_path)
+    assert ledger_file.read_bytes() == first
