@@ -55,6 +55,9 @@ LEDGER_SCHEMA = pa.schema(
 
 ACTIONS = ("keep", "fix", "remove", "skip")
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def manifest_path(split: str) -> Path:
     """Where `ingest` writes a split's manifest."""
@@ -101,6 +104,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -1,0 +1,162 @@
+"""Speed of the predict stage on this machine, side by side in one run, for the demo ensemble:
+
+(a) input path: end-to-end images/s of the stage for one model (`predict_split`: model load, the
+    DataLoader decoding with `predict.workers` workers, forward, shards, assembly, sidecar) vs the
+    images/s of the bare forward (+ softmax) on pre-decoded, pre-normalised tensors in the same
+    batches. Goal: ratio >= 0.85.
+(b) one-pass ensemble (`predict_split` with every model; each image decoded once, one resize per
+    preprocessing group) vs the sum of the per-model runs of (a). Goal: ratio <= 0.8.
+    Also checks the one-pass files are byte-identical to the per-model ones.
+(c) peak RSS of this process (stage runs only, measured before the bare-forward tensors are built)
+    and of its DataLoader worker processes.
+
+Usage (the images are decoded from --root, a Kaggle-layout folder; the manifest is built with
+stages.ingest.build_manifest):
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/predict.py --root ../shared/demo/imagenet-val-1300 \
+        [--limit 500] [--models a b] [--batch-size 64] [--workers 2] [--device auto] [--threads 1]
+
+On a shared CPU the figures move with the other load: the load average is printed with them, and
+(b) is also given in CPU seconds. On CPU the forward passes dominate (decode + resize of a 227x227
+demo image is ~1 ms, a MobileNet-V2 forward ~50 ms), so sharing the decode cannot save much there;
+the one-pass gain is a GPU/large-image effect, where decoding is the bottleneck. On a CPU shared
+with other jobs, `--threads 1` avoids multi-threaded ops stalling on descheduled threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.images import open_image  # noqa: E402
+from stages.ingest import build_manifest  # noqa: E402
+from stages.layouts import Source  # noqa: E402
+from stages.models import model_specs, resolve_device  # noqa: E402
+from stages.params import load_params  # noqa: E402
+from stages.predict import (PredictConfig, cpu_threads, load_member, predict_split,  # noqa: E402
+                            softmax_batch)
+from stages.predict_data import plan_batches  # noqa: E402
+
+
+def _peak_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed_split(manifest, root, specs, config, out_dir: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `predict_split` run; CPU time barely moves with the
+    other jobs on a shared machine, wall time does."""
+    start, cpu = time.perf_counter(), _cpu_s()
+    predict_split(manifest, root, specs, config=config,
+                  outs={s.name: out_dir / f"{s.name}.npy" for s in specs}, split="bench")
+    return time.perf_counter() - start, _cpu_s() - cpu
+
+
+def _bare_forward_s(manifest, root, specs, config: PredictConfig) -> dict[str, float]:
+    """Seconds of each model's forward + softmax on pre-decoded inputs, in the stage's batches."""
+    device = resolve_device(config.device)
+    usable = manifest["skip_reason"].isna().to_numpy()
+    batches = plan_batches(usable, [0], shard_size=len(manifest), batch_size=config.batch_size)
+    members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
+    seconds, inputs = {}, {}
+    for member in members:
+        transform = member.transform
+        if transform.key not in inputs:
+            inputs.clear()  # one group's tensors at a time
+            images = [transform.worker_tensor(open_image(root, p)) for p in manifest["path"]]
+            inputs[transform.key] = [transform.to_device(torch.stack([images[i] for i in rows]), device,
+                                                         channels_last=config.channels_last)
+                                     for rows in batches]
+        with torch.inference_mode():
+            softmax_batch(member, inputs[transform.key][0], config=config)  # warm-up, not timed
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for batch in inputs[transform.key]:
+                softmax_batch(member, batch, config=config)
+            seconds[member.name] = time.perf_counter() - start
+    return seconds
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="data/demo/imagenet-val", help="Kaggle-layout split root")
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--models", nargs="+", default=None, help="default: predict.models")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: predict.threads, else torch's default)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    params = load_params(args.params)
+    overrides = {k: v for k, v in {"batch_size": args.batch_size, "workers": args.workers,
+                                   "device": args.device, "threads": args.threads}.items()
+                 if v is not None}
+    params["predict"].update(overrides)
+    config = PredictConfig.from_params(params)
+    specs = model_specs(params, args.models)
+    root = Path(args.root)
+    manifest, _ = build_manifest(Source(root, "kaggle", "val"))
+    manifest = manifest.head(args.limit).reset_index(drop=True) if args.limit else manifest
+    n = int(manifest["skip_reason"].isna().sum())
+    for path in manifest["path"]:  # warm the page cache so no run pays the first disk read
+        (root / path).read_bytes()
+    print(f"predict bench: {n} images from {root}, models {[s.name for s in specs]}, "
+          f"batch {config.batch_size}, workers {config.workers}, device "
+          f"{resolve_device(config.device)}, torch threads {config.threads or torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared machine)")
+
+    with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
+        tmp_path = Path(tmp)
+        ensemble_s, ensemble_cpu = _timed_split(manifest, root, specs, config, tmp_path / "ensemble")
+        single = {s.name: _timed_split(manifest, root, [s], config, tmp_path / "single")
+                  for s in specs}
+        single_s = {name: wall for name, (wall, _) in single.items()}
+        single_cpu = sum(cpu for _, cpu in single.values())
+        identical = all((tmp_path / "ensemble" / f"{s.name}{x}").read_bytes()
+                        == (tmp_path / "single" / f"{s.name}{x}").read_bytes()
+                        for s in specs for x in (".npy", ".json"))
+    rss_self, rss_workers = _peak_mb(resource.RUSAGE_SELF), _peak_mb(resource.RUSAGE_CHILDREN)
+    with cpu_threads(config.threads):
+        bare_s = _bare_forward_s(manifest, root, specs, config)
+
+    print("\n(a) input path: end-to-end vs bare forward (goal >= 0.85)")
+    print(f"{'model':<22}{'e2e img/s':>11}{'bare img/s':>12}{'ratio':>8}")
+    for spec in specs:
+        e2e, bare = n / single_s[spec.name], n / bare_s[spec.name]
+        print(f"{spec.name:<22}{e2e:>11.1f}{bare:>12.1f}{e2e / bare:>8.2f}")
+    total_single, total_bare = sum(single_s.values()), sum(bare_s.values())
+    print(f"{'all models':<22}{n * len(specs) / total_single:>11.1f}"
+          f"{n * len(specs) / total_bare:>12.1f}{total_bare / total_single:>8.2f}")
+    print(f"\n(b) one-pass ensemble {ensemble_s:.1f} s vs sum of per-model runs {total_single:.1f} s:"
+          f" ratio {ensemble_s / total_single:.2f} (goal <= 0.8); CPU time {ensemble_cpu:.1f} s vs "
+          f"{single_cpu:.1f} s: ratio {ensemble_cpu / single_cpu:.2f}; bare forwards / ensemble "
+          f"{total_bare / ensemble_s:.2f}; files byte-identical: {identical}")
+    print(f"\n(c) peak RSS: stage process {rss_self:.0f} MB, largest DataLoader worker "
+          f"{rss_workers:.0f} MB (then {_peak_mb(resource.RUSAGE_SELF):.0f} MB with the bench's "
+          f"pre-decoded tensors); load average now {os.getloadavg()[0]:.2f}")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""`predict` stage: models over a split -> cached softmax probabilities, resumable, in one image pass.
+
+Writes `data/predictions/<split>/<model>.npy`: (N, 1000) probabilities in manifest row order,
+float32 (or float16 by `predict.dtype`), NaN rows for manifest skip rows (never decoded), plus its
+JSON sidecar (model identity, preprocessing, dtype, N, top-1/top-5 on the manifest labels).
+The work is done in shards of `predict.shard_size` rows kept in a hidden work folder beside the
+output (`.<model>.partial/`), tied to the exact model, preprocessing, manifest and run options by
+its `fingerprint.json`: a run killed at any point resumes with the missing shards only, and the
+final file appears, atomically, only when complete. `main_ensemble` predicts several models in one
+pass over the images (each decoded once) and writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from tqdm import tqdm
+
+from stages import formats
+from stages.models import (ModelSpec, architecture, create_model, data_config, model_specs,
+                           resolve_device, weights_sha256)
+from stages.params import load_params, section, split_params
+from stages.predict_data import (InputTransform, ManifestImages, ShardBuffers, ShardSink,
+                                 ShardStore, input_transform, make_loader, manifest_sha256,
+                                 plan_batches)
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+MANIFEST_COLUMNS = ("image_id", "path", "label", "skip_reason")
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"predict.{name} must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of the predict stage (params.yaml `predict:`; `splits`/`models` are read elsewhere).
+
+    Attributes:
+        batch_size: images per forward pass.
+        workers: DataLoader worker processes decoding images (0 = decode in the main process).
+        device: auto (CUDA when present) | cpu | cuda | cuda:N.
+        dtype: storage dtype of the probabilities, float32 or float16.
+        shard_size: rows per resumable shard.
+        amp: float16 autocast for the forward pass on CUDA (CPU always computes in float32).
+        channels_last: run models and inputs in channels_last memory format.
+        threads: torch intra-op CPU threads while predicting (None = torch's default). On a CPU
+            shared with other jobs, 1 avoids stalls of multi-threaded ops; CPU results depend on
+            the thread count, so it is part of the shard fingerprint.
+    """
+
+    batch_size: int = 64
+    workers: int = 2
+    device: str = "auto"
+    dtype: str = "float32"
+    shard_size: int = 1024
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive_int("batch_size", self.batch_size)
+        if self.threads is not None:
+            _positive_int("threads", self.threads)
+        _positive_int("shard_size", self.shard_size)
+        _positive_int("workers", self.workers, minimum=0)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"predict.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"predict.device must be a string (auto, cpu, cuda, cuda:N), got "
+                            f"{self.device!r}")
+        for name in ("amp", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"predict.{name} must be true or false, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> "PredictConfig":
+        """Build from the `predict:` section (its `splits` and `models` lists are ignored here)."""
+        entry = {k: v for k, v in section(params, "predict").items() if k not in ("splits", "models")}
+        unknown = set(entry) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"predict has unknown keys {sorted(unknown)}; allowed: splits, models, "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**entry)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A loaded ensemble member: the eval-mode model plus its identity and preprocessing."""
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    data_config: dict[str, Any]
+    transform: InputTransform
+    architecture: str
+    weights_sha256: str | None
+    identity: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = True) -> Member:
+    """Create a model from its spec and resolve its own timm preprocessing."""
+    module = create_model(spec, device=device)
+    classes = getattr(module, "num_classes", formats.NUM_CLASSES)
+    if classes != formats.NUM_CLASSES:
+        raise ValueError(f"model {spec.name!r} has {classes} classes; predictions need the "
+                         f"{formats.NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    config = json.loads(json.dumps(data_config(module)))
+    sha = weights_sha256(spec)
+    return Member(spec, module, config, input_transform(config), architecture(module), sha,
+                  sha or _state_sha256(module))
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` torch intra-op threads (None: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    if not isinstance(manifest, pd.DataFrame):
+        raise TypeError(f"manifest must be a pandas DataFrame, got {type(manifest).__name__}")
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}; pass a table written by "
+                         "`imagenet-clean ingest` (formats.MANIFEST_SCHEMA)")
+    if len(manifest) == 0:
+        raise ValueError("manifest has no rows; ingest a source that holds images first")
+
+
+def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictConfig) -> np.ndarray:
+    """batch: (B, 3, H, W) -> (B, 1000) probabilities in the storage dtype."""
+    cuda = batch.device.type == "cuda"
+    with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=cuda and config.amp):
+        logits = member.module(batch)
+    if logits.ndim != 2 or logits.shape[1] != formats.NUM_CLASSES:
+        raise ValueError(f"model {member.name!r} returned logits of shape {tuple(logits.shape)}; "
+                         f"expected (batch, {formats.NUM_CLASSES})")
+    return torch.softmax(logits.float(), dim=1).to(TORCH_DTYPES[config.dtype]).cpu().numpy()
+
+
+def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Member],
+                 pending: Mapping[str, set[int]], *, config: PredictConfig, device: torch.device,
+                 on_shard: ShardSink, desc: str = "predict") -> dict[str, float]:
+    """Compute the pending shards of every member in one pass over the images.
+
+    Args:
+        manifest: (N rows) with `path` and `skip_reason`; skip rows stay NaN and are not decoded.
+        pending: model name -> shard indices to compute.
+        on_shard: called as on_shard(model, shard, probs (rows, 1000)) when a shard is complete.
+
+    Returns:
+        seconds spent in each model's forward pass.
+    """
+    usable = manifest["skip_reason"].isna().to_numpy()
+    members = [m for m in members if pending.get(m.name)]
+    groups: dict[str, InputTransform] = {}
+    for member in members:
+        groups.setdefault(member.transform.key, member.transform)
+    index = {key: i for i, key in enumerate(groups)}
+    buffers = ShardBuffers(usable, pending, shard_size=config.shard_size,
+                           dtype=DTYPES[config.dtype], on_shard=on_shard)
+    buffers.flush_empty()
+    batches = plan_batches(usable, buffers.shards, shard_size=config.shard_size,
+                           batch_size=config.batch_size)
+    images = ManifestImages(root, manifest["path"].fillna("").tolist(), list(groups.values()))
+    loader = make_loader(images, batches, workers=config.workers, pin_memory=device.type == "cuda")
+    seconds = dict.fromkeys(pending, 0.0)
+    if not batches:
+        return seconds
+    bars = {m.name: tqdm(total=sum(buffers.waiting[s] for s in pending[m.name]), position=i,
+                         desc=f"{desc} {m.name}", unit="img", mininterval=2.0, leave=True)
+            for i, m in enumerate(members)}
+    with torch.inference_mode():
+        for rows, *inputs in loader:
+            rows = rows.numpy()
+            shard = int(rows[0]) // config.shard_size
+            ready: dict[int, torch.Tensor] = {}
+            for member in (m for m in members if shard in pending[m.name]):
+                group = index[member.transform.key]
+                if group not in ready:
+                    ready[group] = member.transform.to_device(inputs[group], device,
+                                                              channels_last=config.channels_last)
+                start = time.perf_counter()
+                buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
+                seconds[member.name] += time.perf_counter() - start
+                bars[member.name].update(len(rows))
+                bars[member.name].set_postfix_str(
+                    f"forward {bars[member.name].n / max(seconds[member.name], 1e-9):.0f} img/s",
+                    refresh=False)
+            buffers.rows_done(shard, len(rows))
+    for bar in bars.values():
+        bar.close()
+    return seconds
+
+
+def shard_fingerprint(member: Member, manifest_digest: str, root: str | Path, *,
+                      config: PredictConfig, device: torch.device) -> dict[str, Any]:
+    """Everything a shard's bytes depend on; shards under another fingerprint are never reused."""
+    return {
+        "model": member.name, "spec": member.spec.spec, "pretrained": member.spec.pretrained,
+        "kwargs": json.loads(json.dumps(member.spec.kwargs, sort_keys=True, default=str)),
+        "weights": member.identity, "architecture": member.architecture,
+        "preprocessing": member.data_config, "manifest_sha256": manifest_digest, "root": str(root),
+        "dtype": config.dtype, "batch_size": config.batch_size, "shard_size": config.shard_size,
+        "device": device.type, "amp": config.amp and device.type == "cuda",
+        "channels_last": config.channels_last, "torch": torch.__version__, "timm": timm.__version__,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+    }
+
+
+def _labels(manifest: pd.DataFrame) -> np.ndarray:
+    return pd.to_numeric(manifest["label"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *,
+                  config: PredictConfig, outs: Mapping[str, str | Path], split: str
+                  ) -> dict[str, dict[str, Any]]:
+    """Write each model's predictions + sidecar for a split in one image pass, resuming from shards.
+
+    Args:
+        manifest: (N rows) a split manifest (formats.MANIFEST_SCHEMA).
+        outs: model name -> .npy path; the sidecar is written beside it as `<stem>.json`.
+
+    Returns:
+        model name -> sidecar dict.
+    """
+    _check_manifest(manifest)
+    missing = [s.name for s in specs if s.name not in outs]
+    if missing:
+        raise ValueError(f"no output path for models {missing}")
+    device = resolve_device(config.device)
+    with cpu_threads(config.threads):
+        members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
+        digest = manifest_sha256(manifest)
+        stores = {m.name: ShardStore(outs[m.name], shard_fingerprint(m, digest, root, config=config,
+                                                                     device=device),
+                                     n_rows=len(manifest), shard_size=config.shard_size,
+                                     dtype=DTYPES[config.dtype]) for m in members}
+        pending = {name: store.open() for name, store in stores.items()}
+        seconds = predict_pass(manifest, root, members, pending, config=config, device=device,
+                               on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
+                               desc=f"predict {split}")
+    labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
+    sidecars = {}
+    for member in members:
+        store = stores[member.name]
+        top1, top5 = store.assemble(labels, usable)
+        sidecars[member.name] = {
+            "model": member.name, "spec": member.spec.spec, "architecture": member.architecture,
+            "weights_sha256": member.weights_sha256, "preprocessing": member.data_config,
+            "dtype": config.dtype, "n": len(manifest), "n_skipped": int((~usable).sum()),
+            "top1": top1, "top5": top5, "split": split,
+        }
+        formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
+        store.remove()
+        logger.info("predict %s %s: top-1 %s, top-5 %s; forward %.1f s", split, member.name, top1,
+                    top5, seconds[member.name])
+    return sidecars
+
+
+def predict_models(manifest: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *,
+                   config: PredictConfig) -> dict[str, np.ndarray]:
+    """In-memory predictions of several models in one image pass -> name -> (N, 1000) array."""
+    _check_manifest(manifest)
+    device = resolve_device(config.device)
+    results: dict[str, np.ndarray] = {}
+
+    def keep(name: str, shard: int, probs: np.ndarray) -> None:
+        results[name][shard * config.shard_size:shard * config.shard_size + len(probs)] = probs
+
+    with cpu_threads(config.threads):
+        members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
+        for member in members:
+            results[member.name] = np.full((len(manifest), formats.NUM_CLASSES), np.nan,
+                                           DTYPES[config.dtype])
+        every = set(range(-(-len(manifest) // config.shard_size)))
+        predict_pass(manifest, root, members, {m.name: every for m in members}, config=config,
+                     device=device, on_shard=keep)
+    return results
+
+
+def predict_model(manifest: pd.DataFrame, root: str | Path, spec: ModelSpec, *,
+                  config: PredictConfig) -> np.ndarray:
+    """One model's in-memory predictions: (N, 1000), NaN rows for skip rows."""
+    return predict_models(manifest, root, [spec], config=config)[spec.name]
+
+
+def run_predict(split: str, model: str, params: dict[str, Any], *,
+                manifest_path: str | Path | None = None, out: str | Path | None = None
+                ) -> dict[str, Any]:
+    """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar."""
+    root = Path(split_params(params, split)["root"])
+    spec = model_specs(params, [model])[0]
+    config = PredictConfig.from_params(params)
+    manifest = formats.read_manifest(split, path=manifest_path)
+    out = Path(out or formats.predictions_path(split, model))
+    return predict_split(manifest, root, [spec], config=config, outs={model: out}, split=split)[model]
+
+
+def run_ensemble(split: str, params: dict[str, Any], *, manifest_path: str | Path | None = None,
+                 out_dir: str | Path | None = None, models: Sequence[str] | None = None
+                 ) -> dict[str, dict[str, Any]]:
+    """All `predict.models` (or `models`) of a split in one image pass; same files as run_predict."""
+    root = Path(split_params(params, split)["root"])
+    specs = model_specs(params, list(models) if models else None)
+    config = PredictConfig.from_params(params)
+    manifest = formats.read_manifest(split, path=manifest_path)
+    folder = Path(out_dir) if out_dir else formats.predictions_path(split, "x").parent
+    outs = {s.name: folder / f"{s.name}.npy" for s in specs}
+    return predict_split(manifest, root, specs, config=config, outs=outs, split=split)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python -m stages.predict --split val --model <name> [--params params.yaml]`."""
+    parser = argparse.ArgumentParser(prog="imagenet-clean predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
+    parser.add_argument("--out", default=None, help="default: data/predictions/<split>/<model>.npy")
+    args = parser.parse_args(argv)
+    run_predict(args.split, args.model, load_params(args.params), manifest_path=args.manifest,
+                out=args.out)
+    return 0
+
+
+def main_ensemble(argv: Sequence[str] | None = None) -> int:
+    """CLI: `imagenet-clean predict-ensemble --split val`: every model, one pass over the images."""
+    parser = argparse.ArgumentParser(prog="imagenet-clean predict-ensemble",
+                                     description="Predict all predict.models of a split in one pass")
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--models", nargs="+", default=None, help="default: predict.models")
+    parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
+    parser.add_argument("--out-dir", default=None, help="default: data/predictions/<split>")
+    args = parser.parse_args(argv)
+    run_ensemble(args.split, load_params(args.params), manifest_path=args.manifest,
+                 out_dir=args.out_dir, models=args.models)
+    return 0
+
+
+if __name__ == "__main__":
+    from stages.cli import configure_logging
+
+    configure_logging()
+    raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""The predict stage on real demo images with the real demo models (timm local-dir folders)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stages import formats, predict, predict_data
+from stages.cli import main as cli_main
+from stages.images import open_image
+from stages.models import create_model, data_config, eval_transform, model_specs
+
+SIDECAR_KEYS = {"model", "spec", "architecture", "weights_sha256", "preprocessing", "dtype", "n",
+                "n_skipped", "top1", "top5", "split"}
+SKIP_ROWS = (3, 10)
+
+
+def _write_manifest(manifest: pd.DataFrame, folder: Path) -> Path:
+    path = folder / "manifest.parquet"
+    formats.write_table(manifest, path, schema=formats.MANIFEST_SCHEMA)
+    return path
+
+
+def _with_skip_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Mark rows as ingest's skip rows; their path names no file, so decoding them would fail."""
+    manifest = manifest.copy()
+    for row in SKIP_ROWS:
+        manifest.loc[row, ["path", "skip_reason"]] = ["missing/never-decoded.JPEG",
+                                                      "unreadable image: marked by the test"]
+        manifest.at[row, "label"] = None
+    return manifest
+
+
+def _small_params(params: dict, **predict_options: object) -> dict:
+    """Small batches and shards; one torch thread (the test CPU is shared: 2 threads stall there)."""
+    params["predict"].update({"batch_size": 8, "shard_size": 16, "workers": 1, "threads": 1,
+                              **predict_options})
+    return params
+
+
+def _top5_reference(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    return (100.0 * float(np.mean(order[:, 0] == labels)),
+            100.0 * float(np.mean((order == labels[:, None]).any(axis=1))))
+
+
+def test_predictions_rows_dtype_skip_rows_and_sidecar(params, small_manifest, demo_root, tmp_path):
+    manifest = _with_skip_rows(small_manifest.head(24))
+    out = tmp_path / "preds" / "mobilenetv1_025.npy"
+    sidecar = predict.run_predict("val", "mobilenetv1_025", _small_params(params),
+                                  manifest_path=_write_manifest(manifest, tmp_path), out=out)
+
+    probs = formats.load_predictions("val", "mobilenetv1_025", path=out)
+    assert isinstance(probs, np.memmap) and probs.shape == (24, 1000) and probs.dtype == np.float32
+    skipped = np.zeros(24, dtype=bool)
+    skipped[list(SKIP_ROWS)] = True
+    assert np.isnan(probs[skipped]).all() and not np.isnan(probs[~skipped]).any()
+    np.testing.assert_allclose(probs[~skipped].sum(axis=1), 1.0, atol=1e-4)
+
+    # Row order and preprocessing: rows match a plain timm forward of that manifest row's image.
+    spec = model_specs(params, ["mobilenetv1_025"])[0]
+    model = create_model(spec)
+    transform = eval_transform(data_config(model))
+    for row in (0, 7, 23):
+        image = transform(open_image(demo_root, manifest.at[row, "path"])).unsqueeze(0)
+        with torch.inference_mode():
+            expected = torch.softmax(model(image), dim=1)[0].numpy()
+        np.testing.assert_allclose(probs[row], expected, atol=1e-5)
+
+    on_disk = json.loads(out.with_suffix(".json").read_text())
+    assert on_disk == sidecar and set(sidecar) == SIDECAR_KEYS
+    weights = Path(spec.spec.removeprefix("local-dir:")) / "model.safetensors"
+    labels = manifest["label"].to_numpy()[~skipped].astype(np.int64)
+    top1, top5 = _top5_reference(np.asarray(probs[~skipped]), labels)
+    assert sidecar == {
+        "model": "mobilenetv1_025", "spec": spec.spec, "architecture": "mobilenetv1_025",
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "preprocessing": {"input_size": [3, 128, 128], "interpolation": "bilinear",
+                          "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 0.875,
+                          "crop_mode": "center"},
+        "dtype": "float32", "n": 24, "n_skipped": 2, "top1": pytest.approx(top1),
+        "top5": pytest.approx(top5), "split": "val",
+    }
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenetv1_025.json",
+                                                            "mobilenetv1_025.npy"]
+
+
+def test_float16_storage(params, small_manifest, tmp_path):
+    manifest = _write_manifest(small_manifest.head(16), tmp_path)
+    full = predict.run_predict("val", "mobilenetv1_025", _small_params(params),
+                               manifest_path=manifest, out=tmp_path / "f32.npy")
+    half = predict.run_predict("val", "mobilenetv1_025", _small_params(params, dtype="float16"),
+                               manifest_path=manifest, out=tmp_path / "f16.npy")
+    probs16 = np.load(tmp_path / "f16.npy", mmap_mode="r")
+    assert probs16.dtype == np.float16 and probs16.shape == (16, 1000)
+    assert half["dtype"] == "float16" and full["dtype"] == "float32"
+    np.testing.assert_allclose(probs16.astype(np.float32), np.load(tmp_path / "f32.npy"), atol=1e-3)
+
+
+def test_input_path_is_bit_identical_to_timm_transform(params, small_manifest, demo_root):
+    image = open_image(demo_root, small_manifest.at[0, "path"])
+    for spec in model_specs(params):
+        config = data_config(create_model(spec))
+        fast = predict_data.input_transform(config)
+        assert fast.scaled, f"{spec.name}: fast uint8 path not used"
+        batch = fast.to_device(fast.worker_tensor(image).unsqueeze(0), torch.device("cpu"),
+                               channels_last=True)
+        assert torch.equal(batch, eval_transform(config)(image).unsqueeze(0)), spec.name
+        assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_never_span_shards():
+    usable = np.ones(23, dtype=bool)
+    usable[[2, 9]] = False
+    batches = predict_data.plan_batches(usable, [0, 2], shard_size=10, batch_size=4)
+    assert [b.tolist() for b in batches] == [[0, 1, 3, 4], [5, 6, 7, 8], [20, 21, 22]]
+    assert predict_data.plan_batches(usable, [1], shard_size=10, batch_size=4)[0].tolist() == [
+        10, 11, 12, 13]
+
+
+def test_ensemble_one_pass_is_byte_identical_and_decodes_once(params, small_manifest, tmp_path,
+                                                             monkeypatch):
+    # A second params entry with the same spec: a real model that shares its preprocessing group.
+    params["models"]["mobilenetv1_050_again"] = dict(params["models"]["mobilenetv1_050"])
+    names = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_050_again"]
+    params = _small_params(params, workers=0, models=names)
+    common = ["--split", "val", "--params", _dump(params, tmp_path),
+              "--manifest", str(_write_manifest(_with_skip_rows(small_manifest.head(32)), tmp_path))]
+    for name in names:
+        out = tmp_path / "single" / f"{name}.npy"
+        assert cli_main(["predict", *common, "--model", name, "--out", str(out)]) == 0
+
+    decoded: list[str] = []
+    shaped: list[str] = []
+    real_open, real_shape = predict_data.open_image, predict_data.InputTransform.worker_tensor
+    monkeypatch.setattr(predict_data, "open_image",
+                        lambda root, path: decoded.append(path) or real_open(root, path))
+    monkeypatch.setattr(predict_data.InputTransform, "worker_tensor",
+                        lambda self, image: shaped.append(self.key) or real_shape(self, image))
+    assert cli_main(["predict-ensemble", *common, "--out-dir", str(tmp_path / "ensemble")]) == 0
+
+    assert len(decoded) == len(set(decoded)) == 32 - len(SKIP_ROWS)
+    assert len(shaped) == 2 * len(decoded)  # the two mobilenetv1_050 entries share one resize
+    for name in names:
+        for suffix in (".npy", ".json"):
+            single = (tmp_path / "single" / name).with_suffix(suffix).read_bytes()
+            assert (tmp_path / "ensemble" / name).with_suffix(suffix).read_bytes() == single, name
+
+
+def _dump(params: dict, folder: Path) -> str:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, caplog):
+    """Kill the real stage process mid-run, re-run it: only missing shards are computed."""
+    params = _small_params(params, batch_size=8, shard_size=8, workers=0, device="cpu")
+    args = ["--split", "val", "--model", "mobilenetv1_050", "--params", _dump(params, tmp_path),
+            "--manifest", str(_write_manifest(demo_manifest.head(64), tmp_path))]
+    out = tmp_path / "killed" / "mobilenetv1_050.npy"
+    work = out.parent / ".mobilenetv1_050.partial"
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "stages.predict", *args, "--out", str(out)],
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 120
+    while not list(work.glob("shard-*.npy")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, log.read_text()[-2000:]
+    done = len(list(work.glob("shard-*.npy")))
+    assert 1 <= done < 8, f"kill landed after {done} of 8 shards"
+    assert not out.exists()
+
+    caplog.set_level(logging.INFO, logger="stages.predict_data")
+    assert predict.main([*args, "--out", str(out)]) == 0
+    assert f"resuming; {done} of 8 shards already done, computing {8 - done}" in caplog.text
+    reference = tmp_path / "uninterrupted" / "mobilenetv1_050.npy"
+    assert predict.main([*args, "--out", str(reference)]) == 0
+    assert out.read_bytes() == reference.read_bytes()
+    assert out.with_suffix(".json").read_bytes() == reference.with_suffix(".json").read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.with_suffix(".json").name, out.name]
+
+
+def _plant_zero_shard(params: dict, manifest: pd.DataFrame, out: Path, *, fingerprint_edit: dict
+                      ) -> None:
+    config = predict.PredictConfig.from_params(params)
+    member = predict.load_member(model_specs(params, ["mobilenetv1_025"])[0],
+                                 device=torch.device("cpu"))
+    with predict.cpu_threads(config.threads):
+        fingerprint = predict.shard_fingerprint(member, predict_data.manifest_sha256(manifest),
+                                                params["splits"]["val"]["root"], config=config,
+                                                device=torch.device("cpu"))
+    store = predict_data.ShardStore(out, {**fingerprint, **fingerprint_edit}, n_rows=len(manifest),
+                                    shard_size=config.shard_size, dtype=np.float32)
+    store.open()
+    store.write(0, np.zeros((config.shard_size, 1000), dtype=np.float32))
+
+
+@pytest.mark.parametrize("edit, reused", [({}, True), ({"weights": "another model"}, False),
+                                          ({"manifest_sha256": "another manifest"}, False),
+                                          ({"threads": 7}, False)])
+def test_shards_are_reused_only_under_their_fingerprint(params, small_manifest, tmp_path, edit, reused):
+    params = _small_params(params, workers=0)
+    manifest = small_manifest.head(32)
+    out = tmp_path / "mobilenetv1_025.npy"
+    _plant_zero_shard(params, manifest, out, fingerprint_edit=edit)
+    predict.run_predict("val", "mobilenetv1_025", params,
+                        manifest_path=_write_manifest(manifest, tmp_path), out=out)
+    probs = np.load(out)
+    assert (probs[:16] == 0).all() == reused
+    np.testing.assert_allclose(probs[16:].sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"model": "resnet_nope"}, ValueError, r"not defined under `models:`"),
+    ({"dtype": "bfloat16"}, ValueError, r"predict.dtype must be one of \['float16', 'float32'\]"),
+    ({"shard_size": 0}, ValueError, r"predict.shard_size must be an int >= 1"),
+    ({"workers": -1}, ValueError, r"predict.workers must be an int >= 0"),
+    ({"threads": 0}, ValueError, r"predict.threads must be an int >= 1"),
+    ({"batchsize": 8}, ValueError, r"predict has unknown keys \['batchsize'\]"),
+    ({"device": "tpu"}, ValueError, r"device 'tpu' is not a torch device"),
+    ({"split": "train"}, ValueError, r"split 'train' is not configured"),
+    ({"manifest": "nowhere.parquet"}, FileNotFoundError, r"manifest of split 'val' nowhere.parquet"),
+])
+def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change, error, match):
+    change = dict(change)
+    manifest = change.pop("manifest", None) or _write_manifest(small_manifest.head(4), tmp_path)
+    model, split = change.pop("model", "mobilenetv1_025"), change.pop("split", "val")
+    params["predict"].update(change)
+    with pytest.raises(error, match=match):
+        predict.run_predict(split, model, params, manifest_path=manifest, out=tmp_path / "p.npy")
+    assert not (tmp_path / "p.npy").exists()
+
+
+def test_manifest_without_required_columns_is_rejected(params, small_manifest, demo_root):
+    spec = model_specs(params, ["mobilenetv1_025"])[0]
+    with pytest.raises(ValueError, match=r"manifest lacks columns \['skip_reason'\]"):
+        predict.predict_model(small_manifest.drop(columns="skip_reason"), demo_root, spec,
+                              config=predict.PredictConfig(workers=0))
+
+
+def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, float]]:
+    """The README table's top-1/top-5 per params model name (rows `| <folder> | ... | a / b |`)."""
+    folders = {Path(entry["spec"].removeprefix("local-dir:")).name: name
+               for name, entry in params["models"].items()}
+    table = {}
+    for line in readme.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        match = re.fullmatch(r"([\d.]+) / ([\d.]+)", cells[3]) if len(cells) > 3 else None
+        if match and cells[0] in folders:
+            table[folders[cells[0]]] = (float(match.group(1)), float(match.group(2)))
+    return table
+
+
+@pytest.mark.slow
+def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_demo, tmp_path):
+    from stages.ingest import build_manifest
+    from stages.layouts import Source
+
+    published = _published_accuracy(shared_demo.parent / "README.md", params)
+    assert sorted(published) == sorted(params["predict"]["models"])
+    manifest, _ = build_manifest(Source(shared_demo, "kaggle", "val"))
+    assert len(manifest) == 1300
+    specs = model_specs(params)
+    sidecars = predict.predict_split(manifest, shared_demo, specs,
+                                     config=predict.PredictConfig.from_params(params),
+                                     outs={s.name: tmp_path / f"{s.name}.npy" for s in specs},
+                                     split="val")
+    for name, (top1, top5) in published.items():
+        print(f"{name}: top-1 {sidecars[name]['top1']:.2f} (published {top1}), "
+              f"top-5 {sidecars[name]['top5']:.2f} (published {top5})")
+    for name, (top1, top5) in published.items():
+        assert sidecars[name]["top1"] == pytest.approx(top1, abs=0.5), name
+        assert sidecars[name]["top5"] == pytest.approx(top5, abs=0.5), name
