@@ -1,0 +1,466 @@
+"""Class activation maps for the explainability veto: box masks, target layers, heatmaps, scores.
+
+The explainability score of a heatmap is the fraction of the pixels inside the label's boxes (their
+union) whose heat is >= `heat`. Boxes are in original-image pixels; heatmaps cover the model's
+resized and center-cropped input, so boxes are mapped through the model's own eval transform, step
+by step, with exact rational arithmetic (`input_geometry`), before they are rasterised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import time
+import types
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam import score_cam as _score_cam_module
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from timm.data import transforms as timm_transforms
+from torchvision import transforms as tv
+from torchvision.transforms import v2 as tv2
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- box geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An axis-aligned affine map from original-image pixels to input pixels: x' = x * sx + dx.
+
+    Attributes:
+        sx, sy: scale per axis; dx, dy: offset per axis (exact fractions).
+        width, height: size of the image after the transform steps seen so far.
+    """
+
+    sx: Fraction
+    dx: Fraction
+    sy: Fraction
+    dy: Fraction
+    width: int
+    height: int
+
+    def then(self, sx: Fraction, dx: Fraction, sy: Fraction, dy: Fraction, width: int,
+             height: int) -> "Geometry":
+        """Compose with a following step x'' = x' * sx + dx."""
+        return Geometry(self.sx * sx, self.dx * sx + dx, self.sy * sy, self.dy * sy + dy, width,
+                        height)
+
+
+def _resize_size(size: Any, max_size: int | None, width: int, height: int) -> tuple[int, int]:
+    """torchvision's Resize output (width, height): an int resizes the shorter side."""
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return int(size[1]), int(size[0])
+    short_target = int(size[0] if isinstance(size, (list, tuple)) else size)
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = short_target, int(short_target * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _scaled(geom: Geometry, new_w: int, new_h: int) -> Geometry:
+    return geom.then(Fraction(new_w, geom.width), Fraction(0), Fraction(new_h, geom.height),
+                     Fraction(0), new_w, new_h)
+
+
+def _resize_step(step: Any, geom: Geometry) -> Geometry:
+    return _scaled(geom, *_resize_size(step.size, step.max_size, geom.width, geom.height))
+
+
+def _resize_keep_ratio_step(step: Any, geom: Geometry) -> Geometry:
+    if step.random_scale_prob > 0 or step.random_aspect_prob > 0:
+        raise ValueError(f"{step!r} is random (a training transform); use the eval transform")
+    target_h, target_w = step.size
+    ratio_h, ratio_w = geom.height / target_h, geom.width / target_w
+    ratio = max(ratio_h, ratio_w) * step.longest + min(ratio_h, ratio_w) * (1.0 - step.longest)
+    return _scaled(geom, round(geom.width / ratio), round(geom.height / ratio))
+
+
+def _center_crop_step(step: Any, geom: Geometry) -> Geometry:
+    """torchvision/timm center crop: zero-pad to the crop size where smaller, then crop."""
+    size = step.size
+    crop_h, crop_w = (size, size) if isinstance(size, int) else (size[0], size[-1])
+    pad_l = (crop_w - geom.width) // 2 if crop_w > geom.width else 0
+    pad_t = (crop_h - geom.height) // 2 if crop_h > geom.height else 0
+    padded_w = geom.width + pad_l + ((crop_w - geom.width + 1) // 2 if crop_w > geom.width else 0)
+    padded_h = geom.height + pad_t + ((crop_h - geom.height + 1) // 2 if crop_h > geom.height else 0)
+    top = left = 0
+    if (padded_w, padded_h) != (crop_w, crop_h):
+        top, left = int(round((padded_h - crop_h) / 2.0)), int(round((padded_w - crop_w) / 2.0))
+    return geom.then(Fraction(1), Fraction(pad_l - left), Fraction(1), Fraction(pad_t - top),
+                     crop_w, crop_h)
+
+
+def _trim_border_step(step: Any, geom: Geometry) -> Geometry:
+    border = step.border_size
+    top, left = min(border, geom.height), min(border, geom.height)  # timm uses h for both
+    return geom.then(Fraction(1), Fraction(-left), Fraction(1), Fraction(-top),
+                     max(0, geom.width - 2 * border), max(0, geom.height - 2 * border))
+
+
+def _no_geometry(step: Any, geom: Geometry) -> Geometry:
+    return geom
+
+
+GEOMETRY_STEPS: dict[type, Callable[[Any, Geometry], Geometry]] = {
+    tv.Resize: _resize_step,
+    tv2.Resize: _resize_step,
+    timm_transforms.ResizeKeepRatio: _resize_keep_ratio_step,
+    tv.CenterCrop: _center_crop_step,
+    tv2.CenterCrop: _center_crop_step,
+    timm_transforms.CenterCropOrPad: _center_crop_step,
+    timm_transforms.TrimBorder: _trim_border_step,
+    tv.ToTensor: _no_geometry,
+    tv.PILToTensor: _no_geometry,
+    tv.Normalize: _no_geometry,
+    tv.ConvertImageDtype: _no_geometry,
+    tv2.Normalize: _no_geometry,
+    timm_transforms.ToTensor: _no_geometry,
+    timm_transforms.MaybeToTensor: _no_geometry,
+    timm_transforms.MaybePILToTensor: _no_geometry,
+    timm_transforms.ToNumpy: _no_geometry,
+}
+"""How each eval-transform step moves pixels; a step not listed here is refused."""
+
+
+def input_geometry(transform: Any, width: int, height: int) -> Geometry:
+    """The map from a width x height image to the model input that `transform` produces.
+
+    Args:
+        transform: a torchvision Compose (as `stages.models.eval_transform` returns) or one step.
+        width, height: the original image size in pixels.
+
+    Raises:
+        ValueError: a step of unknown geometry, or a non-positive image size.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    geom = Geometry(Fraction(1), Fraction(0), Fraction(1), Fraction(0), int(width), int(height))
+    for step in getattr(transform, "transforms", [transform]):
+        handler = GEOMETRY_STEPS.get(type(step))
+        if handler is None:
+            raise ValueError(f"transform step {step!r} moves pixels in a way explain cannot map boxes "
+                             f"through; supported steps: {sorted(t.__name__ for t in GEOMETRY_STEPS)}")
+        geom = handler(step, geom)
+    return geom
+
+
+def _check_boxes(boxes: Sequence[Sequence[float]]) -> None:
+    for box in boxes:
+        if len(box) != 4 or box[2] < box[0] or box[3] < box[1]:
+            raise ValueError(f"box {list(box)} is not [xmin, ymin, xmax, ymax] with xmax >= xmin and "
+                             "ymax >= ymin")
+
+
+def boxes_to_input(boxes: Sequence[Sequence[float]], geom: Geometry) -> list[tuple[Fraction, ...]]:
+    """Map boxes (pixel edges [xmin, ymin, xmax, ymax], as ingest stores them) into input
+    coordinates, clipped to the input; boxes left with no area are dropped."""
+    _check_boxes(boxes)
+    mapped = []
+    for xmin, ymin, xmax, ymax in boxes:
+        x0 = min(max(Fraction(xmin) * geom.sx + geom.dx, Fraction(0)), Fraction(geom.width))
+        x1 = min(max(Fraction(xmax) * geom.sx + geom.dx, Fraction(0)), Fraction(geom.width))
+        y0 = min(max(Fraction(ymin) * geom.sy + geom.dy, Fraction(0)), Fraction(geom.height))
+        y1 = min(max(Fraction(ymax) * geom.sy + geom.dy, Fraction(0)), Fraction(geom.height))
+        if x1 > x0 and y1 > y0:
+            mapped.append((x0, y0, x1, y1))
+    return mapped
+
+
+def box_mask(boxes: Sequence[Sequence[float]], geom: Geometry) -> np.ndarray:
+    """Union of the boxes as a boolean mask at input resolution: (height, width).
+
+    A pixel belongs to a box when its centre lies inside it (left/top edges inclusive); a box
+    outside the crop adds nothing, so the mask may be empty.
+    """
+    mask = np.zeros((geom.height, geom.width), dtype=bool)
+    for x0, y0, x1, y1 in boxes_to_input(boxes, geom):
+        cols = slice(math.ceil(x0 - Fraction(1, 2)), math.ceil(x1 - Fraction(1, 2)))
+        rows = slice(math.ceil(y0 - Fraction(1, 2)), math.ceil(y1 - Fraction(1, 2)))
+        mask[rows, cols] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def explainability_score(heatmap: np.ndarray, mask: np.ndarray, *, heat: float) -> float:
+    """Fraction of the mask's pixels whose heat is >= `heat`; 0.0 for an empty mask.
+
+    Args:
+        heatmap: (H, W) heat in [0, 1].
+        mask: (H, W) bool, the union of the label's boxes at input resolution.
+    """
+    if heatmap.shape != mask.shape:
+        raise ValueError(f"heatmap {heatmap.shape} and box mask {mask.shape} differ in shape; map "
+                         "the boxes with the model's own input_geometry")
+    inside = int(mask.sum())
+    if inside == 0:
+        return 0.0
+    return int(np.count_nonzero(heatmap[mask] >= heat)) / inside
+
+
+@dataclass(frozen=True)
+class ExemptionRule:
+    """The paper's veto: a method passes at score >= min_area; a model exempts at >= min_methods."""
+
+    heat: float = 0.75
+    min_area: float = 0.01
+    min_methods: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heat <= 1.0:
+            raise ValueError(f"explain.heat must be in (0, 1], got {self.heat!r}")
+        if not 0.0 < self.min_area <= 1.0:
+            raise ValueError(f"explain.min_area must be in (0, 1], got {self.min_area!r}")
+        if isinstance(self.min_methods, bool) or not isinstance(self.min_methods, int) \
+                or self.min_methods < 1:
+            raise ValueError(f"explain.min_methods must be a positive int, got {self.min_methods!r}")
+
+    def passes(self, score: float | None) -> bool:
+        """Whether one method's score passes (None: not computed -> does not pass)."""
+        return score is not None and score >= self.min_area
+
+    def methods_passed(self, scores: Sequence[float | None]) -> int:
+        return sum(self.passes(s) for s in scores)
+
+    def exempts(self, scores: Sequence[float | None]) -> bool:
+        """Whether a model with these per-method scores exempts the sample."""
+        return self.methods_passed(scores) >= self.min_methods
+
+    def undecided(self, passed: int, remaining: int) -> bool:
+        """Whether `remaining` more methods can still change the outcome after `passed` passes."""
+        return passed < self.min_methods <= passed + remaining
+
+
+# ----------------------------------------------------------------------------- target layers
+
+FAMILY_LAYERS: dict[str, str] = {
+    r"^mobilenetv1": "blocks.-1",  # conv_head and bn2 are Identity
+    r"^(tf_)?(mobilenetv2|efficientnet|efficientnetv2|mnasnet|spnasnet|mixnet)": "bn2",
+    r"^(resnet|resnext|wide_resnet|seresnet|seresnext|ecaresnet|skresnet)\d": "layer4",
+}
+"""Architecture-name pattern -> dotted path of its last spatial feature map."""
+
+
+def module_at(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The submodule at a dotted path; integers index sequences (negative from the end)."""
+    module = model
+    for part in path.split("."):
+        try:
+            if re.fullmatch(r"-?\d+", part):
+                module = module[int(part)]  # type: ignore[index]
+            else:
+                module = getattr(module, part)
+        except (AttributeError, IndexError, TypeError, KeyError) as error:
+            children = [name for name, _ in module.named_children()]
+            raise ValueError(f"target layer path {path!r}: no {part!r} under "
+                             f"{type(module).__name__} (children: {children})") from error
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"target layer path {path!r} names a {type(module).__name__}, not a module")
+    return module
+
+
+def _last_spatial_child(model: torch.nn.Module, input_size: Sequence[int]) -> str | None:
+    """Generic rule: the last direct child, in execution order, whose output is the NCHW feature
+    map that `forward_features` returns (None when that output is not NCHW: a ViT's tokens, or a
+    Swin's NHWC map, whose dim 1 is not timm's `num_features`)."""
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, child in model.named_children():
+        if isinstance(child, torch.nn.Identity):
+            continue
+        handles.append(child.register_forward_hook(
+            lambda _m, _i, out, _n=name: seen.append((_n, tuple(out.shape)))
+            if isinstance(out, torch.Tensor) else None))
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            dummy = torch.zeros(1, *input_size, device=device)
+            out = model.forward_features(dummy) if hasattr(model, "forward_features") else model(dummy)
+    finally:
+        for handle in handles:
+            handle.remove()
+    channels = getattr(model, "num_features", None)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or channels not in (None, out.shape[1]):
+        return None
+    matches = [name for name, shape in seen if shape == tuple(out.shape)]
+    return matches[-1] if matches else None
+
+
+def resolve_target_layer(model: torch.nn.Module, *, architecture: str, name: str,
+                         override: str | None = None,
+                         input_size: Sequence[int] = (3, 224, 224)) -> tuple[str, torch.nn.Module]:
+    """The CAM target layer of a model -> (dotted path, module).
+
+    Order: the params override (`explain.target_layers.<name>`), the first FAMILY_LAYERS pattern that
+    matches `architecture` (when that module exists and is not Identity), then the generic rule.
+
+    Raises:
+        ValueError: an override path that does not resolve, or an architecture with no rule whose
+            features are not an NCHW map.
+    """
+    if override is not None:
+        return override, module_at(model, override)
+    for pattern, path in FAMILY_LAYERS.items():
+        if re.match(pattern, architecture):
+            try:
+                module = module_at(model, path)
+            except ValueError:
+                break
+            if not isinstance(module, torch.nn.Identity):
+                return path, module
+            break
+    path = _last_spatial_child(model, input_size)
+    if path is None:
+        raise ValueError(f"cannot resolve a target layer for model {name!r} (architecture "
+                         f"{architecture!r}): no family rule and its features are not a spatial "
+                         f"map; set explain.target_layers.{name} to a module path like 'blocks.-1'")
+    return path, module_at(model, path)
+
+
+# ----------------------------------------------------------------------------- heatmaps
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    """A CAM method: its params name, its column in the CAM table, its cost rank, its class."""
+
+    name: str
+    column: str
+    cost: int
+    cam_class: type
+    uses_gradients: bool
+
+
+METHODS: dict[str, CamMethod] = {
+    "gradcam": CamMethod("gradcam", "gradcam", 0, GradCAM, True),
+    "gradcam++": CamMethod("gradcam++", "gradcampp", 1, GradCAMPlusPlus, True),
+    "scorecam": CamMethod("scorecam", "scorecam", 2, ScoreCAM, False),
+}
+"""The methods `explain.methods` may name, cheapest first by `cost`."""
+
+
+@contextlib.contextmanager
+def _quiet_scorecam() -> Iterator[None]:
+    """ScoreCAM draws a tqdm bar of its own per image; the stage already shows one per model."""
+    original = getattr(_score_cam_module, "tqdm", None)
+    if original is not None:
+        _score_cam_module.tqdm = types.SimpleNamespace(tqdm=lambda iterable, *a, **k: iterable)
+    try:
+        yield
+    finally:
+        if original is not None:
+            _score_cam_module.tqdm = original
+
+
+@contextlib.contextmanager
+def open_cam(method: str, model: torch.nn.Module, layer: torch.nn.Module, *,
+             scorecam_batch_size: int = 128) -> Iterator[Any]:
+    """A pytorch-grad-cam CAM object whose hooks are released on exit.
+
+    The CAM object is entered and exited as a context manager, but its `__exit__` is not handed
+    the exception: pytorch-grad-cam's would swallow an IndexError; this lets every exception through.
+    """
+    cam = METHODS[method].cam_class(model=model, target_layers=[layer])
+    cam.batch_size = scorecam_batch_size  # read by ScoreCAM only: masked inputs per forward
+    try:
+        yield cam.__enter__()
+    finally:
+        cam.__exit__(None, None, None)
+
+
+def heatmaps(method: str, model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor,
+             labels: Sequence[int], *, scorecam_batch_size: int = 128) -> np.ndarray:
+    """CAM heatmaps for each input's label -> (B, H, W) float32 in [0, 1] at input resolution.
+
+    Args:
+        inputs: (B, 3, H, W) preprocessed inputs on the model's device.
+        labels: (B,) class indices to explain.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose from {sorted(METHODS)}")
+    targets = [ClassifierOutputTarget(int(label)) for label in labels]
+    if METHODS[method].uses_gradients:
+        # Gradients flow from the input, so a frozen model (see cam_model) still gets its
+        # target layer's gradients without computing any weight gradients.
+        inputs = inputs.detach().requires_grad_(True)
+        with torch.enable_grad(), open_cam(method, model, layer) as cam:
+            return cam(input_tensor=inputs, targets=targets)
+    maps = []
+    with torch.no_grad(), _quiet_scorecam(), open_cam(
+            method, model, layer, scorecam_batch_size=scorecam_batch_size) as cam:
+        for i, target in enumerate(targets):  # one image at a time: (C, 3, H, W) masked copies
+            maps.append(cam(input_tensor=inputs[i:i + 1], targets=[target]))
+    return np.concatenate(maps).astype(np.float32, copy=False)
+
+
+@dataclass
+class Explanation:
+    """One (sample, model) result: per-method scores (None = not computed), the veto outcome,
+    and the heatmaps when asked for."""
+
+    scores: dict[str, float | None]
+    methods_passed: int
+    exempted: bool
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class CamStats:
+    """Work done: heatmaps computed and seconds spent per method; pairs seen."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    pairs: int = 0
+
+    def add(self, method: str, calls: int, seconds: float) -> None:
+        self.calls[method] = self.calls.get(method, 0) + calls
+        self.seconds[method] = self.seconds.get(method, 0.0) + seconds
+
+
+def explain_batch(model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor,
+                  masks: Sequence[np.ndarray], labels: Sequence[int], *, methods: Sequence[str],
+                  rule: ExemptionRule, exhaustive: bool = False, keep_heatmaps: bool = False,
+                  scorecam_batch_size: int = 128, stats: CamStats | None = None
+                  ) -> list[Explanation]:
+    """Score a batch with each method, cheapest first; without `exhaustive`, a method runs only
+    for the samples whose exemption it can still change.
+
+    Args:
+        inputs: (B, 3, H, W) on the model's device; masks: B x (H, W) bool; labels: (B,).
+    """
+    ordered = sorted(methods, key=lambda m: METHODS[m].cost)
+    results = [Explanation({METHODS[m].column: None for m in METHODS}, 0, False) for _ in labels]
+    for position, method in enumerate(ordered):
+        remaining = len(ordered) - position
+        todo = [b for b, r in enumerate(results)
+                if exhaustive or rule.undecided(r.methods_passed, remaining)]
+        if not todo:
+            continue
+        started = time.perf_counter()
+        maps = heatmaps(method, model, layer, inputs[todo], [labels[b] for b in todo],
+                        scorecam_batch_size=scorecam_batch_size)
+        if stats is not None:
+            stats.add(method, len(todo), time.perf_counter() - started)
+        for heat_map, b in zip(maps, todo):
+            score = explainability_score(heat_map, masks[b], heat=rule.heat)
+            results[b].scores[METHODS[method].column] = score
+            results[b].methods_passed += int(rule.passes(score))
+            if keep_heatmaps:
+                results[b].heatmaps[method] = heat_map
+    for result in results:
+        result.exempted = result.methods_passed >= rule.min_methods
+    if stats is not None:
+        stats.pairs += len(results)
+    return results
+

@@ -1,0 +1,242 @@
+"""stages.cams: box mapping through timm's eval transform, scoring, target layers, real CAMs.
+
+Real demo images and the real demo models (mobilenetv1_025 at 128 px: 256 channels, so Score-CAM is
+cheap); models built with pretrained=False (resnet18, convnext_atto, vit_tiny) only exercise the
+target-layer rules, which depend on architecture, not weights.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from stages import cams
+from stages.explain import CamModel, cam_model
+from stages.images import open_image
+from stages.models import ModelSpec, eval_transform, model_specs
+
+CONFIG_128 = {"input_size": (3, 128, 128), "interpolation": "bilinear", "mean": (0.5,) * 3,
+              "std": (0.5,) * 3, "crop_pct": 0.875, "crop_mode": "center"}
+CONFIDENT_IMAGE = "ILSVRC2012_val_00000890"  # mobilenetv1_025: p(label 25) = 0.92, box [73, 9, 187, 193]
+
+
+def v1_spec(params: dict) -> ModelSpec:
+    """The mobilenetv1_025 demo model with an absolute folder (module fixtures run before chdir)."""
+    spec = model_specs(params, ["mobilenetv1_025"])[0]
+    folder = Path(__file__).resolve().parents[1] / spec.spec.removeprefix("local-dir:")
+    return ModelSpec(spec.name, f"local-dir:{folder}")
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Registered forward/backward (pre-)hooks over all modules."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(m._backward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def cam_v1(_params: dict) -> CamModel:
+    with cam_model(v1_spec(_params), device=torch.device("cpu")) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def demo_rows(demo_manifest):
+    return demo_manifest.set_index("image_id")
+
+
+def _boxes(row) -> list[list[int]]:
+    return [[int(v) for v in box] for box in row.boxes]
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def test_geometry_square_demo_image_hand_computed() -> None:
+    geom = cams.input_geometry(eval_transform(CONFIG_128), 227, 227)
+    # floor(128 / 0.875) = 146: resize 227 -> 146, then crop offset round((146 - 128) / 2) = 9
+    assert (geom.sx, geom.dx, geom.width, geom.height) == (Fraction(146, 227), -9, 128, 128)
+    assert cams.box_mask([[0, 0, 227, 227]], geom).all()
+
+
+def test_geometry_non_square_boxes_inside_partly_and_fully_outside() -> None:
+    transform = eval_transform(CONFIG_128)
+    geom = cams.input_geometry(transform, 300, 200)
+    # shorter side 200 -> 146, longer int(146 * 300 / 200) = 219; crop left round(91 / 2) = 46, top 9
+    assert (geom.sx, geom.sy, geom.dx, geom.dy) == (Fraction(73, 100), Fraction(73, 100), -46, -9)
+    inside = cams.box_mask([[100, 50, 200, 150]], geom)  # x [27, 100), y [27.5, 100.5) in the input
+    expected = np.zeros((128, 128), bool)
+    expected[27:100, 27:100] = True
+    np.testing.assert_array_equal(inside, expected)
+    partly = cams.box_mask([[0, 0, 100, 200]], geom)  # x [0, 73) - 46 -> clipped to [0, 27)
+    expected = np.zeros((128, 128), bool)
+    expected[:, :27] = True
+    np.testing.assert_array_equal(partly, expected)
+    outside = cams.box_mask([[0, 0, 41, 200]], geom)  # x [0, 29.93) - 46 < 0: left of the crop
+    assert not outside.any()
+    assert cams.explainability_score(np.ones((128, 128)), outside, heat=0.75) == 0.0
+    assert cams.boxes_to_input([[0, 0, 41, 200]], geom) == []
+
+
+def test_geometry_portrait_image_crops_vertically() -> None:
+    geom = cams.input_geometry(eval_transform(CONFIG_128), 200, 300)
+    assert (geom.width, geom.height, geom.dx, geom.dy) == (128, 128, -9, -46)
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("size", [(300, 200), (200, 333), (227, 227), (90, 60)])
+def test_box_mask_matches_a_mask_image_pushed_through_the_real_transform(crop_mode, size) -> None:
+    """Independent check: draw the boxes into an image, run timm's own transform steps on it
+    (nearest-neighbour), compare with the analytic mask."""
+    config = {**CONFIG_128, "crop_mode": crop_mode, "interpolation": "nearest"}
+    transform = eval_transform(config)
+    width, height = size
+    boxes = [[width // 10, height // 5, width // 2, height * 4 // 5], [width * 3 // 4, 0, width, height // 3]]
+    image = Image.new("RGB", size, (0, 0, 0))
+    for x0, y0, x1, y1 in boxes:
+        image.paste((255, 255, 255), (x0, y0, x1, y1))
+    for step in transform.transforms:
+        if type(step).__name__ in ("MaybeToTensor", "ToTensor", "Normalize"):
+            break
+        image = step(image)
+    pushed = np.asarray(image)[..., 0] > 200  # the border mode pads with grey 128
+    analytic = cams.box_mask(boxes, cams.input_geometry(transform, width, height))
+    assert analytic.shape == pushed.shape == (128, 128)
+    assert (analytic != pushed).mean() < 0.01
+
+
+def test_unknown_transform_step_and_bad_boxes_are_refused() -> None:
+    from torchvision import transforms as tv
+
+    with pytest.raises(ValueError, match="RandomHorizontalFlip"):
+        cams.input_geometry(tv.Compose([tv.RandomHorizontalFlip()]), 10, 10)
+    geom = cams.input_geometry(eval_transform(CONFIG_128), 227, 227)
+    with pytest.raises(ValueError, match=r"xmax >= xmin"):
+        cams.box_mask([[50, 0, 10, 10]], geom)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_explainability_score_counts_hot_box_pixels() -> None:
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, :2] = [0.75, 0.9]
+    heat[1, 0] = 0.74
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True
+    assert cams.explainability_score(heat, mask, heat=0.75) == 0.5
+    assert cams.explainability_score(heat, np.zeros((4, 4), bool), heat=0.75) == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        cams.explainability_score(heat, np.zeros((3, 4), bool), heat=0.75)
+
+
+def test_exemption_rule_outcomes_and_validation() -> None:
+    rule = cams.ExemptionRule()
+    assert rule.exempts([0.01, 0.5, None]) and not rule.exempts([0.0099, 0.5, None])
+    assert rule.undecided(1, 1) and not rule.undecided(2, 1) and not rule.undecided(0, 1)
+    assert rule.undecided(0, 3) and rule.undecided(0, 2)
+    with pytest.raises(ValueError, match="min_area"):
+        cams.ExemptionRule(min_area=0.0)
+    with pytest.raises(ValueError, match="heat"):
+        cams.ExemptionRule(heat=1.5)
+    with pytest.raises(ValueError, match="min_methods"):
+        cams.ExemptionRule(min_methods=0)
+
+
+# ----------------------------------------------------------------------------- target layers
+
+
+def test_target_layers_by_family_override_fallback_and_error(cam_v1: CamModel, _params) -> None:
+    assert cam_v1.layer_path == "blocks.-1" and cam_v1.layer is cam_v1.model.blocks[-1]
+    v2 = timm.create_model("mobilenetv2_100", pretrained=False)
+    assert cams.resolve_target_layer(v2, architecture="mobilenetv2_100", name="m")[0] == "bn2"
+    resnet = timm.create_model("resnet18", pretrained=False)
+    path, layer = cams.resolve_target_layer(resnet, architecture="resnet18", name="r")
+    assert path == "layer4" and layer is resnet.layer4
+    path, layer = cams.resolve_target_layer(v2, architecture="mobilenetv2_100", name="m",
+                                            override="blocks.-2.0")
+    assert layer is v2.blocks[-2][0]
+    convnext = timm.create_model("convnext_atto", pretrained=False)
+    assert cams.resolve_target_layer(convnext, architecture="convnext_atto", name="c")[0] == "stages"
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    with pytest.raises(ValueError, match=r"cannot resolve a target layer for model 'v'.*target_layers\.v"):
+        cams.resolve_target_layer(vit, architecture="vit_tiny_patch16_224", name="v")
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16,
+                             depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))  # NHWC features
+    with pytest.raises(ValueError, match="cannot resolve a target layer"):
+        cams.resolve_target_layer(swin, architecture="swin_tiny_patch4_window7_224", name="s")
+    with pytest.raises(ValueError, match=r"'nope'.*children"):
+        cams.resolve_target_layer(v2, architecture="mobilenetv2_100", name="m", override="blocks.nope")
+
+
+# ----------------------------------------------------------------------------- real CAMs
+
+
+def test_heatmaps_in_unit_range_at_input_resolution(cam_v1, demo_rows, demo_root) -> None:
+    row = demo_rows.loc[CONFIDENT_IMAGE]
+    inputs, _ = cam_v1.prepare([open_image(demo_root, row.path)], [_boxes(row)])
+    for method in cams.METHODS:
+        maps = cams.heatmaps(method, cam_v1.model, cam_v1.layer, inputs, [int(row.label)])
+        assert maps.shape == (1, 128, 128) and maps.dtype == np.float32
+        assert maps.min() >= 0.0 and maps.max() <= 1.0 and maps.max() > 0.9, method
+
+
+def test_object_box_scores_higher_than_an_empty_corner(cam_v1, demo_rows, demo_root) -> None:
+    row = demo_rows.loc[CONFIDENT_IMAGE]
+    image = open_image(demo_root, row.path)
+    inputs, (box,) = cam_v1.prepare([image], [_boxes(row)])
+    with torch.no_grad():
+        assert cam_v1.model(inputs).softmax(-1)[0, int(row.label)] > 0.8
+    corner = cams.box_mask([[0, 0, 60, 60]], cams.input_geometry(cam_v1.transform, *image.size))
+    assert box.mean() > 0.3 and corner.any() and not (corner & box).any()
+    for method in ("gradcam", "gradcam++"):
+        heat = cams.heatmaps(method, cam_v1.model, cam_v1.layer, inputs, [int(row.label)])[0]
+        on_box = cams.explainability_score(heat, box, heat=0.75)
+        in_corner = cams.explainability_score(heat, corner, heat=0.75)
+        assert on_box > in_corner + 0.05, (method, on_box, in_corner)
+
+
+def test_hooks_released_over_50_calls_and_errors_pass_through(_params) -> None:
+    with cam_model(v1_spec(_params), device=torch.device("cpu")) as loaded:
+        model, layer = loaded.model, loaded.layer
+        before = hook_count(model)
+        tiny = torch.randn(1, 3, 32, 32)  # a 1x1 feature map keeps Score-CAM cheap
+        for call in range(50):
+            method = "scorecam" if call % 10 == 9 else ("gradcam", "gradcam++")[call % 2]
+            cams.heatmaps(method, model, layer, tiny, [1], scorecam_batch_size=256)
+        assert hook_count(model) == before
+        with pytest.raises(IndexError):  # pytorch-grad-cam's own __exit__ would swallow this
+            cams.heatmaps("gradcam", model, layer, tiny, [5000, 1])
+        assert hook_count(model) == before
+
+
+def test_early_exit_decisions_equal_exhaustive(cam_v1, demo_manifest, demo_root) -> None:
+    rows = demo_manifest.iloc[10:14]
+    images = [open_image(demo_root, p) for p in rows.path]
+    inputs, masks = cam_v1.prepare(images, [_boxes(r) for r in rows.itertuples()])
+    labels = [int(v) for v in rows.label]
+    methods = ["scorecam", "gradcam", "gradcam++"]
+    full = cams.explain_batch(cam_v1.model, cam_v1.layer, inputs, masks, labels, methods=methods,
+                              rule=cams.ExemptionRule(), exhaustive=True, scorecam_batch_size=256)
+    assert all(r.scores["scorecam"] is not None for r in full)
+    saved = ran = 0
+    for rule in (cams.ExemptionRule(), cams.ExemptionRule(min_area=0.3),
+                 cams.ExemptionRule(min_methods=3)):
+        stats = cams.CamStats()
+        quick = cams.explain_batch(cam_v1.model, cam_v1.layer, inputs, masks, labels,
+                                   methods=methods, rule=rule, stats=stats,
+                                   scorecam_batch_size=256)
+        for f, q in zip(full, quick):
+            scores = [f.scores[c] for c in ("gradcam", "gradcampp", "scorecam")]
+            assert q.exempted == rule.exempts(scores)
+            assert q.scores["gradcam"] == f.scores["gradcam"]
+            if q.scores["scorecam"] is not None:
+                assert q.scores["scorecam"] == f.scores["scorecam"]
+        saved += len(labels) - stats.calls.get("scorecam", 0)
+        ran += stats.calls.get("scorecam", 0)
+    assert saved > 0 and ran > 0  # both paths of the early exit were taken
