@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,6 +24,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from tqdm import tqdm
 
 from stages import cams, formats
+from stages.formats import CAMS_SCHEMA
 from stages.images import open_image
 from stages.models import (ModelSpec, architecture, create_model, data_config, eval_transform,
                            model_specs, resolve_device)
@@ -32,17 +32,6 @@ from stages.params import load_params, resolve_threshold, section, split_params
 
 logger = logging.getLogger(__name__)
 
-CAMS_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("model", pa.string()),
-        ("gradcam", pa.float64()),
-        ("gradcampp", pa.float64()),
-        ("scorecam", pa.float64()),
-        ("methods_passed", pa.int32()),
-        ("exempted", pa.bool_()),
-    ]
-)
 """`data/cams/<split>.parquet`: one row per (candidate, model whose top-5 holds the label); a score
 is null when its method was not run (Score-CAM skipped by the early exit, or not configured)."""
 
@@ -284,12 +273,6 @@ def overlays_dir(split: str) -> Path:
     return formats.cams_path(split).with_name(f"{split}-overlays")
 
 
-def _swap_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-
-
 def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
     """Read the manifest, votes and params of a split; write its CAM table and overlays folder."""
     config = ExplainConfig.from_params(params)
@@ -307,14 +290,10 @@ def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
     candidates = select_candidates(manifest, votes, h3=h3)
     logger.info("explain %s: %d candidates (top-5 misses >= %d, with boxes), %d pairs", split,
                 len(candidates), h3, sum(len(m) for m in candidates["models"]))
-    target = overlays_dir(split)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     stats = cams.CamStats()
-    table = explain_candidates(candidates, split_params(params, split)["root"], specs,
-                               config=config, overlay_dir=tmp, stats=stats)
-    _swap_dir(tmp, target)
+    with formats.atomic_folder(overlays_dir(split)) as tmp:
+        table = explain_candidates(candidates, split_params(params, split)["root"], specs,
+                                   config=config, overlay_dir=tmp, stats=stats)
     formats.write_table(table, formats.cams_path(split), schema=CAMS_SCHEMA)
     skipped = stats.pairs - stats.calls.get("scorecam", 0) if "scorecam" in config.methods else 0
     logger.info("explain %s: %d pairs, %d exempting; heatmaps %s; seconds %s; Score-CAM skipped "

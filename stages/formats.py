@@ -53,6 +53,33 @@ LEDGER_SCHEMA = pa.schema(
 )
 """The decision ledger contract (DESIGN.md). Stages may append more columns after these."""
 
+VOTES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("label", pa.int32()),
+    ("original_label", pa.int32()),
+    ("iteration", pa.int32()),
+    ("inactive_reason", pa.string()),
+    ("cl_candidates", pa.list_(pa.int32())),
+    ("cl_models", pa.list_(pa.string())),
+    ("top5_misses", pa.int32()),
+    ("top5_hit_models", pa.list_(pa.string())),
+    ("n_models", pa.int32()),
+])
+"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts)."""
+
+CAMS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("model", pa.string()),
+        ("gradcam", pa.float64()),
+        ("gradcampp", pa.float64()),
+        ("scorecam", pa.float64()),
+        ("methods_passed", pa.int32()),
+        ("exempted", pa.bool_()),
+    ]
+)
+"""`data/cams/<split>.parquet`: one row per (candidate, model whose top-5 holds the label)."""
+
 ACTIONS = ("keep", "fix", "remove", "skip")
 
 _UMASK = os.umask(0)

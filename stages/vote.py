@@ -34,6 +34,7 @@ from cleanlab.rank import find_top_issues
 from tqdm import tqdm
 
 from stages import formats
+from stages.formats import VOTES_SCHEMA
 from stages.labels import CurrentLabels, current_labels
 from stages.params import load_params, section, split_params
 
@@ -43,19 +44,6 @@ FILTER_BY = "prune_by_noise_rate"
 RANK_BY = "normalized_margin"
 TOP_K = 5
 
-VOTES_SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("label", pa.int32()),
-    ("original_label", pa.int32()),
-    ("iteration", pa.int32()),
-    ("inactive_reason", pa.string()),
-    ("cl_candidates", pa.list_(pa.int32())),
-    ("cl_models", pa.list_(pa.string())),
-    ("top5_misses", pa.int32()),
-    ("top5_hit_models", pa.list_(pa.string())),
-    ("n_models", pa.int32()),
-])
-"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts)."""
 
 
 

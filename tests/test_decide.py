@@ -17,18 +17,8 @@ from stages import formats
 from stages.decide import (CLEAN_SCHEMA, LEDGER_FULL_SCHEMA, Thresholds, apply_overrides,
                            decide_split, load_merges, load_overrides, reconcile, run_decide)
 
-VOTES_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("label", pa.int32()), ("original_label", pa.int32()),
-    ("iteration", pa.int32()), ("inactive_reason", pa.string()),
-    ("cl_candidates", pa.list_(pa.int32())), ("cl_models", pa.list_(pa.string())),
-    ("top5_misses", pa.int32()), ("top5_hit_models", pa.list_(pa.string())),
-    ("n_models", pa.int32()),
-])
-CAMS_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("model", pa.string()), ("gradcam", pa.float64()),
-    ("gradcampp", pa.float64()), ("scorecam", pa.float64()), ("methods_passed", pa.int32()),
-    ("exempted", pa.bool_()),
-])
+VOTES_SCHEMA = formats.VOTES_SCHEMA
+CAMS_SCHEMA = formats.CAMS_SCHEMA
 MODELS = ["m0", "m1", "m2", "m3", "m4"]
 T = Thresholds(h1=3, h2=3, h3=4, n_models=5)  # the paper's val thresholds at |M| = 5
 WNIDS = formats.class_wnids()

@@ -17,21 +17,7 @@ import pytest
 
 from stages import explain, formats
 
-VOTES_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("label", pa.int32()),
-        ("original_label", pa.int32()),
-        ("iteration", pa.int32()),
-        ("inactive_reason", pa.string()),
-        ("cl_candidates", pa.list_(pa.int32())),
-        ("cl_models", pa.list_(pa.string())),
-        ("top5_misses", pa.int32()),
-        ("top5_hit_models", pa.list_(pa.string())),
-        ("n_models", pa.int32()),
-    ]
-)
-"""The votes contract (data/votes/<split>.parquet)."""
+VOTES_SCHEMA = formats.VOTES_SCHEMA
 
 MODELS = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075"]
 
