@@ -24,6 +24,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from tqdm import tqdm
 
 from stages import cams, formats
+from stages.boxes import box_mask, boxes_to_input, input_geometry
 from stages.formats import CAMS_SCHEMA
 from stages.images import open_image
 from stages.models import (ModelSpec, architecture, create_model, data_config, eval_transform,
@@ -112,7 +113,7 @@ class CamModel:
                 ) -> tuple[torch.Tensor, list[np.ndarray]]:
         """RGB PIL images and their boxes -> (B, 3, H, W) inputs on the device and B box masks."""
         inputs = torch.stack([self.transform(image) for image in images]).to(self.device)
-        masks = [cams.box_mask(b, cams.input_geometry(self.transform, *image.size))
+        masks = [box_mask(b, input_geometry(self.transform, *image.size))
                  for image, b in zip(images, boxes)]
         return inputs, masks
 
@@ -194,11 +195,11 @@ def _overlay(cm: CamModel, inputs: torch.Tensor, b: int, boxes: list[list[int]],
                for heat_map in result.heatmaps.values()]
     canvas = Image.fromarray(np.concatenate(panels, axis=1))
     draw = ImageDraw.Draw(canvas)
-    geom = cams.input_geometry(cm.transform, *size)
+    geom = input_geometry(cm.transform, *size)
     names = ["input"] + [f"{m} {result.scores[cams.METHODS[m].column]:.3f}" for m in result.heatmaps]
     for k, name in enumerate(names):
         offset = k * geom.width
-        for x0, y0, x1, y1 in cams.boxes_to_input(boxes, geom):
+        for x0, y0, x1, y1 in boxes_to_input(boxes, geom):
             draw.rectangle([offset + float(x0), float(y0), offset + float(x1) - 1, float(y1) - 1],
                            outline=(255, 255, 255))
         draw.text((offset + 2, 2), name, fill=(255, 255, 255))

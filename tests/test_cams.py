@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from stages import cams
+from stages.boxes import box_mask, boxes_to_input, input_geometry
 from stages.explain import CamModel, cam_model
 from stages.images import open_image
 from stages.models import ModelSpec, eval_transform, model_specs
@@ -58,33 +59,33 @@ def _boxes(row) -> list[list[int]]:
 
 
 def test_geometry_square_demo_image_hand_computed() -> None:
-    geom = cams.input_geometry(eval_transform(CONFIG_128), 227, 227)
+    geom = input_geometry(eval_transform(CONFIG_128), 227, 227)
     # floor(128 / 0.875) = 146: resize 227 -> 146, then crop offset round((146 - 128) / 2) = 9
     assert (geom.sx, geom.dx, geom.width, geom.height) == (Fraction(146, 227), -9, 128, 128)
-    assert cams.box_mask([[0, 0, 227, 227]], geom).all()
+    assert box_mask([[0, 0, 227, 227]], geom).all()
 
 
 def test_geometry_non_square_boxes_inside_partly_and_fully_outside() -> None:
     transform = eval_transform(CONFIG_128)
-    geom = cams.input_geometry(transform, 300, 200)
+    geom = input_geometry(transform, 300, 200)
     # shorter side 200 -> 146, longer int(146 * 300 / 200) = 219; crop left round(91 / 2) = 46, top 9
     assert (geom.sx, geom.sy, geom.dx, geom.dy) == (Fraction(73, 100), Fraction(73, 100), -46, -9)
-    inside = cams.box_mask([[100, 50, 200, 150]], geom)  # x [27, 100), y [27.5, 100.5) in the input
+    inside = box_mask([[100, 50, 200, 150]], geom)  # x [27, 100), y [27.5, 100.5) in the input
     expected = np.zeros((128, 128), bool)
     expected[27:100, 27:100] = True
     np.testing.assert_array_equal(inside, expected)
-    partly = cams.box_mask([[0, 0, 100, 200]], geom)  # x [0, 73) - 46 -> clipped to [0, 27)
+    partly = box_mask([[0, 0, 100, 200]], geom)  # x [0, 73) - 46 -> clipped to [0, 27)
     expected = np.zeros((128, 128), bool)
     expected[:, :27] = True
     np.testing.assert_array_equal(partly, expected)
-    outside = cams.box_mask([[0, 0, 41, 200]], geom)  # x [0, 29.93) - 46 < 0: left of the crop
+    outside = box_mask([[0, 0, 41, 200]], geom)  # x [0, 29.93) - 46 < 0: left of the crop
     assert not outside.any()
     assert cams.explainability_score(np.ones((128, 128)), outside, heat=0.75) == 0.0
-    assert cams.boxes_to_input([[0, 0, 41, 200]], geom) == []
+    assert boxes_to_input([[0, 0, 41, 200]], geom) == []
 
 
 def test_geometry_portrait_image_crops_vertically() -> None:
-    geom = cams.input_geometry(eval_transform(CONFIG_128), 200, 300)
+    geom = input_geometry(eval_transform(CONFIG_128), 200, 300)
     assert (geom.width, geom.height, geom.dx, geom.dy) == (128, 128, -9, -46)
 
 
@@ -105,7 +106,7 @@ def test_box_mask_matches_a_mask_image_pushed_through_the_real_transform(crop_mo
             break
         image = step(image)
     pushed = np.asarray(image)[..., 0] > 200  # the border mode pads with grey 128
-    analytic = cams.box_mask(boxes, cams.input_geometry(transform, width, height))
+    analytic = box_mask(boxes, input_geometry(transform, width, height))
     assert analytic.shape == pushed.shape == (128, 128)
     assert (analytic != pushed).mean() < 0.01
 
@@ -114,10 +115,10 @@ def test_unknown_transform_step_and_bad_boxes_are_refused() -> None:
     from torchvision import transforms as tv
 
     with pytest.raises(ValueError, match="RandomHorizontalFlip"):
-        cams.input_geometry(tv.Compose([tv.RandomHorizontalFlip()]), 10, 10)
-    geom = cams.input_geometry(eval_transform(CONFIG_128), 227, 227)
+        input_geometry(tv.Compose([tv.RandomHorizontalFlip()]), 10, 10)
+    geom = input_geometry(eval_transform(CONFIG_128), 227, 227)
     with pytest.raises(ValueError, match=r"xmax >= xmin"):
-        cams.box_mask([[50, 0, 10, 10]], geom)
+        box_mask([[50, 0, 10, 10]], geom)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -192,7 +193,7 @@ def test_object_box_scores_higher_than_an_empty_corner(cam_v1, demo_rows, demo_r
     inputs, (box,) = cam_v1.prepare([image], [_boxes(row)])
     with torch.no_grad():
         assert cam_v1.model(inputs).softmax(-1)[0, int(row.label)] > 0.8
-    corner = cams.box_mask([[0, 0, 60, 60]], cams.input_geometry(cam_v1.transform, *image.size))
+    corner = box_mask([[0, 0, 60, 60]], input_geometry(cam_v1.transform, *image.size))
     assert box.mean() > 0.3 and corner.any() and not (corner & box).any()
     for method in ("gradcam", "gradcam++"):
         heat = cams.heatmaps(method, cam_v1.model, cam_v1.layer, inputs, [int(row.label)])[0]
