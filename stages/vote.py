@@ -6,88 +6,31 @@ Per row, L' (`cl_candidates`) lists one candidate per flagging model. C_s (`top5
 models whose top-5 misses the label. Inactive rows (manifest skip rows, rows an earlier iteration
 removed) take no part. Predictions are memory-mapped and streamed one model at a time.
 
-Two strategies, one per size (`vote.exact_max_rows`): `exact` is cleanlab's `find_label_issues`
-(prune_by_noise_rate, ranked by normalized_margin) on the active rows held as float32; `batched` is
-cleanlab's low-memory `LabelInspector` (two passes over chunks; it approximates
-`filter_by="low_normalized_margin"`, so its flags differ from `exact`: see README).
+Two strategies, one per size (`vote.exact_max_rows`), in `stages.confident`: `exact` (cleanlab's
+`find_label_issues`) and `batched` (cleanlab's low-memory `LabelInspector`; see README).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import cleanlab
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from cleanlab.count import _reduce_issues, compute_confident_joint
-from cleanlab.experimental.label_issues_batched import LabelInspector
-from cleanlab.filter import find_label_issues
-from cleanlab.rank import find_top_issues
-from tqdm import tqdm
 
 from stages import formats
+from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
 from stages.formats import VOTES_SCHEMA
 from stages.labels import CurrentLabels, current_labels
 from stages.params import load_params, section, split_params
 
 logger = logging.getLogger(__name__)
-
-FILTER_BY = "prune_by_noise_rate"
-RANK_BY = "normalized_margin"
-TOP_K = 5
-
-
-
-
-@dataclass(frozen=True)
-class VoteConfig:
-    """Options of the vote stage (params `vote.<split>` plus `vote.exact_max_rows`).
-
-    Attributes:
-        fn: cleanlab `frac_noise` in (0, 1].
-        fn_mode: how fn < 1 is applied by the exact strategy: `cleanlab` passes it to cleanlab
-            (as the paper did; cleanlab truncates each class-pair prune count, so with 1000 classes
-            it keeps far fewer than fn of the flags, and a warning gives the figures); `ranked`
-            keeps the top ceil(fn * flags at fn=1) by normalized margin.
-        strategy: `auto` (exact up to `exact_max_rows` active rows, else batched), `exact`, `batched`.
-        exact_max_rows: the auto strategy's size limit for the exact path.
-        chunk_rows: rows read, cast to float32 and checked at a time.
-        n_jobs: cleanlab worker processes (1 = in-process; results do not depend on it).
-    """
-
-    fn: float = 1.0
-    fn_mode: str = "cleanlab"
-    strategy: str = "auto"
-    exact_max_rows: int = 200_000
-    chunk_rows: int = 16_384
-    n_jobs: int = 1
-
-    def __post_init__(self) -> None:
-        if isinstance(self.fn, bool) or not isinstance(self.fn, (int, float)) or not 0 < self.fn <= 1:
-            raise ValueError(f"vote fn (cleanlab frac_noise) must be a number in (0, 1], got {self.fn!r}")
-        if self.fn_mode not in FN_MODES:
-            raise ValueError(f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}")
-        if self.strategy != "auto" and self.strategy not in STRATEGIES:
-            raise ValueError(f"vote strategy must be 'auto' or one of {sorted(STRATEGIES)}, "
-                             f"got {self.strategy!r}")
-        for name in ("exact_max_rows", "chunk_rows", "n_jobs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"vote {name} must be a positive int, got {value!r}")
-
-    def resolve_strategy(self, n_active: int) -> str:
-        """The strategy used for `n_active` rows."""
-        if self.strategy != "auto":
-            return self.strategy
-        return "exact" if n_active <= self.exact_max_rows else "batched"
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,151 +59,6 @@ class VoteResult:
 
     table: pa.Table
     models: tuple[ModelVotes, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class _Flags:
-    ranked: np.ndarray      # (F,) positions into the active rows, most severe first
-    candidates: np.ndarray  # (A,) int32 top other class of every active row
-    top5_hit: np.ndarray    # (A,) bool
-    flagged_at_fn_1: int | None = None
-
-
-def _chunks(pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: int, model: str,
-            desc: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield (start, labels, float32 probabilities) for consecutive chunks of the active `rows`."""
-    with tqdm(total=len(rows), desc=f"vote {model} {desc}", unit="row", mininterval=2.0,
-              leave=False) as bar:
-        for start in range(0, len(rows), chunk_rows):
-            index = rows[start:start + chunk_rows]
-            if index[-1] - index[0] == len(index) - 1:
-                block = pred_probs[index[0]:index[-1] + 1]
-            else:
-                block = pred_probs[index]
-            chunk = np.asarray(block, dtype=np.float32)
-            _check_chunk(chunk, index, model)
-            bar.update(len(index))
-            yield start, labels[start:start + chunk_rows], chunk
-
-
-def _check_chunk(chunk: np.ndarray, index: np.ndarray, model: str) -> None:
-    bad = ~np.isfinite(chunk).all(axis=1) | (chunk.min(axis=1) < 0) | (chunk.max(axis=1) > 1)
-    if bad.any():
-        row = int(index[np.argmax(bad)])
-        raise ValueError(f"{model}: predictions of active row {row} are not probabilities in [0, 1] "
-                         f"({int(bad.sum())} such rows in rows {index[0]}..{index[-1]}); only "
-                         "manifest skip rows may be NaN: re-run predict for this model")
-
-
-def _chunk_stats(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(B,) labels, (B, K) probs -> candidate (most likely class other than the label), top-5 hit.
-
-    A hit means fewer than 5 classes are strictly more probable than the label (ties count as hits).
-    """
-    at = np.arange(len(labels))
-    own = probs[at, labels]
-    hit = (probs > own[:, None]).sum(axis=1) < TOP_K
-    others = probs.copy()
-    others[at, labels] = -np.inf
-    return others.argmax(axis=1).astype(np.int32), hit
-
-
-def _cleanlab_issues(labels: np.ndarray, probs: np.ndarray, fn: float, n_jobs: int,
-                     confident_joint: np.ndarray | None = None) -> np.ndarray:
-    """cleanlab's find_label_issues as the paper calls it; per-class warnings summarised once."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ranked = find_label_issues(labels, probs, filter_by=FILTER_BY, return_indices_ranked_by=RANK_BY,
-                                       frac_noise=fn, confident_joint=confident_joint, n_jobs=n_jobs)
-        finally:  # cleanlab keeps a per-class copy of pred_probs in module globals: drop it
-            cleanlab.filter.pred_probs_by_class, cleanlab.filter.prune_count_matrix_cols = {}, {}
-    few = [w for w in caught if "too few examples" in str(w.message)]
-    if few:
-        logger.info("cleanlab cannot flag rows of %d classes that have <= 1 active example "
-                    "(min_examples_per_class)", len(few))
-    for other in (w for w in caught if w not in few):
-        logger.warning("cleanlab: %s", other.message)
-    return np.asarray(ranked, dtype=np.int64)
-
-
-def _fn_cleanlab(labels: np.ndarray, probs: np.ndarray, config: VoteConfig, model: str
-                 ) -> tuple[np.ndarray, int | None]:
-    if config.fn == 1:
-        return _cleanlab_issues(labels, probs, 1.0, config.n_jobs), None
-    joint = compute_confident_joint(labels, probs)
-    ranked = _cleanlab_issues(labels, probs, config.fn, config.n_jobs, joint)
-    full = len(_cleanlab_issues(labels, probs, 1.0, config.n_jobs, joint))
-    kept = len(ranked) / max(full, 1)
-    logger.log(logging.WARNING if kept < 0.9 * config.fn else logging.INFO,
-               "%s: cleanlab frac_noise=%s kept %d of the %d flags at frac_noise=1 (%.1f %%): cleanlab "
-               "truncates each class-pair prune count, so pairs seen once or twice lose all their "
-               "flags; vote fn_mode: ranked keeps the top fn fraction instead", model, config.fn,
-               len(ranked), full, 100 * kept)
-    return ranked, full
-
-
-def _fn_ranked(labels: np.ndarray, probs: np.ndarray, config: VoteConfig, model: str
-               ) -> tuple[np.ndarray, int | None]:
-    ranked = _cleanlab_issues(labels, probs, 1.0, config.n_jobs)
-    if config.fn == 1:
-        return ranked, None
-    return ranked[:math.ceil(config.fn * len(ranked))], len(ranked)
-
-
-FN_MODES: dict[str, Callable[[np.ndarray, np.ndarray, VoteConfig, str],
-                             tuple[np.ndarray, int | None]]] = {
-    "cleanlab": _fn_cleanlab,
-    "ranked": _fn_ranked,
-}
-
-
-def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
-           model: str) -> _Flags:
-    """cleanlab.filter.find_label_issues on the active rows held in memory as float32."""
-    probs = np.empty((len(rows), pred_probs.shape[1]), dtype=np.float32)
-    candidates = np.empty(len(rows), dtype=np.int32)
-    hit = np.empty(len(rows), dtype=bool)
-    for start, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model, "read"):
-        end = start + len(chunk)
-        probs[start:end] = chunk
-        candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
-    ranked, full = FN_MODES[config.fn_mode](labels, probs, config, model)
-    return _Flags(ranked, candidates, hit, full)
-
-
-def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
-             model: str) -> _Flags:
-    """cleanlab's LabelInspector: thresholds pass, then scores pass; never more than a chunk."""
-    inspector = LabelInspector(num_class=pred_probs.shape[1], verbose=False, n_jobs=1,
-                               quality_score_kwargs={"method": RANK_BY})
-    for _, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model,
-                                          "thresholds"):
-        inspector.update_confident_thresholds(chunk_labels, chunk)
-    candidates = np.empty(len(rows), dtype=np.int32)
-    hit = np.empty(len(rows), dtype=bool)
-    correct = np.empty(len(rows), dtype=bool)
-    for start, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model,
-                                              "scores"):
-        end = start + len(chunk)
-        inspector.score_label_quality(chunk_labels, chunk)
-        correct[start:end] = _reduce_issues(chunk, chunk_labels)
-        candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
-    n_issues = int(inspector.get_num_issues(silent=True))
-    top = n_issues if config.fn == 1 else math.ceil(config.fn * n_issues)
-    ranked = find_top_issues(inspector.get_quality_scores(), top=top).astype(np.int64)
-    ranked = ranked[~correct[ranked]]
-    if config.fn != 1:
-        logger.info("%s: batched path applies fn=%s as the top fn fraction of %d estimated issues",
-                    model, config.fn, n_issues)
-    return _Flags(ranked, candidates, hit, n_issues if config.fn != 1 else None)
-
-
-STRATEGIES: dict[str, Callable[[np.ndarray, Any, np.ndarray, VoteConfig, str], _Flags]] = {
-    "exact": _exact,
-    "batched": _batched,
-}
-
 
 
 def _check_inputs(labels: np.ndarray, pred_probs: Any, active: np.ndarray, model: str) -> None:
