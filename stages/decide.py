@@ -33,31 +33,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from stages import formats
 from stages.params import load_params, resolve_threshold, section
 
 logger = logging.getLogger(__name__)
 
-LEDGER_EXTRAS = [("original_label", pa.int32()), ("iteration", pa.int32()), ("merged", pa.bool_()),
-                 ("override", pa.bool_()), ("exemptions", pa.int32())]
-LEDGER_FULL_SCHEMA = pa.schema(list(formats.LEDGER_SCHEMA) + [pa.field(n, t) for n, t in LEDGER_EXTRAS])
-"""The ledger as written: the contract columns, then original_label, iteration, merged, override,
-exemptions (number of models whose CAMs exempted the row)."""
-
-CLEAN_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32()),
-    ("original_label", pa.int32()), ("wnid", pa.string()), ("action", pa.string()),
-    ("placeholder", pa.bool_()), ("merged", pa.bool_()), ("boxes", formats.BOX),
-    ("width", pa.int32()), ("height", pa.int32()), ("iteration", pa.int32()),
-])
-"""`data/clean/<split>.parquet`: kept and fixed rows, then one placeholder per emptied merge class."""
-
 VOTES_COLUMNS = ("image_id", "label", "original_label", "iteration", "inactive_reason",
                  "cl_candidates", "cl_models", "top5_misses", "top5_hit_models", "n_models")
 OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
-PLACEHOLDER_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -345,11 +329,11 @@ def build_clean(ledger: pd.DataFrame, manifest: pd.DataFrame, *,
         "image_id": [f"placeholder_{wnids[c]}" for c in empty], "path": None, "label": empty,
         "original_label": pd.array([pd.NA] * len(empty), dtype="Int32"),
         "wnid": [wnids[c] for c in empty], "action": "placeholder", "placeholder": True,
-        "merged": False, "boxes": [[] for _ in empty], "width": PLACEHOLDER_SIZE,
-        "height": PLACEHOLDER_SIZE, "iteration": iteration})
+        "merged": False, "boxes": [[] for _ in empty], "width": formats.PLACEHOLDER_SIZE,
+        "height": formats.PLACEHOLDER_SIZE, "iteration": iteration})
     frames = [f for f in (rows, holders) if len(f)]
     clean = pd.concat(frames, ignore_index=True) if frames else rows
-    return clean.reindex(columns=CLEAN_SCHEMA.names)
+    return clean.reindex(columns=formats.CLEAN_SCHEMA.names)
 
 
 def reconcile(ledger: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:
@@ -388,8 +372,8 @@ def run_decide(split: str, params: dict[str, Any], *, root: str | Path = ".") ->
     overrides = load_overrides(root / overrides_file) if overrides_file else None
     ledger, clean = decide_split(votes, manifest, thresholds=thresholds, cams=cams, merges=merges,
                                  overrides=overrides, overrides_source=str(overrides_file))
-    formats.write_table(ledger, root / formats.ledger_path(split), schema=LEDGER_FULL_SCHEMA)
-    formats.write_table(clean, root / formats.clean_path(split), schema=CLEAN_SCHEMA)
+    formats.write_table(ledger, root / formats.ledger_path(split), schema=formats.LEDGER_FULL_SCHEMA)
+    formats.write_table(clean, root / formats.clean_path(split), schema=formats.CLEAN_SCHEMA)
     counts = reconcile(ledger, manifest)
     counts.update(merged=int(ledger["merged"].sum()), override=int(ledger["override"].sum()),
                   exempted=int(ledger["exempted"].sum()),

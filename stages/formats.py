@@ -80,6 +80,23 @@ CAMS_SCHEMA = pa.schema(
 )
 """`data/cams/<split>.parquet`: one row per (candidate, model whose top-5 holds the label)."""
 
+LEDGER_EXTRAS = [("original_label", pa.int32()), ("iteration", pa.int32()), ("merged", pa.bool_()),
+                 ("override", pa.bool_()), ("exemptions", pa.int32())]
+LEDGER_FULL_SCHEMA = pa.schema(list(LEDGER_SCHEMA) + [pa.field(n, t) for n, t in LEDGER_EXTRAS])
+"""The ledger as written: the contract columns, then original_label, iteration, merged, override,
+exemptions (number of models whose CAMs exempted the row)."""
+
+CLEAN_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32()),
+    ("original_label", pa.int32()), ("wnid", pa.string()), ("action", pa.string()),
+    ("placeholder", pa.bool_()), ("merged", pa.bool_()), ("boxes", BOX),
+    ("width", pa.int32()), ("height", pa.int32()), ("iteration", pa.int32()),
+])
+"""`data/clean/<split>.parquet`: kept and fixed rows, then one placeholder per emptied merge class."""
+
+PLACEHOLDER_SIZE = 224
+"""Side of the black RGB placeholder image of a class emptied by the merges."""
+
 ACTIONS = ("keep", "fix", "remove", "skip")
 
 _UMASK = os.umask(0)

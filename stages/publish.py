@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 CLEAN_COLUMNS = ("image_id", "path", "label", "original_label", "wnid", "action", "placeholder",
                  "merged", "boxes", "width", "height", "iteration")
-PLACEHOLDER_SIZE = 224
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
 
@@ -130,7 +129,7 @@ class Mode:
 def placeholder_png() -> bytes:
     """The image of a placeholder row: a black 224x224 RGB PNG (same bytes every call)."""
     buffer = io.BytesIO()
-    PILImage.new("RGB", (PLACEHOLDER_SIZE, PLACEHOLDER_SIZE)).save(buffer, format="PNG")
+    PILImage.new("RGB", (formats.PLACEHOLDER_SIZE, formats.PLACEHOLDER_SIZE)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

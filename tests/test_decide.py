@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import formats
-from stages.decide import (CLEAN_SCHEMA, LEDGER_FULL_SCHEMA, Thresholds, apply_overrides,
+from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
+from stages.decide import (Thresholds, apply_overrides,
                            decide_split, load_merges, load_overrides, reconcile, run_decide)
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA

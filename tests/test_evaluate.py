@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from stages import formats
-from stages.decide import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
+from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.evaluate import (class_table, evaluate_split, load_reference, reference_metrics,
                              run_evaluate, scan_model)
 

@@ -54,8 +54,18 @@ def test_repro_writes_every_output(project: Path) -> None:
     metrics = json.loads((project / "metrics/val.json").read_text())
     counts = metrics["counts"]
     assert counts["keep"] + counts["fix"] + counts["remove"] + counts["skip"] == 40
-    assert (project / "data/hub/README.md").is_file()
     assert stale_stages(project) == set()
+
+
+def test_published_folder_loads_with_datasets(project: Path, tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    ledger = pd.read_parquet(project / "data/decisions/val.parquet")
+    clean = load_dataset(str(project / "data/hub"), split="val", cache_dir=str(tmp_path))
+    evidence = load_dataset(str(project / "data/hub"), "ledger", split="val", cache_dir=str(tmp_path))
+    assert clean.num_rows == int(ledger["action"].isin(["keep", "fix"]).sum())
+    assert evidence.num_rows == len(ledger)
+    assert clean.features["label"].num_classes == 1000
 
 
 def test_metrics_show_lists_the_split_metrics(project: Path) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from stages import formats
 from stages.cli import main as cli_main
-from stages.decide import LEDGER_FULL_SCHEMA
+from stages.formats import LEDGER_FULL_SCHEMA
 from stages.labels import LABELS_SCHEMA
 from stages.promote import promote, promote_labels
 

@@ -35,14 +35,8 @@ KEEP, FIX, REMOVE, SKIP, MERGED = range(0, 12), range(12, 15), range(15, 18), 18
 EXEMPTED = 5
 ITERATION = 1
 TOKEN = "hf_publishTestSecretToken0123456789"
-CLEAN_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32()),
-    ("original_label", pa.int32()), ("wnid", pa.string()), ("action", pa.string()),
-    ("placeholder", pa.bool_()), ("merged", pa.bool_()), ("boxes", pa.list_(pa.list_(pa.int32()))),
-    ("width", pa.int32()), ("height", pa.int32()), ("iteration", pa.int32())])
-LEDGER_SCHEMA = pa.schema(list(formats.LEDGER_SCHEMA) + [
-    ("original_label", pa.int32()), ("iteration", pa.int32()), ("merged", pa.bool_()),
-    ("override", pa.bool_()), ("exemptions", pa.int32())])
+CLEAN_SCHEMA = formats.CLEAN_SCHEMA
+LEDGER_SCHEMA = formats.LEDGER_FULL_SCHEMA
 METRICS = {
     "counts": {"keep": 13, "fix": 3, "remove": 3, "skip": 1, "merge": 1},
     "models": {  # evaluate's shape, then the other nesting (the card reads both)
