@@ -18,7 +18,6 @@ from torchvision import transforms as tv
 from torchvision.transforms import v2 as tv2
 
 
-
 @dataclass(frozen=True)
 class Geometry:
     """An axis-aligned affine map from original-image pixels to input pixels: x' = x * sx + dx.

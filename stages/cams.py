@@ -20,7 +20,6 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam import score_cam as _score_cam_module
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-
 logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- scoring

@@ -23,7 +23,6 @@ is a `remove` with the labels file's reason. keep + fix + remove + skip = manife
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 from collections import Counter
@@ -35,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from stages import formats
-from stages.params import load_params, resolve_threshold, section
+from stages.cli import run_as_script, split_stage_main
+from stages.params import resolve_threshold, section
 
 logger = logging.getLogger(__name__)
 
@@ -385,16 +385,8 @@ def run_decide(split: str, params: dict[str, Any], *, root: str | Path = ".") ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.decide --split val [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean decide", description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run_decide(args.split, load_params(args.params))
-    return 0
+    return split_stage_main(argv, stage="decide", doc=__doc__, run=run_decide)
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
-
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

@@ -21,7 +21,6 @@ N x 1000 is ever held in memory.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -34,7 +33,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages import formats
-from stages.params import load_params, section
+from stages.cli import run_as_script, split_stage_main
+from stages.params import section
 
 logger = logging.getLogger(__name__)
 
@@ -275,17 +275,8 @@ def run_evaluate(split: str, params: dict[str, Any], *, root: str | Path = ".") 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.evaluate --split val [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean evaluate",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run_evaluate(args.split, load_params(args.params))
-    return 0
+    return split_stage_main(argv, stage="evaluate", doc=__doc__, run=run_evaluate)
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
-
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

@@ -8,7 +8,6 @@ explained by every model whose top-5 contains its label (`top5_hit_models`), wit
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -25,11 +24,19 @@ from tqdm import tqdm
 
 from stages import cams, formats
 from stages.boxes import box_mask, boxes_to_input, input_geometry
+from stages.cli import run_as_script, split_stage_main
 from stages.formats import CAMS_SCHEMA
 from stages.images import open_image
-from stages.models import (ModelSpec, architecture, create_model, data_config, eval_transform,
-                           model_specs, resolve_device)
-from stages.params import load_params, resolve_threshold, section, split_params
+from stages.models import (
+    ModelSpec,
+    architecture,
+    create_model,
+    data_config,
+    eval_transform,
+    model_specs,
+    resolve_device,
+)
+from stages.params import resolve_threshold, section, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -305,17 +312,8 @@ def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.explain --split val [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean explain",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run_explain(args.split, load_params(args.params))
-    return 0
+    return split_stage_main(argv, stage="explain", doc=__doc__, run=run_explain)
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
-
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, constants as hub_constants
+from huggingface_hub import HfApi
+from huggingface_hub import constants as hub_constants
 
 logger = logging.getLogger(__name__)
 

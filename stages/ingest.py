@@ -9,7 +9,6 @@ one with no area inside the image is dropped, each counted in the stage's metric
 
 from __future__ import annotations
 
-import argparse
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from stages import formats, layouts
+from stages.cli import run_as_script, split_stage_main
 from stages.images import probe_image
-from stages.params import load_params, section, split_params
+from stages.params import section, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -138,16 +138,8 @@ def ingest(split: str, params: dict[str, Any], *, out: Path | None = None,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.ingest --split val [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    ingest(args.split, load_params(args.params))
-    return 0
+    return split_stage_main(argv, stage="ingest", doc=__doc__, run=ingest)
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
-
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

@@ -29,12 +29,27 @@ import torch
 from tqdm import tqdm
 
 from stages import formats
-from stages.models import (ModelSpec, architecture, create_model, data_config, model_specs,
-                           resolve_device, weights_sha256)
+from stages.models import (
+    ModelSpec,
+    architecture,
+    create_model,
+    data_config,
+    model_specs,
+    resolve_device,
+    weights_sha256,
+)
 from stages.params import load_params, section, split_params
-from stages.predict_data import (InputTransform, ManifestImages, ShardBuffers, ShardSink,
-                                 ShardStore, input_transform, make_loader, manifest_sha256,
-                                 plan_batches)
+from stages.predict_data import (
+    InputTransform,
+    ManifestImages,
+    ShardBuffers,
+    ShardSink,
+    ShardStore,
+    input_transform,
+    make_loader,
+    manifest_sha256,
+    plan_batches,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +391,6 @@ def main_ensemble(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
+    from stages.cli import run_as_script
 
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

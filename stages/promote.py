@@ -102,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
+    from stages.cli import run_as_script
 
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

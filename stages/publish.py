@@ -33,15 +33,26 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetInfo, Features
 from datasets.splits import SplitDict, SplitInfo
 from datasets.table import InMemoryTable, table_cast
-from datasets.utils.tqdm import (are_progress_bars_disabled, disable_progress_bars,
-                                  enable_progress_bars)
+from datasets.utils.tqdm import (
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
+)
 from PIL import Image as PILImage
 from tqdm import tqdm
 
 from stages import formats, images
+from stages.card import (
+    CardContext,
+    SplitSummary,
+    card_context,
+    default_features,
+    hub_class_names,
+    ledger_features,
+    render_card,
+    summarize_split,
+)
 from stages.hub import REPO_ID, PushError, PushResult, ensure_push_ready, push  # noqa: F401 (re-exported)
-from stages.card import (CardContext, SplitSummary, card_context, default_features, hub_class_names,
-                         ledger_features, render_card, summarize_split)
 from stages.params import load_params, section, split_params
 
 logger = logging.getLogger(__name__)
@@ -420,7 +431,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
+    from stages.cli import run_as_script
 
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)

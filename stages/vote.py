@@ -12,7 +12,6 @@ Two strategies, one per size (`vote.exact_max_rows`), in `stages.confident`: `ex
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ import pandas as pd
 import pyarrow as pa
 
 from stages import formats
+from stages.cli import run_as_script, split_stage_main
 from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
 from stages.formats import VOTES_SCHEMA
 from stages.labels import CurrentLabels, current_labels
-from stages.params import load_params, section, split_params
+from stages.params import section, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -237,16 +237,8 @@ def run_vote(split: str, params: dict[str, Any], *, out: Path | None = None,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.vote --split val [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean vote", description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    run_vote(args.split, load_params(args.params))
-    return 0
+    return split_stage_main(argv, stage="vote", doc=__doc__, run=run_vote)
 
 
 if __name__ == "__main__":
-    from stages.cli import configure_logging
-
-    configure_logging()
-    raise SystemExit(main())
+    run_as_script(main)
