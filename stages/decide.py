@@ -39,8 +39,6 @@ from stages.params import resolve_threshold, section
 
 logger = logging.getLogger(__name__)
 
-VOTES_COLUMNS = ("image_id", "label", "original_label", "iteration", "inactive_reason",
-                 "cl_candidates", "cl_models", "top5_misses", "top5_hit_models", "n_models")
 OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
 
 
@@ -116,13 +114,7 @@ def count_exemptions(cams: pd.DataFrame | None) -> dict[str, int]:
 
 
 def _check_votes(votes: pd.DataFrame, manifest: pd.DataFrame, t: Thresholds) -> None:
-    missing = [c for c in VOTES_COLUMNS if c not in votes.columns]
-    if missing:
-        raise ValueError(f"votes table lacks columns {missing}; re-run `dvc repro vote`")
-    if len(votes) != len(manifest) or not np.array_equal(votes["image_id"].to_numpy(),
-                                                          manifest["image_id"].to_numpy()):
-        raise ValueError(f"votes ({len(votes)} rows) do not align with the manifest "
-                         f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
+    formats.check_votes(votes, manifest)
     active = votes["inactive_reason"].isna()
     stale = sorted(set(votes.loc[active, "n_models"].dropna().astype(int)) - {t.n_models})
     if stale:

@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 """`data/cams/<split>.parquet`: one row per (candidate, model whose top-5 holds the label); a score
 is null when its method was not run (Score-CAM skipped by the early exit, or not configured)."""
 
-VOTE_COLUMNS = ("image_id", "label", "inactive_reason", "top5_misses", "top5_hit_models", "n_models")
 
 
 @dataclass(frozen=True)
@@ -158,13 +157,7 @@ def select_candidates(manifest: pd.DataFrame, votes: pd.DataFrame, *, h3: int) -
         One row per candidate, manifest order: image_id, path, label (current), boxes (list of
         [xmin, ymin, xmax, ymax]), models (top5_hit_models).
     """
-    missing = [c for c in VOTE_COLUMNS if c not in votes.columns]
-    if missing:
-        raise ValueError(f"votes lack columns {missing}; re-run `imagenet-clean vote`")
-    if len(votes) != len(manifest) or not np.array_equal(votes["image_id"].to_numpy(),
-                                                         manifest["image_id"].to_numpy()):
-        raise ValueError(f"votes ({len(votes)} rows) do not align with the manifest "
-                         f"({len(manifest)} rows) by image_id; re-run `imagenet-clean vote`")
+    formats.check_votes(votes, manifest)
     has_boxes = manifest["boxes"].map(lambda b: b is not None and len(b) > 0).to_numpy(bool)
     chosen = (votes["inactive_reason"].isna().to_numpy() & has_boxes
               & (votes["top5_misses"].fillna(0).to_numpy() >= h3) & votes["label"].notna().to_numpy())

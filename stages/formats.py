@@ -180,6 +180,18 @@ def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> 
     return read_table(path or manifest_path(split), what=f"manifest of split {split!r}")
 
 
+def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
+    """Raise ValueError unless `votes` has the votes contract's columns and one row per manifest
+    row in the manifest's image_id order (both are read by explain and decide)."""
+    missing = [c for c in VOTES_SCHEMA.names if c not in votes.columns]
+    if missing:
+        raise ValueError(f"votes table lack columns {missing}; re-run `dvc repro vote`")
+    if len(votes) != len(manifest) or not np.array_equal(votes["image_id"].to_numpy(),
+                                                          manifest["image_id"].to_numpy()):
+        raise ValueError(f"votes ({len(votes)} rows) do not align with the manifest "
+                         f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
+
+
 def write_json(data: Any, target: str | os.PathLike[str]) -> None:
     """Atomically write deterministic, human-readable JSON."""
     with atomic_path(target) as tmp:
