@@ -16,7 +16,6 @@ HF_TOKEN environment variable only and is never written anywhere.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import io
 import logging
@@ -24,20 +23,14 @@ import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import Dataset, DatasetInfo, Features
+from datasets import DatasetInfo, Features
 from datasets.splits import SplitDict, SplitInfo
-from datasets.table import InMemoryTable, table_cast
-from datasets.utils.tqdm import (
-    are_progress_bars_disabled,
-    disable_progress_bars,
-    enable_progress_bars,
-)
 from PIL import Image as PILImage
 from tqdm import tqdm
 
@@ -52,7 +45,8 @@ from stages.card import (
     render_card,
     summarize_split,
 )
-from stages.hub import REPO_ID, PushError, PushResult, ensure_push_ready, push  # noqa: F401 (re-exported)
+from stages.hub import REPO_ID, PushError, ensure_push_ready, push
+from stages.shards import datasets_bars_off, plan_shards, shard_overhead, write_shard
 from stages.params import load_params, section, split_params
 
 logger = logging.getLogger(__name__)
@@ -240,42 +234,6 @@ def ledger_table(inputs: SplitInputs) -> pa.Table:
     return ledger.append_column("path", manifest.column("path"))
 
 
-def plan_shards(row_bytes: np.ndarray, max_shard_bytes: int) -> list[tuple[int, int]]:
-    """Contiguous row ranges [start, stop) whose estimated bytes stay within `max_shard_bytes`
-    (a row larger than the limit gets a shard of its own); always at least one range.
-
-    row_bytes: (N,) estimated bytes per row.
-    """
-    ranges, start, total = [], 0, 0.0
-    for index, size in enumerate(np.asarray(row_bytes, dtype=np.float64).tolist()):
-        if index > start and total + size > max_shard_bytes:
-            ranges.append((start, index))
-            start, total = index, 0.0
-        total += size
-    ranges.append((start, len(row_bytes)))
-    return ranges
-
-
-def write_shard(table: pa.Table, features: Features, target: Path | io.BytesIO) -> int:
-    """Write one parquet shard with `datasets`' own writer (HF features in the schema metadata,
-    the Hub's row-group and page settings) -> the shard's in-memory (Arrow) bytes."""
-    if isinstance(target, Path):
-        target.parent.mkdir(parents=True, exist_ok=True)
-    table = table_cast(table, features.arrow_schema)
-    dataset = Dataset(InMemoryTable(table), info=DatasetInfo(features=features),
-                      fingerprint="publish")  # never transformed: skip hashing the table
-    dataset.to_parquet(target if isinstance(target, io.BytesIO) else str(target))
-    return int(table.nbytes)
-
-
-def shard_overhead(features: Features) -> int:
-    """Bytes every shard file takes besides its rows: its footer, whose schema holds the
-    features (1000 class names per ClassLabel column), measured on an empty shard."""
-    buffer = io.BytesIO()
-    write_shard(features.arrow_schema.empty_table(), features, buffer)
-    return len(buffer.getvalue())
-
-
 def _write_split(folder: Path, config: str, split: str, table: pa.Table, features: Features,
                  mode: Mode, root: Path, max_shard_bytes: int) -> SplitInfo:
     overhead = shard_overhead(features)
@@ -292,18 +250,6 @@ def _write_split(folder: Path, config: str, split: str, table: pa.Table, feature
             bar.update(stop - start)
     logger.info("%s/%s: %d rows in %d shard(s)", config, split, table.num_rows, len(ranges))
     return SplitInfo(name=split, num_bytes=num_bytes, num_examples=table.num_rows)
-
-
-@contextlib.contextmanager
-def _datasets_bars_off() -> Iterator[None]:
-    """`datasets` draws a bar per parquet file; the stage draws its own per split."""
-    was_disabled = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            enable_progress_bars()
 
 
 def _check_max_shard_bytes(value: Any) -> None:
@@ -352,7 +298,7 @@ def build_hub_folder(splits: Sequence[SplitInputs], *, mode: str = "labels",
     names = hub_class_names()
     infos = {"default": DatasetInfo(features=default_features(names, images=MODES[mode].images),
                                     splits=SplitDict())}
-    with _datasets_bars_off(), formats.atomic_folder(out) as folder:
+    with datasets_bars_off(), formats.atomic_folder(out) as folder:
         summaries = [_publish_split(folder, inputs, infos, names, mode=mode,
                                     include_placeholders=include_placeholders,
                                     max_shard_bytes=max_shard_bytes) for inputs in splits]

@@ -27,8 +27,9 @@ from huggingface_hub import constants as hub_constants
 from stages import formats
 from stages.card import card_context, default_features, hub_class_names
 from stages.images import open_image
-from stages.publish import (HubFolder, PublishConfig, PushError, SplitInputs, build_hub_folder,
-                            main, plan_shards, push)
+from stages.hub import PushError, push
+from stages.publish import HubFolder, PublishConfig, SplitInputs, build_hub_folder, main
+from stages.shards import plan_shards
 
 ROWS = 20
 KEEP, FIX, REMOVE, SKIP, MERGED = range(0, 12), range(12, 15), range(15, 18), 18, 19
