@@ -11,7 +11,6 @@ no host names), so the same inputs give the same card.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import math
@@ -110,14 +109,6 @@ def ledger_features(schema: pa.Schema, names: Sequence[str]) -> Features:
                      else generate_from_arrow_type(item.type) for item in schema})
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_metrics(path: Path | None) -> dict[str, Any]:
     """metrics/<split>.json as a dict; {} (with a log line) when absent or unreadable."""
     if path is None or not Path(path).is_file():
@@ -154,7 +145,7 @@ def summarize_split(name: str, default: pa.Table, ledger: pa.Table, *, clean: Pa
         name=name, iteration=int(iteration or 0), manifest_rows=ledger.num_rows,
         ledger_counts=counts, default_rows=default.num_rows,
         placeholders=_true_count(placeholders), metrics=read_metrics(metrics),
-        sha256={label: _sha256(path) for label, path in sources.items()})
+        sha256={label: formats.file_sha256(path) for label, path in sources.items()})
 
 
 def card_context(params: Mapping[str, Any], *, repo_id: str) -> CardContext:

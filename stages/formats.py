@@ -8,6 +8,7 @@ with fixed schemas and without pandas metadata, so the same inputs give the same
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -190,6 +191,15 @@ def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
                                                           manifest["image_id"].to_numpy()):
         raise ValueError(f"votes ({len(votes)} rows) do not align with the manifest "
                          f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, read in 1 MiB blocks (weights and inputs can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(data: Any, target: str | os.PathLike[str]) -> None:

@@ -6,7 +6,6 @@ demo ships (0.25/0.5/0.75, not in timm's registry) are added with timm's `regist
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from timm.data import create_transform, resolve_data_config
 from timm.models import register_model
 from timm.models._registry import is_model
 from timm.models.efficientnet import _gen_mobilenet_v1
+
+from stages.formats import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +126,7 @@ def weights_sha256(spec: ModelSpec) -> str | None:
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = folder / name
         if path.is_file():
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            return digest.hexdigest()
+            return file_sha256(path)
     return None
 
 
