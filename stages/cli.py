@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Any, Callable, Sequence
+
+from stages.errors import UserError
+
+DEBUG_ENV = "IMAGENET_CLEAN_DEBUG"
 
 COMMANDS = {
     "ingest": "stages.ingest",
@@ -23,16 +28,36 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to `stages.<stage>.main` (or `main_ensemble` for `predict-ensemble`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _strip_debug(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         names = ", ".join(COMMANDS)
-        print(f"usage: imagenet-clean {{{names}}} [options]  (each takes --help)", file=sys.stderr)
+        print(f"usage: imagenet-clean [--debug] {{{names}}} [options]  (each takes --help)",
+              file=sys.stderr)
         return 2
     configure_logging()
     command, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[command])
     entry = module.main_ensemble if command == "predict-ensemble" else module.main
-    return int(entry(rest) or 0)
+    return guarded(lambda: int(entry(rest) or 0), debug=debug)
+
+
+def _strip_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """argv without `--debug`, and whether tracebacks of user errors are wanted."""
+    rest = [a for a in argv if a != "--debug"]
+    return rest, len(rest) != len(argv)
+
+
+def guarded(run: Callable[[], int], *, debug: bool = False) -> int:
+    """Run an entry point; a UserError becomes `error: <message>` on stderr and exit status 2
+    (the traceback only with `debug`). Other exceptions propagate with their tracebacks."""
+    try:
+        return run()
+    except UserError as error:
+        if debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        print(f"(set {DEBUG_ENV}=1 or pass --debug for the traceback)", file=sys.stderr)
+        return 2
 
 
 def configure_logging() -> None:
@@ -53,10 +78,12 @@ def split_stage_main(argv: Sequence[str] | None, *, stage: str, doc: str,
     return 0
 
 
-def run_as_script(entry: Callable[[], int]) -> None:
-    """`python -m stages.<stage>`: log to stderr, run, exit with the entry point's status."""
+def run_as_script(entry: Callable[[Sequence[str] | None], int]) -> None:
+    """`python -m stages.<stage>`: log to stderr, run, exit with the entry point's status
+    (2 with a short message for a UserError)."""
     configure_logging()
-    raise SystemExit(entry())
+    argv, debug = _strip_debug(sys.argv[1:])
+    raise SystemExit(guarded(lambda: int(entry(argv) or 0), debug=debug))
 
 
 if __name__ == "__main__":

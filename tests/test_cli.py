@@ -17,7 +17,7 @@ def test_every_subcommand_names_an_importable_stage_entry_point() -> None:
 
 def test_unknown_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["frobnicate"]) == 2
-    assert "usage: imagenet-clean {ingest, predict" in capsys.readouterr().err
+    assert "usage: imagenet-clean [--debug] {ingest, predict" in capsys.readouterr().err
 
 
 def test_subcommand_runs_the_stage(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -25,3 +25,24 @@ def test_subcommand_runs_the_stage(tmp_path, capsys: pytest.CaptureFixture[str])
         cli.main(["ingest", "--help"])
     assert exit_info.value.code == 0
     assert "--split" in capsys.readouterr().out
+
+
+def test_a_user_error_exits_2_with_one_message_and_no_traceback(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    assert cli.main(["decide", "--split", "nosuchsplit"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nosuchsplit" in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.errors import UserError
+
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(UserError):
+        cli.guarded(lambda: (_ for _ in ()).throw(UserError("bad")))
+
+
+def test_programming_errors_keep_their_traceback() -> None:
+    with pytest.raises(ZeroDivisionError):
+        cli.guarded(lambda: 1 // 0)
