@@ -193,6 +193,20 @@ def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
                          f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
 
 
+def image_ids_sha256(image_ids: Any) -> str:
+    """The digest of a split's row order, recorded in every predictions sidecar as
+    `image_ids_sha256` so that readers can refuse predictions whose rows are not the manifest's."""
+    digest = hashlib.sha256()
+    for image_id in image_ids:
+        digest.update(str(image_id).encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()
+
+
+SIDECAR_SOURCES = ("predict", "out-of-fold", "imported")
+"""The `source` of a predictions sidecar: the predict stage (pretrained models), out-of-fold
+training (train splits), or `imagenet-clean import-predictions` (made elsewhere)."""
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, read in 1 MiB blocks (weights and inputs can be large)."""
     digest = hashlib.sha256()
