@@ -1,0 +1,41 @@
+"""card: the dataset card's YAML front matter and its markdown body."""
+
+from __future__ import annotations
+
+from datasets.info import DatasetInfosDict
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard
+
+from hub_inputs import ROWS, build, front_matter, inputs  # noqa: F401  (fixtures)
+from stages.card import card_context, default_features, hub_class_names
+
+def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params) -> None:
+    context = card_context(params, repo_id="someone/imagenet-clean")
+    folder = build(inputs, tmp_path / "hub", context=context).path
+    data = front_matter(folder)
+    assert data["license"] == "other" and data["task_categories"] == ["image-classification"]
+    assert {item["config_name"] for item in data["configs"]} == {"default", "ledger"}
+    assert data["configs"][0]["data_files"] == [{"split": "val", "path": "data/default/val-*.parquet"}]
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.license_name == "imagenet-terms-of-access"
+    configs = MetadataConfigs.from_dataset_card_data(card.data)
+    assert configs.get_default_config_name() == "default"
+    infos = DatasetInfosDict.from_dataset_card_data(card.data)
+    assert infos["default"].features == default_features(hub_class_names(), images=False)
+    assert infos["ledger"].splits["val"].num_examples == ROWS
+    text = card.text
+    assert "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |" in text
+    assert ("| model | top1 original | top1 cleaned | top5 original | top5 cleaned | cl_label_errors "
+            "| cleaned rows | original rows |") in text
+    assert "| mobilenetv1_025 | 41.50 | 44.25 | 66.00 | 69.75 | 4 | 16 | 19 |" in text
+    assert "| mobilenetv1_050 | 50.00 | 52.00 | 70.00 | 72.00 |  |  |  |" in text
+    assert "`local-dir:data/demo/models/mobilenetv1_025.tf_in1k`" in text
+    assert "| val | kaggle | 1.0 | M/2 (= 3) | 3 | 2M/3 (= 4) |" in text
+    assert "arXiv:2103.16324" in text and 'load_dataset("someone/imagenet-clean"' in text
+
+
+def test_card_tolerates_missing_metrics(inputs, tmp_path) -> None:
+    inputs.metrics.unlink()
+    text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
+    assert "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |" in text
+    assert "no per-model metrics recorded" in text
