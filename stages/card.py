@@ -10,7 +10,6 @@ no host names), so the same inputs give the same card.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -22,14 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from datasets import ClassLabel, DatasetInfo, Features, Image, List, Value
-from datasets.features.features import generate_from_arrow_type
-from datasets.info import DatasetInfosDict
-from datasets.utils.metadata import MetadataConfigs
+from datasets import DatasetInfo
 from huggingface_hub import DatasetCardData
 
 from stages import formats
 from stages.params import resolve_threshold
+from stages.shards import metadata_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +39,6 @@ BIBTEX = """@article{kertesz2021imagenetclean,
   year    = {2021},
   url     = {https://arxiv.org/abs/2103.16324}
 }"""
-LEDGER_LABELS = ("label", "new_label", "original_label")  # ledger columns published as ClassLabel
 COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge")
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
@@ -80,33 +76,6 @@ class SplitSummary:
     placeholders: int
     metrics: Mapping[str, Any]
     sha256: Mapping[str, str]
-
-
-def hub_class_names() -> list[str]:
-    """The 1000 class names (`formats.class_names()`, label order) made unique for `ClassLabel`:
-    a name shared by two wnids (ImageNet's two "crane" classes) gets its wnid appended."""
-    names, wnids = formats.class_names(), formats.class_wnids()
-    counts = collections.Counter(names)
-    return [f"{name} ({wnid})" if counts[name] > 1 else name
-            for name, wnid in zip(names, wnids, strict=True)]
-
-
-def default_features(names: Sequence[str], *, images: bool) -> Features:
-    """Features of the `default` config (the cleaned split), with an `image` column or without."""
-    return Features({
-        **({"image": Image()} if images else {}),
-        "image_id": Value("string"), "path": Value("string"),
-        "label": ClassLabel(names=list(names)), "original_label": ClassLabel(names=list(names)),
-        "wnid": Value("string"), "action": Value("string"), "placeholder": Value("bool"),
-        "merged": Value("bool"), "boxes": List(List(Value("int32"), length=4)),
-        "width": Value("int32"), "height": Value("int32"), "iteration": Value("int32"),
-    })
-
-
-def ledger_features(schema: pa.Schema, names: Sequence[str]) -> Features:
-    """Features of the `ledger` config: its label columns as ClassLabel, the rest as stored."""
-    return Features({item.name: ClassLabel(names=list(names)) if item.name in LEDGER_LABELS
-                     else generate_from_arrow_type(item.type) for item in schema})
 
 
 def read_metrics(path: Path | None) -> dict[str, Any]:
@@ -197,7 +166,8 @@ def render_card(*, context: CardContext, splits: Sequence[SplitSummary],
 
 def front_matter(splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo]
                  ) -> DatasetCardData:
-    """The YAML metadata, serialised by `datasets`' own helpers so that it parses back."""
+    """The YAML metadata: the Hub's card fields, then `configs` and `dataset_info` in the format
+    `datasets` reads back (`shards.metadata_yaml`)."""
     total = sum(split.default_rows for split in splits)
     size = next((label for bound, label in SIZE_CATEGORIES if total < bound), "10M<n<100M")
     data = DatasetCardData(
@@ -207,13 +177,8 @@ def front_matter(splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo
         annotations_creators=["crowdsourced", "machine-generated"],
         source_datasets=["extended|imagenet-1k"],
         tags=["imagenet", "label-noise", "confident-learning", "data-cleaning"])
-    configs = {
-        config: {"data_files": [{"split": split.name, "path": f"data/{config}/{split.name}-*.parquet"}
-                                for split in splits]}
-        for config in infos}
-    configs["default"]["default"] = True
-    MetadataConfigs(configs).to_dataset_card_data(data)
-    DatasetInfosDict(infos).to_dataset_card_data(data)
+    for key, value in metadata_yaml(infos, [split.name for split in splits], default="default").items():
+        data[key] = value
     return data
 
 

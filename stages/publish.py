@@ -35,18 +35,17 @@ from PIL import Image as PILImage
 from tqdm import tqdm
 
 from stages import formats, images
-from stages.card import (
-    CardContext,
-    SplitSummary,
-    card_context,
+from stages.card import CardContext, SplitSummary, card_context, render_card, summarize_split
+from stages.hub import REPO_ID, PushError, ensure_push_ready, push
+from stages.shards import (
+    datasets_bars_off,
     default_features,
     hub_class_names,
     ledger_features,
-    render_card,
-    summarize_split,
+    plan_shards,
+    shard_overhead,
+    write_shard,
 )
-from stages.hub import REPO_ID, PushError, ensure_push_ready, push
-from stages.shards import datasets_bars_off, plan_shards, shard_overhead, write_shard
 from stages.params import load_params, section, split_params
 
 logger = logging.getLogger(__name__)

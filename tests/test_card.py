@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datasets.info import DatasetInfosDict
-from datasets.utils.metadata import MetadataConfigs
+from datasets import load_dataset_builder
 from huggingface_hub import DatasetCard
 
-from hub_inputs import ROWS, build, front_matter, inputs  # noqa: F401  (fixtures)
-from stages.card import card_context, default_features, hub_class_names
+from hub_inputs import ROWS, build, cache, front_matter, inputs  # noqa: F401  (fixtures)
+from stages.card import card_context
+from stages.shards import default_features, hub_class_names
 
-def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params) -> None:
+def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params, cache) -> None:
     context = card_context(params, repo_id="someone/imagenet-clean")
     folder = build(inputs, tmp_path / "hub", context=context).path
     data = front_matter(folder)
@@ -18,11 +18,11 @@ def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params
     assert data["configs"][0]["data_files"] == [{"split": "val", "path": "data/default/val-*.parquet"}]
     card = DatasetCard.load(folder / "README.md")
     assert card.data.license_name == "imagenet-terms-of-access"
-    configs = MetadataConfigs.from_dataset_card_data(card.data)
-    assert configs.get_default_config_name() == "default"
-    infos = DatasetInfosDict.from_dataset_card_data(card.data)
-    assert infos["default"].features == default_features(hub_class_names(), images=False)
-    assert infos["ledger"].splits["val"].num_examples == ROWS
+    default = load_dataset_builder(str(folder), cache_dir=cache)  # the card's default config
+    assert default.config.name == "default"
+    assert default.info.features == default_features(hub_class_names(), images=False)
+    ledger = load_dataset_builder(str(folder), "ledger", cache_dir=cache)
+    assert ledger.info.splits["val"].num_examples == ROWS
     text = card.text
     assert "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |" in text
     assert ("| model | top1 original | top1 cleaned | top5 original | top5 cleaned | cl_label_errors "

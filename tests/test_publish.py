@@ -16,7 +16,7 @@ from hub_inputs import (EXEMPTED, FIX, METRICS, ROWS, TOKEN, RecordingHub, Split
                         build, cache, inputs, project_dir)
 from stages.images import open_image
 from stages.publish import PublishConfig, build_hub_folder, main
-from stages.card import hub_class_names
+from stages.shards import hub_class_names
 
 @pytest.mark.parametrize("mode", ["labels", "images"])
 def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mode) -> None:

@@ -9,8 +9,7 @@ from datasets import ClassLabel, Value, load_dataset
 
 from hub_inputs import build, cache, inputs  # noqa: F401  (fixtures)
 from stages import formats
-from stages.card import hub_class_names
-from stages.shards import plan_shards
+from stages.shards import hub_class_names, plan_shards
 
 def test_class_names_are_imagenet_names_made_unique() -> None:
     names, plain = hub_class_names(), formats.class_names()
