@@ -203,7 +203,33 @@ confident learning. This repository was produced by the ImageNet-Clean DVC pipel
   pipeline's cleaned split so that the 1000-class interface stays; here they are {placeholder}.
 - **Labels** are indices into the 1000 ILSVRC2012 classes in sorted-wnid order (the usual ImageNet
   order), published as `ClassLabel`; the two classes named "crane" carry their wnid in the name.
-"""
+""" + _agreement(splits)
+
+
+def _agreement(splits: Sequence[SplitSummary]) -> str:
+    """The headline: agreement with human reference labels before -> after, per split that
+    measured it (metrics `reference.agreement_before/after`, percent), and a warning per split
+    whose cleanup lowered it; empty when no split has a reference."""
+    measured = {}
+    for split in splits:
+        reference = split.metrics.get("reference")
+        pair = [reference.get(key) for key in ("agreement_before", "agreement_after")
+                ] if isinstance(reference, Mapping) else []
+        if len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                  for v in pair):
+            measured[split.name] = (float(pair[0]), float(pair[1]))
+    if not measured:
+        return ""
+    cells = "; ".join(f"`{name}`: {before:.2f} % before -> {after:.2f} % after cleanup"
+                      if name in measured else f"`{name}`: not measured"
+                      for name, (before, after) in ((s.name, measured.get(s.name, (0, 0)))
+                                                    for s in splits))
+    lines = [f"- **Agreement with human labels** (the evaluate stage's reference labels): {cells}."]
+    lines += [f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
+              f"labels ({before:.2f} % -> {after:.2f} %): its fixes and removals disagree with "
+              "people more often than the original labels do; check the ledger's decisions before "
+              "relying on them." for name, (before, after) in measured.items() if after < before]
+    return "\n".join(lines) + "\n"
 
 
 def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
@@ -325,7 +351,9 @@ def _fields(infos: Mapping[str, DatasetInfo]) -> str:
                               for name, feature in (info.features or {}).items())
         lines.append(f"- `{config}`: {described}.")
     lines += ["", "`label` is the label after fixes and merges; `original_label` the ImageNet label "
-              "(null for placeholders). In the ledger, `new_label` is null for removed and skipped "
+              "(null for placeholders). `secondary_labels` are other classes the evidence supports "
+              "for an image that shows several (a list of ClassLabel, usually empty). In the "
+              "ledger, `new_label` is null for removed and skipped "
               "images, `cl_candidates` are class indices (one per model that flagged the image), "
               "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
               "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datasets import load_dataset_builder
 from huggingface_hub import DatasetCard
 
@@ -39,3 +41,34 @@ def test_card_tolerates_missing_metrics(inputs, tmp_path) -> None:
     text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
     assert "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |" in text
     assert "no per-model metrics recorded" in text
+
+
+def test_card_headlines_human_agreement_before_and_after(inputs, tmp_path) -> None:
+    text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
+    assert ("- **Agreement with human labels** (the evaluate stage's reference labels): `val`: "
+            "81.25 % before -> 87.50 % after cleanup.") in text
+    assert "Warning" not in text
+
+
+def test_card_warns_when_cleanup_lowers_human_agreement(inputs, tmp_path) -> None:
+    metrics = json.loads(inputs.metrics.read_text())
+    metrics["reference"] = {"agreement_before": 84.0, "agreement_after": 79.5}
+    inputs.metrics.write_text(json.dumps(metrics))
+    text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
+    assert "`val`: 84.00 % before -> 79.50 % after cleanup." in text
+    assert ("**Warning**: on `val` the cleanup lowered agreement with the human reference labels "
+            "(84.00 % -> 79.50 %)") in text
+
+
+def test_card_has_no_agreement_line_without_a_reference(inputs, tmp_path) -> None:
+    metrics = json.loads(inputs.metrics.read_text())
+    del metrics["reference"]
+    inputs.metrics.write_text(json.dumps(metrics))
+    text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
+    assert "Agreement with human labels" not in text and "Warning" not in text
+
+
+def test_card_describes_secondary_labels(inputs, tmp_path) -> None:
+    text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
+    assert "`secondary_labels` (List)" in text or "`secondary_labels` (Sequence)" in text
+    assert "`secondary_labels` are other classes the evidence supports" in text
