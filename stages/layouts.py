@@ -98,11 +98,6 @@ def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split
                   where=where, **optional)
 
 
-def source_from_params(entry: Mapping[str, Any], *, where: str = "splits.<split>") -> Source:
-    """Alias of `split_source` (older name)."""
-    return split_source(entry, where=where)
-
-
 @dataclass
 class Found:
     """One image file found in a source, before its pixels are checked.

@@ -14,7 +14,7 @@ import pytest
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.formats import class_wnids
 from stages.ingest import build_manifest
-from stages.layouts import Source, parse_voc_xml, read_source, source_from_params, split_source
+from stages.layouts import Source, parse_voc_xml, read_source, split_source
 
 WNIDS = class_wnids()
 
@@ -135,7 +135,7 @@ def test_devkit_with_synset_list(tmp_path: Path, demo_root: Path) -> None:
     val, rows, order = _devkit_tree(tmp_path, demo_root)
     synsets = tmp_path / "synsets.txt"
     synsets.write_text("\n".join(order) + "\n")
-    source = source_from_params({"root": str(val), "layout": "devkit", "synsets": str(synsets),
+    source = split_source({"root": str(val), "layout": "devkit", "synsets": str(synsets),
                                  "boxes": str(tmp_path / "bbox")})
     manifest, _ = build_manifest(source)
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
