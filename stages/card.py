@@ -1,11 +1,8 @@
-"""The Hub repository's metadata: features (ClassLabel labels), split summaries, and the dataset
-card `data/hub/README.md`.
-
-YAML front matter that the Hub and `datasets` parse (configs with their data files, features per
-config with the 1000 ImageNet classes as `ClassLabel`, licence, task), then what the data is, how it
-was made (models, thresholds, iteration), its counts and per-model metrics, how to load it, its
-provenance and the paper's citation. Everything here is rendered from its inputs only (no dates,
-no host names), so the same inputs give the same card.
+"""The dataset card `data/hub/README.md`: YAML front matter that the Hub and `datasets` parse
+(licence, task, and `shards.metadata_yaml`'s configs and features), then what the data is, the
+human agreement headline, how it was made, counts, per-model metrics, fields, how to load it,
+provenance and the paper's citation. Rendered from its inputs only (no dates, no host names), so
+the same inputs give the same card.
 """
 
 from __future__ import annotations
@@ -207,29 +204,27 @@ confident learning. This repository was produced by the ImageNet-Clean DVC pipel
 
 
 def _agreement(splits: Sequence[SplitSummary]) -> str:
-    """The headline: agreement with human reference labels before -> after, per split that
-    measured it (metrics `reference.agreement_before/after`, percent), and a warning per split
-    whose cleanup lowered it; empty when no split has a reference."""
-    measured = {}
-    for split in splits:
-        reference = split.metrics.get("reference")
-        pair = [reference.get(key) for key in ("agreement_before", "agreement_after")
-                ] if isinstance(reference, Mapping) else []
-        if len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                  for v in pair):
-            measured[split.name] = (float(pair[0]), float(pair[1]))
-    if not measured:
+    """The headline: agreement with human reference labels before -> after per split (metrics
+    `reference.agreement_before/after`, percent), with a warning where cleanup lowered it; empty
+    when no split measured it."""
+    pairs = {split.name: _reference_pair(split.metrics) for split in splits}
+    if not any(pairs.values()):
         return ""
-    cells = "; ".join(f"`{name}`: {before:.2f} % before -> {after:.2f} % after cleanup"
-                      if name in measured else f"`{name}`: not measured"
-                      for name, (before, after) in ((s.name, measured.get(s.name, (0, 0)))
-                                                    for s in splits))
-    lines = [f"- **Agreement with human labels** (the evaluate stage's reference labels): {cells}."]
-    lines += [f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
-              f"labels ({before:.2f} % -> {after:.2f} %): its fixes and removals disagree with "
-              "people more often than the original labels do; check the ledger's decisions before "
-              "relying on them." for name, (before, after) in measured.items() if after < before]
-    return "\n".join(lines) + "\n"
+    cells = "; ".join(f"`{name}`: {pair[0]:.2f} % before -> {pair[1]:.2f} % after cleanup"
+                      if pair else f"`{name}`: not measured" for name, pair in pairs.items())
+    warnings = [f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
+                f"labels ({pair[0]:.2f} % -> {pair[1]:.2f} %): its fixes and removals disagree "
+                "with people more often than the original labels do; check the ledger's decisions "
+                "before relying on them." for name, pair in pairs.items() if pair and pair[1] < pair[0]]
+    return "\n".join([f"- **Agreement with human labels** (the evaluate stage's reference labels): "
+                      f"{cells}.", *warnings]) + "\n"
+
+
+def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    reference = metrics.get("reference")
+    flat = _flatten(reference) if isinstance(reference, Mapping) else {}
+    before, after = flat.get("agreement_before"), flat.get("agreement_after")
+    return None if before is None or after is None else (float(before), float(after))
 
 
 def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
@@ -297,12 +292,9 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _model_rows(models: Any) -> dict[str, dict[str, float]]:
-    if isinstance(models, Mapping):
-        return {str(name): _flatten(entry) for name, entry in models.items()}
-    if isinstance(models, list):
-        return {str(entry.get("model", entry.get("name", index))): _flatten(entry)
-                for index, entry in enumerate(models) if isinstance(entry, Mapping)}
-    return {}
+    """metrics `models` (model name -> nested numbers) -> name -> flat numbers."""
+    items = models.items() if isinstance(models, Mapping) else ()
+    return {str(name): _flatten(entry) for name, entry in items}
 
 
 def _table1_row(flat: Mapping[str, float]) -> dict[str, float]:
@@ -352,9 +344,9 @@ def _fields(infos: Mapping[str, DatasetInfo]) -> str:
         lines.append(f"- `{config}`: {described}.")
     lines += ["", "`label` is the label after fixes and merges; `original_label` the ImageNet label "
               "(null for placeholders). `secondary_labels` are other classes the evidence supports "
-              "for an image that shows several (a list of ClassLabel, usually empty). In the "
-              "ledger, `new_label` is null for removed and skipped "
-              "images, `cl_candidates` are class indices (one per model that flagged the image), "
+              "for an image that shows several (a list of ClassLabel, usually empty). In the ledger, "
+              "`new_label` is null for removed and skipped images, `cl_candidates` are class "
+              "indices (one per model that flagged the image), "
               "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
               "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "
               "original annotation.", ""]
