@@ -56,7 +56,8 @@ class Source:
 @dataclass(frozen=True)
 class SplitEntry:
     """A `splits.<split>` entry of params.yaml. Ingest reads root..limit; `labels` is read by
-    vote/promote, `models` by `params.split_models`, `predictions` by the predict side."""
+    vote/promote, `overrides` by decide, `models` by `params.split_models`, `predictions` by the
+    predict side (keys another stage adds belong here too, or every stage refuses them)."""
 
     root: str
     layout: str
@@ -64,6 +65,7 @@ class SplitEntry:
     synsets: str | None = None
     boxes: str | None = None
     labels: str | None = None
+    overrides: str | None = None
     limit: int | None = None
     models: tuple[str, ...] | None = None
     predictions: Any = None

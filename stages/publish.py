@@ -215,17 +215,17 @@ def default_table(inputs: SplitInputs, *, include_placeholders: bool,
 
 
 def _secondary_labels(table: pa.Table, ledger: pa.Table | None) -> pa.ChunkedArray:
-    """(N,) list<int32> for the rows of `table`; rows the ledger lacks (placeholders) get []."""
+    """(N,) list<int32> for the rows of `table`: its own column, else the ledger's by image_id
+    (a cleaned split written before secondary labels); rows without any (placeholders) get []."""
     kind = pa.list_(pa.int32())
     (name,) = LEDGER_LABEL_LISTS
-    if name in table.column_names:
-        column = table.column(name).cast(kind)
-    elif ledger is not None and name in ledger.column_names:
-        positions = pc.index_in(table.column("image_id"), value_set=ledger.column("image_id"))
-        column = ledger.column(name).cast(kind).take(positions)
+    if name in table.column_names or ledger is None:
+        column = (table.column(name) if name in table.column_names
+                  else pa.chunked_array([pa.nulls(table.num_rows)]))
     else:
-        return pa.chunked_array([pa.array([[]] * table.num_rows, type=kind)])
-    return pc.if_else(pc.is_null(column), pa.scalar([], type=kind), column)
+        positions = pc.index_in(table.column("image_id"), value_set=ledger.column("image_id"))
+        column = ledger.column(name).take(positions)
+    return pc.if_else(pc.is_null(column.cast(kind)), pa.scalar([], type=kind), column.cast(kind))
 
 
 def ledger_table(inputs: SplitInputs) -> pa.Table:

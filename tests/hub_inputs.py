@@ -26,11 +26,7 @@ ITERATION = 1
 TOKEN = "hf_publishTestSecretToken0123456789"
 SECONDARY = {3: [5, 7], 12: [2]}  # image index -> secondary labels (a keep and a fix)
 CLEAN_SCHEMA = formats.CLEAN_SCHEMA
-LEDGER_SCHEMA = (formats.LEDGER_FULL_SCHEMA if "secondary_labels" in formats.LEDGER_FULL_SCHEMA.names
-                 else formats.LEDGER_FULL_SCHEMA.insert(
-                     formats.LEDGER_FULL_SCHEMA.get_field_index("reason") + 1,
-                     pa.field("secondary_labels", pa.list_(pa.int32()))))
-"""The ledger with issue 9's `secondary_labels` (list<int32>) right after `reason`."""
+LEDGER_SCHEMA = formats.LEDGER_FULL_SCHEMA
 METRICS = {
     "counts": {"keep": 13, "fix": 3, "remove": 3, "skip": 1, "merge": 1},
     "models": {  # evaluate's shape, then the other nesting (the card reads both)
@@ -75,13 +71,13 @@ def clean_rows(manifest: list[dict], ledger: list[dict], wnids: list[str]) -> li
              "original_label": item["label"], "wnid": wnids[decided["new_label"]],
              "action": decided["action"], "placeholder": False, "merged": decided["merged"],
              "boxes": item["boxes"], "width": item["width"], "height": item["height"],
-             "iteration": ITERATION}
+             "iteration": ITERATION, "secondary_labels": decided["secondary_labels"]}
             for item, decided in zip(manifest, ledger, strict=True) if decided["action"] in ("keep", "fix")]
     for wnid in ("n04505470", "n04264628"):  # classes emptied by the merges
         rows.append({"image_id": f"placeholder_{wnid}", "path": None, "label": wnids.index(wnid),
                      "original_label": None, "wnid": wnid, "action": "placeholder",
                      "placeholder": True, "merged": False, "boxes": [], "width": 224,
-                     "height": 224, "iteration": ITERATION})
+                     "height": 224, "iteration": ITERATION, "secondary_labels": []})
     return rows
 
 

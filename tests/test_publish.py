@@ -223,10 +223,13 @@ def test_secondary_labels_published_in_both_configs(inputs, tmp_path, cache) -> 
     assert ledger.features["secondary_labels"].feature.int2str(7) == "cock"
 
 
-def test_older_ledger_without_secondary_labels_publishes_empty_lists(inputs, tmp_path, cache) -> None:
-    pq.write_table(pq.read_table(inputs.ledger).drop_columns(["secondary_labels"]), inputs.ledger)
+def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(inputs, tmp_path,
+                                                                       cache) -> None:
+    pq.write_table(pq.read_table(inputs.clean).drop_columns(["secondary_labels"]), inputs.clean)
     clean = load_dataset(str(build(inputs, tmp_path / "hub").path), split="val", cache_dir=cache)
-    assert clean["secondary_labels"] == [[]] * clean.num_rows
+    ids = pq.read_table(inputs.manifest).column("image_id").to_pylist()
+    expected = {ids[index]: labels for index, labels in SECONDARY.items()}
+    assert clean["secondary_labels"] == [expected.get(i, []) for i in clean["image_id"]]
 
 
 def test_publish_config_is_checked_like_every_stage() -> None:
