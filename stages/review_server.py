@@ -1,0 +1,360 @@
+"""`imagenet-clean review --split val`: serve a split's review report on 127.0.0.1 and write the
+reviewer's corrections to the split's overrides file, which the next `dvc repro` applies (decide).
+
+The page is the static report of the `review@<split>` stage (`data/review/<split>/`); served here it
+gains buttons that write rows (`image_id,action,new_label,note`) to `decide.<split>.overrides`. The
+JSON API behind them (standard library `http.server`, one lock around every write):
+
+    GET  /api/overrides  -> {"split", "path", "rows": [{image_id, action, new_label, note}, ...]}
+    POST /api/overrides  {"rows": [{image_id, action, new_label, note}, ...]} -> the same, updated
+    POST /api/undo       {"image_id": ...}  (drops that image's rows) -> the same, updated
+
+A row's effect on the file: keep / fix / remove replace the image's earlier keep / fix / remove row
+(at most one per image); `secondary` with a class adds it to the image's secondary labels (seeded
+with the ledger's, so "add" means add); `secondary` with an empty class means "no secondary
+labels" and replaces the image's secondary rows. A request is checked whole before anything is
+written: an unknown image, a bad class or action or a malformed body gets a 4xx JSON error and
+leaves the file as it was. The file is rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import io
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from stages import formats
+from stages.cli import run_as_script
+from stages.errors import ConfigError, InputError, MissingInputError
+from stages.params import load_params, section, split_params
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("image_id", "action", "new_label", "note")
+ACTIONS = ("keep", "fix", "remove", "secondary")
+MAX_BODY = 1 << 20
+MAX_NOTE = 500
+
+
+class RequestError(ValueError):
+    """A request the server refuses (status, message); nothing has been written."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def overrides_path(params: dict[str, Any], split: str) -> Path:
+    """The split's overrides file: `decide.<split>.overrides` (else the older `decide.overrides`)."""
+    decide = section(params, "decide")
+    own = decide.get(split) if isinstance(decide.get(split), dict) else {}
+    path = own.get("overrides") or decide.get("overrides")
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"params.yaml has no `decide.{split}.overrides` path; add one, e.g. "
+                          f"data/overrides/{split}.csv")
+    return Path(path)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The overrides file's rows as strings ([] when the file does not exist yet)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if list(reader.fieldnames or []) != list(COLUMNS):
+            raise InputError(f"{path}: header must be {','.join(COLUMNS)}, got "
+                             f"{','.join(reader.fieldnames or [])}; fix the file first")
+        return [{c: (row.get(c) or "") for c in COLUMNS} for row in reader]
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
+    """Rewrite the overrides file atomically (header + rows, in order)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows([row[c] for c in COLUMNS] for row in rows)
+    with formats.atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _classes() -> dict[str, int]:
+    return {wnid: i for i, wnid in enumerate(formats.class_wnids())}
+
+
+def parse_class(value: Any) -> int | None:
+    """A class index from 0..999, "123" or a wnid; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < formats.NUM_CLASSES else None
+    if isinstance(value, str):
+        text = value.strip()
+        if text in _classes():
+            return _classes()[text]
+        if text.isdigit() and int(text) < formats.NUM_CLASSES:
+            return int(text)
+    return None
+
+
+@dataclass
+class Ledger:
+    """What the server needs of the ledger: image positions, actions, labels, secondary labels."""
+
+    ids: pd.Index
+    action: np.ndarray
+    has_label: np.ndarray
+    secondary: np.ndarray
+
+    @classmethod
+    def read(cls, path: Path) -> "Ledger":
+        if not path.is_file():
+            raise MissingInputError(f"ledger {path} does not exist; run `dvc repro` first")
+        table = pq.read_table(path)
+        columns = [c for c in ("image_id", "action", "label", "secondary_labels")
+                   if c in table.column_names]
+        frame = table.select(columns).to_pandas()
+        secondary = (frame["secondary_labels"] if "secondary_labels" in frame
+                     else pd.Series([[]] * len(frame)))
+        return cls(pd.Index(frame["image_id"]), frame["action"].to_numpy(dtype=object),
+                   frame["label"].notna().to_numpy(), secondary.to_numpy(dtype=object))
+
+    def position(self, image_id: str) -> int | None:
+        where = self.ids.get_indexer([image_id])[0]
+        return None if where < 0 else int(where)
+
+
+def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
+    """One requested row -> a file row, or RequestError(400) saying what is wrong and the fix."""
+    if not isinstance(item, dict) or set(item) - set(COLUMNS) or not {"image_id", "action"} <= set(item):
+        raise RequestError(400, f"each row must be an object with image_id, action and optional "
+                                f"new_label, note; got {json.dumps(item)[:200]}")
+    image_id, action = item["image_id"], item["action"]
+    label, note = item.get("new_label"), item.get("note") or ""
+    if not isinstance(image_id, str) or (pos := ledger.position(image_id)) is None:
+        raise RequestError(400, f"unknown image_id {image_id!r}: not in this split's ledger")
+    if action not in ACTIONS:
+        raise RequestError(400, f"action {action!r} is not one of {', '.join(ACTIONS)}")
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise RequestError(400, f"note must be a string of at most {MAX_NOTE} characters")
+    empty = label is None or label == ""
+    if action in ("keep", "remove") and not empty:
+        raise RequestError(400, f"action {action} takes no new_label (got {label!r}); clear it")
+    if action == "fix" and empty:
+        raise RequestError(400, "action fix needs a new_label: a class index 0..999 or a wnid")
+    if not empty and parse_class(label) is None:
+        raise RequestError(400, f"new_label {label!r} is not a class index 0..999 or an "
+                                "ILSVRC2012 wnid")
+    if ledger.action[pos] == "skip":
+        raise RequestError(400, f"{image_id} is unreadable (a skip row); overrides cannot apply")
+    if action == "keep" and not ledger.has_label[pos]:
+        raise RequestError(400, f"{image_id} left the split earlier and has no label to keep; "
+                                "relabel it (fix) instead")
+    return {"image_id": image_id, "action": action,
+            "new_label": "" if empty else str(parse_class(label)),
+            "note": " ".join(note.split())}
+
+
+def merge_rows(rows: list[dict[str, str]], new: Sequence[dict[str, str]], *,
+               secondary: dict[str, Sequence[int]]) -> list[dict[str, str]]:
+    """The file's rows after applying `new` (see the module docstring); the input is not changed.
+
+    Args:
+        rows: the file's rows. new: checked rows (`parse_row`).
+        secondary: image_id -> its secondary labels in the ledger (seed for a first "add").
+    """
+    rows = [dict(r) for r in rows]
+    for row in new:
+        image_id, action = row["image_id"], row["action"]
+        mine = [r for r in rows if r["image_id"] == image_id and r["action"] == "secondary"]
+        if action != "secondary":
+            main = [i for i, r in enumerate(rows)
+                    if r["image_id"] == image_id and r["action"] != "secondary"]
+            if main:
+                rows[main[0]] = dict(row)
+                rows = [r for i, r in enumerate(rows) if i not in main[1:]]
+            else:
+                rows.append(dict(row))
+        elif not row["new_label"]:
+            rows = [r for r in rows if r not in mine] + [dict(row)]
+        else:
+            if not mine:
+                rows += [{**row, "new_label": str(int(c))} for c in secondary.get(image_id, ())
+                         if str(int(c)) != row["new_label"]]
+            rows = [r for r in rows if not (r in mine and not r["new_label"])]
+            if not any(r["new_label"] == row["new_label"] for r in mine):
+                rows.append(dict(row))
+    return rows
+
+
+@dataclass
+class ReviewState:
+    """A served split: its report folder, ledger and overrides file, and the write lock."""
+
+    split: str
+    report: Path
+    overrides: Path
+    ledger: Ledger
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def listing(self) -> dict[str, Any]:
+        return {"split": self.split, "path": str(self.overrides), "rows": read_rows(self.overrides)}
+
+    def apply(self, body: Any) -> dict[str, Any]:
+        """POST /api/overrides: check every row, then rewrite the file once."""
+        if not isinstance(body, dict) or set(body) != {"rows"} or not isinstance(body["rows"], list) \
+                or not 0 < len(body["rows"]) <= 1000:
+            raise RequestError(400, 'body must be {"rows": [...]} with 1 to 1000 rows')
+        new = [parse_row(item, self.ledger) for item in body["rows"]]
+        with self.lock:
+            seeds = {r["image_id"]: self._secondary(r["image_id"]) for r in new}
+            write_rows(self.overrides, merge_rows(read_rows(self.overrides), new, secondary=seeds))
+            logger.info("review %s: wrote %d row(s) to %s", self.split, len(new), self.overrides)
+            return self.listing()
+
+    def undo(self, body: Any) -> dict[str, Any]:
+        """POST /api/undo: drop every row of one image."""
+        if not isinstance(body, dict) or set(body) != {"image_id"} \
+                or not isinstance(body["image_id"], str) or self.ledger.position(body["image_id"]) is None:
+            raise RequestError(400, 'body must be {"image_id": <an image of this split>}')
+        with self.lock:
+            rows = read_rows(self.overrides)
+            write_rows(self.overrides, [r for r in rows if r["image_id"] != body["image_id"]])
+            return self.listing()
+
+    def _secondary(self, image_id: str) -> list[int]:
+        value = self.ledger.secondary[self.ledger.position(image_id)]
+        return [] if value is None else [int(c) for c in value]
+
+
+class ReviewHandler(SimpleHTTPRequestHandler):
+    """Static files of the report, plus the JSON API under /api/."""
+
+    server: "ReviewServer"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, directory=str(kwargs.pop("server_state").report), **kwargs)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        if not self._host_ok():
+            return
+        if self.path.split("?")[0] == "/api/overrides":
+            self._json(HTTPStatus.OK, self.server.state.listing())
+        elif self.path.startswith("/api/"):
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
+        else:
+            super().do_GET()
+
+    def do_POST(self) -> None:
+        if not self._host_ok():
+            return
+        actions = {"/api/overrides": self.server.state.apply, "/api/undo": self.server.state.undo}
+        try:
+            if self.path not in actions:
+                raise RequestError(404, f"no such endpoint {self.path}")
+            self._json(HTTPStatus.OK, actions[self.path](self._body()))
+        except RequestError as error:
+            self._json(error.status, {"error": str(error)})
+
+    def _body(self) -> Any:
+        if self.headers.get_content_type() != "application/json":
+            raise RequestError(415, "send the body as Content-Type: application/json")
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            raise RequestError(413 if length.isdigit() else 411,
+                               f"a body needs a Content-Length of at most {MAX_BODY} bytes")
+        try:
+            return json.loads(self.rfile.read(int(length)).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RequestError(400, f"body is not valid JSON: {error}") from None
+
+    def _host_ok(self) -> bool:
+        """Refuse other hosts' pages (DNS rebinding) and cross-origin writes."""
+        host, origin = self.headers.get("Host", ""), self.headers.get("Origin")
+        if host not in self.server.hosts or (origin and origin not in
+                                             {f"http://{h}" for h in self.server.hosts}):
+            self._json(HTTPStatus.FORBIDDEN, {"error": f"refused host {host!r} / origin {origin!r}"})
+            return False
+        return True
+
+    def _json(self, status: int, data: Any) -> None:
+        body = json.dumps(data).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class ReviewServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that carries the served split's state."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: ReviewState) -> None:
+        self.state = state
+        super().__init__(address, functools.partial(ReviewHandler, server_state=state))
+        host, port = self.server_address[:2]
+        self.hosts = {f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/"
+
+
+def make_server(split: str, params: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8765,
+                root: str | Path = ".") -> ReviewServer:
+    """A server for `split` (port 0 picks a free port); call `serve_forever()` on it."""
+    root = Path(root)
+    split_params(params, split)
+    from stages.review import report_dir
+    report = root / report_dir(split)
+    if not (report / "index.html").is_file():
+        raise MissingInputError(f"no review report in {report}; build it with `dvc repro "
+                                f"review@{split}` (or `python -m stages.review --split {split}`)")
+    overrides = root / overrides_path(params, split)
+    read_rows(overrides)  # a malformed file stops here, before anyone reviews
+    state = ReviewState(split, report, overrides, Ledger.read(root / formats.ledger_path(split)))
+    return ReviewServer((host, port), state)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `imagenet-clean review --split val [--port 8765] [--host 127.0.0.1]`."""
+    parser = argparse.ArgumentParser(prog="imagenet-clean review", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
+    args = parser.parse_args(argv)
+    server = make_server(args.split, load_params(args.params), host=args.host, port=args.port)
+    logger.info("review %s: serving %s on %s (corrections go to %s); Ctrl-C stops", args.split,
+                server.state.report, server.url, server.state.overrides)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        logger.info("review: stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    run_as_script(main)
