@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -47,6 +46,7 @@ COLUMNS = ("image_id", "action", "new_label", "note")
 ACTIONS = ("keep", "fix", "remove", "secondary")
 MAX_BODY = 1 << 20
 MAX_NOTE = 500
+LEDGER_COLUMNS = ("image_id", "action", "label", "new_label", "secondary_labels")
 
 
 class RequestError(ValueError):
@@ -110,31 +110,46 @@ def parse_class(value: Any) -> int | None:
     return None
 
 
+class Decision(NamedTuple):
+    """An image's decision in the ledger: action, label before this iteration, label after it
+    (None when removed or unknown) and secondary labels."""
+
+    action: str
+    label: int | None
+    new_label: int | None
+    secondary: tuple[int, ...]
+
+
 @dataclass
 class Ledger:
-    """What the server needs of the ledger: image positions, actions, labels, secondary labels."""
+    """What the server needs of the ledger: the images' positions and decisions."""
 
     ids: pd.Index
-    action: np.ndarray
-    has_label: np.ndarray
-    secondary: np.ndarray
+    frame: pd.DataFrame
 
     @classmethod
     def read(cls, path: Path) -> "Ledger":
         if not path.is_file():
             raise MissingInputError(f"ledger {path} does not exist; run `dvc repro` first")
         table = pq.read_table(path)
-        columns = [c for c in ("image_id", "action", "label", "secondary_labels")
-                   if c in table.column_names]
-        frame = table.select(columns).to_pandas()
-        secondary = (frame["secondary_labels"] if "secondary_labels" in frame
-                     else pd.Series([[]] * len(frame)))
-        return cls(pd.Index(frame["image_id"]), frame["action"].to_numpy(dtype=object),
-                   frame["label"].notna().to_numpy(), secondary.to_numpy(dtype=object))
+        missing = [c for c in LEDGER_COLUMNS if c not in table.column_names]
+        if missing:
+            raise InputError(f"ledger {path} lacks columns {missing}; re-run `dvc repro decide`")
+        frame = table.select(list(LEDGER_COLUMNS)).to_pandas()
+        return cls(pd.Index(frame["image_id"]), frame)
 
-    def position(self, image_id: str) -> int | None:
+    def position(self, image_id: Any) -> int | None:
+        if not isinstance(image_id, str):
+            return None
         where = self.ids.get_indexer([image_id])[0]
         return None if where < 0 else int(where)
+
+    def decision(self, image_id: str) -> Decision:
+        row = self.frame.iloc[self.position(image_id)]
+        as_int = lambda v: None if pd.isna(v) else int(v)  # noqa: E731
+        return Decision(str(row["action"]), as_int(row["label"]), as_int(row["new_label"]),
+                        tuple(int(c) for c in (row["secondary_labels"] if row["secondary_labels"]
+                                               is not None else ())))
 
 
 def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
@@ -144,7 +159,7 @@ def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
                                 f"new_label, note; got {json.dumps(item)[:200]}")
     image_id, action = item["image_id"], item["action"]
     label, note = item.get("new_label"), item.get("note") or ""
-    if not isinstance(image_id, str) or (pos := ledger.position(image_id)) is None:
+    if (pos := ledger.position(image_id)) is None:
         raise RequestError(400, f"unknown image_id {image_id!r}: not in this split's ledger")
     if action not in ACTIONS:
         raise RequestError(400, f"action {action!r} is not one of {', '.join(ACTIONS)}")
@@ -158,9 +173,10 @@ def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
     if not empty and parse_class(label) is None:
         raise RequestError(400, f"new_label {label!r} is not a class index 0..999 or an "
                                 "ILSVRC2012 wnid")
-    if ledger.action[pos] == "skip":
+    decision = ledger.decision(image_id)
+    if decision.action == "skip":
         raise RequestError(400, f"{image_id} is unreadable (a skip row); overrides cannot apply")
-    if action == "keep" and not ledger.has_label[pos]:
+    if action == "keep" and decision.label is None:
         raise RequestError(400, f"{image_id} left the split earlier and has no label to keep; "
                                 "relabel it (fix) instead")
     return {"image_id": image_id, "action": action,
@@ -168,17 +184,33 @@ def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
             "note": " ".join(note.split())}
 
 
+def _effective(rows: Sequence[dict[str, str]], decision: Decision, image_id: str
+               ) -> tuple[str, int | None]:
+    """(action, label) of an image once the file's keep/fix/remove row (if any) applies."""
+    for r in rows:
+        if r["image_id"] == image_id and r["action"] != "secondary":
+            label = {"keep": decision.label, "remove": None}.get(r["action"])
+            return r["action"], int(r["new_label"]) if r["action"] == "fix" else label
+    return decision.action, decision.new_label
+
+
 def merge_rows(rows: list[dict[str, str]], new: Sequence[dict[str, str]], *,
-               secondary: dict[str, Sequence[int]]) -> list[dict[str, str]]:
+               decisions: dict[str, Decision]) -> list[dict[str, str]]:
     """The file's rows after applying `new` (see the module docstring); the input is not changed.
+
+    A removal drops the image's secondary rows, and a label never stays among its own secondary
+    labels, so that the file always stays one decide accepts.
 
     Args:
         rows: the file's rows. new: checked rows (`parse_row`).
-        secondary: image_id -> its secondary labels in the ledger (seed for a first "add").
+        decisions: image_id -> its ledger decision (secondary labels seed a first "add").
+
+    Raises:
+        RequestError: a secondary label for a removed image, or one equal to the image's label.
     """
     rows = [dict(r) for r in rows]
     for row in new:
-        image_id, action = row["image_id"], row["action"]
+        image_id, action, cls = row["image_id"], row["action"], row["new_label"]
         mine = [r for r in rows if r["image_id"] == image_id and r["action"] == "secondary"]
         if action != "secondary":
             main = [i for i, r in enumerate(rows)
@@ -188,15 +220,24 @@ def merge_rows(rows: list[dict[str, str]], new: Sequence[dict[str, str]], *,
                 rows = [r for i, r in enumerate(rows) if i not in main[1:]]
             else:
                 rows.append(dict(row))
-        elif not row["new_label"]:
+            now, label = _effective(rows, decisions[image_id], image_id)
+            rows = [r for r in rows if r not in mine or (now != "remove" and r["new_label"] != str(label))]
+            continue
+        now, label = _effective(rows, decisions[image_id], image_id)
+        if cls and now == "remove":
+            raise RequestError(400, f"{image_id} is removed; secondary labels only apply to kept or "
+                                    "fixed images (keep or relabel it first)")
+        if cls and cls == str(label):
+            raise RequestError(400, f"class {cls} is the label of {image_id}, not a secondary label")
+        if not cls:
             rows = [r for r in rows if r not in mine] + [dict(row)]
-        else:
-            if not mine:
-                rows += [{**row, "new_label": str(int(c))} for c in secondary.get(image_id, ())
-                         if str(int(c)) != row["new_label"]]
-            rows = [r for r in rows if not (r in mine and not r["new_label"])]
-            if not any(r["new_label"] == row["new_label"] for r in mine):
-                rows.append(dict(row))
+            continue
+        if not mine:
+            rows += [{**row, "new_label": str(c)} for c in decisions[image_id].secondary
+                     if str(c) not in (cls, str(label))]
+        rows = [r for r in rows if not (r in mine and not r["new_label"])]
+        if not any(r["new_label"] == cls for r in mine):
+            rows.append(dict(row))
     return rows
 
 
@@ -220,24 +261,20 @@ class ReviewState:
             raise RequestError(400, 'body must be {"rows": [...]} with 1 to 1000 rows')
         new = [parse_row(item, self.ledger) for item in body["rows"]]
         with self.lock:
-            seeds = {r["image_id"]: self._secondary(r["image_id"]) for r in new}
-            write_rows(self.overrides, merge_rows(read_rows(self.overrides), new, secondary=seeds))
+            decisions = {r["image_id"]: self.ledger.decision(r["image_id"]) for r in new}
+            write_rows(self.overrides, merge_rows(read_rows(self.overrides), new, decisions=decisions))
             logger.info("review %s: wrote %d row(s) to %s", self.split, len(new), self.overrides)
             return self.listing()
 
     def undo(self, body: Any) -> dict[str, Any]:
         """POST /api/undo: drop every row of one image."""
         if not isinstance(body, dict) or set(body) != {"image_id"} \
-                or not isinstance(body["image_id"], str) or self.ledger.position(body["image_id"]) is None:
+                or self.ledger.position(body["image_id"]) is None:
             raise RequestError(400, 'body must be {"image_id": <an image of this split>}')
         with self.lock:
             rows = read_rows(self.overrides)
             write_rows(self.overrides, [r for r in rows if r["image_id"] != body["image_id"]])
             return self.listing()
-
-    def _secondary(self, image_id: str) -> list[int]:
-        value = self.ledger.secondary[self.ledger.position(image_id)]
-        return [] if value is None else [int(c) for c in value]
 
 
 class ReviewHandler(SimpleHTTPRequestHandler):

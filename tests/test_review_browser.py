@@ -160,3 +160,40 @@ def test_class_pairs_view_lists_pairs_and_opens_their_images(demo, served, brows
     wait_ready(browser)
     assert "pair " in browser.find_element("id", "f-pair").text
     assert browser.find_elements("css selector", "article.card")
+
+
+def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
+    from stages.review_server import Decision, RequestError, merge_rows
+
+    decisions = {"a": Decision("keep", 3, 3, (8,)), "b": Decision("remove", 4, None, ()),
+                 "c": Decision("fix", 5, 6, (9,))}
+    steps = [("a", "secondary", "7"), ("a", "fix", "8"), ("a", "secondary", ""), ("a", "secondary", "2"),
+             ("a", "secondary", "2"), ("a", "secondary", "8"), ("a", "remove", ""), ("a", "secondary", "1"),
+             ("b", "secondary", "1"), ("b", "keep", ""), ("b", "secondary", "4"), ("b", "secondary", "5"),
+             ("c", "secondary", "6"), ("c", "secondary", "5"), ("c", "fix", "9"), ("c", "keep", ""),
+             ("c", "secondary", "5"), ("c", "remove", ""), ("c", "fix", "1")]
+    rows: list[dict[str, str]] = []
+    expected = []
+    for image_id, action, label in steps:
+        try:
+            rows = merge_rows(rows, [{"image_id": image_id, "action": action, "new_label": label,
+                                      "note": "n"}], decisions=decisions)
+            expected.append(rows)
+        except RequestError:
+            expected.append("error")
+    browser.get((demo / "data/review/val/index.html").as_uri())
+    wait_ready(browser)
+    got = browser.execute_script("""
+        const decisions = {}, out = [];
+        Object.entries(arguments[0]).forEach(([id, d]) => {
+          decisions[id] = {action: d[0], label: d[1], new: d[2], sec: d[3]}; });
+        let rows = [];
+        for (const [id, action, label] of arguments[1]) {
+          try {
+            rows = window.REVIEW.mergeRows(rows, [{image_id: id, action: action, new_label: label, note: "n"}], decisions);
+            out.push(rows);
+          } catch (e) { out.push("error"); }
+        }
+        return out;""", {k: list(v) for k, v in decisions.items()}, steps)
+    assert got == expected
+    assert "error" in expected and len({str(e) for e in expected}) > 10

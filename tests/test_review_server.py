@@ -21,7 +21,7 @@ from stages import formats
 from stages.decide import apply_overrides, load_overrides
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.review import run_review
-from stages.review_server import make_server, merge_rows, overrides_path
+from stages.review_server import Decision, make_server, merge_rows, overrides_path
 from test_review import write_split
 
 HEADER = "image_id,action,new_label,note\n"
@@ -97,21 +97,37 @@ def test_relabel_writes_a_row_that_decide_applies(served) -> None:
     assert row["reason"] == "override: a tench, really"
 
 
+def listed(server) -> list[tuple[str, str]]:
+    return [(r["action"], r["new_label"]) for r in request(server, "GET", "/api/overrides")[1]["rows"]]
+
+
+def post(server, image_id: str, **row: Any) -> tuple[int, Any]:
+    return request(server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, **row}]})
+
+
 def test_a_new_decision_replaces_the_last_and_secondary_labels_add_up(served) -> None:
     server, ledger, path = served
-    image_id = first(ledger, ledger["secondary_labels"].map(len) > 0)
-    ledger_secondary = str(ledger.loc[ledger["image_id"] == image_id, "secondary_labels"].iloc[0][0])
-    for row in ({"action": "fix", "new_label": 5}, {"action": "remove"},
-                {"action": "secondary", "new_label": "7"}, {"action": "secondary", "new_label": 9}):
-        assert request(server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, **row}]})[0] == 200
-    rows = [(r["action"], r["new_label"]) for r in request(server, "GET", "/api/overrides")[1]["rows"]]
-    assert rows == [("remove", ""), ("secondary", ledger_secondary), ("secondary", "7"),
-                    ("secondary", "9")]
-    request(server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, "action": "secondary"}]})
-    request(server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, "action": "secondary",
-                                                         "new_label": 3}]})
-    rows = [(r["action"], r["new_label"]) for r in request(server, "GET", "/api/overrides")[1]["rows"]]
-    assert rows == [("remove", ""), ("secondary", "3")]  # "none", then one label: exactly that one
+    keep = (ledger["action"] == "keep") & (ledger["secondary_labels"].map(len) > 0)
+    image_id = first(ledger, keep)
+    row = ledger.loc[ledger["image_id"] == image_id].iloc[0]
+    label, extra = str(row["label"]), str(row["secondary_labels"][0])
+    assert post(server, image_id, action="fix", new_label=5)[0] == 200
+    assert post(server, image_id, action="secondary", new_label="7")[0] == 200
+    assert post(server, image_id, action="secondary", new_label=9)[0] == 200
+    assert listed(server) == [("fix", "5"), ("secondary", extra), ("secondary", "7"), ("secondary", "9")]
+    assert post(server, image_id, action="fix", new_label=7)[0] == 200  # 7 is now the label
+    assert listed(server) == [("fix", "7"), ("secondary", extra), ("secondary", "9")]
+    status, answer = post(server, image_id, action="secondary", new_label="7")
+    assert status == 400 and "is the label of" in answer["error"]
+    assert post(server, image_id, action="remove")[0] == 200  # a removed image has no secondary labels
+    assert listed(server) == [("remove", "")]
+    status, answer = post(server, image_id, action="secondary", new_label="3")
+    assert status == 400 and "secondary labels only apply to kept or fixed images" in answer["error"]
+    assert post(server, image_id, action="keep")[0] == 200
+    assert post(server, image_id, action="secondary")[0] == 200
+    assert post(server, image_id, action="secondary", new_label=label)[0] == 400
+    assert post(server, image_id, action="secondary", new_label=3)[0] == 200
+    assert listed(server) == [("keep", ""), ("secondary", "3")]  # "none", then one: exactly that one
     status, listing = request(server, "POST", "/api/undo", {"image_id": image_id})
     assert status == 200 and listing["rows"] == [] and path.read_text() == HEADER
 
@@ -180,7 +196,7 @@ def test_merge_rows_keeps_one_decision_per_image() -> None:
     rows = [{"image_id": "a", "action": "fix", "new_label": "3", "note": ""},
             {"image_id": "b", "action": "keep", "new_label": "", "note": ""}]
     merged = merge_rows(rows, [{"image_id": "a", "action": "keep", "new_label": "", "note": "n"}],
-                        secondary={"a": [4]})
+                        decisions={"a": Decision("fix", 2, 3, (4,))})
     assert merged == [{"image_id": "a", "action": "keep", "new_label": "", "note": "n"}, rows[1]]
     assert rows[0]["action"] == "fix"  # the input is not changed
 

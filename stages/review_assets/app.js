@@ -55,10 +55,20 @@
   // ---- corrections: the same rules as stages/review_server.py merge_rows ----------------------
   function normNote(note) { return String(note || "").split(/\s+/).filter(Boolean).join(" "); }
 
-  function mergeRows(rows, fresh, secondary) {
+  // (action, label) of an image once the file's keep/fix/remove row (if any) applies.
+  function effective(rows, decision, id) {
+    for (let i = 0; i < rows.length; i++) {
+      const r = rows[i];
+      if (r.image_id !== id || r.action === "secondary") continue;
+      return [r.action, r.action === "fix" ? +r.new_label : r.action === "keep" ? decision.label : null];
+    }
+    return [decision.action, decision.new];
+  }
+
+  function mergeRows(rows, fresh, decisions) {
     rows = rows.map(function (r) { return Object.assign({}, r); });
     fresh.forEach(function (row) {
-      const id = row.image_id;
+      const id = row.image_id, cls = row.new_label, decision = decisions[id];
       const mine = rows.filter(function (r) { return r.image_id === id && r.action === "secondary"; });
       if (row.action !== "secondary") {
         const main = [];
@@ -69,18 +79,25 @@
         } else {
           rows.push(Object.assign({}, row));
         }
-      } else if (!row.new_label) {
+        const now = effective(rows, decision, id);
+        rows = rows.filter(function (r) { return mine.indexOf(r) < 0 || (now[0] !== "remove" && r.new_label !== String(now[1])); });
+        return;
+      }
+      const now = effective(rows, decision, id);
+      if (cls && now[0] === "remove") throw new Error(id + " is removed; secondary labels only apply to kept or fixed images (keep or relabel it first)");
+      if (cls && cls === String(now[1])) throw new Error("class " + cls + " is the label of " + id + ", not a secondary label");
+      if (!cls) {
         rows = rows.filter(function (r) { return mine.indexOf(r) < 0; });
         rows.push(Object.assign({}, row));
-      } else {
-        if (!mine.length) {
-          (secondary[id] || []).forEach(function (c) {
-            if (String(c) !== row.new_label) rows.push(Object.assign({}, row, { new_label: String(c) }));
-          });
-        }
-        rows = rows.filter(function (r) { return !(mine.indexOf(r) >= 0 && !r.new_label); });
-        if (!mine.some(function (r) { return r.new_label === row.new_label; })) rows.push(Object.assign({}, row));
+        return;
       }
+      if (!mine.length) {
+        decision.sec.forEach(function (c) {
+          if (String(c) !== cls && String(c) !== String(now[1])) rows.push(Object.assign({}, row, { new_label: String(c) }));
+        });
+      }
+      rows = rows.filter(function (r) { return !(mine.indexOf(r) >= 0 && !r.new_label); });
+      if (!mine.some(function (r) { return r.new_label === cls; })) rows.push(Object.assign({}, row));
     });
     return rows;
   }
@@ -113,9 +130,9 @@
         const data = await api("api/overrides", { rows: rows });
         state.rows = data.rows;
       } else {
-        const seeds = {};
-        seeds[record.id] = record.sec;
-        state.rows = mergeRows(state.rows, rows, seeds);
+        const decisions = {};
+        decisions[record.id] = record;
+        state.rows = mergeRows(state.rows, rows, decisions);
         saveLocal();
       }
       say("");
@@ -150,7 +167,7 @@
       if (record.action === "remove") rows.push(one("remove", null, "accepted the removal"));
       else if (record.new !== record.label) rows.push(one("fix", record.new, "accepted " + named(record.new)));
       else rows.push(one("keep", null, "accepted the label " + named(record.label)));
-      record.sec.forEach(function (c) { rows.push(one("secondary", c, "accepted the secondary labels")); });
+      if (record.action !== "remove") record.sec.forEach(function (c) { rows.push(one("secondary", c, "accepted the secondary labels")); });
       return rows;
     }
     if (what === "reject") return [one("keep", null, "rejected; keep " + named(record.label))];
