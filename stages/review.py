@@ -24,12 +24,10 @@ from disk may load scripts but not fetch JSON; `read_data` unwraps them.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,14 +37,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from stages import formats, images
+from stages import formats
 from stages.cli import run_as_script, split_stage_main
 from stages.config import from_section
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.params import split_models, split_params
+from stages.thumbnails import thumb_name, write_thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +56,6 @@ LEDGER_COLUMNS = ("image_id", "label", "action", "new_label", "cl_candidates", "
                   "exempted", "reason", "secondary_labels", "original_label", "merged", "override")
 VOTES_COLUMNS = ("image_id", "label", "cl_candidates", "cl_models", "ensemble_top",
                  "ensemble_probs", "label_prob", "model_top1")
-BOX_COLOUR = (255, 214, 0)
 
 
 @dataclass(frozen=True)
@@ -219,60 +215,6 @@ def model_top5(predictions: Sequence[np.ndarray], positions: np.ndarray, *, bloc
     return classes, probs
 
 
-def make_thumbnail(root: str | Path, path: str, boxes: Sequence[Sequence[int]], size: int,
-                   target: Path) -> bool:
-    """Write a JPEG thumbnail (longest side `size`) with the boxes (original pixels) drawn; False
-    when the image cannot be read."""
-    where = images.resolve(root, path)
-    source = io.BytesIO(images.shard_image_bytes(*where)) if isinstance(where, tuple) else where
-    try:
-        with Image.open(source) as image:
-            width, height = image.size
-            scale = size / max(width, height, 1)  # JPEG: decode at 1/2 .. 1/8 scale when possible
-            image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-            small = image.convert("RGB")
-    except (*images.DECODE_ERRORS, FileNotFoundError):
-        return False
-    small.thumbnail((size, size), Image.Resampling.BICUBIC)
-    sx, sy = small.width / max(width, 1), small.height / max(height, 1)
-    draw = ImageDraw.Draw(small)
-    for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1)],
-                       outline=BOX_COLOUR, width=2)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    small.save(target, "JPEG", quality=85)
-    return True
-
-
-def thumb_name(position: int) -> str:
-    """The report-relative thumbnail path of ledger row `position`."""
-    return f"thumbs/{position // 1000:04d}/{position}.jpg"
-
-
-def _thumbnails(out: Path, manifest: pd.DataFrame, positions: np.ndarray, image_root: str | Path,
-                config: ReviewConfig) -> set[int]:
-    """Thumbnails for the shown rows (in path order, so parquet shards are read once); returns the
-    positions whose image could not be read."""
-    order = positions[np.argsort(manifest["path"].to_numpy(dtype=object)[positions], kind="stable")]
-    paths, boxes = manifest["path"].to_numpy(dtype=object), manifest["boxes"].to_numpy(dtype=object)
-
-    def one(pos: int) -> bool:
-        box = [] if boxes[pos] is None else [list(b) for b in boxes[pos]]
-        return make_thumbnail(image_root, paths[pos], box, config.thumb_size, out / thumb_name(pos))
-
-    failed = set()
-    with ThreadPoolExecutor(config.workers) as pool, tqdm(
-            total=len(order), desc="review thumbnails", unit="img", mininterval=2.0) as bar:
-        for pos, ok in zip(order, pool.map(one, (int(p) for p in order))):
-            if not ok:
-                failed.add(int(pos))
-            bar.update()
-    if failed:
-        logger.warning("review: %d shown images could not be read; they have no thumbnail",
-                       len(failed))
-    return failed
-
-
 def _int(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
@@ -326,6 +268,17 @@ def _copy_cams(out: Path, overlay_dir: Path | None, ids: dict[str, int], models:
     return found
 
 
+def _write_rows(folder: Path, records: list[dict[str, Any]], why: np.ndarray, chunk_rows: int
+                ) -> tuple[list[int], int]:
+    """The evidence chunks and the compact index -> (chunk sizes, index size) in bytes."""
+    sizes = [_write_data(folder, f"chunk-{k // chunk_rows:05d}", records[k:k + chunk_rows])
+             for k in range(0, len(records), chunk_rows)]
+    index = {key: [r[key] for r in records] for key in ("pos", "action", "label", "new", "sec",
+                                                         "agree", "q")}
+    index["why"] = [int(why[r["pos"]]) for r in records]
+    return sizes, _write_data(folder, "index", index)
+
+
 def _check_aligned(ledger: pd.DataFrame, votes: pa.Table, manifest: pd.DataFrame) -> None:
     ids = ledger["image_id"].to_numpy(dtype=object)
     for what, other in (("votes", votes.column("image_id").to_numpy(zero_copy_only=False)),
@@ -333,6 +286,28 @@ def _check_aligned(ledger: pd.DataFrame, votes: pa.Table, manifest: pd.DataFrame
         if len(other) != len(ids) or not np.array_equal(other, ids):
             raise InputError(f"the ledger ({len(ids)} rows) and the {what} ({len(other)} rows) do "
                              "not list the same images in the same order; re-run `dvc repro`")
+
+
+def plan_rows(ledger: pd.DataFrame, votes: pa.Table, *, config: ReviewConfig
+              ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """What the report shows, in review order.
+
+    Returns:
+        shown: ledger positions, lowest label quality first (no quality last; ties: ledger order);
+        why: (N,) WHY bit masks; pairs: `confused_pairs` of the split (rows = ledger positions).
+    """
+    labels = ledger["label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    labels = np.where(np.isnan(labels), -1, labels).astype(np.int64)
+    quality = votes.column("label_prob").to_numpy(zero_copy_only=False).astype(np.float64)
+    predicted = list_matrix(votes.column("ensemble_top"), 1)[:, 0]
+    why = select_rows(ledger, config=config)
+    pairs = confused_pairs(labels, predicted, quality, top=config.top_pairs,
+                           per_pair=config.pair_images)
+    for pair in pairs:
+        why[pair["rows"]] |= WHY["pair"]
+    positions = np.flatnonzero(why)
+    shown = positions[np.lexsort((positions, np.nan_to_num(quality[positions], nan=np.inf)))]
+    return shown, why, pairs
 
 
 def build_report(ledger: pd.DataFrame, votes: pa.Table, manifest: pd.DataFrame, *, split: str,
@@ -354,17 +329,7 @@ def build_report(ledger: pd.DataFrame, votes: pa.Table, manifest: pd.DataFrame, 
         if matrix.ndim != 2 or matrix.shape != (len(ledger), formats.NUM_CLASSES):
             raise InputError(f"predictions of {model} have shape {matrix.shape}, expected "
                              f"({len(ledger)}, 1000) in ledger order; re-run `dvc repro predict`")
-    labels = ledger["label"].to_numpy(dtype=np.float64, na_value=np.nan)
-    labels = np.where(np.isnan(labels), -1, labels).astype(np.int64)
-    quality = votes.column("label_prob").to_numpy(zero_copy_only=False).astype(np.float64)
-    predicted = list_matrix(votes.column("ensemble_top"), 1)[:, 0]
-    why = select_rows(ledger, config=config)
-    pairs = confused_pairs(labels, predicted, quality, top=config.top_pairs,
-                           per_pair=config.pair_images)
-    for pair in pairs:
-        why[pair["rows"]] |= WHY["pair"]
-    positions = np.flatnonzero(why)
-    shown = positions[np.lexsort((positions, np.nan_to_num(quality[positions], nan=np.inf)))]
+    shown, why, pairs = plan_rows(ledger, votes, config=config)
     slot = {int(p): k for k, p in enumerate(shown)}
     ascending = np.sort(shown)
     classes, probs = model_top5(predictions, ascending)
@@ -374,26 +339,20 @@ def build_report(ledger: pd.DataFrame, votes: pa.Table, manifest: pd.DataFrame, 
         (tmp / "data").mkdir()
         for name in ASSET_FILES:
             shutil.copyfile(ASSETS / name, tmp / name)
-        no_thumb = _thumbnails(tmp, manifest, ascending, image_root, config)
+        no_thumb = write_thumbnails(tmp, manifest, ascending, image_root, size=config.thumb_size,
+                                    workers=config.workers)
         cams = _copy_cams(tmp, overlay_dir, {ledger["image_id"].iat[p]: int(p) for p in shown},
                           models)
         records = _records(ledger, votes, shown, why, top5, models, cams, no_thumb)
-        sizes = [_write_data(tmp, f"chunk-{k // config.chunk_rows:05d}",
-                             records[k:k + config.chunk_rows])
-                 for k in range(0, len(records), config.chunk_rows)]
-        index = {"pos": [r["pos"] for r in records], "why": [int(why[r["pos"]]) for r in records],
-                 "action": [r["action"] for r in records], "label": [r["label"] for r in records],
-                 "new": [r["new"] for r in records], "sec": [r["sec"] for r in records],
-                 "agree": [r["agree"] for r in records], "q": [r["q"] for r in records]}
-        index_bytes = _write_data(tmp, "index", index)
+        sizes, index_bytes = _write_rows(tmp, records, why, config.chunk_rows)
         counts = ledger["action"].value_counts()
-        meta = {"split": split, "models": list(models), "classes": formats.class_names(),
-                "wnids": formats.class_wnids(), "rows": len(ledger), "shown": len(records),
-                "chunk_rows": config.chunk_rows, "chunks": len(sizes),
-                "counts": {a: int(counts.get(a, 0)) for a in formats.ACTIONS},
-                "secondary": int((why & WHY["secondary"] > 0).sum()), "why": WHY,
-                "pairs": [{**p, "rows": [slot[r] for r in p["rows"]]} for p in pairs]}
-        _write_data(tmp, "meta", meta)
+        _write_data(tmp, "meta", {
+            "split": split, "models": list(models), "classes": formats.class_names(),
+            "wnids": formats.class_wnids(), "rows": len(ledger), "shown": len(records),
+            "chunk_rows": config.chunk_rows, "chunks": len(sizes),
+            "counts": {a: int(counts.get(a, 0)) for a in formats.ACTIONS},
+            "secondary": int((why & WHY["secondary"] > 0).sum()), "why": WHY,
+            "pairs": [{**p, "rows": [slot[r] for r in p["rows"]]} for p in pairs]})
     figures = {"rows": len(ledger), "shown": len(records), "chunks": len(sizes),
                "max_chunk_bytes": max(sizes, default=0), "index_bytes": index_bytes,
                "pairs": len(pairs), "no_thumbnail": len(no_thumb),
@@ -420,7 +379,8 @@ def run_review(split: str, params: dict[str, Any]) -> dict[str, Any]:
         predictions.append(formats.load_predictions(split, model))
     overlays = formats.cams_path(split).with_name(f"{split}-overlays")
     return build_report(ledger, votes.select(list(VOTES_COLUMNS)), manifest, split=split,
-                        models=models, predictions=predictions, image_root=root, out=report_dir(split), overlay_dir=overlays, config=config)
+                        models=models, predictions=predictions, image_root=root,
+                        out=report_dir(split), overlay_dir=overlays, config=config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

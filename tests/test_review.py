@@ -19,13 +19,13 @@ from PIL import Image
 
 from stages import formats
 from stages.errors import ConfigError, InputError
+from stages.thumbnails import make_thumbnail
 from stages.review import (
     WHY,
     ReviewConfig,
     build_report,
     confused_pairs,
     list_matrix,
-    make_thumbnail,
     model_top5,
     read_data,
     run_review,
