@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from stages import formats
 from stages.decide import apply_overrides, load_overrides
@@ -218,3 +223,30 @@ def test_overrides_path_is_per_split() -> None:
     assert overrides_path({"decide": {"overrides": "o.csv", "val": {}}}, "val") == Path("o.csv")
     with pytest.raises(ConfigError, match=r"decide.v2.overrides"):
         overrides_path({"decide": {"v2": {}}}, "v2")
+
+
+def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, tmp_path) -> None:
+    root, params = built
+    params = {**params, "decide": {"val": {**params["decide"]["val"],
+                                           "overrides": str(tmp_path / "val.csv")}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "stages.review_server", "--split", "val", "--params",
+               str(tmp_path / "params.yaml"), "--port", "0"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while " on http://" not in line and time.monotonic() < deadline:
+            line = process.stderr.readline()
+        port = int(line.split(" on http://127.0.0.1:")[1].split("/")[0])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/api/overrides")
+        assert json.loads(connection.getresponse().read())["rows"] == []
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stderr.close()
+    other = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert other.returncode == 2
+    assert "error: no review report in data/review/val; build it with `dvc repro review@val`" in other.stderr
