@@ -52,6 +52,8 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in FLAGS + (f"--user-data-dir={tmp_path / 'profile'}",):
         options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads"),
+                                              "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     yield driver
@@ -131,7 +133,9 @@ def test_filter_relabel_writes_overrides_that_decide_applies(demo, served, brows
     assert sum(counts[a] for a in formats.ACTIONS) == len(ledger)
 
 
-def test_page_opened_as_a_file_offers_the_same_rows_as_csv(demo, served, browser) -> None:
+def test_page_opened_as_a_file_offers_the_same_rows_as_csv(demo, served, browser, tmp_path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
     server, path, _ = served
     ledger = pd.read_parquet(demo / formats.ledger_path("val"))
     action = "fix" if (ledger["action"] == "fix").any() else "remove"
@@ -140,6 +144,11 @@ def test_page_opened_as_a_file_offers_the_same_rows_as_csv(demo, served, browser
     assert "opened as a file" in browser.find_element("id", "mode").text
     image_id = relabel_first(browser, action, "goldfish", "same row")
     csv_text = browser.execute_script("return window.REVIEW.csvText()")
+    browser.find_element("id", "tab-corrections").click()
+    browser.find_element("id", "download-csv").click()
+    download = tmp_path / "downloads/val-overrides.csv"
+    WebDriverWait(browser, 10).until(lambda _: download.is_file())
+    assert download.read_text() == csv_text
     browser.get(server.url)  # the same correction through the server writes the same bytes
     wait_ready(browser)
     assert relabel_first(browser, action, "goldfish", "same row") == image_id
