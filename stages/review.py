@@ -167,7 +167,8 @@ def confused_pairs(labels: np.ndarray, predicted: np.ndarray, quality: np.ndarra
         labels: (N,) current labels, -1 for inactive rows.
         predicted: (N,) ensemble top-1, -1 where unknown.
         quality: (N,) label quality (lower = reviewed first), NaN last.
-        top: pairs returned, most confused first (ties: smaller a, then b).
+        top: pairs returned, most confused first (ties: the pair with the lowest label quality
+            first, then smaller a, then b).
         per_pair: rows kept per pair, best priority first (ties: ledger order).
 
     Returns:
@@ -177,9 +178,11 @@ def confused_pairs(labels: np.ndarray, predicted: np.ndarray, quality: np.ndarra
     positions = np.flatnonzero(ok)
     low, high = np.minimum(labels[ok], predicted[ok]), np.maximum(labels[ok], predicted[ok])
     keys = low * formats.NUM_CLASSES + high
-    unique, counts = np.unique(keys, return_counts=True)
-    order = np.lexsort((unique, -counts))[:top]
     rank = np.nan_to_num(quality, nan=np.inf)
+    by_key = np.argsort(keys, kind="stable")
+    unique, starts, counts = np.unique(keys[by_key], return_index=True, return_counts=True)
+    best = np.minimum.reduceat(rank[positions][by_key], starts) if len(starts) else rank[:0]
+    order = np.lexsort((unique, best, -counts))[:top]
     pairs = []
     for key in unique[order]:
         members = positions[keys == key]

@@ -227,6 +227,11 @@ def test_confused_pairs_count_both_directions_and_rank_by_quality() -> None:
     assert [(p["a"], p["b"], p["ab"], p["ba"]) for p in pairs] == [(1, 2, 2, 1), (3, 4, 1, 1)]
     assert pairs[0]["rows"] == [1, 2]  # quality 0.1, then 0.3 (0.5 is past per_pair)
     assert pairs[1]["rows"] == [6, 5]
+    ties = confused_pairs(labels, predicted, quality, top=3, per_pair=2)[2]
+    assert (ties["a"], ties["b"]) == (2, 9)  # the only other pair
+    tied = confused_pairs(np.array([1, 5, 7]), np.array([2, 6, 8]), np.array([0.4, 0.1, np.nan]),
+                          top=3, per_pair=1)
+    assert [(p["a"], p["b"]) for p in tied] == [(5, 6), (1, 2), (7, 8)]  # one image each: by quality
 
 
 def test_thumbnail_draws_the_boxes_scaled(tmp_path: Path) -> None:

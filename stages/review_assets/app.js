@@ -233,7 +233,8 @@
     ].concat(record.cams.map(function (c) {
       return el("a", { href: c[1], target: "_blank", title: "CAM overlay of " + c[0] }, [el("img", { class: "cam", src: c[1], loading: "lazy", alt: "CAM " + c[0] })]);
     })));
-    const arrow = record.action === "remove" ? el("b", { text: "removed" }) : el("b", { text: named(record.new) });
+    const arrow = record.action === "remove" ? el("b", { text: "removed" })
+      : record.new === record.label ? "kept" : el("b", { text: named(record.new) });
     const info = el("div", { class: "info" }, [
       el("h2", {}, [el("span", { class: "badge " + record.action, text: record.action }), " ", el("code", { text: record.id }),
         el("span", { class: "why", text: " shown as: " + record.why.join(", ") })]),
