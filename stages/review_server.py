@@ -126,17 +126,19 @@ class Ledger:
 
     ids: pd.Index
     frame: pd.DataFrame
+    stamp: tuple[int, int] = (0, 0)
 
     @classmethod
     def read(cls, path: Path) -> "Ledger":
         if not path.is_file():
             raise MissingInputError(f"ledger {path} does not exist; run `dvc repro` first")
+        stat = path.stat()
         table = pq.read_table(path)
         missing = [c for c in LEDGER_COLUMNS if c not in table.column_names]
         if missing:
             raise InputError(f"ledger {path} lacks columns {missing}; re-run `dvc repro decide`")
         frame = table.select(list(LEDGER_COLUMNS)).to_pandas()
-        return cls(pd.Index(frame["image_id"]), frame)
+        return cls(pd.Index(frame["image_id"]), frame, (stat.st_mtime_ns, stat.st_size))
 
     def position(self, image_id: Any) -> int | None:
         if not isinstance(image_id, str):
@@ -248,8 +250,18 @@ class ReviewState:
     split: str
     report: Path
     overrides: Path
-    ledger: Ledger
+    ledger_path: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _ledger: Ledger | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger, read again after `dvc repro` rewrote it (the server may run for hours)."""
+        stat = self.ledger_path.stat() if self.ledger_path.is_file() else None
+        if self._ledger is None or stat is None or \
+                self._ledger.stamp != (stat.st_mtime_ns, stat.st_size):
+            self._ledger = Ledger.read(self.ledger_path)
+        return self._ledger
 
     def listing(self) -> dict[str, Any]:
         return {"split": self.split, "path": str(self.overrides), "rows": read_rows(self.overrides)}
@@ -259,9 +271,10 @@ class ReviewState:
         if not isinstance(body, dict) or set(body) != {"rows"} or not isinstance(body["rows"], list) \
                 or not 0 < len(body["rows"]) <= 1000:
             raise RequestError(400, 'body must be {"rows": [...]} with 1 to 1000 rows')
-        new = [parse_row(item, self.ledger) for item in body["rows"]]
+        ledger = self.ledger
+        new = [parse_row(item, ledger) for item in body["rows"]]
         with self.lock:
-            decisions = {r["image_id"]: self.ledger.decision(r["image_id"]) for r in new}
+            decisions = {r["image_id"]: ledger.decision(r["image_id"]) for r in new}
             write_rows(self.overrides, merge_rows(read_rows(self.overrides), new, decisions=decisions))
             logger.info("review %s: wrote %d row(s) to %s", self.split, len(new), self.overrides)
             return self.listing()
@@ -369,7 +382,8 @@ def make_server(split: str, params: dict[str, Any], *, host: str = "127.0.0.1", 
                                 f"review@{split}` (or `python -m stages.review --split {split}`)")
     overrides = root / overrides_path(params, split)
     read_rows(overrides)  # a malformed file stops here, before anyone reviews
-    state = ReviewState(split, report, overrides, Ledger.read(root / formats.ledger_path(split)))
+    state = ReviewState(split, report, overrides, root / formats.ledger_path(split))
+    state.ledger  # a missing or outdated ledger stops here  # noqa: B018
     return ReviewServer((host, port), state)
 
 

@@ -250,3 +250,17 @@ def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, 
     other = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert other.returncode == 2
     assert "error: no review report in data/review/val; build it with `dvc repro review@val`" in other.stderr
+
+
+def test_a_rewritten_ledger_is_read_again(tmp_path: Path, monkeypatch) -> None:
+    params = write_split(tmp_path, 30)
+    monkeypatch.chdir(tmp_path)
+    run_review("val", params)
+    server = make_server("val", params, port=0)
+    ledger = pd.read_parquet(formats.ledger_path("val"))
+    image_id = first(ledger, ledger["action"] == "keep")
+    ledger.loc[ledger["image_id"] == image_id, "action"] = "skip"  # as if `dvc repro` ran meanwhile
+    formats.write_table(ledger, formats.ledger_path("val"))
+    with pytest.raises(Exception, match="unreadable"):
+        server.state.apply({"rows": [{"image_id": image_id, "action": "remove"}]})
+    server.server_close()
