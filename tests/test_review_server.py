@@ -26,7 +26,7 @@ from stages import formats
 from stages.decide import apply_overrides, load_overrides
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.review import run_review
-from stages.review_server import Decision, make_server, merge_rows, overrides_path
+from stages.review_server import Decision, RequestError, make_server, merge_rows, overrides_path
 from test_review import write_split
 
 HEADER = "image_id,action,new_label,note\n"
@@ -261,6 +261,6 @@ def test_a_rewritten_ledger_is_read_again(tmp_path: Path, monkeypatch) -> None:
     image_id = first(ledger, ledger["action"] == "keep")
     ledger.loc[ledger["image_id"] == image_id, "action"] = "skip"  # as if `dvc repro` ran meanwhile
     formats.write_table(ledger, formats.ledger_path("val"))
-    with pytest.raises(Exception, match="unreadable"):
+    with pytest.raises(RequestError, match="unreadable"):
         server.state.apply({"rows": [{"image_id": image_id, "action": "remove"}]})
     server.server_close()
