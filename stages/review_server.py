@@ -2,7 +2,7 @@
 reviewer's corrections to the split's overrides file, which the next `dvc repro` applies (decide).
 
 The page is the static report of the `review@<split>` stage (`data/review/<split>/`); served here it
-gains buttons that write rows (`image_id,action,new_label,note`) to `decide.<split>.overrides`. The
+gains buttons that write rows (`image_id,action,new_label,note`) to `splits.<split>.overrides`. The
 JSON API behind them (standard library `http.server`, one lock around every write):
 
     GET  /api/overrides  -> {"split", "path", "rows": [{image_id, action, new_label, note}, ...]}
@@ -38,15 +38,17 @@ import pyarrow.parquet as pq
 from stages import formats
 from stages.cli import run_as_script
 from stages.errors import ConfigError, InputError, MissingInputError
-from stages.params import load_params, section, split_params
+from stages.overrides import OVERRIDE_ACTIONS as ACTIONS
+from stages.overrides import OVERRIDE_COLUMNS as COLUMNS
+from stages.overrides import apply_overrides
+from stages.params import load_params, split_params
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("image_id", "action", "new_label", "note")
-ACTIONS = ("keep", "fix", "remove", "secondary")
 MAX_BODY = 1 << 20
 MAX_NOTE = 500
-LEDGER_COLUMNS = ("image_id", "action", "label", "new_label", "secondary_labels")
+LEDGER_COLUMNS = ("image_id", "action", "label", "new_label", "secondary_labels", "merged",
+                  "override")
 
 
 class RequestError(ValueError):
@@ -58,12 +60,10 @@ class RequestError(ValueError):
 
 
 def overrides_path(params: dict[str, Any], split: str) -> Path:
-    """The split's overrides file: `decide.<split>.overrides` (else the older `decide.overrides`)."""
-    decide = section(params, "decide")
-    own = decide.get(split) if isinstance(decide.get(split), dict) else {}
-    path = own.get("overrides") or decide.get("overrides")
+    """The split's overrides file, `splits.<split>.overrides` (the file decide applies)."""
+    path = split_params(params, split).get("overrides")
     if not isinstance(path, str) or not path:
-        raise ConfigError(f"params.yaml has no `decide.{split}.overrides` path; add one, e.g. "
+        raise ConfigError(f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
                           f"data/overrides/{split}.csv")
     return Path(path)
 
@@ -90,24 +90,11 @@ def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def _classes() -> dict[str, int]:
-    return {wnid: i for i, wnid in enumerate(formats.class_wnids())}
-
-
 def parse_class(value: Any) -> int | None:
-    """A class index from 0..999, "123" or a wnid; None otherwise."""
-    if isinstance(value, bool):
+    """A class index from 0..999, "123" or a wnid; None otherwise (booleans and floats too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         return None
-    if isinstance(value, int):
-        return value if 0 <= value < formats.NUM_CLASSES else None
-    if isinstance(value, str):
-        text = value.strip()
-        if text in _classes():
-            return _classes()[text]
-        if text.isdigit() and int(text) < formats.NUM_CLASSES:
-            return int(text)
-    return None
+    return formats.parse_class(str(value))
 
 
 class Decision(NamedTuple):
@@ -138,7 +125,18 @@ class Ledger:
         if missing:
             raise InputError(f"ledger {path} lacks columns {missing}; re-run `dvc repro decide`")
         frame = table.select(list(LEDGER_COLUMNS)).to_pandas()
+        frame = frame.astype({"label": "Int32", "new_label": "Int32"})
         return cls(pd.Index(frame["image_id"]), frame, (stat.st_mtime_ns, stat.st_size))
+
+    def check(self, rows: Sequence[dict[str, str]], source: str) -> None:
+        """Raise RequestError(400) unless decide would accept `rows` as the overrides file (its
+        own `apply_overrides`, on the ledger rows of the images named)."""
+        positions = sorted({self.position(r["image_id"]) for r in rows})
+        part = self.frame.iloc[positions].reset_index(drop=True).assign(reason="")
+        try:
+            apply_overrides(part, pd.DataFrame(list(rows), columns=list(COLUMNS)), source=source)
+        except InputError as error:
+            raise RequestError(400, f"decide would refuse the result: {error}") from None
 
     def position(self, image_id: Any) -> int | None:
         if not isinstance(image_id, str):
@@ -192,7 +190,7 @@ def _effective(rows: Sequence[dict[str, str]], decision: Decision, image_id: str
     for r in rows:
         if r["image_id"] == image_id and r["action"] != "secondary":
             label = {"keep": decision.label, "remove": None}.get(r["action"])
-            return r["action"], int(r["new_label"]) if r["action"] == "fix" else label
+            return r["action"], parse_class(r["new_label"]) if r["action"] == "fix" else label
     return decision.action, decision.new_label
 
 
@@ -275,7 +273,9 @@ class ReviewState:
         new = [parse_row(item, ledger) for item in body["rows"]]
         with self.lock:
             decisions = {r["image_id"]: ledger.decision(r["image_id"]) for r in new}
-            write_rows(self.overrides, merge_rows(read_rows(self.overrides), new, decisions=decisions))
+            rows = merge_rows(read_rows(self.overrides), new, decisions=decisions)
+            ledger.check(rows, str(self.overrides))
+            write_rows(self.overrides, rows)
             logger.info("review %s: wrote %d row(s) to %s", self.split, len(new), self.overrides)
             return self.listing()
 

@@ -117,10 +117,11 @@ def write_split(root: Path, n: int, *, seed: int = 0, split: str = "val",
     ledger.loc[np.isnan(new), "new_label"] = pd.NA
     ledger.loc[inactive, "label"] = pd.NA
     formats.write_table(ledger, root / formats.ledger_path(split))
-    return {"splits": {split: {"root": str(root / "images")}},
+    return {"splits": {split: {"root": str(root / "images"),
+                               "overrides": f"data/overrides/{split}.csv"}},
             "models": {m: {"spec": f"local-dir:{m}"} for m in models},
             "predict": {"models": list(models)},
-            "decide": {split: {"h1": 2, "h2": 3, "h3": 2, "overrides": f"data/overrides/{split}.csv"}},
+            "decide": {split: {"h1": 2, "h2": 3, "h3": 2}},
             "review": {"keep_sample": 20, "seed": 0, "chunk_rows": 25, "thumb_size": 96,
                        "top_pairs": 10, "pair_images": 5, "workers": 2}}
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from stages import formats
-from stages.decide import apply_overrides, load_overrides
+from stages.overrides import apply_overrides, load_overrides
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.review import run_review
 from stages.review_server import Decision, RequestError, make_server, merge_rows, overrides_path
@@ -48,7 +48,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 def served(built, tmp_path: Path):
     """A running server on a free port whose overrides file is fresh for each test."""
     root, params = built
-    params = {**params, "decide": {"val": {**params["decide"]["val"],
+    params = {**params, "splits": {"val": {**params["splits"]["val"],
                                            "overrides": str(tmp_path / "overrides/val.csv")}}}
     server = make_server("val", params, port=0, root=root)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -167,6 +167,17 @@ def test_bad_requests_get_a_clear_error_and_change_nothing(served, body, status,
     assert path.read_bytes() == before
 
 
+def test_a_hand_edited_mistake_in_the_file_is_reported_and_kept(served) -> None:
+    server, ledger, path = served
+    keeps = list(ledger.loc[ledger["action"] == "keep", "image_id"][:2])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER + f"{keeps[0]},fix,n01440764,wnids work\n{keeps[0]},remove,,twice\n")
+    status, answer = post(server, keeps[1], action="remove")
+    assert status == 400 and "decide would refuse the result" in answer["error"]
+    assert "two keep/fix/remove rows" in answer["error"]
+    assert path.read_text().endswith("twice\n")
+
+
 def test_keep_of_an_image_removed_earlier_is_refused(served) -> None:
     server, ledger, path = served
     image_id = first(ledger, ledger["label"].isna())
@@ -219,15 +230,14 @@ def test_server_needs_a_built_report_and_a_sane_overrides_file(tmp_path: Path, m
 
 
 def test_overrides_path_is_per_split() -> None:
-    assert overrides_path({"decide": {"val": {"overrides": "o/val.csv"}}}, "val") == Path("o/val.csv")
-    assert overrides_path({"decide": {"overrides": "o.csv", "val": {}}}, "val") == Path("o.csv")
-    with pytest.raises(ConfigError, match=r"decide.v2.overrides"):
-        overrides_path({"decide": {"v2": {}}}, "v2")
+    assert overrides_path({"splits": {"val": {"overrides": "o/val.csv"}}}, "val") == Path("o/val.csv")
+    with pytest.raises(ConfigError, match=r"splits.v2.overrides"):
+        overrides_path({"splits": {"v2": {"root": "x"}}}, "v2")
 
 
 def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, tmp_path) -> None:
     root, params = built
-    params = {**params, "decide": {"val": {**params["decide"]["val"],
+    params = {**params, "splits": {"val": {**params["splits"]["val"],
                                            "overrides": str(tmp_path / "val.csv")}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "stages.review_server", "--split", "val", "--params",

@@ -411,7 +411,7 @@
       : "opened as a file: corrections stay in this browser; download them as CSV";
     $("corrections-where").textContent = state.server
       ? "These rows are in " + state.path + "; `dvc repro` applies them."
-      : "Download these rows and save them as the split's overrides file (decide.<split>.overrides in params.yaml); `dvc repro` applies them.";
+      : "Download these rows and save them as the split's overrides file (splits.<split>.overrides in params.yaml); `dvc repro` applies them.";
     document.querySelectorAll(".tab").forEach(function (tab) {
       tab.onclick = function () { switchView(tab.getAttribute("data-view")); };
     });
