@@ -206,3 +206,15 @@ def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
         return out;""", {k: list(v) for k, v in decisions.items()}, steps)
     assert got == expected
     assert "error" in expected and len({str(e) for e in expected}) > 10
+
+
+def test_every_fix_removal_and_secondary_label_of_the_demo_is_in_the_report(demo) -> None:
+    from stages.review import read_data
+
+    ledger = pd.read_parquet(demo / formats.ledger_path("val"))
+    decided = ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0)
+    folder = demo / "data/review/val"
+    meta = read_data(folder / "data/meta.js")
+    ids = {r["id"] for k in range(meta["chunks"]) for r in read_data(folder / f"data/chunk-{k:05d}.js")}
+    assert decided.any() and set(ledger.loc[decided, "image_id"]) <= ids
+    assert meta["rows"] == len(ledger) and meta["models"] == load_params(demo / "params.yaml")["predict"]["models"]

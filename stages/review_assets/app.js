@@ -124,7 +124,7 @@
     return data;
   }
 
-  async function submit(record, rows) {
+  async function submit(record, rows, node) {
     try {
       if (state.server) {
         const data = await api("api/overrides", { rows: rows });
@@ -135,6 +135,7 @@
         state.rows = mergeRows(state.rows, rows, decisions);
         saveLocal();
       }
+      node.querySelectorAll("input.relabel, input.second").forEach(function (input) { input.value = ""; });
       say("");
     } catch (error) {
       say(error.message);
@@ -254,7 +255,7 @@
       const what = event.target.getAttribute("data-do");
       if (!what) return;
       if (what === "undo") { undo(record); return; }
-      try { submit(record, rowsFor(record, what, node)); } catch (error) { say(error.message); }
+      try { submit(record, rowsFor(record, what, node), node); } catch (error) { say(error.message); }
     });
     return node;
   }
