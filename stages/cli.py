@@ -24,6 +24,7 @@ COMMANDS = {
     "publish": "stages.publish",
     "promote": "stages.promote",
     "import-predictions": "stages.import_predictions",
+    "review": "stages.review_server",
 }
 
 

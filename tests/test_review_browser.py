@@ -34,10 +34,9 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo slice reproduced through decide by dvc, with its review report built."""
+    """A demo slice reproduced by dvc through its review report (stage review@val)."""
     project = copy_project(tmp_path_factory.mktemp("review") / "project", 40)
-    run_in(project, "dvc", "repro", "decide@val")
-    run_in(project, "python", "-m", "stages.review", "--split", "val")
+    run_in(project, "dvc", "repro", "review@val")
     return project
 
 
