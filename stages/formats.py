@@ -38,10 +38,13 @@ MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("skip_reason", pa.string()),
+        ("sha256", pa.string()),
     ]
 )
 """`data/manifests/<split>.parquet`: one row per image file found. `skip_reason` is null for usable
-rows; a skipped file keeps its row (label/wnid where known) so counts reconcile downstream."""
+rows; a skipped file keeps its row (label/wnid where known) so counts reconcile downstream.
+`sha256` is the digest of the image's bytes (null when they cannot be read), so a changed image
+changes the manifest and DVC re-runs the stages that read the pixels (predict, explain, review)."""
 
 LEDGER_SCHEMA = pa.schema(
     [

@@ -10,12 +10,15 @@ records as a skip row.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from stages.formats import file_sha256
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
@@ -103,6 +106,17 @@ def open_image(root: str | os.PathLike[str], path: str) -> Image.Image:
     if isinstance(where, tuple):
         return open_rgb(io.BytesIO(shard_image_bytes(*where)))
     return open_rgb(where)
+
+
+def image_sha256(root: str | os.PathLike[str], path: str) -> str | None:
+    """sha256 of a manifest row's encoded image (file or parquet row); None when unreadable."""
+    where = resolve(root, path)
+    try:
+        if isinstance(where, tuple):
+            return hashlib.sha256(shard_image_bytes(*where)).hexdigest()
+        return file_sha256(where)
+    except OSError:
+        return None
 
 
 def probe_image(root: str | os.PathLike[str], path: str, *, full: bool = True

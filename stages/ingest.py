@@ -25,7 +25,7 @@ from stages import formats, layouts
 from stages.cli import run_as_script, split_stage_main
 from stages.config import from_section, positive, require
 from stages.errors import InputError
-from stages.images import probe_image
+from stages.images import image_sha256, probe_image
 from stages.params import section, split_params
 
 logger = logging.getLogger(__name__)
@@ -142,12 +142,15 @@ def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfi
     counts = {"boxes_clipped": 0, "boxes_dropped": 0, "boxes_rescaled": 0,
               "label_box_mismatches": check_labels_against_boxes(found, source)}
     full = VERIFY_MODES[config.verify]
+    def probe(record: layouts.Found) -> tuple[int, int, str | None, str | None]:
+        return (*probe_image(source.root, record.path, full=full),
+                image_sha256(source.root, record.path))
+
     with ThreadPoolExecutor(config.workers) as pool:
-        probes = list(tqdm(pool.map(lambda r: probe_image(source.root, r.path, full=full), found),
-                           total=len(found), desc=f"ingest {source.root.name}", unit="img",
-                           mininterval=2.0))
+        probes = list(tqdm(pool.map(probe, found), total=len(found), unit="img",
+                           desc=f"ingest {source.root.name}", mininterval=2.0))
     rows = []
-    for record, (width, height, reason) in zip(found, probes):
+    for record, (width, height, reason, digest) in zip(found, probes):
         reason = record.skip_reason or reason
         if reason and config.on_bad_image == "error":
             raise InputError(f"{source.root / record.path}: {reason} (ingest.on_bad_image: error; "
@@ -162,7 +165,7 @@ def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfi
             "image_id": record.image_id, "path": record.path,
             "label": wnid_index.get(record.wnid) if record.wnid else None, "wnid": record.wnid,
             "boxes": boxes if not reason else [], "width": width or None,
-            "height": height or None, "skip_reason": reason,
+            "height": height or None, "skip_reason": reason, "sha256": digest,
         })
     manifest = pd.DataFrame(rows, columns=formats.MANIFEST_SCHEMA.names)
     skipped = int(manifest["skip_reason"].notna().sum())

@@ -17,7 +17,8 @@ def manifest_rows() -> pd.DataFrame:
     return pd.DataFrame({
         "image_id": ["a", "b"], "path": ["a.JPEG", "b.JPEG"], "label": [1, 2],
         "wnid": [formats.class_wnids()[1], formats.class_wnids()[2]], "boxes": [[], []],
-        "width": [10, 20], "height": [10, 20], "skip_reason": [None, None]})
+        "width": [10, 20], "height": [10, 20], "skip_reason": [None, None],
+        "sha256": ["0" * 64, "1" * 64]})
 
 
 def test_a_manifest_written_by_ingest_reads_back(tmp_path: Path) -> None:

@@ -279,3 +279,16 @@ def test_all_1300_shared_demo_images_match_their_sources(shared_demo: Path) -> N
         assert wnids[row.label] == row.wnid == tokens[0]
         objects, _ = parse_voc_xml(shared_demo / "ILSVRC/Annotations/CLS-LOC/val" / f"{row.image_id}.xml")
         assert [list(b) for b in row.boxes] == [box for name, box in objects if name == row.wnid]
+
+
+def test_manifest_records_each_image_digest_so_a_changed_image_changes_it(tmp_path: Path,
+                                                                           folder: Path) -> None:
+    import hashlib
+
+    first, _ = run(folder)
+    image = folder / WNID / f"{first.loc[0, 'image_id']}.JPEG"
+    assert first.loc[0, "sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    image.write_bytes(image.read_bytes() + b"\0")  # same path, other bytes
+    second, _ = run(folder)
+    assert second.loc[0, "sha256"] != first.loc[0, "sha256"]
+    assert second.drop(columns="sha256").equals(first.drop(columns="sha256"))

@@ -77,7 +77,7 @@ def write_split(root: Path, n: int, *, seed: int = 0, split: str = "val",
         "image_id": ids, "path": [names[k % len(names)] for k in range(n)], "label": labels,
         "wnid": np.array(formats.class_wnids())[labels],
         "boxes": [[[50, 40, 300, 250]] if k % 3 else [] for k in range(n)],
-        "width": 500, "height": 375, "skip_reason": None})
+        "width": 500, "height": 375, "skip_reason": None, "sha256": None})
     formats.write_table(manifest, root / formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
     preds = [_predictions(root / formats.predictions_path(split, m), labels, rng) for m in models]
     mean = np.zeros((n, 1000), np.float32)

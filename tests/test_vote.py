@@ -216,7 +216,7 @@ def write_project(root: Path, *, labels_file: pd.DataFrame | None = None,
     manifest = pd.DataFrame({
         "image_id": ids, "path": [f"{i}.JPEG" for i in ids], "label": true,
         "wnid": [formats.class_wnids()[c] for c in true], "boxes": [[] for _ in ids],
-        "width": 227, "height": 227, "skip_reason": None,
+        "width": 227, "height": 227, "skip_reason": None, "sha256": None,
     })
     manifest.loc[199, "skip_reason"] = "empty file (0 bytes)"
     formats.write_table(manifest, root / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA)
