@@ -57,6 +57,7 @@ def distributed(settings: TrainSettings, launch: LaunchConfig) -> Iterator[Dist]
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    threads = torch.get_num_threads()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     if world > 1:
@@ -66,6 +67,7 @@ def distributed(settings: TrainSettings, launch: LaunchConfig) -> Iterator[Dist]
     try:
         yield Dist(rank, world, local_rank, device)
     finally:
+        torch.set_num_threads(threads)
         if world > 1:
             dist.destroy_process_group()
 

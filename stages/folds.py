@@ -56,8 +56,11 @@ def assign_folds(labels: np.ndarray, usable: np.ndarray, *, k: int, seed: int) -
     rows = np.flatnonzero(usable)
     if len(rows) < k:
         raise ValueError(f"{len(rows)} usable rows cannot fill {k} folds")
-    shuffled = rows[np.random.default_rng(seed).permutation(len(rows))]
-    by_class = shuffled[np.argsort(labels[shuffled], kind="stable")]
+    rng = np.random.default_rng(seed)
+    classes, code = np.unique(labels[rows], return_inverse=True)
+    order = rng.permutation(len(classes))[code]  # classes in a seeded order, not index order
+    shuffled = rng.permutation(len(rows))
+    by_class = rows[shuffled[np.argsort(order[shuffled], kind="stable")]]
     fold = np.full(len(labels), -1, dtype=np.int32)
     fold[by_class] = np.arange(len(by_class)) % k
     return fold
