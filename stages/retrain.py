@@ -124,6 +124,10 @@ def run_arm(arm: str, params: dict[str, Any]) -> dict[str, Any] | None:
     train_rows = np.flatnonzero(labels >= 0)
     evaluated = formats.read_manifest(config.eval_split)
     rows, excluded = eval_rows(evaluated, manifest["image_id"])
+    if not len(rows):
+        raise InputError(f"retrain: no usable row of split {config.eval_split!r} is left once the "
+                         f"images of {config.split!r} are set aside; set `retrain.eval_split` to a "
+                         "split that does not share all its images")
     out = arm_dir(arm)
     image_ids = manifest["image_id"].to_numpy(dtype=str)
     job = Job(f"retrain/{arm}", spec, Path(split_params(params, config.split)["root"]),
@@ -183,8 +187,8 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     hits, scored = topk_hits(np.asarray(probs), labels, np.ones(len(labels), dtype=bool))
     if not scored:
         return {"top1": None, "top5": None, "n": 0}
-    return {"top1": round(100.0 * hits[0] / scored, 4), "top5": round(100.0 * hits[1] / scored, 4),
-            "n": scored}
+    return {"top1": round(100.0 * float(hits[0]) / scored, 4),
+            "top5": round(100.0 * float(hits[1]) / scored, 4), "n": int(scored)}
 
 
 def reference_top1(probs: np.ndarray, image_ids: Sequence[str], reference: dict[str, list[int]]

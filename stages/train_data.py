@@ -68,12 +68,13 @@ class ManifestSamples(Dataset):
 class EpochBatches:
     """One process's training batches of one epoch (a DataLoader `batch_sampler`).
 
-    The epoch's order is a seeded permutation of `rows`; with `world` processes, process `rank`
-    takes every `world`-th row of it. Every process gets the same number of full batches
-    (`steps_per_epoch`); the remainder of the permutation waits for a later epoch.
+    The epoch's order is a seeded permutation of `rows`, extended by wrapping around to its start
+    until every process gets `steps_per_epoch` full batches (as torch's DistributedSampler pads);
+    process `rank` takes every `world`-th row of it. So every row is trained on every epoch, and a
+    few (fewer than batch_size x world) twice.
 
     Args:
-        rows: (R,) manifest row indices to train on.
+        rows: (R,) manifest row indices to train on (R >= 1).
         start_step: the first batch to yield (a resumed epoch skips the batches already done).
     """
 
@@ -81,7 +82,7 @@ class EpochBatches:
                  world: int = 1, start_step: int = 0) -> None:
         steps = steps_per_epoch(len(rows), batch_size=batch_size, world=world)
         order = np.asarray(rows)[np.random.default_rng([seed, epoch]).permutation(len(rows))]
-        mine = order[rank::world][:steps * batch_size]
+        mine = np.resize(order, steps * batch_size * world)[rank::world]
         self.batches = mine.reshape(steps, batch_size)[start_step:]
 
     def __len__(self) -> int:
@@ -93,8 +94,8 @@ class EpochBatches:
 
 
 def steps_per_epoch(n_rows: int, *, batch_size: int, world: int) -> int:
-    """Full batches per process per epoch."""
-    return n_rows // (batch_size * world)
+    """Batches per process per epoch: enough to cover every row once."""
+    return -(-n_rows // (batch_size * world))
 
 
 def rank_rows(rows: np.ndarray, *, rank: int, world: int) -> np.ndarray:

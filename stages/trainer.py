@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from stages import train_data
 from stages.distributed import Dist
-from stages.errors import ConfigError
+from stages.errors import ConfigError, InputError
 from stages.formats import NUM_CLASSES, atomic_path
 from stages.models import ModelSpec, create_model, data_config
 from stages.train_config import TrainSettings
@@ -182,9 +182,8 @@ class _Run:
         self.steps = train_data.steps_per_epoch(len(job.train_rows), batch_size=settings.batch_size,
                                                 world=ctx.world)
         if self.steps == 0:
-            raise ConfigError(f"{job.name}: {len(job.train_rows)} training rows give no full batch "
-                              f"of train.settings.batch_size {settings.batch_size} x {ctx.world} "
-                              "processes; lower the batch size")
+            raise InputError(f"{job.name}: no rows to train on (every row is skipped, removed or "
+                             "in the held-out fold)")
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=settings.sched, num_epochs=settings.epochs,
             warmup_epochs=settings.warmup_epochs, warmup_lr=settings.warmup_lr,
