@@ -8,6 +8,7 @@ with fixed schemas and without pandas metadata, so the same inputs give the same
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -50,9 +51,12 @@ LEDGER_SCHEMA = pa.schema(
         ("top5_misses", pa.int32()),
         ("exempted", pa.bool_()),
         ("reason", pa.string()),
+        ("secondary_labels", pa.list_(pa.int32())),
     ]
 )
-"""The decision ledger contract (DESIGN.md). Stages may append more columns after these."""
+"""The decision ledger contract (DESIGN.md). Stages may append more columns after these.
+`secondary_labels` (added in the multi-label-aware release) lists other classes the evidence
+supports for an image that shows several (empty for most rows)."""
 
 VOTES_SCHEMA = pa.schema([
     ("image_id", pa.string()),
@@ -65,8 +69,15 @@ VOTES_SCHEMA = pa.schema([
     ("top5_misses", pa.int32()),
     ("top5_hit_models", pa.list_(pa.string())),
     ("n_models", pa.int32()),
+    ("ensemble_top", pa.list_(pa.int32())),
+    ("ensemble_probs", pa.list_(pa.float32())),
+    ("label_prob", pa.float32()),
+    ("model_top1", pa.list_(pa.int32())),
 ])
-"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts)."""
+"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts). The last four
+columns are the ensemble's evidence (mean of the split's models' probabilities): its five most
+probable classes, best first, with their mean probabilities; the mean probability of the current
+label (null on inactive rows); each model's top-1 class in model order."""
 
 CAMS_SCHEMA = pa.schema(
     [
@@ -89,7 +100,8 @@ exemptions (number of models whose CAMs exempted the row)."""
 
 CLEAN_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32()),
-    ("original_label", pa.int32()), ("wnid", pa.string()), ("action", pa.string()),
+    ("original_label", pa.int32()), ("secondary_labels", pa.list_(pa.int32())),
+    ("wnid", pa.string()), ("action", pa.string()),
     ("placeholder", pa.bool_()), ("merged", pa.bool_()), ("boxes", BOX),
     ("width", pa.int32()), ("height", pa.int32()), ("iteration", pa.int32()),
 ])
@@ -258,6 +270,39 @@ def class_names() -> list[str]:
 def class_wnids() -> list[str]:
     """The 1000 ILSVRC2012 wnids in sorted order: index = class label."""
     return read_synsets(Path(__file__).with_name("synsets.txt"))[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _short_names() -> tuple[str, ...]:
+    return tuple(name.split(",")[0].strip() for name in class_names())
+
+
+@functools.lru_cache(maxsize=1)
+def wnid_index() -> dict[str, int]:
+    """wnid -> class index."""
+    return {wnid: i for i, wnid in enumerate(class_wnids())}
+
+
+def parse_class(value: str) -> int | None:
+    """A class index from "123" or a wnid ("n01440764"); None when it is neither."""
+    text = str(value).strip()
+    if text in wnid_index():
+        return wnid_index()[text]
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if 0 <= number < NUM_CLASSES else None
+
+
+def nullable_ints(values: np.ndarray) -> pd.arrays.IntegerArray:
+    """float64 with NaN for null -> a nullable Int32 array (for label columns)."""
+    return pd.arrays.IntegerArray(np.nan_to_num(values, nan=0).astype(np.int32), np.isnan(values))
+
+
+def class_label(index: int) -> str:
+    """`396 (lionfish)`: a class index with the first of its names, for reasons people read."""
+    return f"{int(index)} ({_short_names()[int(index)]})"
 
 
 @contextlib.contextmanager
