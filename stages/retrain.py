@@ -11,9 +11,9 @@ Each arm predicts the usable rows of `retrain.eval_split` that are not in the tr
 the model trained on is never scored) and writes `data/retrain/<arm>/` (probs.npy, seen.npy,
 log.json, model.safetensors; resumable like `train`). `retrain-report` scores both on the eval
 split's original labels, its cleaned labels (kept and fixed rows of its ledger) and, when
-`evaluate.reference_labels` is set, the human reference (ReaL-style: a prediction is right when it
-is among the accepted classes; images without any accepted class are not scored) ->
-`metrics/retrain.json`.
+`evaluate.reference_labels` is set, the human reference (`stages.reference`; ReaL-style: a
+prediction is right when it is among the accepted classes; images without any accepted class are
+not scored) -> `metrics/retrain.json`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +37,7 @@ from stages.errors import InputError, MissingInputError
 from stages.models import model_specs
 from stages.params import load_params, section, split_params
 from stages.predict_data import topk_hits
+from stages.reference import load_reference
 from stages.train import write_outputs
 from stages.train_config import settings_from_params
 from stages.trainer import Job, fit, predict_rows
@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 ARMS = ("original", "cleaned")
 RETRAIN_ROOT = Path("data/retrain")
 METRICS = Path("metrics/retrain.json")
-_REAL_ID = re.compile(r"^ILSVRC2012_val_(\d{8})$")
 
 
 @dataclass(frozen=True)
@@ -161,27 +160,6 @@ def run_arm(arm: str, params: dict[str, Any]) -> dict[str, Any] | None:
     return log
 
 
-def load_reference(path: str | Path) -> dict[str, list[int]]:
-    """A ReaL-style reference -> image_id -> accepted classes. Reads ReaL's `real.json` (a list,
-    entry i = `ILSVRC2012_val_{i+1:08d}`) and a mapping image_id -> list.
-
-    (A local reader until `stages.evaluate` exposes the project's `load_reference`.)
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"evaluate.reference_labels: {path} not found; fix the path or "
-                                "set it to null")
-    data = json.loads(path.read_text())
-    if isinstance(data, list):
-        data = {f"ILSVRC2012_val_{i + 1:08d}": entry for i, entry in enumerate(data)}
-    if not isinstance(data, dict) or not all(
-            isinstance(v, list) and all(isinstance(c, int) and 0 <= c < formats.NUM_CLASSES
-                                        for c in v) for v in data.values()):
-        raise InputError(f"{path}: expected ReaL's list of class lists or a mapping image_id -> "
-                         "list of class indices 0..999")
-    return {str(k): list(v) for k, v in data.items()}
-
-
 def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Top-1/top-5 (%) of probs (R, 1000) against labels (R,) float (NaN = not scored)."""
     hits, scored = topk_hits(np.asarray(probs), labels, np.ones(len(labels), dtype=bool))
@@ -191,8 +169,8 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
             "top5": round(100.0 * float(hits[1]) / scored, 4), "n": int(scored)}
 
 
-def reference_top1(probs: np.ndarray, image_ids: Sequence[str], reference: dict[str, list[int]]
-                   ) -> dict[str, Any]:
+def reference_top1(probs: np.ndarray, image_ids: Sequence[str],
+                   reference: Mapping[str, Collection[int]]) -> dict[str, Any]:
     """ReaL top-1 (%): the top prediction is among the accepted classes (images with some)."""
     top1 = np.asarray(probs).argmax(axis=1)
     judged = [(int(t), reference[i]) for t, i in zip(top1, image_ids) if reference.get(i)]
@@ -236,7 +214,9 @@ def run_report(params: dict[str, Any], *, out: Path | None = None) -> dict[str, 
         raise InputError("the retrain predictions score other rows than the eval split now has; "
                          "re-run `dvc repro retrain`")
     labels = eval_labels(config.eval_split, evaluated, rows)
-    reference_file = (params.get("evaluate") or {}).get("reference_labels")
+    evaluate = params.get("evaluate") or {}
+    reference_file = (str(Path(evaluate.get("references") or ".") / evaluate["reference_labels"])
+                      if evaluate.get("reference_labels") else None)
     reference = load_reference(reference_file) if reference_file else None
     metrics: dict[str, Any] = {
         "model": config.model, "split": config.split, "eval_split": config.eval_split,
