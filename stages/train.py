@@ -20,6 +20,7 @@ under `torchrun` (DDP).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -29,13 +30,13 @@ from typing import Any, Sequence
 import numpy as np
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from stages import formats
 from stages.cli import run_as_script
 from stages.folds import check_out_of_fold_split, read_folds
 from stages.labels import current_labels
-from stages.models import model_specs
+from stages.models import ModelSpec, create_model, model_specs
 from stages.params import load_params, split_params
 from stages.distributed import Dist, distributed, launched
 from stages.train_config import TrainSettings, settings_from_params
@@ -144,6 +145,17 @@ def train_fold(split: str, model: str, fold: int, params: dict[str, Any], *,
     logger.info("train %s: wrote %s (%d rows seen, %d predicted)", job.name, out,
                 log["n_seen"], log["n_heldout"])
     return log
+
+
+def load_fold_model(spec: ModelSpec, folder: str | Path, *, device: str | torch.device = "cpu"
+                    ) -> torch.nn.Module:
+    """The eval-mode model whose predictions a fold (or retrain) folder holds: the architecture
+    of `spec` with the folder's `model.safetensors` (e.g. to explain a row of fold k with the
+    model that predicted it)."""
+    kwargs = {**spec.kwargs, "num_classes": formats.NUM_CLASSES}
+    model = create_model(dataclasses.replace(spec, pretrained=False, kwargs=kwargs), device=device)
+    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors"), device=str(device)))
+    return model.eval()
 
 
 def read_fold_log(folder: Path) -> dict[str, Any]:

@@ -28,10 +28,11 @@ from stages import formats, train_data
 from stages.distributed import torchrun_command
 from stages.errors import ConfigError
 from stages.folds import read_folds, run_folds
+from stages.images import open_image
 from stages.models import ModelSpec
 from stages.oof import run_oof
 from stages.params import load_params
-from stages.train import fold_dir, read_seen, train_fold
+from stages.train import fold_dir, load_fold_model, read_seen, train_fold
 from stages.train_config import LaunchConfig, TrainSettings, settings_from_params
 from stages.trainer import build_model, imagenet_weights
 
@@ -194,8 +195,17 @@ def test_each_row_is_predicted_by_a_model_that_never_saw_it(
     run_folds("train_demo", params)
     logs = [train_fold("train_demo", MODEL, fold, params) for fold in (0, 1)]
     run_oof("train_demo", MODEL, params)
-    _check_out_of_fold(project, manifest, world=1)
+    probs = _check_out_of_fold(project, manifest, world=1)
     assert [log["n_heldout"] for log in logs] == [12, 11]
+    # the saved weights are the model that made fold 1's predictions
+    folder = project / fold_dir("train_demo", MODEL, 1)
+    model = load_fold_model(ModelSpec(MODEL, MODEL, pretrained=False), folder)
+    transform = train_data.evaluation_transform(logs[1]["preprocessing"])
+    rows = np.flatnonzero(read_folds("train_demo", manifest) == 1)
+    batch = torch.stack([transform(open_image(DEMO_ROOT, manifest["path"][r])) for r in rows])
+    with torch.inference_mode():
+        again = torch.softmax(model(batch), dim=1).numpy()
+    assert np.abs(again - probs[rows]).max() < 1e-4     # (other thread count, same model)
     assert not list((project / "data/oof/train_demo" / MODEL).glob(".*"))  # work folders gone
 
 
