@@ -9,6 +9,7 @@ stay the same from one cleanup iteration to the next. K = len(`train.folds`), se
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,9 +32,31 @@ FOLDS_SCHEMA = pa.schema([("image_id", pa.string()), ("fold", pa.int32())])
 OUT_OF_FOLD = "out-of-fold"
 
 
+OOF_ROOT = Path("data/oof")
+
+
 def folds_path(split: str) -> Path:
     """Where the `folds` stage writes a split's fold table."""
     return Path("data/folds") / f"{split}.parquet"
+
+
+def fold_dir(split: str, model: str, fold: int) -> Path:
+    """The `train@<split>-<model>-<fold>` output folder (probs.npy, seen.npy, log.json,
+    model.safetensors)."""
+    return OOF_ROOT / split / model / f"fold-{fold}"
+
+
+def read_seen(path: str | Path, n_rows: int) -> np.ndarray:
+    """A `seen.npy` (np.packbits of the rows a training loop fed its model) -> (n_rows,) bool."""
+    return np.unpackbits(np.load(path), count=n_rows).astype(bool)
+
+
+def read_fold_log(folder: str | Path) -> dict[str, Any]:
+    """A fold folder's `log.json`."""
+    path = Path(folder) / "log.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the train stage that writes it")
+    return json.loads(path.read_text())
 
 
 def assign_folds(labels: np.ndarray, usable: np.ndarray, *, k: int, seed: int) -> np.ndarray:

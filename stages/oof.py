@@ -25,10 +25,10 @@ import pandas as pd
 from stages import formats
 from stages.cli import run_as_script
 from stages.errors import InputError
-from stages.folds import check_out_of_fold_split, fold_count, read_folds
+from stages.evaluate import scan_model
+from stages.folds import (check_out_of_fold_split, fold_count, fold_dir, read_fold_log,
+                           read_folds, read_seen)
 from stages.params import load_params
-from stages.predict_data import topk_hits
-from stages.train import fold_dir, read_fold_log, read_seen
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +87,16 @@ def assemble(manifest: pd.DataFrame, fold_of: np.ndarray, folders: Sequence[Path
         raise InputError(f"the fold models of {split}/{model} were trained differently ({differ}); "
                          f"re-run `dvc repro train` for the stale folds")
     dtype = np.load(folders[0] / "probs.npy", mmap_mode="r").dtype
-    labels = pd.to_numeric(manifest["label"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-    hits = _stream(folders, rows, fold_of, out, dtype=dtype, labels=labels, usable=usable)
-    scored = int((usable & ~np.isnan(labels)).sum())
+    _stream(folders, rows, fold_of, out, dtype=dtype)
+    top1, top5 = scan_model(np.load(out, mmap_mode="r"), usable=usable, source=str(out),
+                            desc=f"oof {split} {model} top-k")
+    accuracy = top_accuracy(top1, top5, manifest["label"], usable)
     first = logs[0]
     sidecar = {
         "model": model, "spec": first["spec"], "architecture": first["architecture"],
         "weights_sha256": None, "preprocessing": first["preprocessing"], "dtype": dtype.name,
         "n": len(manifest), "n_skipped": int((~usable).sum()),
-        "top1": round(100.0 * float(hits[0]) / scored, 4) if scored else None,
-        "top5": round(100.0 * float(hits[1]) / scored, 4) if scored else None, "split": split,
+        "top1": accuracy["top1"], "top5": accuracy["top5"], "split": split,
         "source": "out-of-fold", "folds": k, "seed": first["seed"], "init": first["init"],
         "settings": first["settings"], "world_size": first["world_size"],
         "image_ids_sha256": formats.image_ids_sha256(image_ids),
@@ -111,14 +111,13 @@ def assemble(manifest: pd.DataFrame, fold_of: np.ndarray, folders: Sequence[Path
 
 
 def _stream(folders: Sequence[Path], rows: Sequence[np.ndarray], fold_of: np.ndarray, out: Path, *,
-            dtype: np.dtype, labels: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """Write `out` in manifest order, CHUNK_ROWS at a time -> [top-1 hits, top-5 hits]."""
+            dtype: np.dtype) -> None:
+    """Write `out` in manifest order, CHUNK_ROWS at a time (NaN rows where no fold predicts)."""
     n = len(fold_of)
     position = np.zeros(n, dtype=np.int64)
     for fold_rows in rows:
         position[fold_rows] = np.arange(len(fold_rows))
     probs = [np.load(folder / "probs.npy", mmap_mode="r") for folder in folders]
-    hits = np.zeros(2, dtype=np.int64)
     with formats.atomic_path(out) as tmp:
         result = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, formats.NUM_CLASSES))
         for start in range(0, n, CHUNK_ROWS):
@@ -129,10 +128,23 @@ def _stream(folders: Sequence[Path], rows: Sequence[np.ndarray], fold_of: np.nda
                 if len(inside):
                     block[inside] = fold_probs[position[start + inside]]
             result[start:stop] = block
-            hits += topk_hits(block, labels[start:stop], usable[start:stop])[0]
         result.flush()
         del result
-    return hits
+
+
+def top_accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray,
+                 rows: np.ndarray) -> dict[str, Any]:
+    """Top-1/top-5 (%) over `rows` (N,) bool with a label (top1 (N,), top5 (N, 5) from
+    `evaluate.scan_model`; labels (N,), NaN/None = no label)."""
+    wanted = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    rows = np.asarray(rows, dtype=bool) & ~np.isnan(wanted)
+    target = wanted[rows].astype(np.int64)
+    n = int(rows.sum())
+    if not n:
+        return {"top1": None, "top5": None, "n": 0}
+    return {"top1": round(100.0 * int((top1[rows] == target).sum()) / n, 4),
+            "top5": round(100.0 * int((top5[rows] == target[:, None]).any(axis=1).sum()) / n, 4),
+            "n": n}
 
 
 def run_oof(split: str, model: str, params: dict[str, Any], *,

@@ -35,8 +35,9 @@ from stages.config import from_section
 from stages.distributed import distributed, launched
 from stages.errors import InputError, MissingInputError
 from stages.models import model_specs
+from stages.oof import top_accuracy
 from stages.params import load_params, section, split_params
-from stages.predict_data import topk_hits
+from stages.evaluate import scan_model
 from stages.reference import load_reference
 from stages.train import write_outputs
 from stages.train_config import settings_from_params
@@ -162,11 +163,8 @@ def run_arm(arm: str, params: dict[str, Any]) -> dict[str, Any] | None:
 
 def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Top-1/top-5 (%) of probs (R, 1000) against labels (R,) float (NaN = not scored)."""
-    hits, scored = topk_hits(np.asarray(probs), labels, np.ones(len(labels), dtype=bool))
-    if not scored:
-        return {"top1": None, "top5": None, "n": 0}
-    return {"top1": round(100.0 * float(hits[0]) / scored, 4),
-            "top5": round(100.0 * float(hits[1]) / scored, 4), "n": int(scored)}
+    top1, top5 = scan_model(probs, desc="retrain score")
+    return top_accuracy(top1, top5, labels, np.ones(len(labels), dtype=bool))
 
 
 def reference_top1(probs: np.ndarray, image_ids: Sequence[str],

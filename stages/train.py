@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from stages import formats
 from stages.cli import run_as_script
-from stages.folds import check_out_of_fold_split, read_folds
+from stages.folds import check_out_of_fold_split, fold_dir, read_folds
 from stages.labels import current_labels
 from stages.models import ModelSpec, create_model, model_specs
 from stages.params import load_params, split_params
@@ -44,23 +43,12 @@ from stages.trainer import Job, Trained, fit, predict_rows
 
 logger = logging.getLogger(__name__)
 
-OOF_ROOT = Path("data/oof")
 FILES = ("probs.npy", "seen.npy", "log.json", "model.safetensors")
-
-
-def fold_dir(split: str, model: str, fold: int) -> Path:
-    """The `train@<split>-<model>-<fold>` output folder."""
-    return OOF_ROOT / split / model / f"fold-{fold}"
 
 
 def work_dir(out: Path) -> Path:
     """The checkpoint folder of an output folder: a hidden sibling DVC leaves alone."""
     return out.parent / f".{out.name}.partial"
-
-
-def read_seen(path: str | Path, n_rows: int) -> np.ndarray:
-    """A `seen.npy` -> (n_rows,) bool."""
-    return np.unpackbits(np.load(path), count=n_rows).astype(bool)
 
 
 def fold_rows(fold_of: np.ndarray, active: np.ndarray, usable: np.ndarray, fold: int
@@ -156,14 +144,6 @@ def load_fold_model(spec: ModelSpec, folder: str | Path, *, device: str | torch.
     model = create_model(dataclasses.replace(spec, pretrained=False, kwargs=kwargs), device=device)
     model.load_state_dict(load_file(str(Path(folder) / "model.safetensors"), device=str(device)))
     return model.eval()
-
-
-def read_fold_log(folder: Path) -> dict[str, Any]:
-    """A fold folder's `log.json`."""
-    path = folder / "log.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the train stage that writes it")
-    return json.loads(path.read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

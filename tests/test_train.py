@@ -27,12 +27,12 @@ from conftest import DEMO_ROOT, ROOT, copy_project, run_in
 from stages import formats, train_data
 from stages.distributed import torchrun_command
 from stages.errors import ConfigError
-from stages.folds import read_folds, run_folds
+from stages.folds import fold_dir, read_folds, read_seen, run_folds
 from stages.images import open_image
 from stages.models import ModelSpec
 from stages.oof import run_oof
 from stages.params import load_params
-from stages.train import fold_dir, load_fold_model, read_seen, train_fold
+from stages.train import load_fold_model, train_fold
 from stages.train_config import LaunchConfig, TrainSettings, settings_from_params
 from stages.trainer import build_model, imagenet_weights
 
