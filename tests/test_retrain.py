@@ -14,14 +14,8 @@ from conftest import DEMO_ROOT, ROOT
 from stages import formats
 from stages.errors import InputError
 from stages.params import load_params
-from stages.retrain import (
-    arm_labels,
-    eval_rows,
-    reference_top1,
-    run_arm,
-    run_report,
-    score,
-)
+from stages.retrain import arm_labels, run_arm
+from stages.retrain_report import eval_rows, reference_top1, run_report, score
 
 MODEL = "mobilenetv3_small_050"
 
