@@ -99,14 +99,11 @@ def fold_count(params: dict[str, Any]) -> int:
 
 
 def check_out_of_fold_split(params: dict[str, Any], split: str) -> None:
-    """Raise ConfigError unless `split` is listed in `train.splits` and marked
-    `splits.<split>.predictions: out-of-fold`."""
-    entry = split_params(params, split)
-    splits = section(params, "train").get("splits") or []
-    if split not in splits or entry.get("predictions") != OUT_OF_FOLD:
-        raise ConfigError(f"split {split!r} is not an out-of-fold split: list it in params.yaml "
-                          f"`train.splits` (now {splits}) and set `splits.{split}.predictions: "
-                          f"{OUT_OF_FOLD}`")
+    """Raise ConfigError unless `split` is marked `splits.<split>.predictions: out-of-fold`
+    (its DVC stages come from the matrix over `train.splits`)."""
+    if split_params(params, split).get("predictions") != OUT_OF_FOLD:
+        raise ConfigError(f"split {split!r} is not an out-of-fold split: set `splits.{split}."
+                          f"predictions: {OUT_OF_FOLD}` and list it in `train.splits`")
 
 
 def fold_table(manifest: pd.DataFrame, *, k: int, seed: int) -> pa.Table:

@@ -30,9 +30,8 @@ from stages.distributed import distributed, launched
 from stages.errors import InputError
 from stages.models import model_specs
 from stages.params import load_params, split_params
-from stages.retrain_report import ARMS, arm_dir, eval_rows, retrain_config
 from stages.train import write_outputs
-from stages.train_config import settings_from_params
+from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config, settings_from_params
 from stages.trainer import Job, fit, predict_rows
 
 logger = logging.getLogger(__name__)

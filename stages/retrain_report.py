@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
 
@@ -22,57 +21,16 @@ import pandas as pd
 
 from stages import formats
 from stages.cli import run_as_script
-from stages.config import from_section, require
 from stages.errors import InputError, MissingInputError
 from stages.evaluate import scan_model
 from stages.oof import top_accuracy
-from stages.params import load_params, section, split_params
+from stages.params import load_params
 from stages.reference import load_reference
+from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config
 
 logger = logging.getLogger(__name__)
 
-ARMS = ("original", "cleaned")
-RETRAIN_ROOT = Path("data/retrain")
 METRICS = Path("metrics/retrain.json")
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """params.yaml `retrain:`.
-
-    Attributes:
-        split: the train split whose original and cleaned labels are compared.
-        eval_split: the split both models are scored on (its ledger gives the cleaned labels).
-        model: a `models:` entry (the architecture; weights only with `init: pretrained`).
-        settings: `train.settings` keys to change for both arms (e.g. more epochs).
-    """
-
-    split: str
-    eval_split: str
-    model: str
-    settings: dict[str, Any] = field(default_factory=dict)
-
-
-def retrain_config(params: dict[str, Any]) -> RetrainConfig:
-    """The `retrain:` section, checked (its splits and model must be configured)."""
-    config = from_section(RetrainConfig, section(params, "retrain"), where="retrain")
-    split_params(params, config.split)
-    split_params(params, config.eval_split)
-    require(config.model in (params.get("models") or {}), "retrain.model",
-            "a model defined under `models:`", config.model)
-    return config
-
-
-def eval_rows(eval_manifest: pd.DataFrame, train_ids: Sequence[str]) -> tuple[np.ndarray, int]:
-    """(usable eval rows whose image is not in the train split, how many were left out for it)."""
-    usable = eval_manifest["skip_reason"].isna().to_numpy()
-    shared = eval_manifest["image_id"].astype(str).isin(set(map(str, train_ids))).to_numpy()
-    return np.flatnonzero(usable & ~shared), int((usable & shared).sum())
-
-
-def arm_dir(arm: str) -> Path:
-    """Where `retrain@<arm>` writes (probs.npy, seen.npy, log.json, model.safetensors)."""
-    return RETRAIN_ROOT / arm
 
 
 def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:

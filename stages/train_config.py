@@ -1,18 +1,29 @@
-"""Configuration of training runs: params.yaml `train.settings`, `train.launch` and `train.seed`.
+"""Configuration of training runs: params.yaml `train.settings`, `train.launch`, `train.seed` and
+`retrain:`.
 
 `train.settings` holds every knob of one training run (timm's `train.py` names); the out-of-fold
 models of a split and both arms of the retrain comparison use the same settings. `train.launch`
-says how many processes run it (torchrun) and how they meet.
+says how many processes run it (torchrun) and how they meet. `retrain:` names what the retrain
+comparison trains and scores (shared by `stages.retrain` and `stages.retrain_report`, so neither
+imports the other).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
 
 from stages.config import fraction, from_section, positive, require
 from stages.errors import ConfigError
+from stages.params import section, split_params
+
+ARMS = ("original", "cleaned")
+RETRAIN_ROOT = Path("data/retrain")
 
 _NOT_NUMERIC = ("workers", "checkpoint_every", "eval_batch_size", "dtype")
 """Settings that do not change the trained weights (left out of the resume fingerprint)."""
@@ -114,14 +125,52 @@ def settings_from_params(params: dict[str, Any], overrides: dict[str, Any] | Non
                          ) -> tuple[TrainSettings, LaunchConfig, int]:
     """(settings, launch, seed) from params `train.settings` (updated by `overrides`),
     `train.launch` and `train.seed`."""
-    section = params.get("train")
-    if not isinstance(section, dict):
+    train = params.get("train")
+    if not isinstance(train, dict):
         raise ConfigError("params.yaml has no `train:` section (see README: Cleaning the train split)")
-    values = {**(section.get("settings") or {}), **(overrides or {})}
+    values = {**(train.get("settings") or {}), **(overrides or {})}
     settings = from_section(TrainSettings, values, where="train.settings")
-    launch = from_section(LaunchConfig, section.get("launch"), where="train.launch")
-    seed = section.get("seed", 0)
+    launch = from_section(LaunchConfig, train.get("launch"), where="train.launch")
+    seed = train.get("seed", 0)
     require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "train.seed",
             "an int >= 0", seed)
     return settings, launch, seed
 
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """params.yaml `retrain:`.
+
+    Attributes:
+        split: the train split whose original and cleaned labels are compared.
+        eval_split: the split both models are scored on (its ledger gives the cleaned labels).
+        model: a `models:` entry (the architecture; weights only with `init: pretrained`).
+        settings: `train.settings` keys to change for both arms (e.g. more epochs).
+    """
+
+    split: str
+    eval_split: str
+    model: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def retrain_config(params: dict[str, Any]) -> RetrainConfig:
+    """The `retrain:` section, checked (its splits and model must be configured)."""
+    config = from_section(RetrainConfig, section(params, "retrain"), where="retrain")
+    split_params(params, config.split)
+    split_params(params, config.eval_split)
+    require(config.model in (params.get("models") or {}), "retrain.model",
+            "a model defined under `models:`", config.model)
+    return config
+
+
+def eval_rows(eval_manifest: pd.DataFrame, train_ids: Sequence[str]) -> tuple[np.ndarray, int]:
+    """(usable eval rows whose image is not in the train split, how many were left out for it)."""
+    usable = eval_manifest["skip_reason"].isna().to_numpy()
+    shared = eval_manifest["image_id"].astype(str).isin(set(map(str, train_ids))).to_numpy()
+    return np.flatnonzero(usable & ~shared), int((usable & shared).sum())
+
+
+def arm_dir(arm: str) -> Path:
+    """Where `retrain@<arm>` writes (probs.npy, seen.npy, log.json, model.safetensors)."""
+    return RETRAIN_ROOT / arm

@@ -267,11 +267,11 @@ DVC_STAGES = """
         - stages/cli.py
         - stages/params.py
         - stages/config.py
+        - stages/errors.py
         - data/manifests/${item}.parquet
       params:
         - train.folds
         - train.seed
-        - train.splits
         - splits.${item}.predictions
       outs:
         - data/folds/${item}.parquet
@@ -296,6 +296,7 @@ DVC_STAGES = """
       - stages/cli.py
       - stages/params.py
       - stages/config.py
+      - stages/errors.py
       - data/manifests/${item.split}.parquet
       - data/folds/${item.split}.parquet
       - iterations
@@ -306,6 +307,7 @@ DVC_STAGES = """
       - train.seed
       - splits.${item.split}.root
       - splits.${item.split}.labels
+      - splits.${item.split}.predictions
     outs:
       - data/oof/${item.split}/${item.model}/fold-${item.fold}
 
@@ -316,17 +318,20 @@ DVC_STAGES = """
     cmd: python -m stages.oof --split ${item.split} --model ${item.model}
     deps:
       - stages/oof.py
-      - stages/train.py
       - stages/folds.py
-      - stages/predict_data.py
+      - stages/evaluate.py
+      - stages/reference.py
       - stages/formats.py
       - stages/cli.py
       - stages/params.py
+      - stages/config.py
+      - stages/errors.py
       - data/manifests/${item.split}.parquet
       - data/folds/${item.split}.parquet
       - data/oof/${item.split}/${item.model}
     params:
       - train.folds
+      - splits.${item.split}.predictions
     outs:
       - data/predictions/${item.split}/${item.model}.npy
       - data/predictions/${item.split}/${item.model}.json
