@@ -178,7 +178,7 @@ class _Run:
         self.optimizer = create_optimizer_v2(self.model, opt=settings.opt, lr=settings.lr,
                                              weight_decay=settings.weight_decay,
                                              momentum=settings.momentum)
-        self.scaler = NativeScaler(device="cuda") if settings.amp and self.cuda else None
+        self.scaler = NativeScaler() if settings.amp and self.cuda else None
         self.steps = train_data.steps_per_epoch(len(job.train_rows), batch_size=settings.batch_size,
                                                 world=ctx.world)
         if self.steps == 0:
