@@ -44,6 +44,15 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+                   ) -> torch.Tensor:
+        """A CPU tensor reduced over all processes (on the GPU under NCCL), returned on the CPU."""
+        if self.world == 1:
+            return tensor
+        moved = tensor.to(self.device) if self.device.type == "cuda" else tensor.clone()
+        dist.all_reduce(moved, op=op)
+        return moved.cpu()
+
 
 @contextlib.contextmanager
 def distributed(settings: TrainSettings, launch: LaunchConfig) -> Iterator[Dist]:

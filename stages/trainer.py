@@ -41,7 +41,7 @@ from tqdm import tqdm
 from stages import train_data
 from stages.distributed import Dist
 from stages.errors import ConfigError, InputError
-from stages.formats import NUM_CLASSES, atomic_path
+from stages.formats import NUM_CLASSES, atomic_path, image_ids_sha256
 from stages.models import ModelSpec, create_model, data_config
 from stages.train_config import TrainSettings
 
@@ -129,7 +129,8 @@ def fingerprint(job: Job, settings: TrainSettings, world: int) -> dict[str, Any]
     return json.loads(json.dumps({
         "spec": job.spec.spec, "kwargs": job.spec.kwargs, "settings": settings.numeric(),
         "seed": job.seed, "world": world, "n_rows": len(job.paths), "train_rows_sha256":
-        digest.hexdigest(), "torch": torch.__version__, "timm": timm.__version__, **job.identity,
+        digest.hexdigest(), "root": str(job.root), "paths_sha256": image_ids_sha256(job.paths),
+        "torch": torch.__version__, "timm": timm.__version__, **job.identity,
     }, sort_keys=True, default=str))
 
 
@@ -228,11 +229,8 @@ class _Run:
 
     def save(self, state: _State, local: torch.Tensor) -> None:
         """Checkpoint (a collective: every process calls it at the same update)."""
-        seen = torch.from_numpy(state.seen.astype(np.uint8))
-        partial = local.clone()
-        if self.ctx.world > 1:
-            dist.all_reduce(seen, op=dist.ReduceOp.MAX)
-            dist.all_reduce(partial)
+        seen = self.ctx.all_reduce(torch.from_numpy(state.seen.astype(np.uint8)), dist.ReduceOp.MAX)
+        partial = self.ctx.all_reduce(local.clone())
         state.seen = seen.numpy().astype(bool)
         carried = state.carried + partial
         state.carried = carried if self.ctx.main else torch.zeros(2, dtype=torch.float64)
@@ -328,11 +326,7 @@ def fit(job: Job, settings: TrainSettings, ctx: Dist) -> Trained:
 def _end_epoch(run: _Run, state: _State, local: torch.Tensor, images: int, seconds: float) -> None:
     """Close an epoch: record its mean loss and checkpoint at (next epoch, step 0)."""
     lr = run.optimizer.param_groups[0]["lr"]
-    totals = state.carried + local
-    if run.ctx.world > 1:
-        summed = local.clone()
-        dist.all_reduce(summed)
-        totals = state.carried + summed
+    totals = state.carried + run.ctx.all_reduce(local.clone())
     entry = {"epoch": state.epoch, "loss": round(float(totals[0] / max(totals[1], 1)), 6),
              "images": int(totals[1]), "lr_end": lr, "seconds": round(seconds, 3),
              "images_per_s": round(images / max(seconds, 1e-9), 2)}
