@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stages.errors import InputError, MissingInputError
+
 NUM_CLASSES = 1000
 
 BOX = pa.list_(pa.list_(pa.int32(), 4))
@@ -184,13 +186,58 @@ def read_table(path: str | os.PathLike[str], *, what: str = "table") -> pd.DataF
     """Read a parquet file, with an error that names the stage that should have written it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; run the stage that writes it first")
+        raise MissingInputError(f"{what} {path} does not exist; run the stage that writes it first")
     return pq.read_table(path).to_pandas()
 
 
 def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """Read a split's manifest (every file found; `skip_reason` marks unusable ones)."""
-    return read_table(path or manifest_path(split), what=f"manifest of split {split!r}")
+    """Read a split's manifest (every file found; `skip_reason` marks unusable ones), checked
+    against the manifest contract, so a hand-edited file fails here, naming the problem.
+
+    Raises:
+        MissingInputError: no manifest (run ingest).
+        InputError: a column missing or of another type, an empty `skip_reason` (use null for
+            usable rows), a usable row without a label, or repeated image ids.
+    """
+    path = Path(path or manifest_path(split))
+    if not path.is_file():
+        raise MissingInputError(f"manifest of split {split!r} {path} does not exist; run "
+                                f"`dvc repro ingest@{split}` first")
+    schema = pq.read_schema(path)
+    for field in MANIFEST_SCHEMA:
+        if field.name not in schema.names:
+            raise InputError(f"{path}: lacks the manifest column {field.name!r}; re-run ingest")
+        if not _compatible(schema.field(field.name).type, field.type):
+            raise InputError(f"{path}: column {field.name!r} is {schema.field(field.name).type}, "
+                             f"the manifest contract says {field.type}; re-run ingest instead of "
+                             "editing the file")
+    manifest = pq.read_table(path).to_pandas()
+    problems = {
+        "an empty skip_reason (usable rows have null)": manifest["skip_reason"].eq(""),
+        "a usable row without a label": manifest["skip_reason"].isna() & manifest["label"].isna(),
+        "a repeated image_id": manifest["image_id"].duplicated(),
+    }
+    for what, rows in problems.items():
+        if rows.any():
+            first = manifest["image_id"].iloc[int(rows.to_numpy().argmax())]
+            raise InputError(f"{path}: {what} ({int(rows.sum())} rows, e.g. image_id {first!r}); "
+                             "re-run ingest instead of editing the file")
+    return manifest
+
+
+def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column type can hold the contract's values (string/large_string, any integer
+    width, any list flavour, and all-null columns are alike)."""
+    if pa.types.is_null(found):
+        return True
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if any(is_list(wanted) for is_list in lists):
+        return (any(is_list(found) for is_list in lists)
+                and _compatible(found.value_type, wanted.value_type))
+    for family in ((pa.types.is_string, pa.types.is_large_string), (pa.types.is_integer,)):
+        if any(test(wanted) for test in family):
+            return any(test(found) for test in family)
+    return found.equals(wanted)
 
 
 def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
@@ -198,10 +245,10 @@ def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
     row in the manifest's image_id order (both are read by explain and decide)."""
     missing = [c for c in VOTES_SCHEMA.names if c not in votes.columns]
     if missing:
-        raise ValueError(f"votes table lack columns {missing}; re-run `dvc repro vote`")
+        raise InputError(f"votes table lacks columns {missing}; re-run `dvc repro vote`")
     if len(votes) != len(manifest) or not np.array_equal(votes["image_id"].to_numpy(),
                                                           manifest["image_id"].to_numpy()):
-        raise ValueError(f"votes ({len(votes)} rows) do not align with the manifest "
+        raise InputError(f"votes ({len(votes)} rows) do not align with the manifest "
                          f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
 
 
@@ -246,7 +293,7 @@ def load_predictions(split: str, model: str, *, path: str | os.PathLike[str] | N
     """Memory-map a model's predictions for a split: (N, 1000), float32 or float16."""
     path = Path(path or predictions_path(split, model))
     if not path.is_file():
-        raise FileNotFoundError(f"predictions {path} do not exist; run `imagenet-clean predict "
+        raise MissingInputError(f"predictions {path} do not exist; run `imagenet-clean predict "
                                 f"--split {split} --model {model}` first")
     return np.load(path, mmap_mode="r")
 
