@@ -42,12 +42,13 @@ TINY = {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "input_size": 32, "
 
 
 def train_sections(root: str, *, settings: dict | None = None, launch: dict | None = None,
-                   models: tuple[str, ...] = (MODEL,), folds: int = 2) -> dict:
+                   models: tuple[str, ...] = (MODEL,), folds: int = 2,
+                   limit: int | None = None) -> dict:
     """The params.yaml sections of an out-of-fold split `train_demo` (see README: Cleaning the
     train split). The lead will fold them into the project's params.yaml; tests add them."""
     return {
         "splits": {"train_demo": {"root": root, "layout": "kaggle", "subset": "val",
-                                  "synsets": None, "boxes": None,
+                                  "synsets": None, "boxes": None, "limit": limit,
                                   "labels": "iterations/train_demo.parquet",
                                   "overrides": "data/overrides/train_demo.csv",
                                   "predictions": "out-of-fold", "models": list(models)}},
@@ -344,7 +345,7 @@ def add_train_pipeline(project: Path) -> None:
     (The lead integrates these into params.yaml and dvc.yaml; then this helper can go.)
     """
     params = merge(yaml.safe_load((project / "params.yaml").read_text()),
-                   train_sections("data/demo/imagenet-val"))
+                   train_sections("data/demo/imagenet-val", limit=20))
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + DVC_STAGES)
     run_in(project, "git", "add", "-A")
@@ -361,8 +362,9 @@ def test_dvc_repro_cleans_a_train_split_from_out_of_fold_predictions(tmp_path: P
     ledger = pd.read_parquet(project / formats.ledger_path("train_demo"))
     assert folds["image_id"].tolist() == ledger["image_id"].tolist() == manifest["image_id"].tolist()
     assert ledger["action"].isin(formats.ACTIONS).all()
+    assert len(manifest) == 20                                     # splits.train_demo.limit
     sidecar = json.loads((project / formats.sidecar_path("train_demo", MODEL)).read_text())
-    assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 24
+    assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 20
     votes = pd.read_parquet(project / formats.votes_path("train_demo"))
     assert (votes["n_models"] == 1).all()                          # the split's own models
     assert not (project / "data/predictions/val").exists()         # val's predict never ran
