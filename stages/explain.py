@@ -36,7 +36,7 @@ from stages.models import (
     model_specs,
     resolve_device,
 )
-from stages.params import resolve_threshold, section, split_params
+from stages.params import resolve_threshold, section, split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def overlays_dir(split: str) -> Path:
 def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
     """Read the manifest, votes and params of a split; write its CAM table and overlays folder."""
     config = ExplainConfig.from_params(params)
-    specs = model_specs(params)
+    specs = model_specs(params, split_models(params, split))
     h3 = section(params, "decide", split).get("h3")
     if h3 is None:
         raise ValueError(f"params.yaml has no decide.{split}.h3 (the top-5 consensus threshold)")
@@ -286,8 +286,9 @@ def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
     votes = formats.read_table(formats.votes_path(split), what=f"votes of split {split!r}")
     stale = {int(n) for n in votes["n_models"].dropna().unique()} - {len(specs)}
     if stale:
-        raise ValueError(f"votes were cast by {sorted(stale)} models but predict.models lists "
-                         f"{len(specs)}; re-run `imagenet-clean vote --split {split}`")
+        raise ValueError(f"votes were cast by {sorted(stale)} models but the split's models "
+                         f"(splits.{split}.models or predict.models) are {len(specs)}; re-run "
+                         f"`imagenet-clean vote --split {split}`")
     candidates = select_candidates(manifest, votes, h3=h3)
     logger.info("explain %s: %d candidates (top-5 misses >= %d, with boxes), %d pairs", split,
                 len(candidates), h3, sum(len(m) for m in candidates["models"]))

@@ -1,0 +1,124 @@
+"""`retrain-report` stage: the paper's Table 2 from the two `retrain` arms -> metrics/retrain.json.
+
+Scores the eval split's predictions of both arms (`data/retrain/original/`, `data/retrain/cleaned/`,
+written by `stages.retrain`) on the eval split's original labels, its cleaned labels (the kept and
+fixed rows of its ledger) and, when `evaluate.reference_labels` is set, the human reference
+(`stages.reference`; ReaL-style: a prediction is right when it is among the accepted classes;
+images without any accepted class are not scored). Refuses arms trained differently. Imports no
+torch: it starts in seconds and never makes DVC re-run the (costly) arms when only scoring changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Collection, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from stages import formats
+from stages.cli import run_as_script
+from stages.errors import InputError, MissingInputError
+from stages.evaluate import scan_model
+from stages.oof import top_accuracy
+from stages.params import load_params
+from stages.reference import load_reference
+from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config
+
+logger = logging.getLogger(__name__)
+
+METRICS = Path("metrics/retrain.json")
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Top-1/top-5 (%) of probs (R, 1000) against labels (R,) float (NaN = not scored)."""
+    top1, top5 = scan_model(probs, desc="retrain score")
+    return top_accuracy(top1, top5, labels, np.ones(len(labels), dtype=bool))
+
+
+def reference_top1(probs: np.ndarray, image_ids: Sequence[str],
+                   reference: Mapping[str, Collection[int]]) -> dict[str, Any]:
+    """ReaL top-1 (%): the top prediction is among the accepted classes (images with some)."""
+    top1 = np.asarray(probs).argmax(axis=1)
+    judged = [(int(t), reference[i]) for t, i in zip(top1, image_ids) if reference.get(i)]
+    if not judged:
+        return {"top1": None, "n": 0}
+    return {"top1": round(100.0 * sum(t in ok for t, ok in judged) / len(judged), 4),
+            "n": len(judged)}
+
+
+def eval_labels(eval_split: str, evaluated: pd.DataFrame, rows: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    """The eval rows' original labels and cleaned labels (NaN where the ledger removed or
+    skipped the row), as float arrays."""
+    original = pd.to_numeric(evaluated["label"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    ledger = formats.read_table(formats.ledger_path(eval_split), what=f"ledger of {eval_split!r}")
+    if not np.array_equal(ledger["image_id"].to_numpy(dtype=str),
+                          evaluated["image_id"].to_numpy(dtype=str)):
+        raise InputError(f"the ledger of {eval_split!r} does not match its manifest; re-run "
+                         f"`dvc repro decide@{eval_split}`")
+    kept = ledger["action"].isin(["keep", "fix"]).to_numpy()
+    new = pd.to_numeric(ledger["new_label"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    return {"original": original[rows], "cleaned": np.where(kept, new, np.nan)[rows]}
+
+
+def run_report(params: dict[str, Any], *, out: Path | None = None) -> dict[str, Any]:
+    """The DVC stage `retrain-report`: score both arms -> metrics/retrain.json."""
+    config = retrain_config(params)
+    logs = {arm: json.loads((arm_dir(arm) / "log.json").read_text()) for arm in ARMS
+            if (arm_dir(arm) / "log.json").is_file()}
+    if len(logs) < len(ARMS):
+        raise MissingInputError(f"retrain outputs missing for {sorted(set(ARMS) - set(logs))}; "
+                                "run `dvc repro retrain` first")
+    same = ("model", "spec", "seed", "settings", "world_size", "eval_image_ids_sha256")
+    differ = [k for k in same if logs["original"].get(k) != logs["cleaned"].get(k)]
+    if differ:
+        raise InputError(f"the two retrain arms differ in {differ}; re-run `dvc repro retrain`")
+    evaluated = formats.read_manifest(config.eval_split)
+    rows, excluded = eval_rows(evaluated, formats.read_manifest(config.split)["image_id"])
+    ids = evaluated["image_id"].to_numpy(dtype=str)[rows]
+    if formats.image_ids_sha256(ids) != logs["original"]["eval_image_ids_sha256"]:
+        raise InputError("the retrain predictions score other rows than the eval split now has; "
+                         "re-run `dvc repro retrain`")
+    labels = eval_labels(config.eval_split, evaluated, rows)
+    evaluate = params.get("evaluate") or {}
+    reference_file = (str(Path(evaluate.get("references") or ".") / evaluate["reference_labels"])
+                      if evaluate.get("reference_labels") else None)
+    reference = load_reference(reference_file) if reference_file else None
+    metrics: dict[str, Any] = {
+        "model": config.model, "split": config.split, "eval_split": config.eval_split,
+        "settings": logs["original"]["settings"], "seed": logs["original"]["seed"],
+        "eval_rows": len(rows), "eval_rows_in_train_split": excluded,
+        "reference_labels": reference_file}
+    for arm in ARMS:
+        probs = np.load(arm_dir(arm) / "probs.npy", mmap_mode="r")
+        metrics[arm] = {"train_rows": logs[arm]["n_train"],
+                        **{f"{config.eval_split}_{k}": score(probs, v) for k, v in labels.items()},
+                        "reference": reference_top1(probs, ids, reference) if reference else None}
+    metrics["delta_top1"] = {
+        key: _delta(metrics["cleaned"][key]["top1"], metrics["original"][key]["top1"])
+        for key in metrics["original"] if isinstance(metrics["original"][key], dict)}
+    formats.write_json(metrics, out or METRICS)
+    logger.info("retrain: %s", metrics["delta_top1"])
+    return metrics
+
+
+def _delta(cleaned: float | None, original: float | None) -> float | None:
+    return None if cleaned is None or original is None else round(cleaned - original, 4)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python -m stages.retrain_report [--params params.yaml]`."""
+    parser = argparse.ArgumentParser(prog="imagenet-clean retrain-report",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    run_report(load_params(args.params))
+    return 0
+
+
+if __name__ == "__main__":
+    run_as_script(main)

@@ -1,0 +1,372 @@
+"""train: out-of-fold training with timm on real demo images, under torchrun, killed and resumed,
+and the whole `dvc repro` chain folds -> train -> oof -> vote -> explain -> decide for a train split.
+
+The slow tests train real timm models from scratch (mobilenetv3_small_050 at 32 px, a few
+updates) on the embedded demo images; what they check (which rows each model was fed, what it
+predicts, bit-identical resumption) does not depend on the models learning anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import DEMO_ROOT, ROOT, copy_project, run_in
+from stages import formats, train_data
+from stages.distributed import torchrun_command
+from stages.errors import ConfigError
+from stages.folds import fold_dir, read_folds, read_seen, run_folds
+from stages.images import open_image
+from stages.models import ModelSpec
+from stages.oof import run_oof
+from stages.params import load_params
+from stages.train import load_fold_model, train_fold
+from stages.train_config import LaunchConfig, TrainSettings, settings_from_params
+from stages.trainer import build_model, imagenet_weights
+
+MODEL = "mobilenetv3_small_050"
+TINY = {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "input_size": 32, "workers": 0,
+        "threads": 1, "checkpoint_every": 2}
+
+
+def train_sections(root: str, *, settings: dict | None = None, launch: dict | None = None,
+                   models: tuple[str, ...] = (MODEL,), folds: int = 2,
+                   limit: int | None = None) -> dict:
+    """The params.yaml sections of an out-of-fold split `train_demo` (see README: Cleaning the
+    train split). The lead will fold them into the project's params.yaml; tests add them."""
+    return {
+        "splits": {"train_demo": {"root": root, "layout": "kaggle", "subset": "val",
+                                  "synsets": None, "boxes": None, "limit": limit,
+                                  "labels": "iterations/train_demo.parquet",
+                                  "overrides": "data/overrides/train_demo.csv",
+                                  "predictions": "out-of-fold", "models": list(models)}},
+        "models": {name: {"spec": name, "pretrained": False} for name in models},
+        "train": {"splits": ["train_demo"], "models": list(models), "folds": list(range(folds)),
+                  "seed": 0, "launch": {"nproc_per_node": 1, **(launch or {})},
+                  "settings": {**TINY, **(settings or {})}},
+        "vote": {"train_demo": {"fn": 1.0}},
+        "decide": {"train_demo": {"strategy": "consensus", "h1": "M", "h2": "M/2", "h3": "M"}},
+    }
+
+
+def merge(params: dict, sections: dict) -> dict:
+    """params with each section's keys added (nested one level)."""
+    params = copy.deepcopy(params)
+    for name, values in sections.items():
+        params.setdefault(name, {})
+        params[name].update(copy.deepcopy(values))
+    return params
+
+
+def make_oof_project(path: Path, manifest: pd.DataFrame, **options) -> Path:
+    """A folder with params.yaml (the project's + train_demo) and the split's manifest."""
+    params = merge(load_params(ROOT / "params.yaml"), train_sections(str(DEMO_ROOT), **options))
+    (path / "data/manifests").mkdir(parents=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    formats.write_table(manifest, path / "data/manifests/train_demo.parquet",
+                        schema=formats.MANIFEST_SCHEMA)
+    return path
+
+
+def stage(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m stages.<args>` in a project folder, importing this checkout's stages."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", *args], cwd=project, env=env, text=True,
+                            capture_output=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+# --- fast unit tests -------------------------------------------------------------------------
+
+def test_settings_reject_unknown_keys_and_unpaired_mixup(params: dict) -> None:
+    params = merge(params, train_sections("x"))
+    params["train"]["settings"]["epoch"] = 3
+    with pytest.raises(ConfigError, match="unknown key 'epoch'; did you mean 'epochs'"):
+        settings_from_params(params)
+    with pytest.raises(ConfigError, match="batch_size.*even when mixup"):
+        TrainSettings(batch_size=5, mixup=0.2)
+    with pytest.raises(ConfigError, match="rdzv_endpoint"):
+        LaunchConfig(nnodes=2)
+
+
+def test_epoch_batches_split_one_seeded_order_between_processes_and_resume_mid_epoch() -> None:
+    rows = np.arange(100, 150)
+    one = [train_data.EpochBatches(rows, seed=1, epoch=2, batch_size=4, rank=r, world=3)
+           for r in range(3)]
+    assert [len(b) for b in one] == [5, 5, 5]                  # ceil(50 / (4 * 3)) each
+    assert all(len(batch) == 4 for b in one for batch in b)
+    taken = np.concatenate([np.concatenate(list(b)) for b in one])
+    assert len(taken) == 60 and set(taken.tolist()) == set(rows.tolist())  # 10 rows twice
+    later = train_data.EpochBatches(rows, seed=1, epoch=2, batch_size=4, rank=1, world=3,
+                                    start_step=3)
+    assert list(later) == list(one[1])[3:]
+    other = train_data.EpochBatches(rows, seed=1, epoch=3, batch_size=4, rank=1, world=3)
+    assert list(other) != list(one[1])
+
+
+def test_parts_of_several_processes_interleave_back_into_row_order() -> None:
+    rows = np.arange(11)
+    parts = [train_data.rank_rows(rows, rank=r, world=3) for r in range(3)]
+    out = np.zeros(11, dtype=np.int64)
+    train_data.interleave(parts, out, chunk=2)
+    assert out.tolist() == rows.tolist()
+
+
+def test_augmentation_depends_on_the_row_and_epoch_not_the_call_order(
+        small_manifest: pd.DataFrame) -> None:
+    transform = train_data.train_transform(
+        {"interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}, input_size=32,
+        scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4, auto_augment=None, re_prob=0.25)
+    data = train_data.ManifestSamples(DEMO_ROOT, small_manifest["path"].tolist(),
+                                      small_manifest["label"].to_numpy(), transform, seed=0)
+    first, second = data[3][0], data[4][0]
+    assert torch.equal(data[4][0], second) and torch.equal(data[3][0], first)
+    data.epoch = 1
+    assert not torch.equal(data[3][0], first)
+
+
+def test_imagenet_weights_are_refused_unless_allowed(project_root: Path) -> None:
+    spec = ModelSpec("demo", f"local-dir:{project_root}/data/demo/models/mobilenetv1_025.tf_in1k")
+    with pytest.raises(ConfigError, match="leak the very labels being checked"):
+        build_model(spec, TrainSettings(init="pretrained"), torch.device("cpu"))
+    model = build_model(spec, TrainSettings(init="pretrained", allow_imagenet_weights=True),
+                        torch.device("cpu"))
+    assert imagenet_weights(model) and model.training
+
+
+def test_torchrun_command_is_standalone_on_one_node_and_rendezvous_across_nodes() -> None:
+    one = torchrun_command("stages.train", ["--fold", "1"], LaunchConfig(nproc_per_node=2))
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+                       "-m", "stages.train", "--fold", "1"]
+    many = torchrun_command("stages.train", [], LaunchConfig(nproc_per_node=8, nnodes=4,
+                                                             rdzv_endpoint="node0:29400"))
+    assert "--nnodes=4" in many and "--rdzv-endpoint=node0:29400" in many
+    assert "--rdzv-backend=c10d" in many and "--standalone" not in many
+
+
+# --- slow end-to-end tests -------------------------------------------------------------------
+
+def _check_out_of_fold(project: Path, manifest: pd.DataFrame, *, world: int) -> np.ndarray:
+    """Check, from the fold table, each fold's seen.npy and log.json, that no row's prediction
+    comes from a model that was fed it; return the assembled predictions."""
+    fold_of = read_folds("train_demo", manifest, path=project / "data/folds/train_demo.parquet")
+    usable = manifest["skip_reason"].isna().to_numpy()
+    probs = np.load(project / formats.predictions_path("train_demo", MODEL))
+    assert probs.shape == (len(manifest), 1000)
+    assert np.isnan(probs[~usable]).all() and np.isfinite(probs[usable]).all()
+    assert np.allclose(probs[usable].sum(axis=1), 1, atol=1e-4)
+    for fold in (0, 1):
+        folder = project / fold_dir("train_demo", MODEL, fold)
+        log = json.loads((folder / "log.json").read_text())
+        seen = read_seen(folder / "seen.npy", len(manifest))
+        assert log["trained_folds"] == [1 - fold] and log["world_size"] == world
+        assert seen.sum() == log["n_seen"] > TINY["batch_size"] * world
+        assert not (seen & (fold_of == fold)).any()               # never fed its own fold
+        assert (fold_of[seen] == 1 - fold).all() and usable[seen].all()
+        heldout = np.flatnonzero(usable & (fold_of == fold))
+        assert np.array_equal(probs[heldout], np.load(folder / "probs.npy"))
+    sidecar = json.loads((project / formats.sidecar_path("train_demo", MODEL)).read_text())
+    assert sidecar["source"] == "out-of-fold" and sidecar["folds"] == 2
+    assert sidecar["image_ids_sha256"] == formats.image_ids_sha256(manifest["image_id"])
+    return probs
+
+
+@pytest.mark.slow
+def test_each_row_is_predicted_by_a_model_that_never_saw_it(
+        tmp_path: Path, small_manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = small_manifest.head(24).copy()
+    manifest.loc[7, "skip_reason"] = "empty file (0 bytes)"
+    project = make_oof_project(tmp_path, manifest)
+    monkeypatch.chdir(project)
+    params = load_params("params.yaml")
+    run_folds("train_demo", params)
+    logs = [train_fold("train_demo", MODEL, fold, params) for fold in (0, 1)]
+    run_oof("train_demo", MODEL, params)
+    probs = _check_out_of_fold(project, manifest, world=1)
+    assert [log["n_heldout"] for log in logs] == [12, 11]
+    # the saved weights are the model that made fold 1's predictions
+    folder = project / fold_dir("train_demo", MODEL, 1)
+    model = load_fold_model(ModelSpec(MODEL, MODEL, pretrained=False), folder)
+    transform = train_data.evaluation_transform(logs[1]["preprocessing"])
+    rows = np.flatnonzero(read_folds("train_demo", manifest) == 1)
+    batch = torch.stack([transform(open_image(DEMO_ROOT, manifest["path"][r])) for r in rows])
+    with torch.inference_mode():
+        again = torch.softmax(model(batch), dim=1).numpy()
+    assert np.abs(again - probs[rows]).max() < 1e-4     # (other thread count, same model)
+    assert not list((project / "data/oof/train_demo" / MODEL).glob(".*"))  # work folders gone
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_predict_every_row(
+        tmp_path: Path, small_manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = small_manifest.head(24)
+    project = make_oof_project(tmp_path, manifest, launch={"nproc_per_node": 2})
+    monkeypatch.chdir(project)
+    params = load_params("params.yaml")
+    run_folds("train_demo", params)
+    for fold in ("0", "1"):                    # the stage re-runs itself under torchrun (gloo)
+        result = stage(project, "stages.train", "--split", "train_demo", "--model", MODEL,
+                       "--fold", fold)
+        assert "torch.distributed.run --nproc-per-node=2 --standalone" in result.stderr
+    run_oof("train_demo", MODEL, params)
+    _check_out_of_fold(project, manifest, world=2)
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_to_the_same_result(
+        tmp_path: Path, small_manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = {"epochs": 4, "batch_size": 2, "input_size": 64, "checkpoint_every": 2}
+    project = make_oof_project(tmp_path, small_manifest.head(24), settings=settings)
+    monkeypatch.chdir(project)
+    params = load_params("params.yaml")
+    run_folds("train_demo", params)
+    reference = train_fold("train_demo", MODEL, 0, params, out=project / "reference")
+    out = project / fold_dir("train_demo", MODEL, 0)
+    checkpoint = out.parent / ".fold-0.partial/checkpoint.pth"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.train", "--split", "train_demo", "--model", MODEL,
+         "--fold", "0"], cwd=project, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)                       # kill -9, mid-training
+    process.wait()
+    assert checkpoint.is_file() and not out.exists()              # no output under its name
+    killed_at = torch.load(checkpoint, weights_only=True)["global_step"]
+    log = train_fold("train_demo", MODEL, 0, params)              # the re-run resumes
+    assert log["resumed_at_step"] == killed_at and 0 < killed_at < log["steps"] == 24
+    assert np.array_equal(np.load(out / "probs.npy"), np.load(project / "reference/probs.npy"))
+    assert log["weights_sha256"] == reference["weights_sha256"]
+    assert log["epochs"][-1]["loss"] == reference["epochs"][-1]["loss"]
+    assert not checkpoint.parent.exists()
+
+
+DVC_STAGES = """
+  folds:
+    foreach: ${train.splits}
+    do:
+      cmd: python -m stages.folds --split ${item}
+      deps:
+        - stages/folds.py
+        - stages/formats.py
+        - stages/cli.py
+        - stages/params.py
+        - stages/config.py
+        - stages/errors.py
+        - data/manifests/${item}.parquet
+      params:
+        - train.folds
+        - train.seed
+        - splits.${item}.predictions
+      outs:
+        - data/folds/${item}.parquet
+
+  train:
+    matrix:
+      split: ${train.splits}
+      model: ${train.models}
+      fold: ${train.folds}
+    cmd: python -m stages.train --split ${item.split} --model ${item.model} --fold ${item.fold}
+    deps:
+      - stages/train.py
+      - stages/trainer.py
+      - stages/train_config.py
+      - stages/train_data.py
+      - stages/distributed.py
+      - stages/folds.py
+      - stages/labels.py
+      - stages/models.py
+      - stages/images.py
+      - stages/formats.py
+      - stages/cli.py
+      - stages/params.py
+      - stages/config.py
+      - stages/errors.py
+      - data/manifests/${item.split}.parquet
+      - data/folds/${item.split}.parquet
+      - iterations
+    params:
+      - models.${item.model}
+      - train.settings
+      - train.launch
+      - train.seed
+      - splits.${item.split}.root
+      - splits.${item.split}.labels
+      - splits.${item.split}.predictions
+    outs:
+      - data/oof/${item.split}/${item.model}/fold-${item.fold}
+
+  oof:
+    matrix:
+      split: ${train.splits}
+      model: ${train.models}
+    cmd: python -m stages.oof --split ${item.split} --model ${item.model}
+    deps:
+      - stages/oof.py
+      - stages/folds.py
+      - stages/evaluate.py
+      - stages/reference.py
+      - stages/formats.py
+      - stages/cli.py
+      - stages/params.py
+      - stages/config.py
+      - stages/errors.py
+      - data/manifests/${item.split}.parquet
+      - data/folds/${item.split}.parquet
+      - data/oof/${item.split}/${item.model}
+    params:
+      - train.folds
+      - splits.${item.split}.predictions
+    outs:
+      - data/predictions/${item.split}/${item.model}.npy
+      - data/predictions/${item.split}/${item.model}.json
+"""
+
+
+def add_train_pipeline(project: Path) -> None:
+    """Add the train_demo params and the folds/train/oof stages to a copied project.
+
+    (The lead integrates these into params.yaml and dvc.yaml; then this helper can go.)
+    """
+    params = merge(yaml.safe_load((project / "params.yaml").read_text()),
+                   train_sections("data/demo/imagenet-val", limit=20))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + DVC_STAGES)
+    run_in(project, "git", "add", "-A")
+    run_in(project, "git", "commit", "-qm", "train_demo: out-of-fold predictions")
+
+
+@pytest.mark.slow
+def test_dvc_repro_cleans_a_train_split_from_out_of_fold_predictions(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", 24)
+    add_train_pipeline(project)
+    run_in(project, "dvc", "repro", "decide@train_demo")
+    manifest = formats.read_manifest("train_demo", path=project / formats.manifest_path("train_demo"))
+    folds = pd.read_parquet(project / "data/folds/train_demo.parquet")
+    ledger = pd.read_parquet(project / formats.ledger_path("train_demo"))
+    assert folds["image_id"].tolist() == ledger["image_id"].tolist() == manifest["image_id"].tolist()
+    assert ledger["action"].isin(formats.ACTIONS).all()
+    assert len(manifest) == 20                                     # splits.train_demo.limit
+    sidecar = json.loads((project / formats.sidecar_path("train_demo", MODEL)).read_text())
+    assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 20
+    votes = pd.read_parquet(project / formats.votes_path("train_demo"))
+    assert (votes["n_models"] == 1).all()                          # the split's own models
+    assert not (project / "data/predictions/val").exists()         # val's predict never ran
+    status = run_in(project, "dvc", "status", "decide@train_demo", "--with-deps").stdout
+    assert "changed" not in status
