@@ -25,6 +25,11 @@ COMMANDS = {
     "promote": "stages.promote",
     "import-predictions": "stages.import_predictions",
     "review": "stages.review_server",
+    "folds": "stages.folds",
+    "train": "stages.train",
+    "oof": "stages.oof",
+    "retrain": "stages.retrain",
+    "retrain-report": "stages.retrain_report",
 }
 
 

@@ -177,7 +177,7 @@ def config_from_params(params: dict[str, Any], split: str) -> VoteConfig:
 
 
 def prediction_files(split: str, models: list[str], manifest: pd.DataFrame,
-                     folder: Path | None = None) -> dict[str, Path]:
+                     folder: Path | None = None, *, out_of_fold: bool = False) -> dict[str, Path]:
     """Every model's predictions file for the split, checked against the manifest before any is
     read: it exists, has shape (N, 1000), and its sidecar's row-order digest is the manifest's.
 
@@ -191,9 +191,12 @@ def prediction_files(split: str, models: list[str], manifest: pd.DataFrame,
     paths = {}
     for model in models:
         path = folder / f"{model}.npy"
-        make = (f"run `dvc repro predict@{split}-{model}` (add {split!r} to params.yaml "
-                "predict.splits if it is missing there), or bring predictions made elsewhere with "
-                f"`imagenet-clean import-predictions --split {split} --model {model} FILE`")
+        make = (f"run `dvc repro oof@{split}-{model}` (out-of-fold training; the split and "
+                "model must be in params.yaml train.splits and train.models)" if out_of_fold else
+                f"run `dvc repro predict@{split}-{model}` (add {split!r} to params.yaml "
+                "predict.splits if it is missing there)") + (
+            ", or bring predictions made elsewhere with "
+            f"`imagenet-clean import-predictions --split {split} --model {model} FILE`")
         if not path.is_file():
             raise MissingInputError(f"predictions {path} do not exist; {make}")
         shape = formats.load_predictions(split, model, path=path).shape
@@ -247,7 +250,8 @@ def run_vote(split: str, params: dict[str, Any], *, out: Path | None = None,
     logger.info("vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
                 "%d), fn %s", split, len(manifest), current.active.sum(), current.iteration,
                 len(models), strategy, config.exact_max_rows, config.fn)
-    files = prediction_files(split, models, manifest, predictions)
+    out_of_fold = split_params(params, split).get("predictions") == "out-of-fold"
+    files = prediction_files(split, models, manifest, predictions, out_of_fold=out_of_fold)
     pairs = ((m, formats.load_predictions(split, m, path=path)) for m, path in files.items())
     result = vote(current.label, pairs, config=config, active=current.active)
     evidence = ensemble_evidence(current.label, files, active=current.active)

@@ -102,11 +102,23 @@ def copy_project(dest: Path, n_images: int) -> Path:
                     split / "ILSVRC/Data/CLS-LOC/val")
         shutil.copy(DEMO_ROOT / "ILSVRC/Annotations/CLS-LOC/val" / f"{image_id}.xml",
                     split / "ILSVRC/Annotations/CLS-LOC/val")
+    _shrink_train_demo(dest / "params.yaml", n_images)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)
     subprocess.run(git + ["commit", "-qm", "project"], cwd=dest, check=True)
     return dest
+
+
+def _shrink_train_demo(params_file: Path, n_images: int) -> None:
+    """The copy's train_demo split takes the first half of its images, so that the retrain
+    comparison keeps unseen val images to score (the project's own: 300 of 500)."""
+    import yaml
+
+    params = yaml.safe_load(params_file.read_text())
+    if "train_demo" in params.get("splits", {}):
+        params["splits"]["train_demo"]["limit"] = max(2, n_images // 2)
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def run_in(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
