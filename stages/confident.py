@@ -1,13 +1,15 @@
 """Confident-learning strategies over memory-mapped predictions: which rows one model flags.
 
 `exact` is cleanlab's `find_label_issues(filter_by="prune_by_noise_rate",
-return_indices_ranked_by="normalized_margin", frac_noise=fn)` on the active rows held as float32;
-`batched` is cleanlab's low-memory `LabelInspector` (two passes over chunks; it approximates
-`filter_by="low_normalized_margin"`, so its flags differ from `exact`). Each returns, per active row,
+return_indices_ranked_by="normalized_margin", frac_noise=fn)` on the active rows held as float32
+(~15 bytes per row and class at peak); `streaming` gives the same flags in the same order from
+chunks of the memory-mapped predictions (`stages.confident_streaming`; a few hundred MB at
+ImageNet-train size); `batched` is cleanlab's low-memory `LabelInspector` (two passes over chunks;
+it approximates `filter_by="low_normalized_margin"`, so its flags differ from the other two). `auto`
+runs `exact` up to `exact_max_rows` active rows and `streaming` above. Each returns, per active row,
 the model's most likely class other than the label (the candidate) and whether its top-5 holds the
 label.
 """
-
 
 from __future__ import annotations
 
@@ -15,15 +17,17 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
-import cleanlab
 import numpy as np
-from cleanlab.count import _reduce_issues, compute_confident_joint
+from cleanlab.count import compute_confident_joint
 from cleanlab.experimental.label_issues_batched import LabelInspector
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import find_top_issues
 from tqdm import tqdm
+
+from stages import cleanlab_adapter
+from stages.confident_streaming import find_label_issues_streaming, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,9 @@ class VoteConfig:
             (as the paper did; cleanlab truncates each class-pair prune count, so with 1000 classes
             it keeps far fewer than fn of the flags, and a warning gives the figures); `ranked`
             keeps the top ceil(fn * flags at fn=1) by normalized margin.
-        strategy: `auto` (exact up to `exact_max_rows` active rows, else batched), `exact`, `batched`.
+        strategy: `auto` (exact up to `exact_max_rows` active rows, else streaming), `exact`,
+            `streaming` (the same flags as exact from chunks), `batched` (cleanlab's
+            LabelInspector: other flags, see README).
         exact_max_rows: the auto strategy's size limit for the exact path.
         chunk_rows: rows read, cast to float32 and checked at a time.
         n_jobs: cleanlab worker processes (1 = in-process; results do not depend on it).
@@ -74,7 +80,7 @@ class VoteConfig:
         """The strategy used for `n_active` rows."""
         if self.strategy != "auto":
             return self.strategy
-        return "exact" if n_active <= self.exact_max_rows else "batched"
+        return "exact" if n_active <= self.exact_max_rows else "streaming"
 
 
 
@@ -93,11 +99,7 @@ def _chunks(pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: i
               leave=False) as bar:
         for start in range(0, len(rows), chunk_rows):
             index = rows[start:start + chunk_rows]
-            if index[-1] - index[0] == len(index) - 1:
-                block = pred_probs[index[0]:index[-1] + 1]
-            else:
-                block = pred_probs[index]
-            chunk = np.asarray(block, dtype=np.float32)
+            chunk = read_rows(pred_probs, index)
             _check_chunk(chunk, index, model)
             bar.update(len(index))
             yield start, labels[start:start + chunk_rows], chunk
@@ -134,7 +136,7 @@ def _cleanlab_issues(labels: np.ndarray, probs: np.ndarray, fn: float, n_jobs: i
             ranked = find_label_issues(labels, probs, filter_by=FILTER_BY, return_indices_ranked_by=RANK_BY,
                                        frac_noise=fn, confident_joint=confident_joint, n_jobs=n_jobs)
         finally:  # cleanlab keeps a per-class copy of pred_probs in module globals: drop it
-            cleanlab.filter.pred_probs_by_class, cleanlab.filter.prune_count_matrix_cols = {}, {}
+            cleanlab_adapter.release_globals()
     few = [w for w in caught if "too few examples" in str(w.message)]
     if few:
         logger.info("cleanlab cannot flag rows of %d classes that have <= 1 active example "
@@ -144,32 +146,31 @@ def _cleanlab_issues(labels: np.ndarray, probs: np.ndarray, fn: float, n_jobs: i
     return np.asarray(ranked, dtype=np.int64)
 
 
-def _fn_cleanlab(labels: np.ndarray, probs: np.ndarray, config: VoteConfig, model: str
-                 ) -> tuple[np.ndarray, int | None]:
+Finder = Callable[[Sequence[float]], list[np.ndarray]]
+"""find(frac_noise values) -> each value's ranked flags (positions into the active rows)."""
+
+
+def _fn_cleanlab(find: Finder, config: VoteConfig, model: str) -> tuple[np.ndarray, int | None]:
     if config.fn == 1:
-        return _cleanlab_issues(labels, probs, 1.0, config.n_jobs), None
-    joint = compute_confident_joint(labels, probs)
-    ranked = _cleanlab_issues(labels, probs, config.fn, config.n_jobs, joint)
-    full = len(_cleanlab_issues(labels, probs, 1.0, config.n_jobs, joint))
-    kept = len(ranked) / max(full, 1)
+        return find([1.0])[0], None
+    ranked, full = find([config.fn, 1.0])
+    kept = len(ranked) / max(len(full), 1)
     logger.log(logging.WARNING if kept < 0.9 * config.fn else logging.INFO,
                "%s: cleanlab frac_noise=%s kept %d of the %d flags at frac_noise=1 (%.1f %%): cleanlab "
                "truncates each class-pair prune count, so pairs seen once or twice lose all their "
                "flags; vote fn_mode: ranked keeps the top fn fraction instead", model, config.fn,
-               len(ranked), full, 100 * kept)
-    return ranked, full
+               len(ranked), len(full), 100 * kept)
+    return ranked, len(full)
 
 
-def _fn_ranked(labels: np.ndarray, probs: np.ndarray, config: VoteConfig, model: str
-               ) -> tuple[np.ndarray, int | None]:
-    ranked = _cleanlab_issues(labels, probs, 1.0, config.n_jobs)
+def _fn_ranked(find: Finder, config: VoteConfig, model: str) -> tuple[np.ndarray, int | None]:
+    ranked = find([1.0])[0]
     if config.fn == 1:
         return ranked, None
     return ranked[:math.ceil(config.fn * len(ranked))], len(ranked)
 
 
-FN_MODES: dict[str, Callable[[np.ndarray, np.ndarray, VoteConfig, str],
-                             tuple[np.ndarray, int | None]]] = {
+FN_MODES: dict[str, Callable[[Finder, VoteConfig, str], tuple[np.ndarray, int | None]]] = {
     "cleanlab": _fn_cleanlab,
     "ranked": _fn_ranked,
 }
@@ -185,7 +186,32 @@ def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteCo
         end = start + len(chunk)
         probs[start:end] = chunk
         candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
-    ranked, full = FN_MODES[config.fn_mode](labels, probs, config, model)
+
+    def find(fractions: Sequence[float]) -> list[np.ndarray]:
+        joint = compute_confident_joint(labels, probs) if len(fractions) > 1 else None
+        return [_cleanlab_issues(labels, probs, fn, config.n_jobs, joint) for fn in fractions]
+
+    ranked, full = FN_MODES[config.fn_mode](find, config, model)
+    return _Flags(ranked, candidates, hit, full)
+
+
+def _streaming(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
+               model: str) -> _Flags:
+    """The flags of `exact`, streamed (stages.confident_streaming): chunks and one class at a time."""
+    candidates = np.empty(len(rows), dtype=np.int32)
+    hit = np.empty(len(rows), dtype=bool)
+
+    def stats(start: int, chunk_labels: np.ndarray, chunk: np.ndarray) -> None:
+        _check_chunk(chunk, rows[start:start + len(chunk)], model)
+        candidates[start:start + len(chunk)], hit[start:start + len(chunk)] = _chunk_stats(
+            chunk_labels, chunk)
+
+    def find(fractions: Sequence[float]) -> list[np.ndarray]:
+        return find_label_issues_streaming(labels, pred_probs, rows=rows, frac_noise=fractions,
+                                           chunk_rows=config.chunk_rows, on_chunk=stats,
+                                           desc=f"vote {model}")
+
+    ranked, full = FN_MODES[config.fn_mode](find, config, model)
     return _Flags(ranked, candidates, hit, full)
 
 
@@ -204,7 +230,7 @@ def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: Vote
                                               "scores"):
         end = start + len(chunk)
         inspector.score_label_quality(chunk_labels, chunk)
-        correct[start:end] = _reduce_issues(chunk, chunk_labels)
+        correct[start:end] = cleanlab_adapter.reduce_issues(chunk, chunk_labels)
         candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
     n_issues = int(inspector.get_num_issues(silent=True))
     top = n_issues if config.fn == 1 else math.ceil(config.fn * n_issues)
@@ -218,6 +244,7 @@ def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: Vote
 
 STRATEGIES: dict[str, Callable[[np.ndarray, Any, np.ndarray, VoteConfig, str], _Flags]] = {
     "exact": _exact,
+    "streaming": _streaming,
     "batched": _batched,
 }
 
