@@ -17,10 +17,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ import timm
 import torch
 from tqdm import tqdm
 
-from stages import formats
+from stages import distributed, formats
 from stages.models import (
     ModelSpec,
     architecture,
@@ -38,6 +39,7 @@ from stages.models import (
     resolve_device,
     weights_sha256,
 )
+from stages.config import from_section, positive
 from stages.params import load_params, section, split_params
 from stages.predict_data import (
     InputTransform,
@@ -58,11 +60,6 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MANIFEST_COLUMNS = ("image_id", "path", "label", "skip_reason")
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"predict.{name} must be an int >= {minimum}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class PredictConfig:
     """Options of the predict stage (params.yaml `predict:`; `splits`/`models` are read elsewhere).
@@ -78,41 +75,34 @@ class PredictConfig:
         threads: torch intra-op CPU threads while predicting (None = torch's default). On a CPU
             shared with other jobs, 1 avoids stalls of multi-threaded ops; CPU results depend on
             the thread count, so it is part of the shard fingerprint.
+        processes: processes on this machine (> 1: the stage starts itself under torchrun, e.g.
+            one per GPU); each takes a share of the shards. Results do not depend on it.
     """
 
     batch_size: int = 64
     workers: int = 2
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: Literal["float32", "float16"] = "float32"
     shard_size: int = 1024
     amp: bool = True
     channels_last: bool = True
     threads: int | None = None
+    processes: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("batch_size", self.batch_size)
-        if self.threads is not None:
-            _positive_int("threads", self.threads)
-        _positive_int("shard_size", self.shard_size)
-        _positive_int("workers", self.workers, minimum=0)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"predict.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.device, str):
-            raise TypeError(f"predict.device must be a string (auto, cpu, cuda, cuda:N), got "
-                            f"{self.device!r}")
-        for name in ("amp", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"predict.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("batch_size", "shard_size", "threads", "processes"):
+            positive(f"predict.{name}", getattr(self, name))
+        positive("predict.workers", self.workers, minimum=0)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "PredictConfig":
-        """Build from the `predict:` section (its `splits` and `models` lists are ignored here)."""
-        entry = {k: v for k, v in section(params, "predict").items() if k not in ("splits", "models")}
-        unknown = set(entry) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"predict has unknown keys {sorted(unknown)}; allowed: splits, models, "
-                             f"{', '.join(f.name for f in fields(cls))}")
-        return cls(**entry)
+        """Build from the `predict:` section (its `splits` and `models` lists are read elsewhere).
+
+        Raises:
+            ConfigError: an unknown, missing or mistyped key, naming it.
+        """
+        return from_section(cls, section(params, "predict"), where="predict",
+                            ignore=("splits", "models"))
 
 
 @dataclass(frozen=True)
@@ -268,6 +258,10 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
                   ) -> dict[str, dict[str, Any]]:
     """Write each model's predictions + sidecar for a split in one image pass, resuming from shards.
 
+    Under torchrun each rank computes its share of the missing shards (`distributed.Context.share`)
+    into the shared work folders; rank 0 then assembles the final files (outputs must be on a
+    filesystem every rank sees).
+
     Args:
         manifest: (N rows) a split manifest (formats.MANIFEST_SCHEMA).
         outs: model name -> .npy path; the sidecar is written beside it as `<stem>.json`.
@@ -279,7 +273,8 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
     missing = [s.name for s in specs if s.name not in outs]
     if missing:
         raise ValueError(f"no output path for models {missing}")
-    device = resolve_device(config.device)
+    ctx = distributed.context()
+    device = distributed.device_for(config.device, ctx)
     with cpu_threads(config.threads):
         members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
         digest = manifest_sha256(manifest)
@@ -287,10 +282,39 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
                                                                      device=device),
                                      n_rows=len(manifest), shard_size=config.shard_size,
                                      dtype=DTYPES[config.dtype]) for m in members}
-        pending = {name: store.open() for name, store in stores.items()}
+        if ctx.is_main:
+            for store in stores.values():
+                store.prepare()
+        distributed.barrier(ctx)
+        pending = rank_shards({name: store.missing() for name, store in stores.items()}, ctx)
         seconds = predict_pass(manifest, root, members, pending, config=config, device=device,
                                on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
                                desc=f"predict {split}")
+    distributed.barrier(ctx)
+    sidecars = {}
+    if ctx.is_main:
+        sidecars = _assemble(manifest, members, stores, config=config, split=split)
+    distributed.barrier(ctx)
+    if not ctx.is_main:
+        sidecars = {m.name: json.loads(stores[m.name].out.with_suffix(".json").read_text())
+                    for m in members}
+    for member in members:
+        logger.info("predict %s %s (rank %d of %d): top-1 %s, top-5 %s; forward %.1f s", split,
+                    member.name, ctx.rank, ctx.world, sidecars[member.name]["top1"],
+                    sidecars[member.name]["top5"], seconds.get(member.name, 0.0))
+    return sidecars
+
+
+def rank_shards(missing: Mapping[str, set[int]], ctx: distributed.Context) -> dict[str, set[int]]:
+    """This rank's shards: the union of every model's missing shards, shared out in order, then
+    each model's missing shards among them (one image pass serves all models of a shard)."""
+    mine = set(ctx.share(sorted(set().union(*missing.values())))) if missing else set()
+    return {name: shards & mine for name, shards in missing.items()}
+
+
+def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping[str, ShardStore],
+              *, config: PredictConfig, split: str) -> dict[str, dict[str, Any]]:
+    """Stream each model's shards into its final .npy, write its sidecar, drop its work folder."""
     labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
     sidecars = {}
     for member in members:
@@ -304,8 +328,6 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
         }
         formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
         store.remove()
-        logger.info("predict %s %s: top-1 %s, top-5 %s; forward %.1f s", split, member.name, top1,
-                    top5, seconds[member.name])
     return sidecars
 
 
@@ -361,32 +383,52 @@ def run_ensemble(split: str, params: dict[str, Any], *, manifest_path: str | Pat
     return predict_split(manifest, root, specs, config=config, outs=outs, split=split)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `python -m stages.predict --split val --model <name> [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean predict", description=__doc__.splitlines()[0])
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--split", required=True)
-    parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
+    return parser
+
+
+def _launch(module: Sequence[str], argv: Sequence[str], params: dict[str, Any]) -> int | None:
+    """Start `predict.processes` processes under torchrun when asked and not yet started."""
+    return distributed.relaunch(module[0], [*module[1:], *argv],
+                                PredictConfig.from_params(params).processes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python -m stages.predict --split val --model <name> [--params params.yaml]`; under
+    `torchrun` (or with `predict.processes` > 1) each process takes a share of the shards."""
+    parser = _parser("imagenet-clean predict", __doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
     parser.add_argument("--out", default=None, help="default: data/predictions/<split>/<model>.npy")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    run_predict(args.split, args.model, load_params(args.params), manifest_path=args.manifest,
-                out=args.out)
+    params = load_params(args.params)
+    status = _launch(["stages.predict"], argv, params)
+    if status is not None:
+        return status
+    with distributed.session(PredictConfig.from_params(params).device):
+        run_predict(args.split, args.model, params, manifest_path=args.manifest, out=args.out)
     return 0
 
 
 def main_ensemble(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean predict-ensemble --split val`: every model, one pass over the images."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean predict-ensemble",
-                                     description="Predict all predict.models of a split in one pass")
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = _parser("imagenet-clean predict-ensemble", "Predict all predict.models of a split in "
+                     "one pass")
     parser.add_argument("--models", nargs="+", default=None, help="default: predict.models")
-    parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
     parser.add_argument("--out-dir", default=None, help="default: data/predictions/<split>")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    run_ensemble(args.split, load_params(args.params), manifest_path=args.manifest,
-                 out_dir=args.out_dir, models=args.models)
+    params = load_params(args.params)
+    status = _launch(["stages.cli", "predict-ensemble"], argv, params)
+    if status is not None:
+        return status
+    with distributed.session(PredictConfig.from_params(params).device):
+        run_ensemble(args.split, params, manifest_path=args.manifest, out_dir=args.out_dir,
+                     models=args.models)
     return 0
 
 

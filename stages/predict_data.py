@@ -254,6 +254,13 @@ class ShardStore:
 
     def open(self) -> set[int]:
         """Prepare the work folder (wiping it when its fingerprint differs) -> the missing shards."""
+        self.prepare()
+        return self.missing()
+
+    def prepare(self) -> None:
+        """Wipe the work folder when its fingerprint differs from this run's, remove files of
+        writes that were killed, and save the fingerprint. Under torchrun only rank 0 calls this,
+        before the others look at the folder."""
         for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):
             stale.unlink()  # an assembly killed before its rename
         saved = self.folder / FINGERPRINT
@@ -267,6 +274,9 @@ class ShardStore:
             stale.unlink()  # a shard write killed before its rename
         if not saved.is_file():
             write_json(self.fingerprint, saved)
+
+    def missing(self) -> set[int]:
+        """The shards not yet in the (prepared) work folder."""
         missing = {s for s in range(self.n_shards) if not self._valid(s)}
         if len(missing) < self.n_shards:
             logger.info("%s: resuming; %d of %d shards already done, computing %d",

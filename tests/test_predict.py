@@ -21,6 +21,7 @@ import yaml
 
 from stages import formats, predict, predict_data
 from stages.cli import main as cli_main
+from stages.errors import ConfigError
 from stages.images import open_image
 from stages.models import create_model, data_config, eval_transform, model_specs
 
@@ -229,14 +230,16 @@ def test_shards_are_reused_only_under_their_fingerprint(params, small_manifest, 
 
 
 @pytest.mark.parametrize("change, error, match", [
-    ({"model": "resnet_nope"}, ValueError, r"not defined under `models:`"),
-    ({"dtype": "bfloat16"}, ValueError, r"predict.dtype must be one of \['float16', 'float32'\]"),
-    ({"shard_size": 0}, ValueError, r"predict.shard_size must be an int >= 1"),
-    ({"workers": -1}, ValueError, r"predict.workers must be an int >= 0"),
-    ({"threads": 0}, ValueError, r"predict.threads must be an int >= 1"),
-    ({"batchsize": 8}, ValueError, r"predict has unknown keys \['batchsize'\]"),
-    ({"device": "tpu"}, ValueError, r"device 'tpu' is not a torch device"),
-    ({"split": "train"}, ValueError, r"split 'train' is not configured"),
+    ({"model": "resnet_nope"}, ConfigError, r"not defined under `models:`"),
+    ({"dtype": "bfloat16"}, ConfigError,
+     r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'"),
+    ({"shard_size": 0}, ConfigError, r"`predict.shard_size` must be an int >= 1, got 0"),
+    ({"workers": -1}, ConfigError, r"`predict.workers` must be an int >= 0"),
+    ({"threads": 0}, ConfigError, r"`predict.threads` must be an int >= 1"),
+    ({"batchsize": 8}, ConfigError, r"`predict` has an unknown key 'batchsize'; did you mean 'batch_size'"),
+    ({"amp": "yes"}, ConfigError, r"`predict.amp` must be true or false, got 'yes'"),
+    ({"device": "tpu"}, ConfigError, r"device 'tpu' is not a torch device"),
+    ({"split": "train"}, ConfigError, r"split 'train' is not configured"),
     ({"manifest": "nowhere.parquet"}, FileNotFoundError, r"manifest of split 'val' nowhere.parquet"),
 ])
 def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change, error, match):
