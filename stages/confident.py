@@ -17,7 +17,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from cleanlab.count import compute_confident_joint
@@ -27,7 +27,10 @@ from cleanlab.rank import find_top_issues
 from tqdm import tqdm
 
 from stages import cleanlab_adapter
+from stages.config import from_section
 from stages.confident_streaming import find_label_issues_streaming, read_rows
+from stages.errors import ConfigError
+from stages.params import section
 
 logger = logging.getLogger(__name__)
 
@@ -36,52 +39,75 @@ RANK_BY = "normalized_margin"
 TOP_K = 5
 
 
+@dataclass(frozen=True)
+class _VoteShared:
+    """The keys of params `vote:` that are not split sections."""
+
+    exact_max_rows: int = 200_000
 
 
 @dataclass(frozen=True)
 class VoteConfig:
-    """Options of the vote stage (params `vote.<split>` plus `vote.exact_max_rows`).
+    """Options of the vote stage (params `vote.<split>` over `vote.exact_max_rows`).
 
     Attributes:
         fn: cleanlab `frac_noise` in (0, 1].
-        fn_mode: how fn < 1 is applied by the exact strategy: `cleanlab` passes it to cleanlab
+        fn_mode: how fn < 1 is applied by the exact strategies: `cleanlab` passes it to cleanlab
             (as the paper did; cleanlab truncates each class-pair prune count, so with 1000 classes
             it keeps far fewer than fn of the flags, and a warning gives the figures); `ranked`
             keeps the top ceil(fn * flags at fn=1) by normalized margin.
         strategy: `auto` (exact up to `exact_max_rows` active rows, else streaming), `exact`,
             `streaming` (the same flags as exact from chunks), `batched` (cleanlab's
             LabelInspector: other flags, see README).
-        exact_max_rows: the auto strategy's size limit for the exact path.
+        exact_max_rows: the auto strategy's size limit for the in-memory exact path
+            (`vote.exact_max_rows`; a split may override it).
         chunk_rows: rows read, cast to float32 and checked at a time.
-        n_jobs: cleanlab worker processes (1 = in-process; results do not depend on it).
+        n_jobs: cleanlab worker processes for `exact` (1 = in-process; results do not depend on it).
     """
 
     fn: float = 1.0
-    fn_mode: str = "cleanlab"
-    strategy: str = "auto"
+    fn_mode: Literal["cleanlab", "ranked"] = "cleanlab"
+    strategy: Literal["auto", "exact", "streaming", "batched"] = "auto"
     exact_max_rows: int = 200_000
     chunk_rows: int = 16_384
     n_jobs: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.fn, bool) or not isinstance(self.fn, (int, float)) or not 0 < self.fn <= 1:
-            raise ValueError(f"vote fn (cleanlab frac_noise) must be a number in (0, 1], got {self.fn!r}")
+            raise ConfigError(f"vote fn (cleanlab frac_noise) must be a number in (0, 1], got "
+                              f"{self.fn!r}")
         if self.fn_mode not in FN_MODES:
-            raise ValueError(f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}")
+            raise ConfigError(f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}")
         if self.strategy != "auto" and self.strategy not in STRATEGIES:
-            raise ValueError(f"vote strategy must be 'auto' or one of {sorted(STRATEGIES)}, "
-                             f"got {self.strategy!r}")
+            raise ConfigError(f"vote strategy must be 'auto' or one of {sorted(STRATEGIES)}, "
+                              f"got {self.strategy!r}")
         for name in ("exact_max_rows", "chunk_rows", "n_jobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"vote {name} must be a positive int, got {value!r}")
+                raise ConfigError(f"vote {name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], split: str) -> "VoteConfig":
+        """The vote options of one split: params `vote.<split>` (any field above), with
+        `vote.exact_max_rows` as the default of `exact_max_rows`.
+
+        Raises:
+            ConfigError: no `vote.<split>` section, or an unknown, mistyped or out-of-range key
+                (named with its section, e.g. `vote.val.fn_mode`).
+        """
+        top = section(params, "vote")
+        splits = tuple(k for k, v in top.items()
+                       if isinstance(v, Mapping) or k in (params.get("splits") or {}))
+        shared = from_section(_VoteShared, top, where="vote", ignore=splits)
+        own = section(params, "vote", split)
+        return from_section(cls, {"exact_max_rows": shared.exact_max_rows, **own},
+                            where=f"vote.{split}")
 
     def resolve_strategy(self, n_active: int) -> str:
         """The strategy used for `n_active` rows."""
         if self.strategy != "auto":
             return self.strategy
         return "exact" if n_active <= self.exact_max_rows else "streaming"
-
 
 
 @dataclass(frozen=True, eq=False)

@@ -179,6 +179,21 @@ def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictConfig)
     return torch.softmax(logits.float(), dim=1).to(TORCH_DTYPES[config.dtype]).cpu().numpy()
 
 
+def _forward(members: Sequence[Member], index: Mapping[str, int], rows: np.ndarray,
+             inputs: Sequence[torch.Tensor], buffers: ShardBuffers, seconds: dict[str, float], *,
+             config: PredictConfig, device: torch.device) -> None:
+    """One batch through every member: each preprocessing group moved to the device once."""
+    ready: dict[int, torch.Tensor] = {}
+    for member in members:
+        group = index[member.transform.key]
+        if group not in ready:
+            ready[group] = member.transform.to_device(inputs[group], device,
+                                                      channels_last=config.channels_last)
+        start = time.perf_counter()
+        buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
+        seconds[member.name] += time.perf_counter() - start
+
+
 def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Member],
                  pending: Mapping[str, set[int]], *, config: PredictConfig, device: torch.device,
                  on_shard: ShardSink, desc: str = "predict") -> dict[str, float]:
@@ -211,24 +226,24 @@ def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Mem
     bars = {m.name: tqdm(total=sum(buffers.waiting[s] for s in pending[m.name]), position=i,
                          desc=f"{desc} {m.name}", unit="img", mininterval=2.0, leave=True)
             for i, m in enumerate(members)}
+    paths = manifest["path"].fillna("").tolist()
     with torch.inference_mode():
-        for rows, *inputs in loader:
+        for rows, bad, *inputs in loader:
             rows = rows.numpy()
-            shard = int(rows[0]) // config.shard_size
-            ready: dict[int, torch.Tensor] = {}
-            for member in (m for m in members if shard in pending[m.name]):
-                group = index[member.transform.key]
-                if group not in ready:
-                    ready[group] = member.transform.to_device(inputs[group], device,
-                                                              channels_last=config.channels_last)
-                start = time.perf_counter()
-                buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
-                seconds[member.name] += time.perf_counter() - start
-                bars[member.name].update(len(rows))
+            for row, reason in bad:
+                logger.warning("%s: cannot be decoded (%s); its predictions stay NaN (counted as "
+                               "n_unreadable in the sidecar)", Path(root) / paths[row], reason)
+            shard = int(rows[0] if len(rows) else bad[0][0]) // config.shard_size
+            members_now = [m for m in members if shard in pending[m.name]]
+            if len(rows):
+                _forward(members_now, index, rows, inputs, buffers, seconds, config=config,
+                         device=device)
+            for member in members_now:
+                bars[member.name].update(len(rows) + len(bad))
                 bars[member.name].set_postfix_str(
                     f"forward {bars[member.name].n / max(seconds[member.name], 1e-9):.0f} img/s",
                     refresh=False)
-            buffers.rows_done(shard, len(rows))
+            buffers.rows_done(shard, len(rows) + len(bad))
     for bar in bars.values():
         bar.close()
     return seconds
@@ -316,15 +331,23 @@ def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping
               *, config: PredictConfig, split: str) -> dict[str, dict[str, Any]]:
     """Stream each model's shards into its final .npy, write its sidecar, drop its work folder."""
     labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
+    ids_digest = formats.image_ids_sha256(manifest["image_id"])
     sidecars = {}
     for member in members:
         store = stores[member.name]
-        top1, top5 = store.assemble(labels, usable)
+        top1, top5, unreadable = store.assemble(labels, usable)
+        if len(unreadable):
+            shown = manifest["path"].iloc[unreadable[:20]].tolist()
+            logger.warning("predict %s %s: %d usable rows could not be decoded; their predictions "
+                           "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
+                           "to mark them skip rows", split, member.name, len(unreadable),
+                           ", ".join(shown), " ..." if len(unreadable) > len(shown) else "")
         sidecars[member.name] = {
             "model": member.name, "spec": member.spec.spec, "architecture": member.architecture,
             "weights_sha256": member.weights_sha256, "preprocessing": member.data_config,
             "dtype": config.dtype, "n": len(manifest), "n_skipped": int((~usable).sum()),
-            "top1": top1, "top5": top5, "split": split,
+            "n_unreadable": len(unreadable), "top1": top1, "top5": top5, "split": split,
+            "image_ids_sha256": ids_digest, "source": "predict",
         }
         formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
         store.remove()

@@ -206,3 +206,30 @@ def test_non_probabilities_on_active_rows_name_the_row(tmp_path: Path) -> None:
     labels[17] = 3
     with pytest.raises(ValueError, match="active row 17 are not probabilities"):
         model_votes(labels, probs, active=active, config=VoteConfig(strategy="streaming"))
+
+
+def test_config_from_params_reads_the_split_over_the_shared_default() -> None:
+    params = {"splits": {"val": {}, "train": {}},
+              "vote": {"exact_max_rows": 1000, "val": {"fn": 0.9, "fn_mode": "ranked"},
+                       "train": {"strategy": "streaming", "exact_max_rows": 5}}}
+    val = VoteConfig.from_params(params, "val")
+    assert (val.fn, val.fn_mode, val.strategy, val.exact_max_rows) == (0.9, "ranked", "auto", 1000)
+    assert VoteConfig.from_params(params, "train").exact_max_rows == 5
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"val": {"fn_mod": "ranked"}}, r"`vote.val` has an unknown key 'fn_mod'; did you mean 'fn_mode'"),
+    ({"val": {"strategy": "fast"}}, r"`vote.val.strategy` must be one of 'auto', 'exact', "
+                                    r"'streaming', 'batched', got 'fast'"),
+    ({"val": {"fn": "1"}}, r"`vote.val.fn` must be a number, got '1'"),
+    ({"val": {"fn": 1.5}}, r"fn \(cleanlab frac_noise\) must be a number in \(0, 1\], got 1.5"),
+    ({"exact_max_row": 3}, r"`vote` has an unknown key 'exact_max_row'; did you mean 'exact_max_rows'"),
+    ({"exact_max_rows": "many"}, r"`vote.exact_max_rows` must be an int, got 'many'"),
+    ({"val": None}, r"no `vote.val:` section"),
+])
+def test_config_errors_name_the_key(edit: dict, message: str) -> None:
+    from stages.errors import ConfigError
+
+    params = {"splits": {"val": {}}, "vote": {"exact_max_rows": 10, "val": {"fn": 1.0}, **edit}}
+    with pytest.raises(ConfigError, match=message):
+        VoteConfig.from_params(params, "val")

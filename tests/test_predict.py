@@ -26,7 +26,7 @@ from stages.images import open_image
 from stages.models import create_model, data_config, eval_transform, model_specs
 
 SIDECAR_KEYS = {"model", "spec", "architecture", "weights_sha256", "preprocessing", "dtype", "n",
-                "n_skipped", "top1", "top5", "split"}
+                "n_skipped", "n_unreadable", "top1", "top5", "split", "image_ids_sha256", "source"}
 SKIP_ROWS = (3, 10)
 
 
@@ -93,11 +93,36 @@ def test_predictions_rows_dtype_skip_rows_and_sidecar(params, small_manifest, de
         "preprocessing": {"input_size": [3, 128, 128], "interpolation": "bilinear",
                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 0.875,
                           "crop_mode": "center"},
-        "dtype": "float32", "n": 24, "n_skipped": 2, "top1": pytest.approx(top1),
-        "top5": pytest.approx(top5), "split": "val",
+        "dtype": "float32", "n": 24, "n_skipped": 2, "n_unreadable": 0, "top1": pytest.approx(top1),
+        "top5": pytest.approx(top5), "split": "val", "source": "predict",
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
     }
     assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenetv1_025.json",
                                                             "mobilenetv1_025.npy"]
+
+
+def test_a_truncated_image_becomes_a_nan_row_not_a_failed_split(params, small_manifest, demo_root,
+                                                                tmp_path, caplog):
+    """A header-only ingest (`ingest.verify: header`) lets a truncated JPEG through as usable."""
+    manifest = small_manifest.head(12).copy()
+    root = tmp_path / "root"
+    for path in manifest["path"]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes((demo_root / path).read_bytes())
+    broken = root / manifest.at[4, "path"]
+    broken.write_bytes(broken.read_bytes()[:3000])
+    params["splits"]["val"]["root"] = str(root)
+    out = tmp_path / "preds" / "m.npy"
+    with caplog.at_level(logging.WARNING, logger="stages.predict"):
+        sidecar = predict.run_predict("val", "mobilenetv1_025", _small_params(params, workers=1),
+                                      manifest_path=_write_manifest(manifest, tmp_path), out=out)
+    probs = np.load(out)
+    assert np.isnan(probs[4]).all() and not np.isnan(np.delete(probs, 4, axis=0)).any()
+    assert sidecar["n_unreadable"] == 1 and sidecar["n_skipped"] == 0
+    labels = manifest["label"].to_numpy().astype(np.int64)
+    top1, _ = _top5_reference(np.delete(probs, 4, axis=0), np.delete(labels, 4))
+    assert sidecar["top1"] == pytest.approx(top1)
+    assert manifest.at[4, "path"] in caplog.text and "ingest.verify: full" in caplog.text
 
 
 def test_float16_storage(params, small_manifest, tmp_path):
