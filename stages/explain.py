@@ -317,7 +317,8 @@ def overlays_dir(split: str) -> Path:
 
 
 def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
-    """Read the manifest, votes and params of a split; write its CAM table and overlays folder."""
+    """Read the manifest, votes and params of a split; write its CAM table and overlays folder.
+    Under torchrun it joins the process group (see stages.distributed) for the run."""
     config = ExplainConfig.from_params(params)
     specs = model_specs(params, split_models(params, split))
     h3 = section(params, "decide", split).get("h3")
@@ -334,15 +335,15 @@ def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
     logger.info("explain %s: %d candidates (top-5 misses >= %d, with boxes), %d pairs", split,
                 len(candidates), h3, sum(len(m) for m in candidates["models"]))
     stats = cams.CamStats()
-    ctx = distributed.context()
-    folder = (formats.atomic_folder(overlays_dir(split)) if ctx.is_main
-              else contextlib.nullcontext(overlays_dir(split)))  # only rank 0 writes
-    with folder as tmp:
-        table = explain_candidates(candidates, split_params(params, split)["root"], specs,
-                                   config=config, overlay_dir=tmp, stats=stats)
-    if ctx.is_main:
-        formats.write_table(table, formats.cams_path(split), schema=CAMS_SCHEMA)
-    distributed.barrier(ctx)
+    with distributed.session(config.device) as ctx:
+        folder = (formats.atomic_folder(overlays_dir(split)) if ctx.is_main
+                  else contextlib.nullcontext(overlays_dir(split)))  # only rank 0 writes
+        with folder as tmp:
+            table = explain_candidates(candidates, split_params(params, split)["root"], specs,
+                                       config=config, overlay_dir=tmp, stats=stats)
+        if ctx.is_main:
+            formats.write_table(table, formats.cams_path(split), schema=CAMS_SCHEMA)
+        distributed.barrier(ctx)
     skipped = stats.pairs - stats.calls.get("scorecam", 0) if "scorecam" in config.methods else 0
     logger.info("explain %s: %d pairs, %d exempting; heatmaps %s; seconds %s; Score-CAM skipped "
                 "for %d pairs", split, table.num_rows, sum(table.column("exempted").to_pylist()),
@@ -363,8 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = distributed.relaunch("stages.explain", argv, config.processes)
     if status is not None:
         return status
-    with distributed.session(config.device):
-        run_explain(args.split, params)
+    run_explain(args.split, params)
     return 0
 
 

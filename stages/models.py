@@ -8,13 +8,14 @@ without config.json) fails with a UserError naming the model and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import timm
 import torch
@@ -193,3 +194,15 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but CUDA is not available; use auto or cpu")
     return resolved
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` torch intra-op threads (None: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -7,21 +7,22 @@ The work is done in shards of `predict.shard_size` rows kept in a hidden work fo
 output (`.<model>.partial/`), tied to the exact model, preprocessing, manifest and run options by
 its `fingerprint.json`: a run killed at any point resumes with the missing shards only, and the
 final file appears, atomically, only when complete. `main_ensemble` predicts several models in one
-pass over the images (each decoded once) and writes byte-identical files.
+pass over the images (each decoded once) and writes byte-identical files. Under `torchrun` (or
+with `predict.processes` > 1) each process computes a share of the missing shards and rank 0
+assembles the same files (`stages.distributed`). An image that cannot be decoded although the
+manifest marks it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,28 +31,25 @@ import torch
 from tqdm import tqdm
 
 from stages import distributed, formats
-from stages.models import (
-    ModelSpec,
-    architecture,
-    create_model,
-    data_config,
-    model_specs,
-    resolve_device,
-    weights_sha256,
-)
 from stages.config import from_section, positive
+from stages.models import ModelSpec, cpu_threads, model_specs, resolve_device
 from stages.params import load_params, section, split_params
 from stages.predict_data import (
     InputTransform,
     ManifestImages,
+    Member,
     ShardBuffers,
     ShardSink,
     ShardStore,
-    input_transform,
+    load_member,
     make_loader,
     manifest_sha256,
     plan_batches,
 )
+
+__all__ = ["PredictConfig", "Member", "load_member", "cpu_threads", "softmax_batch",
+           "predict_pass", "predict_split", "predict_models", "predict_model", "rank_shards",
+           "run_predict", "run_ensemble", "main", "main_ensemble"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,58 +101,6 @@ class PredictConfig:
         """
         return from_section(cls, section(params, "predict"), where="predict",
                             ignore=("splits", "models"))
-
-
-@dataclass(frozen=True)
-class Member:
-    """A loaded ensemble member: the eval-mode model plus its identity and preprocessing."""
-
-    spec: ModelSpec
-    module: torch.nn.Module
-    data_config: dict[str, Any]
-    transform: InputTransform
-    architecture: str
-    weights_sha256: str | None
-    identity: str
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-def _state_sha256(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = True) -> Member:
-    """Create a model from its spec and resolve its own timm preprocessing."""
-    module = create_model(spec, device=device)
-    classes = getattr(module, "num_classes", formats.NUM_CLASSES)
-    if classes != formats.NUM_CLASSES:
-        raise ValueError(f"model {spec.name!r} has {classes} classes; predictions need the "
-                         f"{formats.NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    config = json.loads(json.dumps(data_config(module)))
-    sha = weights_sha256(spec)
-    return Member(spec, module, config, input_transform(config), architecture(module), sha,
-                  sha or _state_sha256(module))
-
-
-@contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with `threads` torch intra-op threads (None: leave as is), then restore."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
@@ -384,13 +330,16 @@ def predict_model(manifest: pd.DataFrame, root: str | Path, spec: ModelSpec, *,
 def run_predict(split: str, model: str, params: dict[str, Any], *,
                 manifest_path: str | Path | None = None, out: str | Path | None = None
                 ) -> dict[str, Any]:
-    """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar."""
+    """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar.
+    Under torchrun it joins the process group (see stages.distributed) for the run."""
     root = Path(split_params(params, split)["root"])
     spec = model_specs(params, [model])[0]
     config = PredictConfig.from_params(params)
     manifest = formats.read_manifest(split, path=manifest_path)
     out = Path(out or formats.predictions_path(split, model))
-    return predict_split(manifest, root, [spec], config=config, outs={model: out}, split=split)[model]
+    with distributed.session(config.device):
+        return predict_split(manifest, root, [spec], config=config, outs={model: out},
+                             split=split)[model]
 
 
 def run_ensemble(split: str, params: dict[str, Any], *, manifest_path: str | Path | None = None,
@@ -403,7 +352,8 @@ def run_ensemble(split: str, params: dict[str, Any], *, manifest_path: str | Pat
     manifest = formats.read_manifest(split, path=manifest_path)
     folder = Path(out_dir) if out_dir else formats.predictions_path(split, "x").parent
     outs = {s.name: folder / f"{s.name}.npy" for s in specs}
-    return predict_split(manifest, root, specs, config=config, outs=outs, split=split)
+    with distributed.session(config.device):
+        return predict_split(manifest, root, specs, config=config, outs=outs, split=split)
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -432,8 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = _launch(["stages.predict"], argv, params)
     if status is not None:
         return status
-    with distributed.session(PredictConfig.from_params(params).device):
-        run_predict(args.split, args.model, params, manifest_path=args.manifest, out=args.out)
+    run_predict(args.split, args.model, params, manifest_path=args.manifest, out=args.out)
     return 0
 
 
@@ -449,9 +398,8 @@ def main_ensemble(argv: Sequence[str] | None = None) -> int:
     status = _launch(["stages.cli", "predict-ensemble"], argv, params)
     if status is not None:
         return status
-    with distributed.session(PredictConfig.from_params(params).device):
-        run_ensemble(args.split, params, manifest_path=args.manifest, out_dir=args.out_dir,
-                     models=args.models)
+    run_ensemble(args.split, params, manifest_path=args.manifest, out_dir=args.out_dir,
+                 models=args.models)
     return 0
 
 

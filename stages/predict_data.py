@@ -31,9 +31,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from stages.errors import ConfigError
 from stages.formats import NUM_CLASSES, atomic_path, write_json, write_npy
 from stages.images import DECODE_ERRORS, open_image
-from stages.models import eval_transform, preprocessing_key
+from stages.models import (
+    ModelSpec,
+    architecture,
+    create_model,
+    data_config,
+    eval_transform,
+    preprocessing_key,
+    weights_sha256,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +107,46 @@ def input_transform(config: dict[str, Any]) -> InputTransform:
     logger.info("preprocessing %s: transform %s is not [..., ToTensor, Normalize]; running it "
                 "whole in the workers", key, full)
     return InputTransform(key, full, None, None, scaled=False)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A loaded ensemble member: the eval-mode model plus its identity and preprocessing."""
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    data_config: dict[str, Any]
+    transform: InputTransform
+    architecture: str
+    weights_sha256: str | None
+    identity: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = True) -> Member:
+    """Create a model from its spec and resolve its own timm preprocessing."""
+    module = create_model(spec, device=device)
+    classes = getattr(module, "num_classes", NUM_CLASSES)
+    if classes != NUM_CLASSES:
+        raise ConfigError(f"model {spec.name!r} has {classes} classes; predictions need the "
+                         f"{NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    config = json.loads(json.dumps(data_config(module)))
+    sha = weights_sha256(spec)
+    return Member(spec, module, config, input_transform(config), architecture(module), sha,
+                  sha or _state_sha256(module))
 
 
 class ManifestImages(Dataset):

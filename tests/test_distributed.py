@@ -20,7 +20,7 @@ from stages.vote import vote
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["mobilenetv1_025", "mobilenetv1_050"]
-ROWS = 40
+ROWS = 32
 
 
 def test_share_splits_items_round_robin_and_covers_all() -> None:
@@ -62,7 +62,7 @@ def _run(folder: Path, *command: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, demo_manifest: pd.DataFrame, _params: dict,
             demo_root: Path) -> tuple[Path, dict]:
-    """A project folder: 40 demo rows (one a skip row), two demo models, small shards."""
+    """A project folder: 32 demo rows (one a skip row), two demo models, small shards."""
     folder = tmp_path_factory.mktemp("distributed")
     manifest = demo_manifest.head(ROWS).copy()
     manifest.loc[5, ["path", "skip_reason"]] = ["missing.JPEG", "unreadable image: marked by the test"]
@@ -75,8 +75,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, demo_manifest: pd.DataFram
     params["predict"].update(models=MODELS, batch_size=4, shard_size=8, workers=0, threads=1,
                              device="cpu")
     params["decide"]["val"]["h3"] = 1
-    params["explain"].update(methods=["gradcam", "gradcam++"], min_methods=1, overlays=3,
-                             batch_size=4, device="cpu")
+    params["explain"].update(methods=["gradcam"], min_methods=1, overlays=3, batch_size=2,
+                             device="cpu")
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     return folder, params
 
