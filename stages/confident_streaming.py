@@ -176,6 +176,9 @@ def find_label_issues_streaming(labels: Sequence[int] | np.ndarray, pred_probs: 
     n_classes = pred_probs.shape[1]
     if len(rows) != len(labels) or (len(rows) > 1 and (np.diff(rows) <= 0).any()):
         raise ValueError(f"rows must be {len(labels)} ascending row indices, one per label")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be class indices in 0..{n_classes - 1}, got "
+                         f"{labels.min()}..{labels.max()}")
     own = own_probabilities(labels, pred_probs, rows, chunk_rows=chunk_rows, desc=f"{desc} own")
     thresholds = confident_thresholds(labels, own, n_classes)
     joint = calibrated_joint(labels, pred_probs, rows, thresholds, chunk_rows=chunk_rows,

@@ -92,6 +92,7 @@ def synthetic_200k(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "maps": {dtype: memmap(probs, folder, dtype) for dtype in (np.float16, np.float32)}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["float16", "float32"])
 def test_streaming_equals_cleanlab_on_200k_noisy_rows(synthetic_200k: dict, dtype: type) -> None:
     labels, active = synthetic_200k["labels"], synthetic_200k["active"]
@@ -134,6 +135,7 @@ def demo_predictions(demo_manifest: pd.DataFrame, demo_root: Path, _params: dict
                           config=PredictConfig(batch_size=50, workers=0, threads=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["float16", "float32"])
 def test_streaming_equals_cleanlab_on_real_demo_predictions(
         demo_predictions: dict, demo_manifest: pd.DataFrame, tmp_path: Path, dtype: type) -> None:
@@ -186,17 +188,18 @@ def test_streaming_holds_a_few_chunks_not_the_predictions(tmp_path: Path) -> Non
     assert peak < 64e6, f"peak {peak / 1e6:.0f} MB"
 
 
-def test_streaming_leaves_nothing_in_cleanlab_globals(synthetic_200k: dict) -> None:
-    labels = synthetic_200k["labels"][:2000]
-    probs = synthetic_200k["maps"][np.float32][:2000]
+def test_streaming_leaves_nothing_in_cleanlab_globals() -> None:
+    labels, probs, _ = noisy_split(2000, 20, seed=6)
     find_label_issues_streaming(labels[labels >= 0], probs,
                                 rows=np.flatnonzero(labels >= 0), chunk_rows=512)
     assert not getattr(cleanlab.filter, "pred_probs_by_class", {})
 
 
-def test_streaming_rejects_unsorted_rows() -> None:
+def test_streaming_rejects_unsorted_rows_and_labels_outside_the_classes() -> None:
     with pytest.raises(ValueError, match="ascending row indices"):
         find_label_issues_streaming(np.array([0, 1]), np.full((3, 2), 0.5), rows=np.array([2, 1]))
+    with pytest.raises(ValueError, match=r"class indices in 0..1, got 0..2"):
+        find_label_issues_streaming(np.array([0, 2]), np.full((2, 2), 0.5))
 
 
 def test_non_probabilities_on_active_rows_name_the_row(tmp_path: Path) -> None:
