@@ -236,3 +236,11 @@ def test_config_errors_name_the_key(edit: dict, message: str) -> None:
     params = {"splits": {"val": {}}, "vote": {"exact_max_rows": 10, "val": {"fn": 1.0}, **edit}}
     with pytest.raises(ConfigError, match=message):
         VoteConfig.from_params(params, "val")
+
+
+def test_nan_rows_finds_skipped_and_unreadable_rows(tmp_path: Path) -> None:
+    from stages.confident import nan_rows
+
+    probs = np.full((10, 4), 0.25, dtype=np.float16)
+    probs[[2, 7]] = np.nan
+    assert np.flatnonzero(nan_rows(memmap(probs, tmp_path, np.float16), chunk_rows=3)).tolist() == [2, 7]
