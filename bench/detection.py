@@ -18,8 +18,9 @@ memory, and prints how well fixes and removals recover the flips:
 - No CAMs: consensus removals are not exempted (explain needs images and boxes), so removal
   counts are an upper bound of the pipeline's.
 
-Rows: the paper's thresholds from params (`vote.<split>.fn`, `decide.<split>.h1/h2/h3`), then a small
-sweep over fn x h1 x h2 x h3 (`--no-sweep` to skip). Usage:
+Rows: both decision strategies (`paper` and `consensus`, see stages.strategies) at the thresholds
+from params (`vote.<split>.fn`, `decide.<split>.h1/h2/h3`, `decide.consensus`), then a small sweep
+over fn x h1 x h2 x h3 (`--no-sweep` to skip). Usage:
 
     python bench/detection.py [--split val] [--rate 0.05] [--seed 0] [--models a,b]
         [--predictions-dir DIR] [--manifest PATH] [--fn-mode ranked] [--no-sweep] [--json out.json]
@@ -39,13 +40,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from stages import formats
+from stages.decide import DecideConfig, apply_rules
+from stages.evidence import ensemble_evidence
+from stages.params import load_params, resolve_threshold, section
+from stages.strategies import STRATEGIES, Thresholds
 
-from stages import formats  # noqa: E402
-from stages.decide import Thresholds, apply_rules  # noqa: E402
-from stages.params import load_params, resolve_threshold, section  # noqa: E402
+ROOT = Path.cwd()
 
 SWEEP = {"fn": (1.0, 0.9), "h1": (2, "M/2", "M"), "h2": (2, 3, 4), "h3": ("2M/3", "M")}
 KINDS = {1: "random", 2: "confusable"}
@@ -112,17 +113,18 @@ def vote_columns(labels: np.ndarray, predictions: dict[str, np.ndarray], usable:
 
 
 def decide_ledger(manifest: pd.DataFrame, flipped: np.ndarray, usable: np.ndarray,
-                  columns: pd.DataFrame, thresholds: Thresholds) -> pd.DataFrame:
-    """decide's rules on a votes table built around the flipped labels (no CAMs)."""
+                  columns: pd.DataFrame, evidence: pd.DataFrame, config: DecideConfig
+                  ) -> pd.DataFrame:
+    """decide's strategy on a votes table built around the flipped labels (no CAMs)."""
     votes = pd.DataFrame({
         "image_id": manifest["image_id"],
         "label": pd.Series(flipped, dtype="Int32").where(usable, pd.NA),
         "original_label": pd.array(flipped, dtype="Int32"), "iteration": 0,
         "inactive_reason": np.where(usable, None, "skip: unusable"),
     })
-    votes = pd.concat([votes, columns], axis=1)
+    votes = pd.concat([votes, columns, evidence], axis=1)
     return apply_rules(votes, manifest.assign(skip_reason=np.where(usable, None, "unusable")),
-                       thresholds=thresholds)
+                       config=config)
 
 
 def score(ledger: pd.DataFrame, truth: np.ndarray, kind: np.ndarray) -> dict[str, Any]:
@@ -168,6 +170,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     usable = manifest["skip_reason"].isna().to_numpy() & manifest["label"].notna().to_numpy()
     flipped, kind = inject_flips(labels, confusable_classes(labels, predictions, usable), usable,
                                  rate=args.rate, seed=args.seed)
+    evidence = ensemble_evidence(flipped, {m: args.predictions_dir / f"{m}.npy" for m in models},
+                                 active=usable).columns(usable).to_pandas()
+    consensus = DecideConfig.from_params(params, args.split).consensus
     from stages.vote import config_from_params
 
     base = config_from_params(params, args.split)
@@ -188,9 +193,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                                   dataclasses.replace(base, fn=setting["fn"]))
             print(f"# vote fn={setting['fn']}: {len(models)} models x {int(usable.sum())} rows in "
                   f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-        ledger = decide_ledger(manifest, flipped, usable, columns[setting["fn"]], t)
-        results.append({"paper": setting["paper"], "fn": setting["fn"], "h1": t.h1, "h2": t.h2,
-                        "h3": t.h3, **score(ledger, labels, kind)})
+        for strategy in STRATEGIES:
+            config = DecideConfig(strategy, t, consensus)
+            ledger = decide_ledger(manifest, flipped, usable, columns[setting["fn"]], evidence,
+                                   config)
+            results.append({"paper": setting["paper"], "strategy": strategy, "fn": setting["fn"],
+                            "h1": t.h1, "h2": t.h2, "h3": t.h3, **score(ledger, labels, kind)})
     return results
 
 
@@ -199,7 +207,7 @@ def print_table(results: list[dict[str, Any]], header: str) -> None:
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
-    cols = ["fn", "h1", "h2", "h3", "fixes", "fix_precision", "fix_recall", "removals",
+    cols = ["strategy", "fn", "h1", "h2", "h3", "fixes", "fix_precision", "fix_recall", "removals",
             "removal_precision", "removal_recall", "caught", "random_fix_recall",
             "confusable_fix_recall", "random_removal_recall", "confusable_removal_recall"]
     print(header)
@@ -212,7 +220,7 @@ def print_table(results: list[dict[str, Any]], header: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="val")
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--predictions-dir", type=Path, default=None,
                         help="folder of <model>.npy (default data/predictions/<split>)")
     parser.add_argument("--manifest", type=Path, default=None,

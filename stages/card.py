@@ -1,16 +1,12 @@
-"""The Hub repository's metadata: features (ClassLabel labels), split summaries, and the dataset
-card `data/hub/README.md`.
-
-YAML front matter that the Hub and `datasets` parse (configs with their data files, features per
-config with the 1000 ImageNet classes as `ClassLabel`, licence, task), then what the data is, how it
-was made (models, thresholds, iteration), its counts and per-model metrics, how to load it, its
-provenance and the paper's citation. Everything here is rendered from its inputs only (no dates,
-no host names), so the same inputs give the same card.
+"""The dataset card `data/hub/README.md`: YAML front matter that the Hub and `datasets` parse
+(licence, task, and `shards.metadata_yaml`'s configs and features), then what the data is, the
+human agreement headline, how it was made, counts, per-model metrics, fields, how to load it,
+provenance and the paper's citation. Rendered from its inputs only (no dates, no host names), so
+the same inputs give the same card.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -22,14 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from datasets import ClassLabel, DatasetInfo, Features, Image, List, Value
-from datasets.features.features import generate_from_arrow_type
-from datasets.info import DatasetInfosDict
-from datasets.utils.metadata import MetadataConfigs
+from datasets import DatasetInfo
 from huggingface_hub import DatasetCardData
 
 from stages import formats
 from stages.params import resolve_threshold
+from stages.shards import metadata_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +36,6 @@ BIBTEX = """@article{kertesz2021imagenetclean,
   year    = {2021},
   url     = {https://arxiv.org/abs/2103.16324}
 }"""
-LEDGER_LABELS = ("label", "new_label", "original_label")  # ledger columns published as ClassLabel
 COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge")
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
@@ -80,33 +73,6 @@ class SplitSummary:
     placeholders: int
     metrics: Mapping[str, Any]
     sha256: Mapping[str, str]
-
-
-def hub_class_names() -> list[str]:
-    """The 1000 class names (`formats.class_names()`, label order) made unique for `ClassLabel`:
-    a name shared by two wnids (ImageNet's two "crane" classes) gets its wnid appended."""
-    names, wnids = formats.class_names(), formats.class_wnids()
-    counts = collections.Counter(names)
-    return [f"{name} ({wnid})" if counts[name] > 1 else name
-            for name, wnid in zip(names, wnids, strict=True)]
-
-
-def default_features(names: Sequence[str], *, images: bool) -> Features:
-    """Features of the `default` config (the cleaned split), with an `image` column or without."""
-    return Features({
-        **({"image": Image()} if images else {}),
-        "image_id": Value("string"), "path": Value("string"),
-        "label": ClassLabel(names=list(names)), "original_label": ClassLabel(names=list(names)),
-        "wnid": Value("string"), "action": Value("string"), "placeholder": Value("bool"),
-        "merged": Value("bool"), "boxes": List(List(Value("int32"), length=4)),
-        "width": Value("int32"), "height": Value("int32"), "iteration": Value("int32"),
-    })
-
-
-def ledger_features(schema: pa.Schema, names: Sequence[str]) -> Features:
-    """Features of the `ledger` config: its label columns as ClassLabel, the rest as stored."""
-    return Features({item.name: ClassLabel(names=list(names)) if item.name in LEDGER_LABELS
-                     else generate_from_arrow_type(item.type) for item in schema})
 
 
 def read_metrics(path: Path | None) -> dict[str, Any]:
@@ -197,7 +163,8 @@ def render_card(*, context: CardContext, splits: Sequence[SplitSummary],
 
 def front_matter(splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo]
                  ) -> DatasetCardData:
-    """The YAML metadata, serialised by `datasets`' own helpers so that it parses back."""
+    """The YAML metadata: the Hub's card fields, then `configs` and `dataset_info` in the format
+    `datasets` reads back (`shards.metadata_yaml`)."""
     total = sum(split.default_rows for split in splits)
     size = next((label for bound, label in SIZE_CATEGORIES if total < bound), "10M<n<100M")
     data = DatasetCardData(
@@ -207,13 +174,8 @@ def front_matter(splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo
         annotations_creators=["crowdsourced", "machine-generated"],
         source_datasets=["extended|imagenet-1k"],
         tags=["imagenet", "label-noise", "confident-learning", "data-cleaning"])
-    configs = {
-        config: {"data_files": [{"split": split.name, "path": f"data/{config}/{split.name}-*.parquet"}
-                                for split in splits]}
-        for config in infos}
-    configs["default"]["default"] = True
-    MetadataConfigs(configs).to_dataset_card_data(data)
-    DatasetInfosDict(infos).to_dataset_card_data(data)
+    for key, value in metadata_yaml(infos, [split.name for split in splits], default="default").items():
+        data[key] = value
     return data
 
 
@@ -238,7 +200,31 @@ confident learning. This repository was produced by the ImageNet-Clean DVC pipel
   pipeline's cleaned split so that the 1000-class interface stays; here they are {placeholder}.
 - **Labels** are indices into the 1000 ILSVRC2012 classes in sorted-wnid order (the usual ImageNet
   order), published as `ClassLabel`; the two classes named "crane" carry their wnid in the name.
-"""
+""" + _agreement(splits)
+
+
+def _agreement(splits: Sequence[SplitSummary]) -> str:
+    """The headline: agreement with human reference labels before -> after per split (metrics
+    `reference.agreement_before/after`, percent), with a warning where cleanup lowered it; empty
+    when no split measured it."""
+    pairs = {split.name: _reference_pair(split.metrics) for split in splits}
+    if not any(pairs.values()):
+        return ""
+    cells = "; ".join(f"`{name}`: {pair[0]:.2f} % before -> {pair[1]:.2f} % after cleanup"
+                      if pair else f"`{name}`: not measured" for name, pair in pairs.items())
+    warnings = [f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
+                f"labels ({pair[0]:.2f} % -> {pair[1]:.2f} %): its fixes and removals disagree "
+                "with people more often than the original labels do; check the ledger's decisions "
+                "before relying on them." for name, pair in pairs.items() if pair and pair[1] < pair[0]]
+    return "\n".join([f"- **Agreement with human labels** (the evaluate stage's reference labels): "
+                      f"{cells}.", *warnings]) + "\n"
+
+
+def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    reference = metrics.get("reference")
+    flat = _flatten(reference) if isinstance(reference, Mapping) else {}
+    before, after = flat.get("agreement_before"), flat.get("agreement_after")
+    return None if before is None or after is None else (float(before), float(after))
 
 
 def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
@@ -306,12 +292,9 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _model_rows(models: Any) -> dict[str, dict[str, float]]:
-    if isinstance(models, Mapping):
-        return {str(name): _flatten(entry) for name, entry in models.items()}
-    if isinstance(models, list):
-        return {str(entry.get("model", entry.get("name", index))): _flatten(entry)
-                for index, entry in enumerate(models) if isinstance(entry, Mapping)}
-    return {}
+    """metrics `models` (model name -> nested numbers) -> name -> flat numbers."""
+    items = models.items() if isinstance(models, Mapping) else ()
+    return {str(name): _flatten(entry) for name, entry in items}
 
 
 def _table1_row(flat: Mapping[str, float]) -> dict[str, float]:
@@ -360,8 +343,10 @@ def _fields(infos: Mapping[str, DatasetInfo]) -> str:
                               for name, feature in (info.features or {}).items())
         lines.append(f"- `{config}`: {described}.")
     lines += ["", "`label` is the label after fixes and merges; `original_label` the ImageNet label "
-              "(null for placeholders). In the ledger, `new_label` is null for removed and skipped "
-              "images, `cl_candidates` are class indices (one per model that flagged the image), "
+              "(null for placeholders). `secondary_labels` are other classes the evidence supports "
+              "for an image that shows several (a list of ClassLabel, usually empty). In the ledger, "
+              "`new_label` is null for removed and skipped images, `cl_candidates` are class "
+              "indices (one per model that flagged the image), "
               "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
               "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "
               "original annotation.", ""]

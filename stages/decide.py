@@ -1,20 +1,14 @@
 """`decide` stage: votes + CAM exemptions -> the decision ledger and the cleaned split.
 
-The rules (Kertész 2021; DESIGN.md "The method"), per active row with candidates L' (one entry per
-model that flagged it, repeats kept) and C_s = number of models whose top-5 misses the label:
-
-1. **fix** when |L'| >= h1 and |unique(L')| < 3: the label becomes the most frequent candidate;
-   a tie between two equally frequent candidates goes to the smaller class index.
-2. **CL removal** when |unique(L')| >= h2.
-3. **consensus removal** when C_s >= h3, unless the CAMs of at least one model exempt the sample.
-4. A sample to be fixed is never removed: a fix beats both removals. (If the winning candidate is
-   the current label, nothing changes: the row is kept, and not removed either.)
-
-Then the paper's Table A.1 **merges** (`decide.merges`): every kept or fixed row whose label is a
-source class gets the target class (`merged` = true; the action stays keep or fix, so a keep that
-only the merge changed is a `keep` whose `new_label` is the target). Then **human overrides**
-(`decide.overrides`, a CSV image_id,action,new_label,note) win over everything (a `keep` override
-keeps the current label, unmerged; a `fix` to the current label is recorded as a keep). Last, each merge source class left without an image in the
+A decision strategy (`decide.<split>.strategy`, `stages.strategies`) decides every active row:
+`consensus` (the default: multi-label aware, from the ensemble's evidence, the CL votes, the top-5
+consensus and the CAM veto; it records secondary labels for images that show several classes) or
+`paper` (the rules of Kertész 2021, exactly). Then the paper's Table A.1 **merges**
+(`decide.merges`): every kept or fixed row whose label is a source class gets the target class
+(`merged` = true; the action stays keep or fix). Then the split's **human overrides**
+(`decide.<split>.overrides`, a CSV image_id,action,new_label,note) win over everything: keep (the
+label before this iteration, unmerged), fix, remove, and secondary (the image's secondary labels
+become exactly the listed classes). Last, each merge source class left without an image in the
 cleaned split gets one black 224x224 placeholder row, so the 1000-class interface stays.
 
 Inactive rows: a manifest skip row is a `skip`; a row that left the split in an earlier iteration
@@ -23,83 +17,82 @@ is a `remove` with the labels file's reason. keep + fix + remove + skip = manife
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 
 from stages import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.params import resolve_threshold, section
+from stages.config import from_section
+from stages.errors import ConfigError, InputError, MissingInputError
+from stages.params import resolve_threshold, section, split_models, split_params
+from stages.overrides import apply_overrides, load_overrides
+from stages.strategies import STRATEGIES, ConsensusConfig, Rows, Thresholds
 
 logger = logging.getLogger(__name__)
 
-OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
+
+@dataclass(frozen=True)
+class SplitDecideConfig:
+    """params.yaml `decide.<split>`: the strategy and the paper's vote counts (a count, or a
+    fraction of |M| such as 'M/2', rounded up)."""
+
+    h1: int | str
+    h2: int | str
+    h3: int | str
+    strategy: Literal["consensus", "paper"] = "consensus"
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Resolved vote counts: fix at >= h1 candidates, remove at >= h2 unique candidates or at
-    >= h3 top-5 misses; n_models = |M|."""
+class MergesConfig:
+    """params.yaml `decide.merges`."""
 
-    h1: int
-    h2: int
-    h3: int
-    n_models: int
+    enabled: bool = True
+    table: str = "data/table_a1_merges.csv"
 
-    def __post_init__(self) -> None:
-        for name in ("h1", "h2", "h3", "n_models"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive count, got {value!r}; give counts or "
-                                 "fractions like 'M/2' in params.yaml decide.<split>")
+
+@dataclass(frozen=True)
+class DecideConfig:
+    """Everything decide reads for one split, resolved."""
+
+    strategy: str
+    thresholds: Thresholds
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    merges: MergesConfig = field(default_factory=MergesConfig)
+    overrides: str | None = None
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], split: str) -> "Thresholds":
-        """`decide.<split>.h1/h2/h3` resolved against |M| = len(predict.models)."""
-        n_models = len(section(params, "predict")["models"])
-        own = section(params, "decide", split)
-        missing = [k for k in ("h1", "h2", "h3") if k not in own]
-        if missing:
-            raise ValueError(f"params.yaml decide.{split} lacks {missing}; add them (counts or 'M/2')")
-        return cls(*(resolve_threshold(own[k], n_models, name=f"decide.{split}.{k}")
-                     for k in ("h1", "h2", "h3")), n_models=n_models)
+    def from_params(cls, params: dict[str, Any], split: str) -> "DecideConfig":
+        """From `decide.<split>`, `decide.consensus`, `decide.merges`, the split's `overrides`
+        file (`splits.<split>.overrides`) and |M| = the split's models.
 
-
-def _describe(counts: Counter) -> str:
-    """`{12: 3, 7: 1}`: candidates by frequency, then class index."""
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return "{" + ", ".join(f"{c}: {n}" for c, n in items) + "}"
-
-
-def _verdict(label: int, candidates: Sequence[int], misses: int, exemptions: int,
-             t: Thresholds) -> tuple[str, int | None, bool, str]:
-    """One active row -> (action, new_label, exempted, reason)."""
-    counts = Counter(int(c) for c in candidates)
-    flagged = f"{len(candidates)} of {t.n_models} models flagged it, candidates {_describe(counts)}"
-    if len(candidates) >= t.h1 and len(counts) < 3:
-        best = min(counts, key=lambda c: (-counts[c], c))
-        if best != label:
-            return "fix", best, False, f"fix: {flagged} (h1={t.h1}) -> {best}"
-        return "keep", label, False, f"keep: {flagged} (h1={t.h1}); the winner is the current label"
-    missed = f"top-5 missed by {misses} of {t.n_models} models (h3={t.h3})"
-    why = []
-    if len(counts) >= t.h2:
-        why.append(f"{len(counts)} unique candidates {_describe(counts)} (h2={t.h2})")
-    if misses >= t.h3 and exemptions == 0:
-        why.append(f"{missed}, no CAM exemption")
-    if why:
-        return "remove", None, False, "remove: " + "; ".join(why)
-    if misses >= t.h3:
-        return "keep", label, True, f"keep: {missed}, exempted by the CAMs of {exemptions} model(s)"
-    if counts:
-        return "keep", label, False, f"keep: {flagged}; below h1={t.h1} and < h2={t.h2} unique"
-    return "keep", label, False, "keep"
+        Raises:
+            ConfigError: unknown/missing keys, bad thresholds, a threshold above |M| (which would
+                switch its rule off silently).
+        """
+        own = from_section(SplitDecideConfig, section(params, "decide", split),
+                           where=f"decide.{split}")
+        shared = section(params, "decide")
+        n_models = len(split_models(params, split))
+        counts = {}
+        for name in ("h1", "h2", "h3"):
+            where = f"decide.{split}.{name}"
+            try:
+                counts[name] = resolve_threshold(getattr(own, name), n_models, name=where)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"params.yaml `{where}`: {error}") from None
+            if counts[name] > n_models:
+                raise ConfigError(f"params.yaml `{where}` = {counts[name]} is above the number of "
+                                  f"models |M| = {n_models}, so its rule could never fire; use at "
+                                  f"most {n_models} (or a fraction such as 'M/2')")
+        return cls(own.strategy, Thresholds(n_models=n_models, **counts),
+                   from_section(ConsensusConfig, shared.get("consensus"), where="decide.consensus"),
+                   from_section(MergesConfig, shared.get("merges"), where="decide.merges"),
+                   split_params(params, split).get("overrides"))
 
 
 def count_exemptions(cams: pd.DataFrame | None) -> dict[str, int]:
@@ -108,7 +101,7 @@ def count_exemptions(cams: pd.DataFrame | None) -> dict[str, int]:
         return {}
     missing = {"image_id", "model", "exempted"} - set(cams.columns)
     if missing:
-        raise ValueError(f"cams table lacks columns {sorted(missing)}; re-run `dvc repro explain`")
+        raise InputError(f"cams table lacks columns {sorted(missing)}; re-run `dvc repro explain`")
     hits = cams.loc[cams["exempted"].fillna(False).astype(bool), ["image_id", "model"]]
     return {str(k): int(v) for k, v in hits.drop_duplicates().groupby("image_id").size().items()}
 
@@ -118,36 +111,60 @@ def _check_votes(votes: pd.DataFrame, manifest: pd.DataFrame, t: Thresholds) -> 
     active = votes["inactive_reason"].isna()
     stale = sorted(set(votes.loc[active, "n_models"].dropna().astype(int)) - {t.n_models})
     if stale:
-        raise ValueError(f"votes were computed with {stale} models but predict.models lists "
+        raise InputError(f"votes were computed with {stale} models but the split lists "
                          f"{t.n_models}; re-run `dvc repro vote`")
     if votes.loc[active, "label"].isna().any():
-        raise ValueError("votes table has active rows without a label; re-run `dvc repro vote`")
+        raise InputError("votes table has active rows without a label; re-run `dvc repro vote`")
     if (votes["top5_misses"].fillna(0) > t.n_models).any():
-        raise ValueError(f"votes table has top5_misses above |M|={t.n_models}; re-run vote")
+        raise InputError(f"votes table has top5_misses above |M|={t.n_models}; re-run vote")
 
 
-def apply_rules(votes: pd.DataFrame, manifest: pd.DataFrame, *, thresholds: Thresholds,
+def _lists(column: pd.Series, rows: np.ndarray) -> np.ndarray:
+    """An object array of int64 arrays (an absent list becomes empty) for the given rows."""
+    out = np.empty(len(rows), dtype=object)
+    for k, value in enumerate(column.to_numpy(dtype=object)[rows]):
+        out[k] = np.asarray(value if value is not None else [], dtype=np.int64)
+    return out
+
+
+def _matrix(column: pd.Series, rows: np.ndarray, width: int, dtype: type) -> np.ndarray:
+    """(A, width) from a list column (rows without the list get zeros)."""
+    out = np.zeros((len(rows), width), dtype=dtype)
+    for k, value in enumerate(column.to_numpy(dtype=object)[rows]):
+        if value is not None and len(value):
+            out[k, :len(value)] = value
+    return out
+
+
+def evidence_rows(votes: pd.DataFrame, rows: np.ndarray, exemptions: np.ndarray) -> Rows:
+    """The strategies' view of the given votes rows (positions)."""
+    return Rows(
+        label=votes["label"].to_numpy(dtype=np.float64, na_value=np.nan)[rows].astype(np.int64),
+        candidates=_lists(votes["cl_candidates"], rows),
+        misses=votes["top5_misses"].fillna(0).to_numpy(dtype=np.int64)[rows],
+        exemptions=exemptions[rows],
+        ensemble_top=_matrix(votes["ensemble_top"], rows, 5, np.int64),
+        ensemble_probs=_matrix(votes["ensemble_probs"], rows, 5, np.float64),
+        label_prob=votes["label_prob"].to_numpy(dtype=np.float64, na_value=np.nan)[rows],
+        model_top1=_lists(votes["model_top1"], rows))
+
+
+def apply_rules(votes: pd.DataFrame, manifest: pd.DataFrame, *, config: DecideConfig,
                 exemptions: dict[str, int] | None = None) -> pd.DataFrame:
-    """The paper's fix / CL removal / consensus removal rules, before merges and overrides.
+    """The strategy's decisions, before merges and overrides.
 
     Args:
         votes: the votes table (contracts), one row per manifest row, same order.
         manifest: the split's manifest (its `skip_reason` marks skip rows).
-        thresholds: resolved h1/h2/h3 and |M|.
+        config: the strategy and its thresholds.
         exemptions: image_id -> number of exempting models (see `count_exemptions`).
 
     Returns:
         The ledger (columns of LEDGER_FULL_SCHEMA), one row per votes row, same order.
     """
-    _check_votes(votes, manifest, thresholds)
-    exemptions = exemptions or {}
+    _check_votes(votes, manifest, config.thresholds)
     n = len(votes)
-    candidates = votes["cl_candidates"].to_numpy(dtype=object).copy()
-    lengths = np.fromiter((-1 if c is None else len(c) for c in candidates), np.int64, n)
-    for i in np.flatnonzero(lengths < 0):
-        candidates[i], lengths[i] = np.empty(0, np.int32), 0
-    misses = votes["top5_misses"].fillna(0).to_numpy(dtype=np.int64)
-    n_exempt = votes["image_id"].map(exemptions).fillna(0).to_numpy(dtype=np.int32)
+    n_exempt = votes["image_id"].map(exemptions or {}).fillna(0).to_numpy(dtype=np.int32)
     skip = manifest["skip_reason"].notna().to_numpy()
     inactive = votes["inactive_reason"].notna().to_numpy() & ~skip
     labels = votes["label"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -157,43 +174,46 @@ def apply_rules(votes: pd.DataFrame, manifest: pd.DataFrame, *, thresholds: Thre
                       ).astype(object)
     new_label = np.where(skip | inactive, np.nan, labels)
     exempted = np.zeros(n, dtype=bool)
-    for i in np.flatnonzero(~skip & ~inactive & ((lengths > 0) | (misses >= thresholds.h3))):
-        action[i], fixed, exempted[i], reason[i] = _verdict(
-            int(labels[i]), candidates[i], int(misses[i]), int(n_exempt[i]), thresholds)
-        new_label[i] = np.nan if fixed is None else fixed
+    secondary: list[list[int]] = [[] for _ in range(n)]
+    active = np.flatnonzero(~skip & ~inactive)
+    decided = STRATEGIES[config.strategy](evidence_rows(votes, active, n_exempt),
+                                          thresholds=config.thresholds, consensus=config.consensus)
+    action[active], reason[active], exempted[active] = decided.action, decided.reason, decided.exempted
+    new_label[active] = np.where(decided.new_label < 0, np.nan, decided.new_label)
+    for k, i in enumerate(active):
+        secondary[i] = decided.secondary[k]
     return pd.DataFrame({
-        "image_id": votes["image_id"].to_numpy(), "label": _ints(labels), "action": action,
-        "new_label": _ints(new_label), "cl_candidates": candidates,
-        "top5_misses": misses.astype("int32"), "exempted": exempted, "reason": reason,
+        "image_id": votes["image_id"].to_numpy(), "label": formats.nullable_ints(labels), "action": action,
+        "new_label": formats.nullable_ints(new_label), "cl_candidates": _lists(votes["cl_candidates"], np.arange(n)),
+        "top5_misses": votes["top5_misses"].fillna(0).to_numpy(dtype=np.int32), "exempted": exempted,
+        "reason": reason, "secondary_labels": secondary,
         "original_label": votes["original_label"].astype("Int32").to_numpy(),
         "iteration": votes["iteration"].astype("int32").to_numpy(), "merged": False,
         "override": False, "exemptions": n_exempt})
 
 
-def _ints(values: np.ndarray) -> pd.arrays.IntegerArray:
-    """float64 with NaN for null -> a nullable Int32 array."""
-    return pd.arrays.IntegerArray(np.nan_to_num(values, nan=0).astype(np.int32), np.isnan(values))
-
-
 def load_merges(path: str | Path) -> dict[int, int]:
     """Table A.1 (source_wnid,...,target_wnid,...) -> {source class index: target class index}."""
+    if not Path(path).is_file():
+        raise MissingInputError(f"merge table {path} not found; fix decide.merges.table or set "
+                                "decide.merges.enabled: false")
     table = pd.read_csv(path, dtype=str)
     missing = {"source_wnid", "target_wnid"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: needs columns source_wnid and target_wnid, lacks {sorted(missing)}")
-    index = _wnid_index()
+        raise InputError(f"{path}: needs columns source_wnid and target_wnid, lacks {sorted(missing)}")
+    index = formats.wnid_index()
     merges: dict[int, int] = {}
     for line, (source, target) in enumerate(zip(table["source_wnid"], table["target_wnid"]), 2):
         unknown = [w for w in (source, target) if w not in index]
         if unknown:
-            raise ValueError(f"{path} line {line}: {unknown} not ILSVRC2012 wnids; fix the row")
+            raise InputError(f"{path} line {line}: {unknown} not ILSVRC2012 wnids; fix the row")
         if index[source] in merges:
-            raise ValueError(f"{path} line {line}: source {source} is listed twice; keep one row")
+            raise InputError(f"{path} line {line}: source {source} is listed twice; keep one row")
         merges[index[source]] = index[target]
     chained = sorted(set(merges.values()) & set(merges))
     if chained:
         wnids = formats.class_wnids()
-        raise ValueError(f"{path}: {[wnids[c] for c in chained]} are both a source and a target; "
+        raise InputError(f"{path}: {[wnids[c] for c in chained]} are both a source and a target; "
                          "merge straight to the final class")
     return merges
 
@@ -214,91 +234,10 @@ def apply_merges(ledger: pd.DataFrame, merges: dict[int, int]) -> pd.DataFrame:
         new_label[i], merged[i] = target, True
         reason[i] += (f"; merged {wnids[source]} {names[source].split(',')[0]} -> "
                       f"{wnids[target]} {names[target].split(',')[0]}")
-    return ledger.assign(new_label=_ints(new_label), merged=merged, reason=reason)
-
-
-def load_overrides(path: str | Path) -> pd.DataFrame:
-    """The overrides CSV as strings (a header-only file = no overrides)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"overrides file {path} not found; create it with the header "
-                                f"{','.join(OVERRIDE_COLUMNS)} (no rows = no overrides)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if list(table.columns) != list(OVERRIDE_COLUMNS):
-        raise ValueError(f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
-                         f"{','.join(table.columns)}")
-    return table
-
-
-@functools.lru_cache(maxsize=1)
-def _wnid_index() -> dict[str, int]:
-    return {wnid: i for i, wnid in enumerate(formats.class_wnids())}
-
-
-def _parse_class(value: str) -> int | None:
-    """A class index from "123" or a wnid; None when it is neither."""
-    index = _wnid_index()
-    if value.strip() in index:
-        return index[value.strip()]
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return number if 0 <= number < formats.NUM_CLASSES else None
-
-
-def _override_error(row: dict[str, Any], position: int | None, action_now: np.ndarray,
-                    label_now: np.ndarray) -> str | None:
-    """Why an override row cannot apply (with the fix), or None."""
-    action, new_label = row["action"].strip(), row["new_label"].strip()
-    if position is None:
-        return "unknown image_id; use an image_id of the split's manifest"
-    if action not in ("keep", "fix", "remove"):
-        return f"action {action!r} is not keep, fix or remove; use one of those"
-    if action == "fix" and not new_label:
-        return "action fix needs a new_label (class index 0..999 or wnid); add it"
-    if action != "fix" and new_label:
-        return "new_label is only read for action fix; clear it or use fix"
-    if action == "fix" and _parse_class(new_label) is None:
-        return f"new_label {new_label!r} is not a class index 0..999 or an ILSVRC2012 wnid"
-    if action_now[position] == "skip":
-        return "the image is unreadable (a skip row); overrides cannot apply to it; drop the row"
-    if action == "keep" and np.isnan(label_now[position]):
-        return "the image left the split earlier and has no label to keep; use fix with a new_label"
-    return None
-
-
-def apply_overrides(ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: str = "overrides"
-                    ) -> pd.DataFrame:
-    """Human overrides win over every rule and merge; `override` = true, reason "override: <note>".
-
-    Raises:
-        ValueError: naming `source`, the CSV line and the fix, for an unknown image_id, a bad
-            action, a fix without a valid new_label or a duplicated image_id.
-    """
-    cols = {c: ledger[c].to_numpy(dtype=object).copy() for c in ("action", "reason")}
-    label = ledger["label"].to_numpy(dtype=np.float64, na_value=np.nan)
-    new_label = ledger["new_label"].to_numpy(dtype=np.float64, na_value=np.nan)
-    merged, override = ledger["merged"].to_numpy(dtype=bool).copy(), np.zeros(len(ledger), bool)
-    positions = {image_id: i for i, image_id in enumerate(ledger["image_id"])}
-    seen: set[str] = set()
-    for line, row in enumerate(overrides.to_dict("records"), 2):
-        image_id = row["image_id"].strip()
-        problem = _override_error(row, positions.get(image_id), cols["action"], label)
-        if problem is None and image_id in seen:
-            problem = "image_id appears twice; keep one row"
-        if problem:
-            raise ValueError(f"{source} line {line} (image_id {image_id!r}): {problem}")
-        seen.add(image_id)
-        i, action = positions[image_id], row["action"].strip()
-        new_label[i] = (_parse_class(row["new_label"]) if action == "fix"
-                        else label[i] if action == "keep" else np.nan)
-        if action == "fix" and new_label[i] == label[i]:
-            action = "keep"  # an override "fix" to the current label (e.g. a later iteration)
-        cols["action"][i], merged[i], override[i] = action, False, True
-        cols["reason"][i] = f"override: {row['note'].strip() or '(no note)'}"
-    return ledger.assign(action=cols["action"], reason=cols["reason"], new_label=_ints(new_label),
-                         merged=merged, override=ledger["override"].to_numpy(bool) | override)
+    secondary = [sorted({merges.get(int(c), int(c)) for c in extra} - {int(new_label[i])})
+                 if len(extra) else [] for i, extra in enumerate(ledger["secondary_labels"])]
+    return ledger.assign(new_label=formats.nullable_ints(new_label), merged=merged, reason=reason,
+                         secondary_labels=secondary)
 
 
 def build_clean(ledger: pd.DataFrame, manifest: pd.DataFrame, *,
@@ -311,6 +250,7 @@ def build_clean(ledger: pd.DataFrame, manifest: pd.DataFrame, *,
     part = ledger.loc[kept].reset_index(drop=True)
     rows["label"] = part["new_label"].astype("Int32")
     rows["original_label"] = part["original_label"].astype("Int32")
+    rows["secondary_labels"] = part["secondary_labels"].to_numpy(dtype=object)
     rows["wnid"] = [wnids[int(c)] for c in rows["label"]]
     rows["action"], rows["placeholder"], rows["merged"] = part["action"], False, part["merged"]
     rows["iteration"] = part["iteration"]
@@ -320,7 +260,7 @@ def build_clean(ledger: pd.DataFrame, manifest: pd.DataFrame, *,
     holders = pd.DataFrame({
         "image_id": [f"placeholder_{wnids[c]}" for c in empty], "path": None, "label": empty,
         "original_label": pd.array([pd.NA] * len(empty), dtype="Int32"),
-        "wnid": [wnids[c] for c in empty], "action": "placeholder", "placeholder": True,
+        "secondary_labels": [[] for _ in empty], "wnid": [wnids[c] for c in empty], "action": "placeholder", "placeholder": True,
         "merged": False, "boxes": [[] for _ in empty], "width": formats.PLACEHOLDER_SIZE,
         "height": formats.PLACEHOLDER_SIZE, "iteration": iteration})
     frames = [f for f in (rows, holders) if len(f)]
@@ -337,12 +277,12 @@ def reconcile(ledger: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def decide_split(votes: pd.DataFrame, manifest: pd.DataFrame, *, thresholds: Thresholds,
+def decide_split(votes: pd.DataFrame, manifest: pd.DataFrame, *, config: DecideConfig,
                  cams: pd.DataFrame | None = None, merges: dict[int, int] | None = None,
                  overrides: pd.DataFrame | None = None, overrides_source: str = "overrides"
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rules, then merges, then overrides, then placeholders -> (ledger, cleaned split)."""
-    ledger = apply_rules(votes, manifest, thresholds=thresholds, exemptions=count_exemptions(cams))
+    """Strategy, then merges, then overrides, then placeholders -> (ledger, cleaned split)."""
+    ledger = apply_rules(votes, manifest, config=config, exemptions=count_exemptions(cams))
     ledger = apply_merges(ledger, merges or {})
     if overrides is not None and len(overrides):
         ledger = apply_overrides(ledger, overrides, source=overrides_source)
@@ -354,24 +294,24 @@ def decide_split(votes: pd.DataFrame, manifest: pd.DataFrame, *, thresholds: Thr
 def run_decide(split: str, params: dict[str, Any], *, root: str | Path = ".") -> dict[str, int]:
     """The stage: read manifest, votes, cams, merges and overrides; write ledger and clean split."""
     root = Path(root)
-    thresholds = Thresholds.from_params(params, split)
+    config = DecideConfig.from_params(params, split)
     manifest = formats.read_manifest(split, path=root / formats.manifest_path(split))
     votes = formats.read_table(root / formats.votes_path(split), what=f"votes of {split!r}")
     cams = formats.read_table(root / formats.cams_path(split), what=f"CAM scores of {split!r}")
-    merge_params = section(params, "decide").get("merges") or {}
-    merges = load_merges(root / merge_params["table"]) if merge_params.get("enabled") else {}
-    overrides_file = section(params, "decide").get("overrides")
-    overrides = load_overrides(root / overrides_file) if overrides_file else None
-    ledger, clean = decide_split(votes, manifest, thresholds=thresholds, cams=cams, merges=merges,
-                                 overrides=overrides, overrides_source=str(overrides_file))
+    merges = load_merges(root / config.merges.table) if config.merges.enabled else {}
+    overrides = load_overrides(root / config.overrides) if config.overrides else None
+    ledger, clean = decide_split(votes, manifest, config=config, cams=cams, merges=merges,
+                                 overrides=overrides, overrides_source=str(config.overrides))
     formats.write_table(ledger, root / formats.ledger_path(split), schema=formats.LEDGER_FULL_SCHEMA)
     formats.write_table(clean, root / formats.clean_path(split), schema=formats.CLEAN_SCHEMA)
     counts = reconcile(ledger, manifest)
     counts.update(merged=int(ledger["merged"].sum()), override=int(ledger["override"].sum()),
                   exempted=int(ledger["exempted"].sum()),
+                  secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
                   placeholders=int(clean["placeholder"].sum()))
-    logger.info("decide %s (h1=%d h2=%d h3=%d, |M|=%d): %s", split, thresholds.h1, thresholds.h2,
-                thresholds.h3, thresholds.n_models, counts)
+    t = config.thresholds
+    logger.info("decide %s (strategy %s, h1=%d h2=%d h3=%d, |M|=%d): %s", split, config.strategy,
+                t.h1, t.h2, t.h3, t.n_models, counts)
     return counts
 
 

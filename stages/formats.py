@@ -8,6 +8,7 @@ with fixed schemas and without pandas metadata, so the same inputs give the same
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from stages.errors import InputError, MissingInputError
 
 NUM_CLASSES = 1000
 
@@ -50,9 +53,12 @@ LEDGER_SCHEMA = pa.schema(
         ("top5_misses", pa.int32()),
         ("exempted", pa.bool_()),
         ("reason", pa.string()),
+        ("secondary_labels", pa.list_(pa.int32())),
     ]
 )
-"""The decision ledger contract (DESIGN.md). Stages may append more columns after these."""
+"""The decision ledger contract (DESIGN.md). Stages may append more columns after these.
+`secondary_labels` (added in the multi-label-aware release) lists other classes the evidence
+supports for an image that shows several (empty for most rows)."""
 
 VOTES_SCHEMA = pa.schema([
     ("image_id", pa.string()),
@@ -65,8 +71,15 @@ VOTES_SCHEMA = pa.schema([
     ("top5_misses", pa.int32()),
     ("top5_hit_models", pa.list_(pa.string())),
     ("n_models", pa.int32()),
+    ("ensemble_top", pa.list_(pa.int32())),
+    ("ensemble_probs", pa.list_(pa.float32())),
+    ("label_prob", pa.float32()),
+    ("model_top1", pa.list_(pa.int32())),
 ])
-"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts)."""
+"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts). The last four
+columns are the ensemble's evidence (mean of the split's models' probabilities): its five most
+probable classes, best first, with their mean probabilities; the mean probability of the current
+label (null on inactive rows); each model's top-1 class in model order."""
 
 CAMS_SCHEMA = pa.schema(
     [
@@ -89,7 +102,8 @@ exemptions (number of models whose CAMs exempted the row)."""
 
 CLEAN_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32()),
-    ("original_label", pa.int32()), ("wnid", pa.string()), ("action", pa.string()),
+    ("original_label", pa.int32()), ("secondary_labels", pa.list_(pa.int32())),
+    ("wnid", pa.string()), ("action", pa.string()),
     ("placeholder", pa.bool_()), ("merged", pa.bool_()), ("boxes", BOX),
     ("width", pa.int32()), ("height", pa.int32()), ("iteration", pa.int32()),
 ])
@@ -172,13 +186,58 @@ def read_table(path: str | os.PathLike[str], *, what: str = "table") -> pd.DataF
     """Read a parquet file, with an error that names the stage that should have written it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; run the stage that writes it first")
+        raise MissingInputError(f"{what} {path} does not exist; run the stage that writes it first")
     return pq.read_table(path).to_pandas()
 
 
 def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """Read a split's manifest (every file found; `skip_reason` marks unusable ones)."""
-    return read_table(path or manifest_path(split), what=f"manifest of split {split!r}")
+    """Read a split's manifest (every file found; `skip_reason` marks unusable ones), checked
+    against the manifest contract, so a hand-edited file fails here, naming the problem.
+
+    Raises:
+        MissingInputError: no manifest (run ingest).
+        InputError: a column missing or of another type, an empty `skip_reason` (use null for
+            usable rows), a usable row without a label, or repeated image ids.
+    """
+    path = Path(path or manifest_path(split))
+    if not path.is_file():
+        raise MissingInputError(f"manifest of split {split!r} {path} does not exist; run "
+                                f"`dvc repro ingest@{split}` first")
+    schema = pq.read_schema(path)
+    for field in MANIFEST_SCHEMA:
+        if field.name not in schema.names:
+            raise InputError(f"{path}: lacks the manifest column {field.name!r}; re-run ingest")
+        if not _compatible(schema.field(field.name).type, field.type):
+            raise InputError(f"{path}: column {field.name!r} is {schema.field(field.name).type}, "
+                             f"the manifest contract says {field.type}; re-run ingest instead of "
+                             "editing the file")
+    manifest = pq.read_table(path).to_pandas()
+    problems = {
+        "an empty skip_reason (usable rows have null)": manifest["skip_reason"].eq(""),
+        "a usable row without a label": manifest["skip_reason"].isna() & manifest["label"].isna(),
+        "a repeated image_id": manifest["image_id"].duplicated(),
+    }
+    for what, rows in problems.items():
+        if rows.any():
+            first = manifest["image_id"].iloc[int(rows.to_numpy().argmax())]
+            raise InputError(f"{path}: {what} ({int(rows.sum())} rows, e.g. image_id {first!r}); "
+                             "re-run ingest instead of editing the file")
+    return manifest
+
+
+def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether a column type can hold the contract's values (string/large_string, any integer
+    width, any list flavour, and all-null columns are alike)."""
+    if pa.types.is_null(found):
+        return True
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if any(is_list(wanted) for is_list in lists):
+        return (any(is_list(found) for is_list in lists)
+                and _compatible(found.value_type, wanted.value_type))
+    for family in ((pa.types.is_string, pa.types.is_large_string), (pa.types.is_integer,)):
+        if any(test(wanted) for test in family):
+            return any(test(found) for test in family)
+    return found.equals(wanted)
 
 
 def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
@@ -186,10 +245,10 @@ def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
     row in the manifest's image_id order (both are read by explain and decide)."""
     missing = [c for c in VOTES_SCHEMA.names if c not in votes.columns]
     if missing:
-        raise ValueError(f"votes table lack columns {missing}; re-run `dvc repro vote`")
+        raise InputError(f"votes table lacks columns {missing}; re-run `dvc repro vote`")
     if len(votes) != len(manifest) or not np.array_equal(votes["image_id"].to_numpy(),
                                                           manifest["image_id"].to_numpy()):
-        raise ValueError(f"votes ({len(votes)} rows) do not align with the manifest "
+        raise InputError(f"votes ({len(votes)} rows) do not align with the manifest "
                          f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
 
 
@@ -234,7 +293,7 @@ def load_predictions(split: str, model: str, *, path: str | os.PathLike[str] | N
     """Memory-map a model's predictions for a split: (N, 1000), float32 or float16."""
     path = Path(path or predictions_path(split, model))
     if not path.is_file():
-        raise FileNotFoundError(f"predictions {path} do not exist; run `imagenet-clean predict "
+        raise MissingInputError(f"predictions {path} do not exist; run `imagenet-clean predict "
                                 f"--split {split} --model {model}` first")
     return np.load(path, mmap_mode="r")
 
@@ -258,6 +317,39 @@ def class_names() -> list[str]:
 def class_wnids() -> list[str]:
     """The 1000 ILSVRC2012 wnids in sorted order: index = class label."""
     return read_synsets(Path(__file__).with_name("synsets.txt"))[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _short_names() -> tuple[str, ...]:
+    return tuple(name.split(",")[0].strip() for name in class_names())
+
+
+@functools.lru_cache(maxsize=1)
+def wnid_index() -> dict[str, int]:
+    """wnid -> class index."""
+    return {wnid: i for i, wnid in enumerate(class_wnids())}
+
+
+def parse_class(value: str) -> int | None:
+    """A class index from "123" or a wnid ("n01440764"); None when it is neither."""
+    text = str(value).strip()
+    if text in wnid_index():
+        return wnid_index()[text]
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if 0 <= number < NUM_CLASSES else None
+
+
+def nullable_ints(values: np.ndarray) -> pd.arrays.IntegerArray:
+    """float64 with NaN for null -> a nullable Int32 array (for label columns)."""
+    return pd.arrays.IntegerArray(np.nan_to_num(values, nan=0).astype(np.int32), np.isnan(values))
+
+
+def class_label(index: int) -> str:
+    """`396 (lionfish)`: a class index with the first of its names, for reasons people read."""
+    return f"{int(index)} ({_short_names()[int(index)]})"
 
 
 @contextlib.contextmanager

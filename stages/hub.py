@@ -1,4 +1,6 @@
-"""Pushing a built Hub folder: one commit per iteration, tagged `iteration-<k>`.
+"""A Hub folder on disk and on the Hub: one build of an output folder at a time (removing what a
+killed build left behind), and pushing a built folder: one commit per iteration, tagged
+`iteration-<k>`.
 
 The token comes from the HF_TOKEN environment variable only and is never written anywhere; offline
 or without a token, a push stops before anything is uploaded.
@@ -6,14 +8,24 @@ or without a token, a push stops before anything is uploaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
+
+from stages.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locking, no leftover cleanup
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +33,7 @@ REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 TRUE_VALUES = {"1", "true", "yes", "on"}
 
 
-class PushError(RuntimeError):
+class PushError(UserError, RuntimeError):
     """A push that cannot go ahead (offline, no token, tag taken: nothing is uploaded), or whose
     upload went in but could not be tagged (the message names the commit to tag)."""
 
@@ -35,6 +47,41 @@ class PushResult:
     files: tuple[tuple[str, int], ...]
     commit: str | None
     dry_run: bool
+
+
+def _leftover(name: str) -> re.Pattern[str]:
+    """What `formats.atomic_folder` (tempfile.mkdtemp) names a build of folder `name`: the work
+    folder `.<name>.XXXXXXXX.tmp` and the previous folder during the swap `.<name>.XXXXXXXX.old`."""
+    return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+
+
+@contextlib.contextmanager
+def exclusive_build(out: str | os.PathLike[str]) -> Iterator[None]:
+    """Build `out` while holding a shared lock on its parent folder; first, if no other build
+    holds it (the exclusive lock is free), remove this output's leftovers of killed builds
+    (`.<name>.*.tmp` / `.old` folders, which in images mode hold image bytes). Nothing else is
+    touched: other outputs' leftovers and files of other names stay."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another build in %s is running; its work folders are left alone", out.parent)
+        else:
+            pattern = _leftover(out.name)
+            for path in sorted(out.parent.iterdir()):
+                if pattern.match(path.name) and path.is_dir() and not path.is_symlink():
+                    logger.warning("removing %s, left by a build that was killed", path)
+                    shutil.rmtree(path)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 def hub_offline() -> bool:

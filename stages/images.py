@@ -1,4 +1,11 @@
-"""Image decoding shared by ingest, predict and explain: any mode in, RGB out."""
+"""Image decoding shared by ingest, predict, explain and review: any mode in, 8-bit RGB out.
+
+Pillow's own `convert("RGB")` is right for 8-bit modes (grayscale, palette, CMYK, alpha), but it
+clips 16-bit integer pixels (a 16-bit grayscale PNG opens as mode `I;16`) to 255, which turns the
+whole image white. Those are scaled to 8 bits here (the high byte, as Pillow does for 16-bit RGB
+PNGs); modes with no meaningful 8-bit rendering (32-bit float `F`) are refused, which ingest
+records as a skip row.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,44 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+"""Integer modes Pillow gives 16-bit PNGs (`I;16*`; `I` in older Pillow): scaled to 8 bits."""
+REFUSED_MODES = frozenset({"F"})
+"""Modes with no 8-bit RGB rendering to trust (32-bit float pixels)."""
+
+
+def check_mode(mode: str) -> None:
+    """Raise ValueError for a pixel mode that would not decode to a faithful 8-bit RGB image."""
+    if mode in REFUSED_MODES:
+        raise ValueError(f"pixel mode {mode!r} (32-bit float) has no 8-bit RGB rendering; convert "
+                         "the file to an 8-bit JPEG or PNG")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A loaded image of any supported mode -> a new 8-bit RGB image (16-bit pixels scaled)."""
+    check_mode(image.mode)
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image, dtype=np.int64)
+        gray = (np.clip(pixels, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image.copy()
+
 
 def open_rgb(path: str | os.PathLike[str] | io.BytesIO) -> Image.Image:
-    """Decode an image fully and convert it to RGB (CMYK, grayscale, palette and PNG-as-.JPEG
-    files are all readable ImageNet inputs)."""
+    """Decode an image fully and convert it to 8-bit RGB (CMYK, grayscale, palette, 16-bit and
+    PNG-as-.JPEG files are all readable ImageNet inputs).
+
+    Raises:
+        OSError / ValueError (see DECODE_ERRORS): unreadable file or unsupported pixel mode.
+    """
     with Image.open(path) as image:
         image.load()
-        return image.convert("RGB") if image.mode != "RGB" else image.copy()
+        return to_rgb(image)
 
 
 def probe(source: str | os.PathLike[str] | io.BytesIO, *, full: bool = True
@@ -34,6 +68,7 @@ def probe(source: str | os.PathLike[str] | io.BytesIO, *, full: bool = True
             return 0, 0, "empty file (0 bytes)"
         with Image.open(source) as image:
             width, height = image.size
+            check_mode(image.mode)
             if full:
                 image.load()
         return width, height, None

@@ -1,10 +1,13 @@
 """`ingest` stage: a split's raw source -> `data/manifests/<split>.parquet`.
 
-Every image file found becomes one manifest row. Unreadable files (empty, truncated, not an image)
-keep their row with a `skip_reason` under `on_bad_image: skip`, or stop the stage naming the file
-under `on_bad_image: error`; so manifest rows = files found, and usable + skipped = rows.
+Every image file found becomes one manifest row. Unreadable files (empty, truncated, not an image,
+a broken symlink, a malformed annotation) keep their row with a `skip_reason` under
+`on_bad_image: skip`, or stop the stage naming the file under `on_bad_image: error`; so manifest
+rows = files found - files left out by `splits.<split>.limit`, and usable + skipped = rows.
 Boxes stay in original-image pixels; a box that reaches outside the image is clipped to it, and
 one with no area inside the image is dropped, each counted in the stage's metrics and logged.
+Labels are checked against the wnids the box XMLs name: a wrong label mapping (a devkit synset
+list in sorted order) stops the stage instead of mislabelling every image.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from tqdm import tqdm
 
 from stages import formats, layouts
 from stages.cli import run_as_script, split_stage_main
+from stages.config import from_section, positive, require
+from stages.errors import InputError
 from stages.images import probe_image
 from stages.params import section, split_params
 
@@ -27,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
 VERIFY_MODES = {"full": True, "header": False}
+MISMATCH_LIMIT = 0.01
+"""Above this fraction of the images with a box XML, labels that their XML does not name stop the
+stage (a wrong label mapping); at or below it they are logged and counted."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +46,18 @@ class IngestConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"ingest.on_bad_image must be one of {BAD_IMAGE_POLICIES}, "
-                             f"got {self.on_bad_image!r}")
-        if self.verify not in VERIFY_MODES:
-            raise ValueError(f"ingest.verify must be one of {sorted(VERIFY_MODES)}, got {self.verify!r}")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"ingest.workers must be a positive int, got {self.workers!r}")
+        require(self.on_bad_image in BAD_IMAGE_POLICIES, "ingest.on_bad_image",
+                f"one of {', '.join(BAD_IMAGE_POLICIES)}", self.on_bad_image)
+        require(self.verify in VERIFY_MODES, "ingest.verify", f"one of {', '.join(VERIFY_MODES)}",
+                self.verify)
+        require(isinstance(self.workers, int) and not isinstance(self.workers, bool),
+                "ingest.workers", "an int >= 1", self.workers)
+        positive("ingest.workers", self.workers)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> IngestConfig:
+        """From params.yaml `ingest:` (ConfigError for unknown keys, with close matches)."""
+        return from_section(cls, section(params, "ingest"), where="ingest")
 
 
 def _clip_boxes(boxes: list[list[int]], width: int, height: int, where: str,
@@ -65,35 +78,79 @@ def _clip_boxes(boxes: list[list[int]], width: int, height: int, where: str,
     return kept
 
 
+def _limit(found: list[layouts.Found], limit: int | None) -> list[layouts.Found]:
+    """The first `limit` records in sorted image_id order, in layout order (all when None)."""
+    if limit is None or len(found) <= limit:
+        return found
+    kept = set(sorted(record.image_id for record in found)[:limit])
+    return [record for record in found if record.image_id in kept]
+
+
+def _check_wnids(found: list[layouts.Found], source: layouts.Source) -> dict[str, int]:
+    """wnid -> label; InputError for a wnid outside the 1000 classes."""
+    wnid_index = {wnid: index for index, wnid in enumerate(formats.class_wnids())}
+    for record in found:
+        if record.wnid is not None and record.wnid not in wnid_index:
+            raise InputError(f"{source.root / record.path}: wnid {record.wnid!r} is not one of the "
+                             "1000 ILSVRC2012 classes")
+    return wnid_index
+
+
+def check_labels_against_boxes(found: list[layouts.Found], source: layouts.Source) -> int:
+    """Count images whose box XML names other wnids than their label; stop when they are more
+    than MISMATCH_LIMIT of the images with an XML (a wrong label mapping mislabels nearly all).
+
+    Raises:
+        InputError: naming an example image, its XML, the synset file (devkit) and the fix.
+    """
+    annotated = [r for r in found if r.annotated and not r.skip_reason]
+    wrong = [r for r in annotated if r.wnid not in r.annotated]
+    if not wrong:
+        return 0
+    example = wrong[0]
+    detail = (f"e.g. {source.root / example.path} is labelled {example.wnid} but its box XML "
+              f"{example.annotation_file} names {', '.join(example.annotated or ())}")
+    if len(wrong) > MISMATCH_LIMIT * len(annotated):
+        fix = (f"the synset list {source.synsets} maps the ground truth's ILSVRC2012_IDs to the "
+               "wrong wnids: give the devkit's data/meta.mat (or a list in ILSVRC2012_ID order, "
+               "not sorted) as `synsets`" if source.layout == "devkit" else
+               "check that each image's label source and `boxes` folder belong to the same split")
+        raise InputError(f"{len(wrong)} of {len(annotated)} images with a box XML are labelled with "
+                         f"a wnid their XML does not name ({detail}): {fix}")
+    logger.warning("%d of %d images with a box XML are labelled with a wnid their XML does not "
+                   "name (%s); they keep their label, without boxes", len(wrong), len(annotated),
+                   detail)
+    return len(wrong)
+
+
 def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfig()
                    ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """List, label and check every image of a source.
 
     Returns:
-        manifest: one row per file found (columns of `formats.MANIFEST_SCHEMA`), in layout order.
-        stats: counts that reconcile: files_found = rows = usable + skipped.
+        manifest: one row per file kept (columns of `formats.MANIFEST_SCHEMA`), in layout order.
+        stats: counts that reconcile: files_found = rows + limited_out; rows = usable + skipped.
 
     Raises:
-        FileNotFoundError / ValueError: the source cannot be read as a whole (missing root,
-            unknown layout or wnid, duplicate ids), or a bad image under `on_bad_image: error`.
+        UserError (MissingInputError / InputError / ConfigError): the source cannot be read as a
+            whole (missing root, unknown layout or wnid, duplicate ids, wrong label mapping), or a
+            bad image or annotation under `on_bad_image: error`.
     """
-    found = layouts.read_source(source)
-    wnid_index = {wnid: index for index, wnid in enumerate(formats.class_wnids())}
-    for record in found:
-        if record.wnid is not None and record.wnid not in wnid_index:
-            raise ValueError(f"{source.root / record.path}: wnid {record.wnid!r} is not one of the "
-                             "1000 ILSVRC2012 classes")
+    everything = layouts.read_source(source)
+    found = _limit(everything, source.limit)
+    wnid_index = _check_wnids(found, source)
+    counts = {"boxes_clipped": 0, "boxes_dropped": 0, "boxes_rescaled": 0,
+              "label_box_mismatches": check_labels_against_boxes(found, source)}
     full = VERIFY_MODES[config.verify]
     with ThreadPoolExecutor(config.workers) as pool:
         probes = list(tqdm(pool.map(lambda r: probe_image(source.root, r.path, full=full), found),
                            total=len(found), desc=f"ingest {source.root.name}", unit="img",
                            mininterval=2.0))
-    counts = {"boxes_clipped": 0, "boxes_dropped": 0, "boxes_rescaled": 0}
     rows = []
     for record, (width, height, reason) in zip(found, probes):
         reason = record.skip_reason or reason
         if reason and config.on_bad_image == "error":
-            raise ValueError(f"{source.root / record.path}: {reason} (ingest.on_bad_image: error; "
+            raise InputError(f"{source.root / record.path}: {reason} (ingest.on_bad_image: error; "
                              "set it to skip to record the file as a skip row instead)")
         if reason:
             logger.warning("%s: skipped: %s", source.root / record.path, reason)
@@ -109,8 +166,12 @@ def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfi
         })
     manifest = pd.DataFrame(rows, columns=formats.MANIFEST_SCHEMA.names)
     skipped = int(manifest["skip_reason"].notna().sum())
-    stats = {"files_found": len(found), "rows": len(manifest), "usable": len(manifest) - skipped,
-             "skipped": skipped, "with_boxes": int(manifest["boxes"].map(len).gt(0).sum()), **counts}
+    stats = {"files_found": len(everything), "limited_out": len(everything) - len(found),
+             "rows": len(manifest), "usable": len(manifest) - skipped, "skipped": skipped,
+             "with_boxes": int(manifest["boxes"].map(len).gt(0).sum()), **counts}
+    if stats["limited_out"]:
+        logger.info("%s: kept the first %d of %d images by image_id (limit)", source.where,
+                    len(found), len(everything))
     return manifest, stats
 
 
@@ -127,8 +188,8 @@ def _rescale(boxes: list[list[int]], annotated: tuple[int, int] | None, width: i
 def ingest(split: str, params: dict[str, Any], *, out: Path | None = None,
            metrics_out: Path | None = None) -> dict[str, Any]:
     """Run the stage for one split: write its manifest and ingest metrics, return the stats."""
-    source = layouts.source_from_params(split_params(params, split))
-    config = IngestConfig(**section(params, "ingest"))
+    source = layouts.split_source(split_params(params, split), where=f"splits.{split}")
+    config = IngestConfig.from_params(params)
     manifest, stats = build_manifest(source, config=config)
     formats.write_table(manifest, out or formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
     formats.write_json(stats, metrics_out or Path("metrics/ingest") / f"{split}.json")

@@ -1,40 +1,112 @@
 """Readers for the raw ImageNet layouts. Each lists every image file it finds as a `Found` record.
 
 A reader only lists files, labels and boxes; `ingest` probes the pixels. Problems that make the
-whole source unusable (a missing root, an unknown wnid, duplicate ids) raise ValueError or
-FileNotFoundError naming the file; problems of one file become that record's `skip_reason`.
+whole source unusable (a missing root, an unknown layout, a synset list that is not 1000 wnids,
+duplicate ids) raise a `UserError` naming the file; problems of one file (a dangling symlink, a
+malformed annotation XML or CSV row, a ground-truth line that is not a class id) become that
+record's `skip_reason`, which names the file and the row.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import xml.etree.ElementTree as ET
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from stages.annotations import (
+    box_xml_path,
+    devkit_synsets,
+    ground_truth,
+    kaggle_solution,
+    parse_voc_xml,
+    read_box_xml,
+)
+from stages.config import from_section, positive, require
+from stages.errors import ConfigError, InputError, MissingInputError
 from stages.formats import class_wnids
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+SYNSETS_LAYOUTS = ("devkit",)
+"""Layouts whose labels go through `synsets` (the others carry wnids or sorted-order indices)."""
+BOXES_LAYOUTS = ("devkit", "imagefolder", "hf-parquet")
+"""Layouts that read `boxes` (a bbox XML folder); kaggle has its own, ImageNetV2 has none."""
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where and how a split is laid out (the `splits.<name>` params section)."""
+    """Where and how a split is laid out (built from the `splits.<name>` params entry).
+
+    limit: keep only the first `limit` images in sorted image_id order (None = all).
+    where: the params entry's name, for messages.
+    """
 
     root: Path
     layout: str
     subset: str = "val"
     synsets: Path | None = None
     boxes: Path | None = None
+    limit: int | None = None
+    where: str = "splits.<split>"
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """A `splits.<split>` entry of params.yaml. Ingest reads root..limit; `labels` is read by
+    vote/promote, `overrides` by decide, `models` by `params.split_models`, `predictions` by the
+    predict side (keys another stage adds belong here too, or every stage refuses them)."""
+
+    root: str
+    layout: str
+    subset: str | None = None
+    synsets: str | None = None
+    boxes: str | None = None
+    labels: str | None = None
+    overrides: str | None = None
+    limit: int | None = None
+    models: tuple[str, ...] | None = None
+    predictions: Any = None
+
+    def check(self, where: str) -> None:
+        """Refuse keys the layout would silently ignore (ConfigError naming the key and the fix)."""
+        require(self.layout in LAYOUTS, f"{where}.layout", f"one of {sorted(LAYOUTS)}", self.layout)
+        positive(f"{where}.limit", self.limit)
+        if self.synsets and self.layout not in SYNSETS_LAYOUTS:
+            raise ConfigError(f"params.yaml `{where}.synsets` is set, but layout {self.layout!r} "
+                              "does not read a synset list (its labels are wnids or sorted-order "
+                              "indices); remove the key (it is for layout devkit)")
+        if self.boxes and self.layout not in BOXES_LAYOUTS:
+            why = ("reads its boxes from LOC_<subset>_solution.csv and ILSVRC/Annotations"
+                   if self.layout == "kaggle" else "has no boxes")
+            raise ConfigError(f"params.yaml `{where}.boxes` is set, but layout {self.layout!r} "
+                              f"{why}; remove the key (layouts reading a bbox XML folder: "
+                              f"{', '.join(BOXES_LAYOUTS)})")
+
+
+def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split>") -> Source:
+    """A Source from a `splits.<name>` params entry, checked by `config.from_section`.
+
+    Raises:
+        ConfigError: unknown keys (with close matches), a missing root or layout, wrong types, or
+            a key the layout does not read.
+    """
+    split = from_section(SplitEntry, entry, where=where)
+    split.check(where)
+    optional = {k: Path(getattr(split, k)) for k in ("synsets", "boxes") if getattr(split, k)}
+    return Source(Path(split.root), split.layout, split.subset or "val", limit=split.limit,
+                  where=where, **optional)
 
 
 @dataclass
 class Found:
-    """One image file found in a source, before its pixels are checked."""
+    """One image file found in a source, before its pixels are checked.
+
+    annotated: the wnids its box XML (`annotation_file`) names (None: no XML read), checked by
+    ingest against `wnid` to catch a wrong label mapping.
+    """
 
     image_id: str
     path: str
@@ -42,55 +114,39 @@ class Found:
     boxes: list[list[int]] = field(default_factory=list)
     skip_reason: str | None = None
     annotation_size: tuple[int, int] | None = None
+    annotated: tuple[str, ...] | None = None
+    annotation_file: Path | None = None
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_in(folder: Path) -> list[tuple[Path, str | None]]:
+    """Image files of a folder, sorted, each with a skip reason for a broken symlink (dangling or
+    a loop), which would otherwise vanish from the listing."""
+    images = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.is_file():
+            images.append((path, None))
+        elif path.is_symlink():
+            images.append((path, _broken_link(path)))
+    return images
+
+
+def _broken_link(path: Path) -> str:
+    target = os.readlink(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"dangling symlink: {path.name} -> {target} does not exist"
+    except OSError as error:
+        return f"broken symlink: {path.name} -> {target}: {error.strerror or error}"
+    return f"not a file: {path.name} -> {target}"
 
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder {path} does not exist")
+        raise MissingInputError(f"{what} folder {path} does not exist")
     return path
-
-
-def parse_voc_xml(path: Path) -> tuple[list[tuple[str, list[int]]], tuple[int, int] | None]:
-    """A PASCAL-VOC XML -> ([(wnid, [xmin, ymin, xmax, ymax]), ...], (width, height) or None)."""
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as error:
-        raise ValueError(f"{path}: not valid XML ({error})") from error
-    objects = []
-    for obj in root.iter("object"):
-        box = obj.find("bndbox")
-        if box is None:
-            continue
-        coords = [int(float(box.findtext(tag, "nan"))) for tag in ("xmin", "ymin", "xmax", "ymax")]
-        objects.append((obj.findtext("name", "").strip(), coords))
-    size = root.find("size")
-    dims = None
-    if size is not None and size.findtext("width") and size.findtext("height"):
-        dims = (int(size.findtext("width")), int(size.findtext("height")))
-    return objects, dims
-
-
-def _kaggle_solution(path: Path) -> dict[str, list[tuple[str, list[int]]]]:
-    """LOC_*_solution.csv -> image_id -> [(wnid, box), ...]."""
-    solution: dict[str, list[tuple[str, list[int]]]] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            tokens = row["PredictionString"].split()
-            if len(tokens) % 5:
-                raise ValueError(f"{path}: row {row['ImageId']} has a PredictionString that is not "
-                                 "groups of 'wnid xmin ymin xmax ymax'")
-            solution[row["ImageId"]] = [
-                (tokens[i], [int(v) for v in tokens[i + 1:i + 5]]) for i in range(0, len(tokens), 5)
-            ]
-    return solution
-
-
-def _boxes_for(objects: list[tuple[str, list[int]]], wnid: str | None) -> list[list[int]]:
-    return [box for name, box in objects if name == wnid]
 
 
 def read_kaggle(source: Source) -> list[Found]:
@@ -99,46 +155,45 @@ def read_kaggle(source: Source) -> list[Found]:
     data = _require_dir(source.root / "ILSVRC" / "Data" / "CLS-LOC" / source.subset, "image")
     annotations = source.root / "ILSVRC" / "Annotations" / "CLS-LOC" / source.subset
     if source.subset == "train":
-        found = read_imagefolder(Source(data, "imagefolder"), annotations=annotations)
+        found = read_imagefolder(Source(data, "imagefolder", boxes=annotations))
         prefix = data.relative_to(source.root).as_posix()
         for record in found:
             record.path = f"{prefix}/{record.path}"
         return found
     solution_csv = source.root / f"LOC_{source.subset}_solution.csv"
-    solution = _kaggle_solution(solution_csv) if solution_csv.is_file() else {}
+    solution = kaggle_solution(solution_csv) if solution_csv.is_file() else {}
     found = []
-    for image in _images_in(data):
-        image_id = image.stem
-        objects = solution.get(image_id)
-        dims = None
-        xml = annotations / f"{image_id}.xml"
-        if objects is None and xml.is_file():
-            objects, dims = parse_voc_xml(xml)
-        if not objects:
-            found.append(Found(image_id, image.relative_to(source.root).as_posix(), None,
-                               skip_reason=f"no label: {image_id} is neither in {solution_csv.name} "
-                                           f"nor has an annotation {xml}"))
+    for image, broken in _images_in(data):
+        image_id, rel = image.stem, image.relative_to(source.root).as_posix()
+        entry = solution.get(image_id)
+        xml, dims = annotations / f"{image_id}.xml", None
+        if entry is None and xml.is_file():
+            try:
+                entry, dims = parse_voc_xml(xml)
+            except InputError as error:
+                entry = f"bad annotation: {error}"
+        if isinstance(entry, str) or not entry:
+            reason = entry or (f"no label: {image_id} is neither in {solution_csv.name} nor has "
+                               f"an annotation {xml}")
+            found.append(Found(image_id, rel, None, skip_reason=reason))
             continue
-        wnid = objects[0][0]
-        found.append(Found(image_id, image.relative_to(source.root).as_posix(), wnid,
-                           _boxes_for(objects, wnid), annotation_size=dims))
+        wnid = entry[0][0]
+        found.append(Found(image_id, rel, wnid, [box for name, box in entry if name == wnid],
+                           skip_reason=broken, annotation_size=dims))
     return found
 
 
-def read_imagefolder(source: Source, *, annotations: Path | None = None) -> list[Found]:
-    """`<wnid>/<file>` folders; boxes from `<annotations>/<wnid>/<stem>.xml` where present."""
+def read_imagefolder(source: Source) -> list[Found]:
+    """`<wnid>/<file>` folders; boxes from `boxes/<wnid>/<stem>.xml` (or `boxes/<stem>.xml`)."""
     root = _require_dir(source.root, "image")
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for image in _images_in(folder):
-            boxes: list[list[int]] = []
-            dims = None
-            xml = annotations / folder.name / f"{image.stem}.xml" if annotations else None
-            if xml is not None and xml.is_file():
-                objects, dims = parse_voc_xml(xml)
-                boxes = _boxes_for(objects, folder.name)
+        for image, broken in _images_in(folder):
+            fields = read_box_xml(box_xml_path(source.boxes, folder.name, image.stem), folder.name)
+            if broken:
+                fields["skip_reason"] = broken
             found.append(Found(image.stem, image.relative_to(source.root).as_posix(), folder.name,
-                               boxes, annotation_size=dims))
+                               **fields))
     return found
 
 
@@ -150,23 +205,12 @@ def read_imagenetv2(source: Source) -> list[Found]:
     folders = [p for p in root.iterdir() if p.is_dir()]
     for folder in sorted(folders, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)):
         if not folder.name.isdigit() or not 0 <= int(folder.name) < len(wnids):
-            raise ValueError(f"{folder}: ImageNetV2 class folders are named 0..999, got {folder.name!r}")
-        for image in _images_in(folder):
+            raise InputError(f"{folder}: ImageNetV2 class folders are named 0..999, got {folder.name!r}")
+        for image, broken in _images_in(folder):
             rel = image.relative_to(root).as_posix()
-            found.append(Found(f"{folder.name}/{image.stem}", rel, wnids[int(folder.name)]))
+            found.append(Found(f"{folder.name}/{image.stem}", rel, wnids[int(folder.name)],
+                               skip_reason=broken))
     return found
-
-
-def _devkit_synsets(path: Path) -> list[str]:
-    """ILSVRC2012_ID order (1..1000) of the wnids, from the devkit's meta.mat or a text list."""
-    if path.suffix == ".mat":
-        from scipy.io import loadmat
-
-        meta = loadmat(path, squeeze_me=True)["synsets"]
-        by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in meta if int(s["num_children"]) == 0}
-        return [by_id[i] for i in range(1, len(by_id) + 1)]
-    wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    return wnids
 
 
 def read_devkit(source: Source) -> list[Found]:
@@ -175,41 +219,43 @@ def read_devkit(source: Source) -> list[Found]:
     root = _require_dir(source.root, "image")
     truth = source.root / "ILSVRC2012_validation_ground_truth.txt"
     if source.synsets is None:
-        raise ValueError("layout devkit needs splits.<split>.synsets: the devkit's meta.mat or a "
-                         "synset list in ILSVRC2012_ID order")
+        raise ConfigError(f"layout devkit needs params.yaml `{source.where}.synsets`: the devkit's "
+                          "meta.mat or a synset list in ILSVRC2012_ID order")
     if not truth.is_file():
-        raise FileNotFoundError(f"{truth} not found (the devkit's ground truth, one ILSVRC2012_ID "
+        raise MissingInputError(f"{truth} not found (the devkit's ground truth, one ILSVRC2012_ID "
                                 "per line in image order)")
-    order = _devkit_synsets(Path(source.synsets))
-    ids = [int(v) for v in truth.read_text().split()]
+    order = devkit_synsets(Path(source.synsets))
+    ids = ground_truth(truth, len(order))
     found = []
-    for image in _images_in(root):
-        number = int(image.stem.rsplit("_", 1)[-1]) if image.stem.rsplit("_", 1)[-1].isdigit() else 0
+    for image, broken in _images_in(root):
+        tail = image.stem.rsplit("_", 1)[-1]
+        number = int(tail) if tail.isdigit() else 0
         rel = image.relative_to(root).as_posix()
         if not 1 <= number <= len(ids):
             found.append(Found(image.stem, rel, None, skip_reason=f"no label: {image.name} has no "
                                f"line in {truth.name} ({len(ids)} lines)"))
             continue
-        wnid = order[ids[number - 1] - 1]
-        boxes: list[list[int]] = []
-        dims = None
-        xml = Path(source.boxes) / f"{image.stem}.xml" if source.boxes else None
-        if xml is not None and xml.is_file():
-            objects, dims = parse_voc_xml(xml)
-            boxes = _boxes_for(objects, wnid)
-        found.append(Found(image.stem, rel, wnid, boxes, annotation_size=dims))
+        if isinstance(ids[number - 1], str):
+            found.append(Found(image.stem, rel, None, skip_reason=str(ids[number - 1])))
+            continue
+        wnid = order[int(ids[number - 1]) - 1]
+        fields = read_box_xml(box_xml_path(source.boxes, None, image.stem), wnid)
+        if broken:
+            fields["skip_reason"] = broken
+        found.append(Found(image.stem, rel, wnid, **fields))
     return found
 
 
 def read_hf_parquet(source: Source) -> list[Found]:
     """A local copy of the Hub's `ILSVRC/imagenet-1k` parquet shards (`data/<subset>-*.parquet`,
-    columns image{bytes,path}, label). Paths are `<shard>#<row>` and decoded from the shard."""
+    columns image{bytes,path}, label). Paths are `<shard>#<row>` and decoded from the shard; boxes
+    from an optional bbox XML folder by image id."""
     import pyarrow.parquet as pq
 
     root = _require_dir(source.root, "parquet")
     shards = sorted(root.rglob(f"{source.subset}-*.parquet")) or sorted(root.rglob(f"*{source.subset}*.parquet"))
     if not shards:
-        raise FileNotFoundError(f"no {source.subset}-*.parquet shards under {root}")
+        raise MissingInputError(f"no {source.subset}-*.parquet shards under {root}")
     wnids = class_wnids()
     found = []
     for shard in shards:
@@ -223,7 +269,9 @@ def read_hf_parquet(source: Source) -> list[Found]:
                 found.append(Found(image_id, f"{rel}#{row}", None,
                                    skip_reason=f"no label: row {row} of {rel} has label {label!r}"))
                 continue
-            found.append(Found(image_id, f"{rel}#{row}", wnids[int(label)]))
+            wnid = wnids[int(label)]
+            found.append(Found(image_id, f"{rel}#{row}", wnid,
+                               **read_box_xml(box_xml_path(source.boxes, wnid, image_id), wnid)))
     return found
 
 
@@ -237,23 +285,25 @@ LAYOUTS: dict[str, Callable[[Source], list[Found]]] = {
 
 
 def read_source(source: Source) -> list[Found]:
-    """List every image of a source with its layout's reader; checks ids are unique."""
+    """List every image of a source with its layout's reader; checks ids are unique.
+
+    Raises:
+        ConfigError: an unknown layout. MissingInputError: the root (or boxes folder) is absent.
+        InputError: duplicate image ids, or a source file unusable as a whole.
+    """
     if source.layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {source.layout!r}; choose one of {sorted(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {source.layout!r}; choose one of {sorted(LAYOUTS)}")
     if not source.root.exists():
-        raise FileNotFoundError(f"split root {source.root} does not exist; set splits.<split>.root")
+        raise MissingInputError(f"split root {source.root} does not exist; set params.yaml "
+                                f"`{source.where}.root` to the raw split's folder")
+    if source.boxes is not None and not Path(source.boxes).is_dir():
+        raise MissingInputError(f"boxes folder {source.boxes} does not exist; set params.yaml "
+                                f"`{source.where}.boxes` to the bbox XML folder, or null")
     found = LAYOUTS[source.layout](source)
     seen: dict[str, str] = {}
     for record in found:
         if record.image_id in seen:
-            raise ValueError(f"duplicate image id {record.image_id!r}: {seen[record.image_id]} and "
+            raise InputError(f"duplicate image id {record.image_id!r}: {seen[record.image_id]} and "
                              f"{record.path} under {source.root}; image ids must be unique")
         seen[record.image_id] = record.path
     return found
-
-
-def source_from_params(entry: dict[str, Any]) -> Source:
-    """A Source from a `splits.<name>` params section."""
-    optional = {k: Path(entry[k]) for k in ("synsets", "boxes") if entry.get(k)}
-    return Source(Path(entry["root"]), entry["layout"], entry.get("subset") or "val", **optional)
-

@@ -4,7 +4,10 @@ Writes the labels file named by `splits.<split>.labels` (default iterations/<spl
 one row per ledger row, same order, with image_id; label = new_label for keep and fix rows, null
 otherwise; iteration = ledger iteration + 1; reason = null for active rows, else why the image left
 ("removed in iteration k: <ledger reason>", a reason carried from an earlier iteration, or
-"skip: ..."). The write is atomic. Promote does not run DVC or git; the iterative loop is
+"skip: ..."). It also appends the iteration's counts and human agreement (from
+`metrics/<split>.json`) to the rounds history beside the labels file (`<labels>-rounds.csv`), which
+`evaluate` plots per iteration. The writes are atomic. Promote does not run DVC or git; the
+iterative loop is
 
     imagenet-clean promote --split val && dvc repro && git add -A \\
         && git commit -m "iteration 1" && dvc metrics diff HEAD~1
@@ -13,6 +16,7 @@ otherwise; iteration = ledger iteration + 1; reason = null for active rows, else
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +25,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from stages import formats
+from stages.errors import InputError
+from stages.evaluate import round_row, rounds_table, rounds_history_path
 from stages.labels import LABELS_SCHEMA
 from stages.params import load_params, split_params
 
@@ -82,11 +88,28 @@ def promote(split: str, params: dict[str, Any], *, root: str | Path = ".",
     target = root / split_params(params, split).get("labels", f"iterations/{split}.parquet")
     if len(labels):
         _check_not_stale(target, int(labels["iteration"].iloc[0]) - 1)
+    _record_round(root, split, target, int(ledger["iteration"].iloc[0]) if len(ledger) else 0)
     formats.write_table(labels, target, schema=LABELS_SCHEMA)
     logger.info("promote %s: %d active, %d inactive rows -> %s (iteration %s)", split,
                 int(labels["label"].notna().sum()), int(labels["label"].isna().sum()), target,
                 labels["iteration"].iloc[0] if len(labels) else "-")
     return target
+
+
+def _record_round(root: Path, split: str, labels_file: Path, iteration: int) -> None:
+    """Append the promoted iteration's counts and agreement to the rounds history."""
+    metrics_file = root / formats.metrics_path(split)
+    if not metrics_file.is_file():
+        raise InputError(f"{metrics_file} does not exist; run `dvc repro` (evaluate) before "
+                         "promoting, so the iteration's figures are recorded")
+    metrics = json.loads(metrics_file.read_text())
+    if metrics.get("iteration") != iteration:
+        raise InputError(f"{metrics_file} is from iteration {metrics.get('iteration')} but the "
+                         f"ledger from iteration {iteration}; run `dvc repro` first")
+    history = rounds_history_path(labels_file)
+    table = rounds_table(history, metrics)
+    with formats.atomic_path(history) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

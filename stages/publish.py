@@ -9,8 +9,10 @@ metadata; the dataset card `README.md` declares the same features in its YAML. T
 `labels` publishes no pixels (an overlay keyed by image_id and path, to join with one's own ImageNet
 copy), `images` embeds each image's original bytes as a `datasets.Image` column.
 
-A push uploads the folder in one commit and tags it `iteration-<k>`; the token comes from the
-HF_TOKEN environment variable only and is never written anywhere.
+Building and pushing are separate steps: the folder is built (atomically, keeping the previous
+one on any failure; leftovers of a killed build are removed by the next), then, when asked, pushed
+in one commit tagged `iteration-<k>`. A refused push (offline, no token) leaves the built folder in
+place. The token comes from the HF_TOKEN environment variable only and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import io
 import logging
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping, Sequence
 
@@ -29,25 +31,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets import DatasetInfo, Features
-from datasets.splits import SplitDict, SplitInfo
+from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from PIL import Image as PILImage
 from tqdm import tqdm
 
 from stages import formats, images
-from stages.card import (
-    CardContext,
-    SplitSummary,
-    card_context,
+from stages.card import CardContext, SplitSummary, card_context, render_card, summarize_split
+from stages.config import from_section, positive, require
+from stages.errors import ConfigError, InputError, MissingInputError
+from stages.hub import REPO_ID, PushError, exclusive_build, push
+from stages.layouts import split_source
+from stages.shards import (
+    datasets_bars_off,
     default_features,
     hub_class_names,
     ledger_features,
-    render_card,
-    summarize_split,
+    plan_shards,
+    shard_overhead,
+    write_shard,
 )
-from stages.hub import REPO_ID, PushError, ensure_push_ready, push
-from stages.shards import datasets_bars_off, plan_shards, shard_overhead, write_shard
 from stages.params import load_params, section, split_params
+from stages.shards import HEADROOM, LEDGER_LABEL_LISTS
 
 logger = logging.getLogger(__name__)
 
@@ -70,27 +74,17 @@ class PublishConfig:
     private: bool = True
 
     def __post_init__(self) -> None:
-        if not self.splits or not all(isinstance(name, str) for name in self.splits):
-            raise ValueError(f"publish.splits must be a non-empty list of split names, "
-                             f"got {self.splits!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"publish.mode must be one of {sorted(MODES)}, got {self.mode!r}")
-        _check_max_shard_bytes(self.max_shard_bytes)
-        if not REPO_ID.match(str(self.repo_id)):
-            raise ValueError(f"publish.repo_id must look like 'owner/name', got {self.repo_id!r}")
-        for name in ("include_placeholders", "push", "dry_run", "private"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"publish.{name} must be true or false, got {getattr(self, name)!r}")
+        require(bool(self.splits) and len(set(self.splits)) == len(self.splits), "publish.splits",
+                "a non-empty list of distinct split names", list(self.splits))
+        require(self.mode in MODES, "publish.mode", f"one of {', '.join(MODES)}", self.mode)
+        positive("publish.max_shard_bytes", self.max_shard_bytes)
+        require(bool(REPO_ID.match(str(self.repo_id))), "publish.repo_id", "'owner/name'",
+                self.repo_id)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PublishConfig:
-        values = dict(section(dict(params), "publish"))
-        unknown = sorted(set(values) - {item.name for item in fields(cls)})
-        if unknown:
-            raise ValueError(f"params.yaml publish: unknown keys {unknown}; known: "
-                             f"{[item.name for item in fields(cls)]}")
-        values["splits"] = tuple(values.get("splits") or ())
-        return cls(**values)
+        """From params.yaml `publish:` (ConfigError for unknown keys, with close matches)."""
+        return from_section(cls, section(dict(params), "publish"), where="publish")
 
 
 @dataclass(frozen=True)
@@ -106,9 +100,10 @@ class SplitInputs:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], split: str) -> SplitInputs:
-        root = split_params(dict(params), split).get("root")
+        """The split's files at their contract paths; its root from `splits.<split>.root`."""
+        root = split_source(split_params(dict(params), split), where=f"splits.{split}").root
         return cls(split, formats.manifest_path(split), formats.ledger_path(split),
-                   formats.clean_path(split), Path(str(root)), formats.metrics_path(split))
+                   formats.clean_path(split), root, formats.metrics_path(split))
 
 
 @dataclass(frozen=True)
@@ -142,7 +137,7 @@ def _locate(root: Path, path: str) -> Path | tuple[Path, int]:
     where = images.resolve(root, path)
     missing = where[0] if isinstance(where, tuple) else where
     if not missing.is_file():
-        raise FileNotFoundError(f"image {path!r} not found under {root}; `images` mode reads the "
+        raise MissingInputError(f"image {path!r} not found under {root}; `images` mode reads the "
                                 f"files from splits.<split>.root: point it at the ingested source")
     return where
 
@@ -199,22 +194,38 @@ MODES: dict[str, Mode] = {
 
 def _read(path: Path, what: str, stage: str, split: str) -> pa.Table:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist; run `imagenet-clean {stage} "
+        raise MissingInputError(f"{what} {path} does not exist; run `imagenet-clean {stage} "
                                 f"--split {split}` (or `dvc repro`) first")
     return pq.read_table(path)
 
 
-def default_table(inputs: SplitInputs, *, include_placeholders: bool) -> pa.Table:
-    """The cleaned split's published rows (contract columns, in order), placeholders optional."""
+def default_table(inputs: SplitInputs, *, include_placeholders: bool,
+                  ledger: pa.Table | None = None) -> pa.Table:
+    """The cleaned split's published rows (contract columns, in order, then `secondary_labels`
+    from the cleaned split, else from the ledger by image_id, else empty), placeholders optional."""
     table = _read(inputs.clean, "cleaned split", "decide", inputs.name)
     missing = [name for name in CLEAN_COLUMNS if name not in table.column_names]
     if missing:
-        raise ValueError(f"cleaned split {inputs.clean} lacks columns {missing}; re-run "
+        raise InputError(f"cleaned split {inputs.clean} lacks columns {missing}; re-run "
                          f"`imagenet-clean decide --split {inputs.name}`")
-    table = table.select(list(CLEAN_COLUMNS))
     if not include_placeholders:
         table = table.filter(pc.invert(pc.fill_null(table.column("placeholder"), False)))
-    return table
+    return table.select(list(CLEAN_COLUMNS)).append_column(
+        "secondary_labels", _secondary_labels(table, ledger))
+
+
+def _secondary_labels(table: pa.Table, ledger: pa.Table | None) -> pa.ChunkedArray:
+    """(N,) list<int32> for the rows of `table`: its own column, else the ledger's by image_id
+    (a cleaned split written before secondary labels); rows without any (placeholders) get []."""
+    kind = pa.list_(pa.int32())
+    (name,) = LEDGER_LABEL_LISTS
+    if name in table.column_names or ledger is None:
+        column = (table.column(name) if name in table.column_names
+                  else pa.chunked_array([pa.nulls(table.num_rows)]))
+    else:
+        positions = pc.index_in(table.column("image_id"), value_set=ledger.column("image_id"))
+        column = ledger.column(name).take(positions)
+    return pc.if_else(pc.is_null(column.cast(kind)), pa.scalar([], type=kind), column.cast(kind))
 
 
 def ledger_table(inputs: SplitInputs) -> pa.Table:
@@ -223,10 +234,10 @@ def ledger_table(inputs: SplitInputs) -> pa.Table:
     manifest = _read(inputs.manifest, "manifest", "ingest", inputs.name)
     missing = [name for name in formats.LEDGER_SCHEMA.names if name not in ledger.column_names]
     if missing:
-        raise ValueError(f"decision ledger {inputs.ledger} lacks columns {missing}; re-run decide")
+        raise InputError(f"decision ledger {inputs.ledger} lacks columns {missing}; re-run decide")
     if ledger.num_rows != manifest.num_rows or not ledger.column("image_id").equals(
             manifest.column("image_id")):
-        raise ValueError(f"decision ledger {inputs.ledger} ({ledger.num_rows} rows) does not align "
+        raise InputError(f"decision ledger {inputs.ledger} ({ledger.num_rows} rows) does not align "
                          f"with manifest {inputs.manifest} ({manifest.num_rows} rows) by image_id; "
                          f"re-run `imagenet-clean decide --split {inputs.name}`")
     if "path" in ledger.column_names:
@@ -238,9 +249,9 @@ def _write_split(folder: Path, config: str, split: str, table: pa.Table, feature
                  mode: Mode, root: Path, max_shard_bytes: int) -> SplitInfo:
     overhead = shard_overhead(features)
     if max_shard_bytes <= overhead:
-        raise ValueError(f"max_shard_bytes={max_shard_bytes} leaves no room for rows: every "
+        raise ConfigError(f"max_shard_bytes={max_shard_bytes} leaves no room for rows: every "
                          f"{config} shard takes {overhead} bytes of schema and footer; raise it")
-    ranges = plan_shards(mode.row_bytes(table, root), max_shard_bytes - overhead)
+    ranges = plan_shards(mode.row_bytes(table, root), int((max_shard_bytes - overhead) * (1 - HEADROOM)))
     num_bytes = 0
     with tqdm(total=table.num_rows, desc=f"publish {config}/{split}", unit="row") as bar:
         for index, (start, stop) in enumerate(ranges):
@@ -252,12 +263,6 @@ def _write_split(folder: Path, config: str, split: str, table: pa.Table, feature
     return SplitInfo(name=split, num_bytes=num_bytes, num_examples=table.num_rows)
 
 
-def _check_max_shard_bytes(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"max_shard_bytes must be a positive int (bytes, e.g. 500000000), "
-                         f"got {value!r}")
-
-
 def _check_build(splits: Sequence[SplitInputs], mode: str, include_placeholders: bool,
                  max_shard_bytes: int) -> None:
     if not splits or not all(isinstance(item, SplitInputs) for item in splits):
@@ -267,13 +272,14 @@ def _check_build(splits: Sequence[SplitInputs], mode: str, include_placeholders:
         raise ValueError(f"split names must be unique, got {names}")
     for name in names:
         if not SPLIT_NAME.match(name):
-            raise ValueError(f"split name {name!r} is not a valid Hub split name (letters, digits, "
-                             f"underscores, dots: {SPLIT_NAME.pattern}); rename it in params.yaml")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if not isinstance(include_placeholders, bool):
-        raise TypeError(f"include_placeholders must be a bool, got {include_placeholders!r}")
-    _check_max_shard_bytes(max_shard_bytes)
+            raise ConfigError(f"split name {name!r} is not a valid Hub split name (letters, digits, "
+                              f"underscores, dots: {SPLIT_NAME.pattern}); rename it in params.yaml")
+    if mode not in MODES or not isinstance(include_placeholders, bool):
+        raise ValueError(f"mode must be one of {sorted(MODES)} and include_placeholders a bool, "
+                         f"got {mode!r}, {include_placeholders!r}")
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be a positive int (bytes, e.g. 500000000), "
+                         f"got {max_shard_bytes!r}")
 
 
 def build_hub_folder(splits: Sequence[SplitInputs], *, mode: str = "labels",
@@ -291,14 +297,15 @@ def build_hub_folder(splits: Sequence[SplitInputs], *, mode: str = "labels",
         context: provenance for the card (models, thresholds, repo id); default: none recorded.
 
     Raises:
-        FileNotFoundError: an input (or, in `images` mode, an image) is missing.
-        ValueError / TypeError: bad options, or inputs that break the data contracts.
+        MissingInputError: an input (or, in `images` mode, an image) is missing.
+        InputError: inputs that break the data contracts, or a split with nothing to publish.
+        ConfigError / ValueError / TypeError: bad options.
     """
     _check_build(splits, mode, include_placeholders, max_shard_bytes)
     names = hub_class_names()
     infos = {"default": DatasetInfo(features=default_features(names, images=MODES[mode].images),
                                     splits=SplitDict())}
-    with datasets_bars_off(), formats.atomic_folder(out) as folder:
+    with datasets_bars_off(), exclusive_build(out), formats.atomic_folder(out) as folder:
         summaries = [_publish_split(folder, inputs, infos, names, mode=mode,
                                     include_placeholders=include_placeholders,
                                     max_shard_bytes=max_shard_bytes) for inputs in splits]
@@ -325,12 +332,13 @@ def _publish_split(folder: Path, inputs: SplitInputs, infos: dict[str, DatasetIn
                    names: Sequence[str], *, mode: str, include_placeholders: bool,
                    max_shard_bytes: int) -> SplitSummary:
     """Write one split of both configs (recording it in `infos`) -> its summary for the card."""
-    default = default_table(inputs, include_placeholders=include_placeholders)
     ledger = ledger_table(inputs)
+    default = default_table(inputs, include_placeholders=include_placeholders, ledger=ledger)
+    _check_rows(inputs, default, ledger, include_placeholders)
     features = ledger_features(ledger.schema, names)
     info = infos.setdefault("ledger", DatasetInfo(features=features, splits=SplitDict()))
     if info.features != features:
-        raise ValueError(f"the ledger of split {inputs.name!r} has columns {list(features)}, unlike "
+        raise InputError(f"the ledger of split {inputs.name!r} has columns {list(features)}, unlike "
                          f"the other splits' {list(info.features)}; re-run decide for every split")
     for config, table, how in (("default", default, MODES[mode]), ("ledger", ledger, MODES["labels"])):
         infos[config].splits.add(_write_split(folder, config, inputs.name, table,
@@ -339,6 +347,21 @@ def _publish_split(folder: Path, inputs: SplitInputs, infos: dict[str, DatasetIn
     sources = {"manifest": inputs.manifest, "ledger": inputs.ledger, "cleaned split": inputs.clean}
     return summarize_split(inputs.name, default, ledger, clean=inputs.clean, metrics=inputs.metrics,
                            sources=sources)
+
+
+def _check_rows(inputs: SplitInputs, default: pa.Table, ledger: pa.Table,
+                include_placeholders: bool) -> None:
+    """InputError for a split with nothing to publish (`datasets` cannot load an empty split)."""
+    if ledger.num_rows == 0:
+        raise InputError(f"the ledger of split `{inputs.name}` ({inputs.ledger}) has no rows: its "
+                         f"manifest is empty; check splits.{inputs.name}.root and re-run ingest")
+    if default.num_rows == 0:
+        kept = int(pc.sum(pc.is_in(ledger.column("action"), pa.array(["keep", "fix"]))).as_py() or 0)
+        hint = "" if include_placeholders else "; publish.include_placeholders: true would publish "
+        hint += "" if include_placeholders else "the placeholder rows of emptied classes"
+        raise InputError(f"the cleaned split `{inputs.name}` has no rows to publish ({kept} of "
+                         f"{ledger.num_rows} images kept or fixed; see {inputs.ledger}): leave "
+                         f"`{inputs.name}` out of publish.splits{hint}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -358,21 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = PublishConfig.from_params(params)
     dry_run = config.dry_run or args.dry_run
     pushing = (config.push or args.push) and not dry_run
-    token = os.environ.get("HF_TOKEN") or None
-    try:
-        if pushing:
-            ensure_push_ready(token)  # fail before a long build, not after it
-        inputs = [SplitInputs.from_params(params, split) for split in config.splits]
-        folder = build_hub_folder(inputs, mode=config.mode, out=args.out,
-                                  include_placeholders=config.include_placeholders,
-                                  max_shard_bytes=config.max_shard_bytes,
-                                  context=card_context(params, repo_id=config.repo_id))
-        if pushing or dry_run:
-            push(folder.path, repo_id=config.repo_id, iteration=folder.iteration, token=token,
-                 dry_run=dry_run, private=config.private)
-    except PushError as error:
-        logger.error("%s", error)
-        return 1
+    inputs = [SplitInputs.from_params(params, split) for split in config.splits]
+    folder = build_hub_folder(inputs, mode=config.mode, out=args.out,
+                              include_placeholders=config.include_placeholders,
+                              max_shard_bytes=config.max_shard_bytes,
+                              context=card_context(params, repo_id=config.repo_id))
+    if pushing or dry_run:
+        try:
+            push(folder.path, repo_id=config.repo_id, iteration=folder.iteration,
+                 token=os.environ.get("HF_TOKEN") or None, dry_run=dry_run, private=config.private)
+        except PushError as error:
+            raise PushError(f"{error}. {args.out} is built and kept; push it with `imagenet-clean "
+                            "publish --push` when the Hub can be reached") from error
     return 0
 
 

@@ -7,16 +7,19 @@ models whose top-5 misses the label. Inactive rows (manifest skip rows, rows an 
 removed) take no part. Predictions are memory-mapped and streamed one model at a time.
 
 Two strategies, one per size (`vote.exact_max_rows`), in `stages.confident`: `exact` (cleanlab's
-`find_label_issues`) and `batched` (cleanlab's low-memory `LabelInspector`; see README).
+`find_label_issues`) and `batched` (cleanlab's low-memory `LabelInspector`; see README). Then one
+more streamed pass writes the ensemble's evidence per row (`stages.evidence`): its top-5 classes with
+their mean probabilities, the mean probability of the label and each model's top-1.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import cleanlab
 import numpy as np
@@ -26,9 +29,11 @@ import pyarrow as pa
 from stages import formats
 from stages.cli import run_as_script, split_stage_main
 from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
+from stages.errors import ConfigError, InputError, MissingInputError
+from stages.evidence import Evidence, ensemble_evidence
 from stages.formats import VOTES_SCHEMA
 from stages.labels import CurrentLabels, current_labels
-from stages.params import section, split_params
+from stages.params import section, split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -165,34 +170,59 @@ def config_from_params(params: dict[str, Any], split: str) -> VoteConfig:
     own = dict(section(params, "vote", split))
     unknown = set(own) - {"fn", "fn_mode", "strategy", "chunk_rows", "n_jobs"}
     if unknown:
-        raise ValueError(f"params vote.{split} has unknown keys {sorted(unknown)}; allowed: fn, "
+        raise ConfigError(f"params vote.{split} has unknown keys {sorted(unknown)}; allowed: fn, "
                          "fn_mode, strategy, chunk_rows, n_jobs")
     exact_max_rows = section(params, "vote").get("exact_max_rows", VoteConfig.exact_max_rows)
     return VoteConfig(exact_max_rows=exact_max_rows, **own)
 
 
-def _model_names(params: dict[str, Any]) -> list[str]:
-    names = (params.get("predict") or {}).get("models")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"params predict.models must be a non-empty list of model names, got {names!r}")
-    return names
+def prediction_files(split: str, models: list[str], manifest: pd.DataFrame,
+                     folder: Path | None = None) -> dict[str, Path]:
+    """Every model's predictions file for the split, checked against the manifest before any is
+    read: it exists, has shape (N, 1000), and its sidecar's row-order digest is the manifest's.
 
-
-def _open_predictions(split: str, models: list[str], n_rows: int, folder: Path | None
-                      ) -> Iterator[tuple[str, np.ndarray]]:
-    """Check every predictions file's shape first, then memory-map them one at a time."""
-    paths = {m: (folder / f"{m}.npy" if folder else formats.predictions_path(split, m)) for m in models}
-    for model, path in paths.items():
+    Raises:
+        MissingInputError: a predictions file or its sidecar is missing (the message says how to
+            make it: predict, out-of-fold training or `imagenet-clean import-predictions`).
+        InputError: wrong shape, or rows in another order than the manifest's.
+    """
+    folder = folder or formats.predictions_path(split, models[0]).parent
+    digest = formats.image_ids_sha256(manifest["image_id"])
+    paths = {}
+    for model in models:
+        path = folder / f"{model}.npy"
+        make = (f"run `dvc repro predict@{split}-{model}` (add {split!r} to params.yaml "
+                "predict.splits if it is missing there), or bring predictions made elsewhere with "
+                f"`imagenet-clean import-predictions --split {split} --model {model} FILE`")
+        if not path.is_file():
+            raise MissingInputError(f"predictions {path} do not exist; {make}")
         shape = formats.load_predictions(split, model, path=path).shape
-        if len(shape) != 2 or shape != (n_rows, formats.NUM_CLASSES):
-            raise ValueError(f"predictions {path} have shape {shape}, expected ({n_rows}, "
-                             f"{formats.NUM_CLASSES}) for the {n_rows}-row manifest of split "
+        if len(shape) != 2 or shape != (len(manifest), formats.NUM_CLASSES):
+            raise InputError(f"predictions {path} have shape {shape}, expected ({len(manifest)}, "
+                             f"{formats.NUM_CLASSES}) for the {len(manifest)}-row manifest of split "
                              f"{split!r}; re-run predict for model {model}")
-    return ((model, formats.load_predictions(split, model, path=path)) for model, path in paths.items())
+        _check_row_order(path.with_suffix(".json"), digest, make)
+        paths[model] = path
+    return paths
 
 
-def votes_table(manifest: pd.DataFrame, current: CurrentLabels, result: VoteResult) -> pa.Table:
-    """The votes file: manifest identity and labels, then the vote columns."""
+def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
+    if not sidecar.is_file():
+        raise MissingInputError(f"predictions sidecar {sidecar} does not exist, so the row order "
+                                f"of {sidecar.with_suffix('.npy')} cannot be checked; {make}")
+    recorded = json.loads(sidecar.read_text()).get("image_ids_sha256")
+    if recorded is None:
+        logger.warning("%s records no image_ids_sha256 (written by an older predict); the row "
+                       "order of its predictions cannot be checked: re-run predict", sidecar)
+    elif recorded != digest:
+        raise InputError(f"{sidecar.with_suffix('.npy')}: its rows are not in the manifest's "
+                         f"image_id order (row-order digest {recorded[:12]}... != manifest "
+                         f"{digest[:12]}...); {make}")
+
+
+def votes_table(manifest: pd.DataFrame, current: CurrentLabels, result: VoteResult,
+                evidence: Evidence) -> pa.Table:
+    """The votes file: manifest identity and labels, the vote columns, the ensemble's evidence."""
     n = len(manifest)
     front = pa.table({
         "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
@@ -201,7 +231,7 @@ def votes_table(manifest: pd.DataFrame, current: CurrentLabels, result: VoteResu
         "iteration": pa.array(np.full(n, current.iteration, dtype=np.int32)),
         "inactive_reason": pa.array(current.inactive_reason.tolist(), pa.string()),
     })
-    columns = front.columns + result.table.columns
+    columns = front.columns + result.table.columns + evidence.columns(current.active).columns
     return pa.Table.from_arrays(columns, schema=VOTES_SCHEMA)
 
 
@@ -210,17 +240,19 @@ def run_vote(split: str, params: dict[str, Any], *, out: Path | None = None,
     """Run the stage for one split: write the votes (and their figures), return the figures."""
     labels_file = split_params(params, split).get("labels")
     config = config_from_params(params, split)
-    models = _model_names(params)
+    models = split_models(params, split)
     manifest = formats.read_manifest(split)
     current = current_labels(manifest, labels_file)
     strategy = config.resolve_strategy(int(current.active.sum()))
     logger.info("vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
                 "%d), fn %s", split, len(manifest), current.active.sum(), current.iteration,
                 len(models), strategy, config.exact_max_rows, config.fn)
-    pairs = _open_predictions(split, models, len(manifest), predictions)
+    files = prediction_files(split, models, manifest, predictions)
+    pairs = ((m, formats.load_predictions(split, m, path=path)) for m, path in files.items())
     result = vote(current.label, pairs, config=config, active=current.active)
-    formats.write_table(votes_table(manifest, current, result), out or formats.votes_path(split),
-                        schema=VOTES_SCHEMA)
+    evidence = ensemble_evidence(current.label, files, active=current.active)
+    formats.write_table(votes_table(manifest, current, result, evidence),
+                        out or formats.votes_path(split), schema=VOTES_SCHEMA)
     stats = {
         "split": split, "rows": len(manifest), "active": int(current.active.sum()),
         "inactive": int((~current.active).sum()), "iteration": current.iteration,

@@ -75,8 +75,9 @@ def small_manifest(demo_manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", "pyproject.toml", "iterations",
-                 "data/table_a1_merges.csv", "data/overrides.csv", "data/demo/models",
-                 ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+                 "data/table_a1_merges.csv", "data/overrides", "data/demo/models",
+                 "data/demo/references", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
+                 ".dvcignore", ".gitignore"]
 
 
 def copy_project(dest: Path, n_images: int) -> Path:

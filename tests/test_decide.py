@@ -15,25 +15,43 @@ import pytest
 
 from stages import formats
 from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
-from stages.decide import (Thresholds, apply_overrides,
-                           decide_split, load_merges, load_overrides, reconcile, run_decide)
+from stages.decide import (DecideConfig, apply_overrides, decide_split, load_merges,
+                           load_overrides, reconcile, run_decide)
+from stages.errors import ConfigError, InputError
+from stages.strategies import Thresholds
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
 CAMS_SCHEMA = formats.CAMS_SCHEMA
 MODELS = ["m0", "m1", "m2", "m3", "m4"]
 T = Thresholds(h1=3, h2=3, h3=4, n_models=5)  # the paper's val thresholds at |M| = 5
+
+
+def paper(h1: int = 3, h2: int = 3, h3: int = 4, n_models: int = 5) -> DecideConfig:
+    return DecideConfig("paper", Thresholds(h1=h1, h2=h2, h3=h3, n_models=n_models))
+
+
+PAPER = paper()
+CONSENSUS_SPLIT = DecideConfig("consensus", T)
 WNIDS = formats.class_wnids()
 MERGE_TABLE = Path("data/table_a1_merges.csv")
 TYPEWRITER, KEYBOARD = WNIDS.index("n04505470"), WNIDS.index("n03085013")
 
 
 def vote(image_id: str, label: int | None = 10, candidates: tuple[int, ...] = (), misses: int = 0,
-         inactive: str | None = None, iteration: int = 0) -> dict:
-    """One votes row: candidates come from the first len(candidates) models."""
+         inactive: str | None = None, iteration: int = 0,
+         ensemble: dict[int, float] | None = None) -> dict:
+    """One votes row: candidates come from the first len(candidates) models; `ensemble` gives the
+    ensemble's mean probabilities of its top classes (default: the label at 0.9)."""
+    ensemble = ensemble or {label: 0.9, 500: 0.04, 501: 0.03, 502: 0.02, 503: 0.01}
+    top = sorted(ensemble, key=lambda c: (-ensemble[c], c))[:5]
     return {"image_id": image_id, "label": None if inactive else label, "original_label": label,
             "iteration": iteration, "inactive_reason": inactive,
             "cl_candidates": list(candidates), "cl_models": MODELS[:len(candidates)],
-            "top5_misses": misses, "top5_hit_models": MODELS[misses:], "n_models": 5}
+            "top5_misses": misses, "top5_hit_models": MODELS[misses:], "n_models": 5,
+            "ensemble_top": [] if inactive else top,
+            "ensemble_probs": [] if inactive else [ensemble[c] for c in top],
+            "label_prob": None if inactive else ensemble.get(label, 0.001),
+            "model_top1": [] if inactive else [top[0]] * 5}
 
 
 def tables(*rows: dict, skip: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,9 +65,9 @@ def tables(*rows: dict, skip: dict[str, str] | None = None) -> tuple[pd.DataFram
     return votes, manifest.to_pandas()
 
 
-def decide(*rows: dict, thresholds: Thresholds = T, **kwargs) -> pd.DataFrame:
+def decide(*rows: dict, config: DecideConfig = PAPER, **kwargs) -> pd.DataFrame:
     votes, manifest = tables(*rows, skip=kwargs.pop("skip", None))
-    ledger, _ = decide_split(votes, manifest, thresholds=thresholds, **kwargs)
+    ledger, _ = decide_split(votes, manifest, config=config, **kwargs)
     return ledger.set_index("image_id")
 
 
@@ -60,35 +78,38 @@ def overrides(*rows: tuple[str, str, str, str]) -> pd.DataFrame:
 def test_fix_at_exactly_h1_votes_with_two_unique_candidates() -> None:
     ledger = decide(vote("a", 10, (7, 7, 9)), vote("b", 10, (7, 9)))
     assert ledger.loc["a", "action"] == "fix" and ledger.loc["a", "new_label"] == 7
-    assert ledger.loc["a", "reason"] == ("fix: 3 of 5 models flagged it, candidates {7: 2, 9: 1} "
-                                         "(h1=3) -> 7")
+    assert ledger.loc["a", "reason"] == ("fix: 3 of 5 models flagged it, candidates {7 (cock): "
+                                         "2, 9 (ostrich): 1} (h1=3) -> 7 (cock)")
     assert ledger.loc["b", "action"] == "keep" and ledger.loc["b", "new_label"] == 10
     assert "below h1=3" in ledger.loc["b", "reason"]
 
 
 def test_tied_candidates_fix_to_the_smaller_class_index() -> None:
     ledger = decide(vote("a", 10, (9, 7)), vote("b", 10, (7, 9)),
-                    thresholds=Thresholds(h1=2, h2=3, h3=4, n_models=5))
+                    config=paper(2, 3, 4, 5))
     assert list(ledger["new_label"]) == [7, 7]
 
 
 def test_no_fix_at_three_unique_candidates() -> None:
-    ledger = decide(vote("a", 10, (7, 8, 9, 9)), thresholds=Thresholds(h1=3, h2=4, h3=4, n_models=5))
+    ledger = decide(vote("a", 10, (7, 8, 9, 9)), config=paper(3, 4, 4, 5))
     assert ledger.loc["a", "action"] == "keep"
 
 
 def test_removal_at_h2_unique_candidates() -> None:
     ledger = decide(vote("a", 10, (7, 8, 9)), vote("b", 10, (7, 8)))
     assert ledger.loc["a", "action"] == "remove" and pd.isna(ledger.loc["a", "new_label"])
-    assert "3 unique candidates {7: 1, 8: 1, 9: 1} (h2=3)" in ledger.loc["a", "reason"]
+    assert ("3 unique candidates {7 (cock): 1, 8 (hen): 1, 9 (ostrich): 1} (h2=3)"
+            in ledger.loc["a", "reason"])
     assert ledger.loc["b", "action"] == "keep"
 
 
 def test_consensus_removal_at_h3_and_not_below() -> None:
-    ledger = decide(vote("a", 10, misses=4), vote("b", 10, misses=3))
+    elsewhere = {500: 0.6, 501: 0.2, 502: 0.1, 503: 0.05, 504: 0.01}
+    ledger = decide(vote("a", 10, misses=4, ensemble=elsewhere), vote("b", 10, misses=3))
     assert ledger.loc["a", "action"] == "remove"
     assert ledger.loc["a", "reason"] == ("remove: top-5 missed by 4 of 5 models (h3=4), "
-                                         "no CAM exemption")
+                                         "no CAM exemption; models predicted 500 (cliff "
+                                         "dwelling) x5")
     assert ledger.loc["b", "action"] == "keep" and ledger.loc["b", "reason"] == "keep"
     assert list(ledger["top5_misses"]) == [4, 3]
 
@@ -115,7 +136,7 @@ def test_exemption_does_not_save_a_cl_removal() -> None:
 
 def test_fix_beats_consensus_and_cl_removal() -> None:
     ledger = decide(vote("a", 10, (7, 7, 7), misses=5), vote("b", 10, (7, 9), misses=5),
-                    thresholds=Thresholds(h1=2, h2=2, h3=4, n_models=5))
+                    config=paper(2, 2, 4, 5))
     assert list(ledger["action"]) == ["fix", "fix"]
     assert list(ledger["new_label"]) == [7, 7]
 
@@ -125,15 +146,32 @@ def test_a_fix_to_the_current_label_keeps_and_never_removes() -> None:
     assert ledger.loc["a", "action"] == "keep" and ledger.loc["a", "new_label"] == 7
 
 
-def test_fractional_thresholds_resolve_against_the_model_count(params: dict) -> None:
+def test_config_resolves_fractions_against_the_split_models(params: dict) -> None:
+    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
     params["predict"]["models"] = MODELS
     params["decide"]["val"] = {"h1": "M/2", "h2": 3, "h3": "2M/3"}
-    assert Thresholds.from_params(params, "val") == Thresholds(h1=3, h2=3, h3=4, n_models=5)
+    config = DecideConfig.from_params(params, "val")
+    assert config.thresholds == Thresholds(h1=3, h2=3, h3=4, n_models=5)
+    assert config.strategy == "consensus" and config.overrides == "data/overrides/val.csv"
     params["decide"]["val"]["h3"] = "M"
-    assert Thresholds.from_params(params, "val").h3 == 5
-    params["decide"]["val"]["h1"] = "half"
-    with pytest.raises(ValueError, match="decide.val.h1"):
-        Thresholds.from_params(params, "val")
+    assert DecideConfig.from_params(params, "val").thresholds.h3 == 5
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"h1": "half", "h2": 3, "h3": 4}, r"`decide.val.h1`: .*'half'"),
+    ({"h1": 3, "h2": 3, "h3": 6}, r"`decide.val.h3` = 6 is above the number of models \|M\| = 5"),
+    ({"h1": 3, "h2": 3, "h3": 4, "strategy": "best"}, r"`decide.val.strategy` must be one of "
+                                                       r"'consensus', 'paper'"),
+    ({"h1": 3, "h2": 3, "h3": 4, "stratgy": "paper"}, r"unknown key 'stratgy'; did you mean "
+                                                       r"'strategy'"),
+    ({"h1": 3, "h3": 4}, r"`decide.val` lacks the key 'h2'"),
+])
+def test_bad_decide_params_are_refused_naming_the_key(params: dict, entry: dict, match: str) -> None:
+    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
+    params["predict"]["models"] = MODELS
+    params["decide"]["val"] = entry
+    with pytest.raises(ConfigError, match=match):
+        DecideConfig.from_params(params, "val")
 
 
 def test_skip_rows_and_earlier_removals_are_inactive() -> None:
@@ -153,7 +191,7 @@ def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
     space_bar = WNIDS.index("n04264628")
     votes, manifest = tables(vote("fixed", 10, (TYPEWRITER,) * 3), vote("kept", TYPEWRITER),
                              vote("gone", TYPEWRITER, misses=5), vote("plain", 10))
-    ledger, clean = decide_split(votes, manifest, thresholds=T, merges=merges)
+    ledger, clean = decide_split(votes, manifest, config=PAPER, merges=merges)
     ledger = ledger.set_index("image_id")
     assert ledger.loc["fixed", ["action", "new_label", "merged"]].tolist() == ["fix", KEYBOARD, True]
     assert ledger.loc["kept", ["action", "new_label", "merged"]].tolist() == ["keep", KEYBOARD, True]
@@ -172,7 +210,7 @@ def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
 def test_a_source_class_kept_by_an_override_gets_no_placeholder() -> None:
     merges = load_merges(MERGE_TABLE)
     votes, manifest = tables(vote("kept", TYPEWRITER))
-    ledger, clean = decide_split(votes, manifest, thresholds=T, merges=merges,
+    ledger, clean = decide_split(votes, manifest, config=PAPER, merges=merges,
                                  overrides=overrides(("kept", "keep", "", "a real typewriter")))
     assert ledger["new_label"].tolist() == [TYPEWRITER] and not ledger["merged"].any()
     assert f"placeholder_{WNIDS[TYPEWRITER]}" not in set(clean["image_id"])
@@ -194,31 +232,31 @@ def test_overrides_beat_every_rule() -> None:
 
 @pytest.mark.parametrize("row, match", [
     (("nope", "keep", "", ""), r"overrides.csv line 2 \(image_id 'nope'\): unknown image_id"),
-    (("a", "delete", "", ""), r"line 2 .*action 'delete' is not keep, fix or remove"),
+    (("a", "delete", "", ""), r"line 2 .*action 'delete' is not keep, fix, remove, secondary"),
     (("a", "fix", "", ""), r"line 2 .*action fix needs a new_label"),
     (("a", "fix", "n99999999", ""), r"not a class index 0..999 or an ILSVRC2012 wnid"),
-    (("a", "keep", "5", ""), r"new_label is only read for action fix"),
+    (("a", "keep", "5", ""), r"new_label is only read for actions fix and secondary"),
     (("s", "keep", "", ""), r"unreadable \(a skip row\)"),
 ])
 def test_bad_overrides_name_the_file_the_row_and_the_fix(row: tuple, match: str) -> None:
     votes, manifest = tables(vote("a", 10), vote("s", 10, inactive="skip: empty"),
                              skip={"s": "empty"})
     with pytest.raises(ValueError, match=match):
-        decide_split(votes, manifest, thresholds=T, overrides=overrides(row),
+        decide_split(votes, manifest, config=PAPER, overrides=overrides(row),
                      overrides_source="data/overrides.csv")
 
 
 def test_duplicate_override_rows_are_refused() -> None:
     votes, manifest = tables(vote("a", 10))
     table = overrides(("a", "keep", "", ""), ("a", "remove", "", ""))
-    with pytest.raises(ValueError, match=r"line 3 .*appears twice"):
-        apply_overrides(decide_split(votes, manifest, thresholds=T)[0], table, source="o.csv")
+    with pytest.raises(ValueError, match=r"line 3 .*has two keep/fix/remove rows"):
+        apply_overrides(decide_split(votes, manifest, config=PAPER)[0], table, source="o.csv")
 
 
 def test_counts_reconcile_and_a_broken_ledger_is_refused() -> None:
     votes, manifest = tables(vote("a", 10, (7, 7, 7)), vote("b", 10, (7, 8, 9)), vote("c", 10),
                              vote("d", 10, inactive="skip: empty"), skip={"d": "empty"})
-    ledger, clean = decide_split(votes, manifest, thresholds=T)
+    ledger, clean = decide_split(votes, manifest, config=PAPER)
     assert reconcile(ledger, manifest) == {"keep": 1, "fix": 1, "remove": 1, "skip": 1}
     assert len(clean) == 2
     with pytest.raises(ValueError, match="does not reconcile"):
@@ -228,13 +266,13 @@ def test_counts_reconcile_and_a_broken_ledger_is_refused() -> None:
 def test_votes_that_do_not_fit_the_manifest_or_the_models_are_refused() -> None:
     votes, manifest = tables(vote("a", 10), vote("b", 10))
     with pytest.raises(ValueError, match="do not align with the manifest"):
-        decide_split(votes.iloc[::-1].reset_index(drop=True), manifest, thresholds=T)
-    with pytest.raises(ValueError, match=r"computed with \[5\] models but predict.models lists 4"):
-        decide_split(votes, manifest, thresholds=Thresholds(h1=2, h2=3, h3=3, n_models=4))
+        decide_split(votes.iloc[::-1].reset_index(drop=True), manifest, config=PAPER)
+    with pytest.raises(ValueError, match=r"computed with \[5\] models but the split lists 4"):
+        decide_split(votes, manifest, config=paper(2, 3, 3, 4))
 
 
 def test_header_only_overrides_file_means_none(tmp_path: Path) -> None:
-    assert len(load_overrides(Path("data/overrides.csv"))) == 0
+    assert len(load_overrides(Path("data/overrides/val.csv"))) == 0
     (tmp_path / "o.csv").write_text("image_id,action,label\n")
     with pytest.raises(ValueError, match="header must be image_id,action,new_label,note"):
         load_overrides(tmp_path / "o.csv")
@@ -250,15 +288,19 @@ def test_run_decide_writes_the_ledger_and_clean_split_deterministically(tmp_path
     formats.write_table(votes, tmp_path / formats.votes_path("val"), schema=VOTES_SCHEMA)
     formats.write_table(pa.Table.from_pylist([], schema=CAMS_SCHEMA), tmp_path / formats.cams_path("val"))
     (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
-    (tmp_path / "data/overrides.csv").write_text("image_id,action,new_label,note\n")
+    (tmp_path / "data/overrides").mkdir()
+    (tmp_path / "data/overrides/val.csv").write_text("image_id,action,new_label,note\n")
+    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
     params["predict"]["models"] = MODELS
+    params["decide"]["val"]["strategy"] = "paper"
     counts = run_decide("val", params, root=tmp_path)
     assert counts == {"keep": 1, "fix": 1, "remove": 1, "skip": 0, "merged": 1, "override": 0,
-                      "exempted": 0, "placeholders": 21}
+                      "exempted": 0, "secondary": 0, "placeholders": 21}
     ledger_file = tmp_path / formats.ledger_path("val")
     first = ledger_file.read_bytes()
     assert pq.read_schema(ledger_file).names == LEDGER_FULL_SCHEMA.names
-    assert LEDGER_FULL_SCHEMA.names[:8] == formats.LEDGER_SCHEMA.names
+    assert LEDGER_FULL_SCHEMA.names[:9] == formats.LEDGER_SCHEMA.names
+    assert formats.LEDGER_SCHEMA.names[-1] == "secondary_labels"
     assert pq.read_schema(tmp_path / formats.clean_path("val")).equals(CLEAN_SCHEMA)
     run_decide("val", params, root=tmp_path)
     assert ledger_file.read_bytes() == first

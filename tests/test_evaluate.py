@@ -16,8 +16,8 @@ import pytest
 
 from stages import formats
 from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
-from stages.evaluate import (class_table, evaluate_split, load_reference, reference_metrics,
-                             run_evaluate, scan_model)
+from stages.errors import InputError
+from stages.evaluate import class_table, evaluate_split, run_evaluate, scan_model
 
 IDS = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 7)]
 #        keep      fix       remove     skip       keep+merge  keep(exempted)
@@ -37,7 +37,12 @@ def ledger_frame() -> pd.DataFrame:
         "cl_candidates": {1: [3, 3], 2: [8, 9, 10]}.get(i, []), "top5_misses": 0,
         "exempted": i == 5, "reason": "hand-built", "original_label": LABEL[i] or 0, "iteration": 2,
         "merged": i == 4, "override": False, "exemptions": 2 if i == 5 else 0,
+        "secondary_labels": [8] if i == 5 else [],
     } for i in range(6)], schema=LEDGER_FULL_SCHEMA).to_pandas()
+
+
+def entries(reference: list[list[int]]) -> list[frozenset[int] | None]:
+    return [frozenset(r) for r in reference] + [None] * (6 - len(reference))
 
 
 def votes_frame() -> pd.DataFrame:
@@ -54,6 +59,7 @@ def probs_a() -> np.ndarray:
         probs[row, top[0]] = 0.5
         for rank, cls in enumerate(top[1]):
             probs[row, cls] = 0.1 - 0.01 * rank
+        probs[row] /= probs[row].sum()
     return probs
 
 
@@ -61,6 +67,7 @@ def probs_b() -> np.ndarray:
     """Stored as float16: top-5 = classes 0..4 in order on every row."""
     probs = np.full((6, formats.NUM_CLASSES), 1e-4, dtype=np.float16)
     probs[:, :5] = [0.5, 0.2, 0.1, 0.05, 0.02]
+    probs[:, 5:10] = 0.006
     probs[3] = np.nan
     return probs
 
@@ -74,7 +81,7 @@ def predictions(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_scan_model_reads_chunks_and_finds_top1_and_top5() -> None:
-    top1, top5 = scan_model(probs_a(), chunk_rows=4)
+    top1, top5 = scan_model(probs_a(), chunk_rows=4, usable=np.array(ACTION) != "skip")
     assert [top1[i] for i in (0, 1, 2, 4, 5)] == [1, 3, 9, 5, 7]
     assert set(top5[1]) == {3, 2, 10, 11, 12}
 
@@ -83,7 +90,8 @@ def test_counts_percentages_and_table1_accuracies(predictions: dict[str, Path]) 
     metrics, _ = evaluate_split(ledger_frame(), votes_frame(), predictions)
     assert metrics["rows"] == 6 and metrics["iteration"] == 2
     assert metrics["counts"] == {"keep": 3, "fix": 1, "remove": 1, "skip": 1, "merge": 1,
-                                 "override": 0, "exempted": 1, "placeholders": 0}
+                                 "override": 0, "exempted": 1, "placeholders": 0, "secondary": 1,
+                                 "remove_new": 1, "remove_carried": 0}
     assert metrics["percent"]["keep"] == 50.0 and metrics["percent"]["fix"] == 16.6667
     a, b = metrics["models"]["a"], metrics["models"]["b"]
     assert (a["cl_label_errors"], b["cl_label_errors"]) == (2, 1)
@@ -94,21 +102,53 @@ def test_counts_percentages_and_table1_accuracies(predictions: dict[str, Path]) 
     assert b["cleaned"] == {"top1": 0.0, "top5": 50.0, "rows": 4}
     assert metrics["cam"] == {"vetoed": 1, "by_exempting_models": {"2": 1}, "images_examined": 0,
                               "model_rows": 0}
-    assert "reference" not in metrics and "real_top1" not in a
+    assert "reference" not in metrics and "multi_label_top1" not in a
 
 
-def test_reference_metrics_count_only_images_with_an_entry(predictions: dict[str, Path]) -> None:
-    metrics, _ = evaluate_split(ledger_frame(), votes_frame(), predictions, reference=REFERENCE)
+def test_reference_block_and_multi_label_top1(predictions: dict[str, Path]) -> None:
+    metrics, _ = evaluate_split(ledger_frame(), votes_frame(), predictions,
+                                entries=entries(REFERENCE))
     real = metrics["reference"]
-    assert real["images"] == 6
-    assert (real["fix_precision"], real["removal_precision"]) == (100.0, 100.0)
-    assert real["keep_accuracy"] == 66.6667 and real["keep_accuracy_rows"] == 3
-    assert (real["label_accuracy_original"], real["label_accuracy_cleaned"]) == (40.0, 75.0)
-    assert metrics["models"]["a"]["real_top1"] == 100.0
-    assert metrics["models"]["b"]["real_top1"] == 0.0
-    shorter = reference_metrics(ledger_frame(), [[1], [2]])  # only rows 1-2 have entries
-    assert shorter["images"] == 2 and shorter["fix_precision"] == 0.0
-    assert shorter["removal_precision"] is None and shorter["removal_precision_rows"] == 0
+    # judged before: rows 1, 2, 6 (rows 3 and 5 accept nothing, row 4 is a skip): labels 1, 2, 7
+    assert (real["agreement_before"], real["judged_before"]) == (66.6667, 3)
+    # after: kept/fixed judged rows 1, 2, 6 with new labels 1, 3, 7
+    assert (real["agreement_after"], real["judged_after"]) == (100.0, 3)
+    assert real["fixes"] == {"corrected": 1, "neutral": 0, "broken": 0, "total": 1}
+    assert (real["removal_precision"], real["removals"]) == (100.0, 1)
+    assert real["secondary_precision"] == 100.0 and real["secondary_labels"] == 1
+    assert real["worse"] is False and real["multi_label_share"] == 20.0
+    assert metrics["models"]["a"]["multi_label_top1"] == 100.0
+    assert metrics["models"]["b"]["multi_label_top1"] == 0.0
+
+
+def test_agreement_drop_is_flagged_and_logged(predictions: dict[str, Path],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    ledger = ledger_frame()
+    ledger.loc[0, ["action", "new_label"]] = ["fix", 9]  # breaks a right label
+    with caplog.at_level("WARNING"):
+        metrics, _ = evaluate_split(ledger, votes_frame(), predictions,
+                                    entries=entries(REFERENCE), split="val")
+    assert metrics["reference"]["worse"] is False  # 66.7 -> 66.7: not worse
+    ledger.loc[5, ["action", "new_label"]] = ["fix", 9]
+    with caplog.at_level("WARNING"):
+        metrics, _ = evaluate_split(ledger, votes_frame(), predictions,
+                                    entries=entries(REFERENCE), split="val")
+    assert metrics["reference"]["agreement_after"] == 33.3333
+    assert metrics["reference"]["worse"] is True
+    assert "agree LESS with the human reference" in caplog.text
+
+
+def test_logits_or_nan_on_a_usable_row_are_refused(tmp_path: Path) -> None:
+    logits = np.log(probs_a())
+    logits[3] = np.nan
+    formats.write_npy(logits, tmp_path / "a.npy")
+    with pytest.raises(InputError, match=r"a.npy: row 0 .* not a probability vector .*logits"):
+        evaluate_split(ledger_frame(), votes_frame(), {"a": tmp_path / "a.npy"})
+    nan_row = probs_a()
+    nan_row[2] = np.nan
+    formats.write_npy(nan_row, tmp_path / "a.npy")
+    with pytest.raises(InputError, match=r"row 2 \(1 such rows"):
+        evaluate_split(ledger_frame(), votes_frame(), {"a": tmp_path / "a.npy"})
 
 
 def test_class_table_ranks_classes_by_fixes_and_removals() -> None:
@@ -120,12 +160,6 @@ def test_class_table_ranks_classes_by_fixes_and_removals() -> None:
     assert len(class_table(ledger, top=20)) == 4
 
 
-def test_bad_reference_file_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "real.json").write_text(json.dumps([[1], [1000]]))
-    with pytest.raises(ValueError, match="lists of class indices 0..999"):
-        load_reference(tmp_path / "real.json")
-
-
 def test_run_evaluate_writes_metrics_plot_data_and_png(tmp_path: Path, params: dict) -> None:
     formats.write_table(ledger_frame(), tmp_path / formats.ledger_path("val"),
                         schema=LEDGER_FULL_SCHEMA)
@@ -135,14 +169,17 @@ def test_run_evaluate_writes_metrics_plot_data_and_png(tmp_path: Path, params: d
                         tmp_path / formats.cams_path("val"))
     formats.write_table(CLEAN_SCHEMA.empty_table(), tmp_path / formats.clean_path("val"), schema=CLEAN_SCHEMA)
     formats.write_npy(probs_a(), tmp_path / formats.predictions_path("val", "a"))
-    (tmp_path / "real.json").write_text(json.dumps(REFERENCE[:2]))
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs/real.json").write_text(json.dumps(dict(zip(IDS[:2], REFERENCE[:2]))))
+    params["models"]["a"] = {"spec": "local-dir:a"}
     params["predict"]["models"] = ["a"]
-    params["evaluate"].update(reference_labels="real.json", top_classes=5)
+    params["evaluate"].update(references="refs", reference_labels="real.json", top_classes=5)
     run_evaluate("val", params, root=tmp_path)
     text = (tmp_path / "metrics/val.json").read_text()
     metrics = json.loads(text)
     assert metrics["counts"]["fix"] == 1 and metrics["cam"]["images_examined"] == 1
     assert metrics["reference"]["removal_precision"] is None and "NaN" not in text
+    assert metrics["reference"]["agreement_after"] == 100.0
     classes = pd.read_csv(tmp_path / "metrics/val-classes.csv")
     assert list(classes.columns) == ["class", "action", "count"] and classes["count"].sum() == 2
     png = tmp_path / "metrics/val-classes.png"
@@ -156,3 +193,39 @@ def test_predictions_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
     formats.write_npy(probs_a()[:5], tmp_path / "a.npy")
     with pytest.raises(ValueError, match=r"shape \(5, 1000\), expected \(6, 1000\)"):
         evaluate_split(ledger_frame(), votes_frame(), {"a": tmp_path / "a.npy"})
+
+
+def test_rounds_plot_earlier_iterations_from_the_history_and_this_one(tmp_path: Path) -> None:
+    from stages.evaluate import rounds_table, write_rounds
+
+    history = tmp_path / "iterations/val-rounds.csv"
+    history.parent.mkdir()
+    history.write_text("iteration,keep,fix,remove_new,remove,secondary,agreement_before,"
+                       "agreement_after\n0,90,5,5,5,3,92.0,93.0\n1,93,2,1,6,3,93.0,93.5\n"
+                       "2,1,1,1,1,1,1.0,1.0\n")
+    metrics = {"iteration": 2, "counts": {"keep": 94, "fix": 1, "remove_new": 0, "remove": 6,
+                                          "secondary": 4},
+               "reference": {"agreement_before": 93.5, "agreement_after": 93.6}}
+    table = rounds_table(history, metrics)
+    assert table["iteration"].tolist() == [0, 1, 2] and table["keep"].tolist() == [90, 93, 94]
+    write_rounds(table, tmp_path, "val")
+    counts = pd.read_csv(tmp_path / "val-rounds-counts.csv")
+    assert list(counts.columns) == ["iteration", "series", "value"]
+    assert counts[counts["series"] == "fix"]["value"].tolist() == [5, 2, 1]
+    agreement = pd.read_csv(tmp_path / "val-rounds-agreement.csv")
+    assert agreement[agreement["series"] == "agreement_after"]["value"].tolist() == [93.0, 93.5, 93.6]
+    assert (tmp_path / "val-rounds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_empty_class_plot_says_what_was_carried(tmp_path: Path, predictions: dict[str, Path]
+                                                ) -> None:
+    from stages.evaluate import _empty_note
+
+    ledger = ledger_frame()
+    ledger.loc[1, ["action", "new_label"]] = ["keep", 2]
+    ledger.loc[2, ["label"]] = [None]  # removed in an earlier iteration
+    metrics, table = evaluate_split(ledger, votes_frame(), predictions)
+    assert table["count"].sum() == 0
+    assert metrics["counts"]["remove_carried"] == 1 and metrics["counts"]["remove_new"] == 0
+    assert _empty_note(metrics) == ("no new fixes or removals in iteration 2 (1 removed in "
+                                    "earlier iterations)")

@@ -39,6 +39,8 @@ def make_votes(manifest: pd.DataFrame, rows: dict[int, tuple[list[str], str | No
         "top5_misses": [len(MODELS) - len(h) for h in hits],
         "top5_hit_models": hits,
         "n_models": [len(MODELS)] * len(manifest),
+        "ensemble_top": [[] for _ in hits], "ensemble_probs": [[] for _ in hits],
+        "label_prob": [None] * len(manifest), "model_top1": [[] for _ in hits],
     }, schema=VOTES_SCHEMA)
 
 

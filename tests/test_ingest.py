@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from stages import formats
+from stages.errors import ConfigError, InputError, MissingInputError
 from stages.images import open_image
 from stages.ingest import IngestConfig, build_manifest, ingest, main
 from stages.layouts import Source
@@ -103,7 +107,8 @@ def test_duplicate_image_ids_are_an_error(folder: Path, jpeg: Path) -> None:
 
 
 def test_missing_root_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does-not-exist does not exist"):
+    with pytest.raises(MissingInputError, match="does-not-exist does not exist; set params.yaml "
+                                                "`splits.<split>.root`"):
         run(tmp_path / "does-not-exist")
 
 
@@ -143,8 +148,105 @@ def test_skip_rows_survive_the_parquet_schema(tmp_path: Path, folder: Path) -> N
 
 
 def test_bad_policy_names_the_options() -> None:
-    with pytest.raises(ValueError, match="on_bad_image must be one of"):
+    with pytest.raises(ConfigError, match="`ingest.on_bad_image` must be one of skip, error, got 'ignore'"):
         IngestConfig(on_bad_image="ignore")
+
+
+def test_typo_in_an_ingest_key_names_section_key_and_close_match(params: dict) -> None:
+    params["ingest"]["on_bad_imag"] = params["ingest"].pop("on_bad_image")
+    with pytest.raises(ConfigError, match="`ingest` has an unknown key 'on_bad_imag'; did you mean "
+                                          "'on_bad_image'"):
+        ingest("val", params)
+    params["ingest"]["workers"] = "2"
+    with pytest.raises(ConfigError, match="`ingest.workers` must be an int, got '2'"):
+        IngestConfig.from_params({"ingest": {"workers": "2"}})
+
+
+def test_missing_root_key_is_a_config_error_not_a_key_error(params: dict) -> None:
+    del params["splits"]["val"]["root"]
+    with pytest.raises(ConfigError, match="`splits.val` lacks the key 'root'"):
+        ingest("val", params)
+
+
+def test_cli_prints_one_line_for_a_missing_root(tmp_path: Path, params: dict) -> None:
+    params["splits"]["val"]["root"] = str(tmp_path / "nowhere")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run([sys.executable, "-m", "stages.ingest", "--split", "val", "--params",
+                             str(tmp_path / "params.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: split root {tmp_path / 'nowhere'} does not exist; set params.yaml " \
+           "`splits.val.root`" in result.stderr
+
+
+def bad_xml_folder(folder: Path, text: str) -> Path:
+    """The `folder` split plus a bbox folder whose XML for `good` is `text`."""
+    (folder.parent / "bbox").mkdir()
+    (folder.parent / "bbox" / "good.xml").write_text(text)
+    shutil.copy(folder / WNID / "good.JPEG", folder / WNID / "other.JPEG")
+    return folder.parent / "bbox"
+
+
+XML_ABC = (f"<annotation><object><name>{WNID}</name><bndbox><xmin>abc</xmin><ymin>1</ymin>"
+           "<xmax>2</xmax><ymax>3</ymax></bndbox></object></annotation>")
+
+
+def test_malformed_xml_is_a_skip_row_and_ingest_goes_on(tmp_path: Path, jpeg: Path) -> None:
+    (tmp_path / "split" / WNID).mkdir(parents=True)
+    shutil.copy(jpeg, tmp_path / "split" / WNID / "good.JPEG")
+    boxes = bad_xml_folder(tmp_path / "split", XML_ABC)
+    source = Source(tmp_path / "split", "imagefolder", boxes=boxes)
+    manifest, stats = build_manifest(source)
+    assert stats == {**stats, "files_found": 2, "rows": 2, "usable": 1, "skipped": 1}
+    assert reason_of(manifest, "good") == (f"bad annotation: {boxes / 'good.xml'}: object 1 "
+                                           f"({WNID}) <xmin> is 'abc', not a number")
+    with pytest.raises(InputError, match=r"good.JPEG: bad annotation: .*bbox/good.xml: object 1 "
+                                         r"\(n01440764\) <xmin> is 'abc'.*on_bad_image: error"):
+        build_manifest(source, config=IngestConfig(on_bad_image="error"))
+
+
+def test_malformed_csv_row_is_a_skip_row_naming_file_and_line(tmp_path: Path, demo_root: Path) -> None:
+    root = kaggle_val(tmp_path, demo_root, f"{FIRST}\n")  # no PredictionString at all
+    manifest, stats = build_manifest(Source(root, "kaggle", "val"))
+    assert stats["skipped"] == 1 and reason_of(manifest, FIRST).startswith(
+        f"bad annotation: {root / 'LOC_val_solution.csv'} line 2: PredictionString None")
+    with pytest.raises(InputError, match=r"LOC_val_solution.csv line 2: PredictionString None"):
+        build_manifest(Source(root, "kaggle", "val"), config=IngestConfig(on_bad_image="error"))
+
+
+def test_a_few_labels_their_xml_does_not_name_are_counted_not_fatal(tmp_path: Path, jpeg: Path) -> None:
+    (tmp_path / "split" / WNID).mkdir(parents=True)
+    (tmp_path / "bbox" / WNID).mkdir(parents=True)
+    small = Image.open(jpeg).resize((8, 8))
+    for index in range(101):
+        small.save(tmp_path / "split" / WNID / f"{WNID}_{index}.JPEG")
+        name = WNID if index else "n01443537"  # one XML names another class
+        (tmp_path / "bbox" / WNID / f"{WNID}_{index}.xml").write_text(
+            f"<annotation><object><name>{name}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    manifest, stats = build_manifest(Source(tmp_path / "split", "imagefolder", boxes=tmp_path / "bbox"))
+    assert stats["label_box_mismatches"] == 1 and stats["usable"] == 101 and stats["with_boxes"] == 100
+    (tmp_path / "bbox" / WNID / f"{WNID}_1.xml").write_text(
+        (tmp_path / "bbox" / WNID / f"{WNID}_0.xml").read_text())
+    with pytest.raises(InputError, match="2 of 101 images with a box XML are labelled with a wnid"):
+        build_manifest(Source(tmp_path / "split", "imagefolder", boxes=tmp_path / "bbox"))
+
+
+def test_limit_keeps_the_first_images_by_id_and_counts_the_rest(folder: Path, jpeg: Path) -> None:
+    for name in ("d", "a", "c", "b"):
+        shutil.copy(jpeg, folder / WNID / f"{name}.JPEG")
+    manifest, stats = build_manifest(Source(folder, "imagefolder", limit=3))
+    assert list(manifest["image_id"]) == ["a", "b", "c"]
+    assert stats == {**stats, "files_found": 5, "limited_out": 2, "rows": 3, "usable": 3}
+    _, everything = build_manifest(Source(folder, "imagefolder"))
+    assert everything["limited_out"] == 0 and everything["rows"] == 5
+
+
+def test_limit_from_params_makes_a_demo_split(tmp_path: Path, params: dict) -> None:
+    params["splits"]["train_demo"] = {**params["splits"]["val"], "limit": 30}
+    stats = ingest("train_demo", params, out=tmp_path / "m.parquet", metrics_out=tmp_path / "m.json")
+    manifest = formats.read_table(tmp_path / "m.parquet")
+    assert stats == {**stats, "files_found": 500, "limited_out": 470, "rows": 30}
+    assert list(manifest["image_id"]) == sorted(manifest["image_id"])[:30]
 
 
 def test_stage_writes_manifest_and_metrics(tmp_path: Path, params: dict) -> None:

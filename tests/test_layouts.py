@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from stages.errors import ConfigError, InputError, MissingInputError
 from stages.formats import class_wnids
 from stages.ingest import build_manifest
-from stages.layouts import Source, parse_voc_xml, read_source, source_from_params
+from stages.layouts import Source, parse_voc_xml, read_source, split_source
 
 WNIDS = class_wnids()
 
@@ -134,7 +135,7 @@ def test_devkit_with_synset_list(tmp_path: Path, demo_root: Path) -> None:
     val, rows, order = _devkit_tree(tmp_path, demo_root)
     synsets = tmp_path / "synsets.txt"
     synsets.write_text("\n".join(order) + "\n")
-    source = source_from_params({"root": str(val), "layout": "devkit", "synsets": str(synsets),
+    source = split_source({"root": str(val), "layout": "devkit", "synsets": str(synsets),
                                  "boxes": str(tmp_path / "bbox")})
     manifest, _ = build_manifest(source)
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
@@ -174,3 +175,115 @@ def test_hf_parquet_shards(tmp_path: Path, demo_root: Path) -> None:
 def test_unknown_layout_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown layout 'zip'"):
         read_source(Source(tmp_path, "zip"))
+
+
+def test_broken_symlinks_are_rows_with_a_reason_not_silently_left_out(tmp_path: Path,
+                                                                       demo_root: Path) -> None:
+    (image_id, wnid, _), = demo_rows(demo_root, 1)
+    folder = tmp_path / wnid
+    folder.mkdir()
+    shutil.copy(demo_image(demo_root, image_id), folder / "good.JPEG")
+    (folder / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (folder / "loop.JPEG").symlink_to(folder / "loop.JPEG")
+    (folder / "notes.txt").write_text("not an image")
+    manifest, stats = build_manifest(Source(tmp_path, "imagefolder"))
+    reasons = dict(zip(manifest["image_id"], manifest["skip_reason"]))
+    assert stats == {**stats, "files_found": 3, "rows": 3, "usable": 1, "skipped": 2}
+    assert reasons["dangling"] == f"dangling symlink: dangling.JPEG -> {tmp_path / 'gone.JPEG'} does not exist"
+    assert reasons["loop"].startswith("broken symlink: loop.JPEG -> ") and "symbolic links" in reasons["loop"]
+    assert set(manifest.loc[manifest["skip_reason"].notna(), "wnid"]) == {wnid}
+
+
+def _folder_with_boxes(tmp_path: Path, demo_root: Path, n: int, nested: bool) -> list:
+    rows = demo_rows(demo_root, n)
+    for image_id, wnid, _ in rows:
+        (tmp_path / "images" / wnid).mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_image(demo_root, image_id), tmp_path / "images" / wnid)
+        xml = tmp_path / "bbox" / (wnid if nested else "") / f"{image_id}.xml"
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_xml(demo_root, image_id), xml)
+    return rows
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_imagefolder_reads_a_boxes_folder(tmp_path: Path, demo_root: Path, nested: bool) -> None:
+    rows = _folder_with_boxes(tmp_path, demo_root, 4, nested)
+    source = split_source({"root": str(tmp_path / "images"), "layout": "imagefolder",
+                           "boxes": str(tmp_path / "bbox")})
+    manifest, stats = build_manifest(source)
+    assert stats["with_boxes"] == 4
+    expected = {image_id: boxes for image_id, _, boxes in rows}
+    for row in manifest.itertuples():
+        assert [list(b) for b in row.boxes] == expected[row.image_id]
+
+
+def test_hf_parquet_reads_a_boxes_folder_by_image_id(tmp_path: Path, demo_root: Path) -> None:
+    rows = _folder_with_boxes(tmp_path, demo_root, 3, nested=False)
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    images = [{"bytes": demo_image(demo_root, i).read_bytes(), "path": f"{i}.JPEG"} for i, _, _ in rows]
+    table = pa.table({"image": images, "label": [WNIDS.index(w) for _, w, _ in rows]})
+    pq.write_table(table, tmp_path / "hub" / "data" / "validation-00000-of-00001.parquet")
+    manifest, _ = build_manifest(Source(tmp_path / "hub", "hf-parquet", "validation",
+                                        boxes=tmp_path / "bbox"))
+    assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"layout": "imagenetv2", "boxes": "bbox"}, r"`splits.v2.boxes` is set, but layout 'imagenetv2' has no boxes"),
+    ({"layout": "kaggle", "boxes": "bbox"}, r"layout 'kaggle' reads its boxes from LOC_<subset>_solution.csv"),
+    ({"layout": "imagefolder", "synsets": "s.txt"}, r"`splits.v2.synsets` is set, but layout 'imagefolder'"),
+    ({"layout": "hf-parquet", "synsets": "s.txt"}, r"layout 'hf-parquet' does not read a synset list"),
+    ({"layout": "zip"}, r"`splits.v2.layout` must be one of \['devkit', 'hf-parquet'"),
+    ({"layout": "kaggle", "limit": 0}, r"`splits.v2.limit` must be an int >= 1, got 0"),
+    ({"layout": "kaggle", "boxs": "x"}, r"`splits.v2` has an unknown key 'boxs'; did you mean 'boxes'"),
+    ({"layout": "kaggle", "root": None}, r"`splits.v2.root` must be a string, got None"),
+])
+def test_split_entry_refuses_keys_the_layout_would_ignore(entry: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        split_source({"root": "/data/x", **entry}, where="splits.v2")
+
+
+def test_split_entry_without_root_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"`splits.val` lacks the key 'root'; add it \(a string\)"):
+        split_source({"layout": "kaggle"}, where="splits.val")
+
+
+def test_split_entry_accepts_the_keys_other_stages_read() -> None:
+    source = split_source({"root": "r", "layout": "kaggle", "subset": None, "labels": "i/v.parquet",
+                           "models": ["a", "b"], "predictions": None, "limit": 300})
+    assert source == Source(Path("r"), "kaggle", "val", limit=300)
+
+
+def test_devkit_synsets_in_sorted_order_is_caught_by_the_box_xmls(tmp_path: Path,
+                                                                  demo_root: Path) -> None:
+    val, rows, order = _devkit_tree(tmp_path, demo_root)
+    synsets = tmp_path / "sorted.txt"
+    synsets.write_text("\n".join(sorted(order)) + "\n")  # the classic mistake: sorted, not ILSVRC2012_ID
+    source = Source(val, "devkit", synsets=synsets, boxes=tmp_path / "bbox")
+    with pytest.raises(InputError, match=r"5 of 5 images with a box XML are labelled with a wnid their "
+                                         r"XML does not name \(e.g. .*ILSVRC2012_val_\d+.JPEG is "
+                                         r"labelled n\d+ but its box XML .*bbox/ILSVRC2012_val_\d+.xml "
+                                         r"names n\d+\): the synset list .*sorted.txt maps"):
+        build_manifest(source)
+
+
+def test_devkit_boxes_folder_must_exist(tmp_path: Path, demo_root: Path) -> None:
+    val, _, order = _devkit_tree(tmp_path, demo_root)
+    (tmp_path / "synsets.txt").write_text("\n".join(order) + "\n")
+    with pytest.raises(MissingInputError, match="boxes folder .*nowhere does not exist"):
+        read_source(Source(val, "devkit", synsets=tmp_path / "synsets.txt", boxes=tmp_path / "nowhere"))
+
+
+def test_devkit_ground_truth_line_that_is_not_an_id_is_a_skip_row(tmp_path: Path,
+                                                                  demo_root: Path) -> None:
+    val, rows, order = _devkit_tree(tmp_path, demo_root)
+    (tmp_path / "synsets.txt").write_text("\n".join(order) + "\n")
+    truth = val / "ILSVRC2012_validation_ground_truth.txt"
+    lines = truth.read_text().splitlines()
+    number = int(rows[0][0].rsplit("_", 1)[1])
+    lines[number - 1] = "abc"
+    truth.write_text("\n".join(lines) + "\n")
+    manifest, stats = build_manifest(Source(val, "devkit", synsets=tmp_path / "synsets.txt"))
+    assert stats["skipped"] == 1 and stats["usable"] == 4
+    assert manifest.loc[0, "skip_reason"] == (f"bad annotation: {truth} line {number}: 'abc' is not "
+                                              "an ILSVRC2012_ID 1..1000")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import yaml
 import pytest
 
 from conftest import run_in
@@ -25,3 +26,23 @@ def test_dvc_repro_ingest_matches_official_labels_and_boxes(make_project) -> Non
         assert [list(b) for b in row.boxes] == [b for name, b in objects if name == row.wnid]
     status = run_in(project, "dvc", "status", "ingest@val")
     assert "up to date" in status.stdout
+
+
+@pytest.mark.slow
+def test_dvc_repro_shows_the_one_line_error(make_project) -> None:
+    project = make_project(4)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["on_bad_imag"] = params["ingest"].pop("on_bad_image")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_in(project, "dvc", "repro", "ingest@val", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert ("error: params.yaml `ingest` has an unknown key 'on_bad_imag'; did you mean "
+            "'on_bad_image'?") in output
+    params["ingest"]["on_bad_image"] = params["ingest"].pop("on_bad_imag")
+    params["splits"]["val"]["root"] = "data/nowhere"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_in(project, "dvc", "repro", "ingest@val", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "data/nowhere" in output  # DVC checks the declared dep itself, before the stage runs

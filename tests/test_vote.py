@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from stages import formats
+from stages.errors import InputError, MissingInputError
 from stages.models import create_model, data_config, eval_transform, model_specs
 from stages.images import open_image
 from stages.labels import current_labels
@@ -225,9 +226,12 @@ def write_project(root: Path, *, labels_file: pd.DataFrame | None = None,
         probs = probs_for(shown, seed=seed).astype(dtype)
         probs[199] = np.nan
         formats.write_npy(probs, root / formats.predictions_path("val", model))
+        formats.write_json({"model": model, "image_ids_sha256": formats.image_ids_sha256(ids)},
+                           root / formats.sidecar_path("val", model))
     if labels_file is not None:
         formats.write_table(labels_file, root / "iterations/val.parquet")
     params = {"splits": {"val": {"root": "raw", "layout": "kaggle", "labels": "iterations/val.parquet"}},
+              "models": {m: {"spec": f"local-dir:models/{m}"} for m in MODELS},
               "predict": {"models": MODELS}, "vote": {"val": {"fn": 1.0}, "exact_max_rows": 200000}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return manifest
@@ -257,6 +261,38 @@ def test_stage_writes_the_votes_contract_in_manifest_order(tmp_path: Path,
     figures = yaml.safe_load((tmp_path / "metrics/vote/val.json").read_text())
     assert figures["strategy"] == "exact" and figures["active"] == 199
     assert figures["models"]["m_a"]["flagged"] == 1 and figures["rows_with_candidates"] == 1
+
+
+def test_stage_writes_the_ensemble_evidence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    manifest = write_project(tmp_path, dtype="float16")
+    votes = run_stage(tmp_path, monkeypatch)
+    probs = [np.load(tmp_path / formats.predictions_path("val", m)).astype(np.float32)
+             for m in MODELS]
+    mean = (probs[0] + probs[1]) / 2
+    for row in (0, FLIP[0] * PER_CLASS, 150):
+        order = np.argsort(-mean[row], kind="stable")[:5]
+        assert votes.loc[row, "ensemble_top"].tolist() == order.tolist()
+        np.testing.assert_allclose(votes.loc[row, "ensemble_probs"], mean[row, order], rtol=1e-6)
+        assert votes.loc[row, "label_prob"] == pytest.approx(mean[row, manifest.loc[row, "label"]])
+        assert votes.loc[row, "model_top1"].tolist() == [int(p[row].argmax()) for p in probs]
+    assert votes.loc[FLIP[0] * PER_CLASS, "ensemble_top"][0] == FLIP[1]
+    assert len(votes.loc[199, "ensemble_top"]) == 0 and pd.isna(votes.loc[199, "label_prob"])
+
+
+def test_predictions_in_another_row_order_or_without_sidecar_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = write_project(tmp_path)
+    sidecar = tmp_path / formats.sidecar_path("val", "m_a")
+    reversed_ids = manifest["image_id"].iloc[::-1]
+    formats.write_json({"image_ids_sha256": formats.image_ids_sha256(reversed_ids)}, sidecar)
+    with pytest.raises(InputError, match=r"m_a.npy: its rows are not in the manifest's image_id "
+                                         r"order .*import-predictions"):
+        run_stage(tmp_path, monkeypatch)
+    sidecar.unlink()
+    with pytest.raises(MissingInputError, match=r"sidecar data/predictions/val/m_a.json does not "
+                                                r"exist"):
+        run_stage(tmp_path, monkeypatch)
 
 
 def test_stage_output_is_byte_identical_on_rerun_and_strategy_comes_from_params(
