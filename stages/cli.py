@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "stages.evaluate",
     "publish": "stages.publish",
     "promote": "stages.promote",
+    "import-predictions": "stages.import_predictions",
 }
 
 

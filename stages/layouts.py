@@ -84,6 +84,19 @@ class SplitEntry:
             raise ConfigError(f"params.yaml `{where}.boxes` is set, but layout {self.layout!r} "
                               f"{why}; remove the key (layouts reading a bbox XML folder: "
                               f"{', '.join(BOXES_LAYOUTS)})")
+        for key in ("synsets", "boxes"):
+            value = getattr(self, key)
+            if value and not _inside(Path(value), Path(self.root)):
+                raise ConfigError(
+                    f"params.yaml `{where}.{key}` = {value} is outside the split root "
+                    f"{self.root}; DVC tracks the root as ingest's dependency, so move (or "
+                    f"symlink) it inside the root, e.g. {Path(self.root) / Path(value).name}, "
+                    "and a change to it re-runs ingest")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path` lies inside `root` (both as written, resolved from the working directory)."""
+    return path.absolute().is_relative_to(root.absolute())
 
 
 def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split>") -> Source:
@@ -187,7 +200,8 @@ def read_imagefolder(source: Source) -> list[Found]:
     """`<wnid>/<file>` folders; boxes from `boxes/<wnid>/<stem>.xml` (or `boxes/<stem>.xml`)."""
     root = _require_dir(source.root, "image")
     found = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    boxes = source.boxes.absolute() if source.boxes else None
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.absolute() != boxes):
         for image, broken in _images_in(folder):
             fields = read_box_xml(box_xml_path(source.boxes, folder.name, image.stem), folder.name)
             if broken:

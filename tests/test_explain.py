@@ -75,7 +75,7 @@ def test_select_candidates_needs_active_rows_with_boxes_and_enough_misses(small_
     assert picked["boxes"][0] == [[int(v) for v in b] for b in manifest["boxes"][0]]
     with pytest.raises(ValueError, match="do not align with the manifest"):
         explain.select_candidates(manifest, votes.iloc[::-1].reset_index(drop=True), h3=2)
-    with pytest.raises(ValueError, match="lack columns"):
+    with pytest.raises(ValueError, match="lacks columns"):
         explain.select_candidates(manifest, votes.drop(columns=["top5_hit_models"]), h3=2)
 
 

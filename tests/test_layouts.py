@@ -118,7 +118,7 @@ def _devkit_tree(tmp_path: Path, demo_root: Path) -> tuple[Path, list[tuple[str,
     rows = demo_rows(demo_root, 5)
     order = list(np.random.default_rng(0).permutation(WNIDS))  # ILSVRC2012_ID order != sorted
     val = tmp_path / "val"
-    boxes = tmp_path / "bbox"
+    boxes = val / "bbox"  # inside the root: DVC tracks the root as ingest's dependency
     val.mkdir()
     boxes.mkdir()
     truth = {}
@@ -133,10 +133,10 @@ def _devkit_tree(tmp_path: Path, demo_root: Path) -> tuple[Path, list[tuple[str,
 
 def test_devkit_with_synset_list(tmp_path: Path, demo_root: Path) -> None:
     val, rows, order = _devkit_tree(tmp_path, demo_root)
-    synsets = tmp_path / "synsets.txt"
+    synsets = val / "synsets.txt"
     synsets.write_text("\n".join(order) + "\n")
     source = split_source({"root": str(val), "layout": "devkit", "synsets": str(synsets),
-                                 "boxes": str(tmp_path / "bbox")})
+                                 "boxes": str(val / "bbox")})
     manifest, _ = build_manifest(source)
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
@@ -199,7 +199,7 @@ def _folder_with_boxes(tmp_path: Path, demo_root: Path, n: int, nested: bool) ->
     for image_id, wnid, _ in rows:
         (tmp_path / "images" / wnid).mkdir(parents=True, exist_ok=True)
         shutil.copy(demo_image(demo_root, image_id), tmp_path / "images" / wnid)
-        xml = tmp_path / "bbox" / (wnid if nested else "") / f"{image_id}.xml"
+        xml = tmp_path / "images" / "bbox" / (wnid if nested else "") / f"{image_id}.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(demo_xml(demo_root, image_id), xml)
     return rows
@@ -209,7 +209,7 @@ def _folder_with_boxes(tmp_path: Path, demo_root: Path, n: int, nested: bool) ->
 def test_imagefolder_reads_a_boxes_folder(tmp_path: Path, demo_root: Path, nested: bool) -> None:
     rows = _folder_with_boxes(tmp_path, demo_root, 4, nested)
     source = split_source({"root": str(tmp_path / "images"), "layout": "imagefolder",
-                           "boxes": str(tmp_path / "bbox")})
+                           "boxes": str(tmp_path / "images" / "bbox")})
     manifest, stats = build_manifest(source)
     assert stats["with_boxes"] == 4
     expected = {image_id: boxes for image_id, _, boxes in rows}
@@ -224,7 +224,7 @@ def test_hf_parquet_reads_a_boxes_folder_by_image_id(tmp_path: Path, demo_root: 
     table = pa.table({"image": images, "label": [WNIDS.index(w) for _, w, _ in rows]})
     pq.write_table(table, tmp_path / "hub" / "data" / "validation-00000-of-00001.parquet")
     manifest, _ = build_manifest(Source(tmp_path / "hub", "hf-parquet", "validation",
-                                        boxes=tmp_path / "bbox"))
+                                        boxes=tmp_path / "images" / "bbox"))
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
 
 
@@ -237,6 +237,10 @@ def test_hf_parquet_reads_a_boxes_folder_by_image_id(tmp_path: Path, demo_root: 
     ({"layout": "kaggle", "limit": 0}, r"`splits.v2.limit` must be an int >= 1, got 0"),
     ({"layout": "kaggle", "boxs": "x"}, r"`splits.v2` has an unknown key 'boxs'; did you mean 'boxes'"),
     ({"layout": "kaggle", "root": None}, r"`splits.v2.root` must be a string, got None"),
+    ({"layout": "devkit", "synsets": "/elsewhere/meta.mat"},
+     r"`splits.v2.synsets` = /elsewhere/meta.mat is outside the split root /data/x; DVC tracks the "
+     r"root as ingest's dependency, so move \(or symlink\) it inside the root, e.g. /data/x/meta.mat"),
+    ({"layout": "imagefolder", "boxes": "../bbox"}, r"`splits.v2.boxes` = ../bbox is outside"),
 ])
 def test_split_entry_refuses_keys_the_layout_would_ignore(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -259,7 +263,7 @@ def test_devkit_synsets_in_sorted_order_is_caught_by_the_box_xmls(tmp_path: Path
     val, rows, order = _devkit_tree(tmp_path, demo_root)
     synsets = tmp_path / "sorted.txt"
     synsets.write_text("\n".join(sorted(order)) + "\n")  # the classic mistake: sorted, not ILSVRC2012_ID
-    source = Source(val, "devkit", synsets=synsets, boxes=tmp_path / "bbox")
+    source = Source(val, "devkit", synsets=synsets, boxes=val / "bbox")
     with pytest.raises(InputError, match=r"5 of 5 images with a box XML are labelled with a wnid their "
                                          r"XML does not name \(e.g. .*ILSVRC2012_val_\d+.JPEG is "
                                          r"labelled n\d+ but its box XML .*bbox/ILSVRC2012_val_\d+.xml "

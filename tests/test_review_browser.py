@@ -1,0 +1,220 @@
+"""The review page in a real browser: Debian's chromium driven by Selenium (chromedriver).
+
+The demo pipeline runs under real `dvc repro` on a slice of the embedded demo, the review report is
+built from its outputs, and `imagenet-clean review`'s server serves it. In the browser: filter by
+action, relabel one image through the class-name autocomplete, then check the overrides file and
+the next `decide` result. The same page opened as a file (no server) produces the same CSV rows.
+`.ci/run` installs chromium and chromium-driver with apt-get when they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import pytest
+
+from conftest import copy_project, run_in
+from stages import formats
+from stages.params import load_params
+from stages.review_server import make_server, overrides_path, read_rows
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1400,1000")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo slice reproduced through decide by dvc, with its review report built."""
+    project = copy_project(tmp_path_factory.mktemp("review") / "project", 40)
+    run_in(project, "dvc", "repro", "decide@val")
+    run_in(project, "python", "-m", "stages.review", "--split", "val")
+    return project
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip("Debian chromium + chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS + (f"--user-data-dir={tmp_path / 'profile'}",):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads"),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def served(demo: Path, tmp_path: Path) -> Iterator[tuple[Any, Path, dict[str, Any]]]:
+    """The demo's report served on a free port; the overrides file starts empty for each test."""
+    params = load_params(demo / "params.yaml")
+    path = demo / overrides_path(params, "val")
+    saved = path.read_bytes() if path.exists() else None
+    server = make_server("val", params, port=0, root=demo)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server, path, params
+    server.shutdown()
+    server.server_close()
+    if saved is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(saved)
+
+
+def wait_ready(driver: Any) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.body.getAttribute('data-ready') === '1'"))
+    errors = driver.find_element("id", "message").text
+    assert not errors, errors
+
+
+def choose(driver: Any, select_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    driver.execute_script("document.body.removeAttribute('data-ready')")
+    Select(driver.find_element("id", select_id)).select_by_value(value)
+    wait_ready(driver)
+
+
+def relabel_first(driver: Any, action: str, typed: str, note: str) -> str:
+    """Filter by `action`, relabel the first card to the class typed; returns its image_id."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    choose(driver, "f-action", action)
+    cards = driver.find_elements("css selector", "article.card")
+    assert cards and all(f"act-{action}" in c.get_attribute("class") for c in cards)
+    card = cards[0]
+    image_id = card.get_attribute("data-id")
+    card.find_element("css selector", "input.relabel").send_keys(typed)
+    card.find_element("css selector", "input.note").send_keys(note)
+    card.find_element("css selector", "button[data-do=fix]").click()
+    card_id = card.get_attribute("id")
+    WebDriverWait(driver, 10).until(lambda d: "override: fix" in d.find_element("id", card_id).text)
+    return image_id
+
+
+def test_filter_relabel_writes_overrides_that_decide_applies(demo, served, browser, tmp_path) -> None:
+    from stages.decide import run_decide
+
+    server, path, params = served
+    browser.get(server.url)
+    wait_ready(browser)
+    assert "served: corrections are written to" in browser.find_element("id", "mode").text
+    ledger = pd.read_parquet(demo / formats.ledger_path("val"))
+    action = "fix" if (ledger["action"] == "fix").any() else "remove"
+    image_id = relabel_first(browser, action, "1 goldfish", "a goldfish, checked by eye")
+    browser.save_screenshot(str(tmp_path / "review.png"))
+    assert read_rows(path) == [{"image_id": image_id, "action": "fix", "new_label": "1",
+                                "note": "a goldfish, checked by eye"}]
+    counts = run_decide("val", params, root=demo)
+    after = pd.read_parquet(demo / formats.ledger_path("val")).set_index("image_id")
+    assert (after.at[image_id, "action"], after.at[image_id, "new_label"]) == ("fix", 1)
+    assert after.at[image_id, "override"]
+    assert after.at[image_id, "reason"] == "override: a goldfish, checked by eye"
+    assert sum(counts[a] for a in formats.ACTIONS) == len(ledger)
+
+
+def test_page_opened_as_a_file_offers_the_same_rows_as_csv(demo, served, browser, tmp_path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, path, _ = served
+    ledger = pd.read_parquet(demo / formats.ledger_path("val"))
+    action = "fix" if (ledger["action"] == "fix").any() else "remove"
+    browser.get((demo / "data/review/val/index.html").as_uri())
+    wait_ready(browser)
+    assert "opened as a file" in browser.find_element("id", "mode").text
+    image_id = relabel_first(browser, action, "goldfish", "same row")
+    csv_text = browser.execute_script("return window.REVIEW.csvText()")
+    browser.find_element("id", "tab-corrections").click()
+    browser.find_element("id", "download-csv").click()
+    download = tmp_path / "downloads/val-overrides.csv"
+    WebDriverWait(browser, 10).until(lambda _: download.is_file())
+    assert download.read_text() == csv_text
+    browser.get(server.url)  # the same correction through the server writes the same bytes
+    wait_ready(browser)
+    assert relabel_first(browser, action, "goldfish", "same row") == image_id
+    assert csv_text == path.read_text()
+    browser.find_element("id", "tab-corrections").click()
+    assert image_id in browser.find_element("id", "corrections-table").text
+
+
+def test_class_pairs_view_lists_pairs_and_opens_their_images(demo, served, browser) -> None:
+    server, _, _ = served
+    browser.get(server.url)
+    wait_ready(browser)
+    browser.find_element("id", "tab-pairs").click()
+    rows = browser.find_elements("css selector", "#pairs-table tr")
+    assert len(rows) > 1
+    browser.execute_script("document.body.removeAttribute('data-ready')")
+    rows[1].find_element("css selector", "button.open-pair").click()
+    wait_ready(browser)
+    assert "pair " in browser.find_element("id", "f-pair").text
+    assert browser.find_elements("css selector", "article.card")
+
+
+def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
+    from stages.review_server import Decision, RequestError, merge_rows
+
+    decisions = {"a": Decision("keep", 3, 3, (8,)), "b": Decision("remove", 4, None, ()),
+                 "c": Decision("fix", 5, 6, (9,))}
+    steps = [("a", "secondary", "7"), ("a", "fix", "8"), ("a", "secondary", ""), ("a", "secondary", "2"),
+             ("a", "secondary", "2"), ("a", "secondary", "8"), ("a", "remove", ""), ("a", "secondary", "1"),
+             ("b", "secondary", "1"), ("b", "keep", ""), ("b", "secondary", "4"), ("b", "secondary", "5"),
+             ("c", "secondary", "6"), ("c", "secondary", "5"), ("c", "fix", "9"), ("c", "keep", ""),
+             ("c", "secondary", "5"), ("c", "remove", ""), ("c", "fix", "1")]
+    rows: list[dict[str, str]] = []
+    expected = []
+    for image_id, action, label in steps:
+        try:
+            rows = merge_rows(rows, [{"image_id": image_id, "action": action, "new_label": label,
+                                      "note": "n"}], decisions=decisions)
+            expected.append(rows)
+        except RequestError:
+            expected.append("error")
+    browser.get((demo / "data/review/val/index.html").as_uri())
+    wait_ready(browser)
+    got = browser.execute_script("""
+        const decisions = {}, out = [];
+        Object.entries(arguments[0]).forEach(([id, d]) => {
+          decisions[id] = {action: d[0], label: d[1], new: d[2], sec: d[3]}; });
+        let rows = [];
+        for (const [id, action, label] of arguments[1]) {
+          try {
+            rows = window.REVIEW.mergeRows(rows, [{image_id: id, action: action, new_label: label, note: "n"}], decisions);
+            out.push(rows);
+          } catch (e) { out.push("error"); }
+        }
+        return out;""", {k: list(v) for k, v in decisions.items()}, steps)
+    assert got == expected
+    assert "error" in expected and len({str(e) for e in expected}) > 10
+
+
+def test_every_fix_removal_and_secondary_label_of_the_demo_is_in_the_report(demo) -> None:
+    from stages.review import read_data
+
+    ledger = pd.read_parquet(demo / formats.ledger_path("val"))
+    decided = ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0)
+    folder = demo / "data/review/val"
+    meta = read_data(folder / "data/meta.js")
+    ids = {r["id"] for k in range(meta["chunks"]) for r in read_data(folder / f"data/chunk-{k:05d}.js")}
+    assert decided.any() and set(ledger.loc[decided, "image_id"]) <= ids
+    assert meta["rows"] == len(ledger) and meta["models"] == load_params(demo / "params.yaml")["predict"]["models"]
