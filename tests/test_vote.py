@@ -85,7 +85,7 @@ def test_exact_path_does_not_leave_a_copy_of_the_predictions_in_cleanlab(
 def test_auto_strategy_switches_at_exact_max_rows(flipped: tuple[np.ndarray, np.ndarray, int]) -> None:
     labels, probs, _ = flipped
     assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=200)).strategy == "exact"
-    assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=199)).strategy == "batched"
+    assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=199)).strategy == "streaming"
 
 
 def test_float16_predictions_give_the_same_votes(flipped: tuple[np.ndarray, np.ndarray, int]) -> None:
