@@ -173,9 +173,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     evidence = ensemble_evidence(flipped, {m: args.predictions_dir / f"{m}.npy" for m in models},
                                  active=usable).columns(usable).to_pandas()
     consensus = DecideConfig.from_params(params, args.split).consensus
-    from stages.vote import config_from_params
+    from stages.confident import VoteConfig
 
-    base = config_from_params(params, args.split)
+    base = VoteConfig.from_params(params, args.split)
     if args.fn_mode:
         base = dataclasses.replace(base, fn_mode=args.fn_mode)
     columns: dict[float, pd.DataFrame] = {}

@@ -1,7 +1,7 @@
 """Benchmark the explain stage: seconds per (candidate, model) for each CAM method, the share of
 Score-CAM calls the early exit saves, and a check that early-exit decisions equal exhaustive ones.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/explain.py [--split val] [--source auto|votes|consensus|top5]
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/explain.py [--split val] [--source auto|votes|consensus|top5]
                                                        [--limit N] [--models a,b] [--json out.json]
                                                        [--cache DIR] [--min-area F] [--count-only]
 
@@ -18,8 +18,8 @@ methods), then with the early exit, and the decisions are compared pair by pair.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,12 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stages import cams, explain, formats  # noqa: E402
-from stages.images import open_image  # noqa: E402
-from stages.models import create_model, data_config, eval_transform, model_specs  # noqa: E402
-from stages.params import load_params, resolve_threshold, section, split_params  # noqa: E402
+from stages import cams, explain, formats
+from stages.images import open_image
+from stages.models import create_model, data_config, eval_transform, model_specs
+from stages.params import load_params, resolve_threshold, section, split_params
 
 
 def load_manifest(split: str, params: dict[str, Any]) -> pd.DataFrame:
@@ -119,7 +117,7 @@ def limit_pairs(candidates: pd.DataFrame, names: Sequence[str], limit: int | Non
 def run_model(candidates: pd.DataFrame, root: str, spec: Any, config: explain.ExplainConfig,
               exhaustive: bool) -> tuple[pd.DataFrame, cams.CamStats, float]:
     stats = cams.CamStats()
-    config = explain.ExplainConfig(**{**config.__dict__, "exhaustive": exhaustive, "overlays": 0})
+    config = dataclasses.replace(config, exhaustive=exhaustive, overlays=0)
     mine = candidates[candidates["models"].map(lambda m: spec.name in m)].reset_index(drop=True)
     mine = mine.assign(models=[[spec.name]] * len(mine))
     started = time.perf_counter()

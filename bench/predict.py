@@ -13,7 +13,7 @@
 Usage (the images are decoded from --root, a Kaggle-layout folder; the manifest is built with
 stages.ingest.build_manifest):
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/predict.py --root ../shared/demo/imagenet-val-1300 \
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/predict.py --root ../shared/demo/imagenet-val-1300 \
         [--limit 500] [--models a b] [--batch-size 64] [--workers 2] [--device auto] [--threads 1]
 
 On a shared CPU the figures move with the other load: the load average is printed with them, and
@@ -29,7 +29,6 @@ import argparse
 import logging
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,16 +36,14 @@ from typing import Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stages.images import open_image  # noqa: E402
-from stages.ingest import build_manifest  # noqa: E402
-from stages.layouts import Source  # noqa: E402
-from stages.models import model_specs, resolve_device  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.predict import (PredictConfig, cpu_threads, load_member, predict_split,  # noqa: E402
+from stages.images import open_image
+from stages.ingest import build_manifest
+from stages.layouts import Source
+from stages.models import model_specs, resolve_device
+from stages.params import load_params
+from stages.predict import (PredictConfig, cpu_threads, load_member, predict_split,
                             softmax_batch)
-from stages.predict_data import plan_batches  # noqa: E402
+from stages.predict_data import plan_batches
 
 
 def _peak_mb(who: int) -> float:

@@ -35,13 +35,12 @@ from typing import Any, Sequence
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from stages import formats
+from stages.ingest import build_manifest
+from stages.layouts import Source
+from stages.params import load_params
 
-from stages import formats  # noqa: E402
-from stages.ingest import build_manifest  # noqa: E402
-from stages.layouts import Source  # noqa: E402
-from stages.params import load_params  # noqa: E402
+ROOT = Path.cwd()
 
 DEMO = ROOT / "data/demo/imagenet-val"
 
@@ -81,16 +80,17 @@ def measure(args: argparse.Namespace, processes: int) -> dict[str, Any]:
         _project(folder, args, processes)
         _run(folder, [sys.executable, "-m", "stages.folds", "--split", "bench"])
         wall = _run(folder, [sys.executable, "-m", "stages.train", "--split", "bench", "--model",
-                             args.model, "--fold", "0"])
+                             args.model, "--fold", "0", "--timing", str(folder / "timing.json")])
         log = json.loads((folder / f"data/oof/bench/{args.model}/fold-0/log.json").read_text())
-    epochs = log["epochs"][1:] or log["epochs"]
+        timing = json.loads((folder / "timing.json").read_text())
+    epochs = timing["epochs"][1:] or timing["epochs"]
     images = sum(e["images"] for e in epochs)
     seconds = sum(e["seconds"] for e in epochs)
     rate = images / seconds
     return {"processes": processes, "images_per_s": round(rate, 1),
             "images_per_s_per_process": round(rate / processes, 1),
             "train_rows": log["n_train"], "updates": log["steps"], "wall_s": round(wall, 1),
-            "epochs": [e["images_per_s"] for e in log["epochs"]]}
+            "epochs": [e["images_per_s"] for e in timing["epochs"]]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

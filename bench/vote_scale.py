@@ -1,18 +1,26 @@
-"""Vote at ImageNet-train scale, and exact vs batched flags on the real demo.
+"""Vote at ImageNet-train scale: the streaming strategy next to cleanlab's exact and batched paths.
 
-Scale (default): synthetic float16 predictions the size of ILSVRC2012 train (1,281,167 x 1000,
-2.56 GB per model) are written chunkwise as .npy files under a temp dir, then memory-mapped and
-voted on model by model as the stage does. Prints seconds per model and peak RSS. Goals:
-peak RSS <= 8 GB and <= 3 min per model on 2 cores.
+Synthetic float16 predictions the size of ILSVRC2012 train (1,281,167 x 1000, 2.56 GB per model,
+class-conditional label flips) are written chunkwise as .npy files under a temp dir. Each strategy
+then runs in its own process (so each peak RSS is its own) on the memory-mapped files, model by
+model, as the vote stage does, and reports seconds per model and peak RSS split into anonymous
+(heap) and file-backed (mapped predictions) memory, sampled from /proc/self/status every 0.1 s.
+cleanlab's in-memory `exact` needs ~15 bytes per row and class at peak (~19 GB at full size), so it
+runs on the first `--exact-rows` rows; the streaming strategy runs on the same rows too, and the
+two flag lists (indices and order) are compared. Goals for streaming: peak anonymous RSS <= 2 GB,
+total <= 6 GB, <= 2 min per model on 2 cores.
 
-    .venv/bin/python bench/vote_scale.py --models 1            # one model, full size
-    .venv/bin/python bench/vote_scale.py --models 8            # 20.5 GB of disk
-    .venv/bin/python bench/vote_scale.py --rows 100000 --models 2 --strategy exact
+    PYTHONPATH=. .venv/bin/python bench/vote_scale.py --strategy streaming          # 1 model
+    PYTHONPATH=. .venv/bin/python bench/vote_scale.py --strategy streaming --models 2 \
+        --exact-rows 300000 --beside exact batched
+
+(`PYTHONPATH=.` makes a checkout's `stages` win over an installed copy; with `pip install -e .` of
+this checkout it is not needed.)
 
 Demo: the five demo models' real predictions on the demo images (computed once, cached under
-/tmp), then per model: exact (find_label_issues) vs batched (LabelInspector) flags.
+/tmp), then per model: exact (find_label_issues) vs batched (LabelInspector) vs streaming flags.
 
-    .venv/bin/python bench/vote_scale.py --demo [--demo-root ../shared/demo/imagenet-val-1300]
+    PYTHONPATH=. .venv/bin/python bench/vote_scale.py --demo [--demo-root ../shared/demo/imagenet-val-1300]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import logging
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,13 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from stages import formats  # noqa: E402
-from stages.vote import VoteConfig, model_votes, vote_columns  # noqa: E402
+from stages.vote import VoteConfig, model_votes  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = 1_281_167
 
 
@@ -94,12 +102,18 @@ def write_npy_chunked(path: Path, shape: tuple[int, int], dtype: np.dtype, chunk
 
 def generate(folder: Path, rows: int, models: int, classes: int, seed: int, noise: float,
              chunk: int) -> tuple[Path, list[Path]]:
-    """labels.npy (int32) and model_<m>.npy (float16 softmax), chunk by chunk, seeded."""
+    """labels.npy (int32) and model_<m>.npy (float16 softmax), chunk by chunk, seeded.
+
+    Class-conditional noise: class c is mislabelled as one of its confusable classes c+1, c+2,
+    c+17 at a per-class rate in [0, 2 * noise]. Each model is right on ~80 % of rows; otherwise
+    it prefers a confusable class (70 %) or any class."""
     rng = np.random.default_rng(seed)
     true = rng.integers(0, classes, rows, dtype=np.int32)
+    confusable = np.array([1, 2, 17])
+    rate = rng.uniform(0, 2 * noise, classes)
     labels = true.copy()
-    flip = rng.random(rows) < noise
-    labels[flip] = rng.integers(0, classes, int(flip.sum()), dtype=np.int32)
+    flip = rng.random(rows) < rate[true]
+    labels[flip] = (true[flip] + rng.choice(confusable, int(flip.sum()))) % classes
     np.save(folder / "labels.npy", labels)
     np.save(folder / "true.npy", true)
     paths = []
@@ -111,10 +125,14 @@ def generate(folder: Path, rows: int, models: int, classes: int, seed: int, nois
         def chunks():
             for start in range(0, rows, chunk):
                 t = true[start:start + chunk]
-                logits = model_rng.standard_normal((len(t), classes), dtype=np.float32) * 1.5
-                right = model_rng.random(len(t)) < 0.8  # the model is right on ~80 % of rows
-                target = np.where(right, t, model_rng.integers(0, classes, len(t)))
-                logits[np.arange(len(t)), target] += model_rng.uniform(4, 12, len(t)).astype(np.float32)
+                n = len(t)
+                logits = model_rng.standard_normal((n, classes), dtype=np.float32) * 1.5
+                wrong = model_rng.random(n) >= 0.8
+                near = (t + model_rng.choice(confusable, n)) % classes
+                far = model_rng.integers(0, classes, n)
+                target = np.where(wrong, np.where(model_rng.random(n) < 0.7, near, far), t)
+                logits[np.arange(n), target] += model_rng.uniform(4, 12, n).astype(np.float32)
+                logits[np.arange(n), t] += model_rng.uniform(0, 4, n).astype(np.float32)
                 logits -= logits.max(axis=1, keepdims=True)
                 np.exp(logits, out=logits)
                 logits /= logits.sum(axis=1, keepdims=True)
@@ -127,6 +145,43 @@ def generate(folder: Path, rows: int, models: int, classes: int, seed: int, nois
     return folder / "labels.npy", paths
 
 
+def measure(args: argparse.Namespace) -> None:
+    """In a fresh process: one strategy over the first `--rows` rows of every model file in
+    `--dir`; prints one JSON line (seconds per model, peaks) and saves model 0's flags."""
+    folder = Path(args.dir)
+    labels, true = np.load(folder / "labels.npy")[:args.rows], np.load(folder / "true.npy")[:args.rows]
+    config = VoteConfig(fn=args.fn, fn_mode=args.fn_mode, strategy=args.measure,
+                        chunk_rows=args.chunk_rows)
+    seconds, flagged = [], []
+    paths = sorted(folder.glob("model_*.npy"))
+    with PeakSampler() as sampler:
+        for path in paths:
+            started = time.perf_counter()
+            result = model_votes(labels, np.load(path, mmap_mode="r")[:args.rows], config=config,
+                                 model=path.stem)
+            seconds.append(time.perf_counter() - started)
+            flagged.append(len(result.flagged))
+            if path == paths[0]:
+                np.save(folder / f"flags-{args.measure}-{args.rows}.npy", result.flagged)
+                quality = flag_quality(result.flagged, labels, true)
+    print(json.dumps({
+        "strategy": args.measure, "rows": args.rows, "models": len(paths),
+        "seconds_per_model": [round(x, 1) for x in seconds], "flagged": flagged, "quality": quality,
+        "peak_anon_gb": sampler.peaks["RssAnon"], "peak_file_gb": sampler.peaks["RssFile"],
+        "peak_total_gb": rss_gb()["VmHWM"]}), flush=True)
+
+
+def run_measure(folder: Path, strategy: str, rows: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--measure", strategy, "--dir",
+               str(folder), "--rows", str(rows), "--fn", str(args.fn), "--fn-mode", args.fn_mode,
+               "--chunk-rows", str(args.chunk_rows)]
+    print(f"running {strategy} on {rows} rows ...", flush=True)
+    done = subprocess.run(command, check=True, text=True, stdout=subprocess.PIPE)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  {result}", flush=True)
+    return result
+
+
 def scale(args: argparse.Namespace) -> None:
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="vote-scale-", dir="/tmp"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,37 +190,23 @@ def scale(args: argparse.Namespace) -> None:
           f"{need:.2f} GB of disk under {folder} ({args.rows * args.classes * 2 / 1e9:.2f} GB per model)",
           flush=True)
     try:
-        labels_path, paths = generate(folder, args.rows, args.models, args.classes, args.seed,
-                                      args.noise, args.chunk_rows)
-        print(f"after generation: {rss_gb()}", flush=True)
-        labels, true = np.load(labels_path), np.load(folder / "true.npy")
-        config = VoteConfig(fn=args.fn, strategy=args.strategy, chunk_rows=args.chunk_rows)
-        results, seconds = [], []
-        with PeakSampler() as sampler:
-            for path in paths:
-                started = time.perf_counter()
-                result = model_votes(labels, np.load(path, mmap_mode="r"), config=config,
-                                     model=path.stem)
-                seconds.append(time.perf_counter() - started)
-                results.append(result)
-                print(f"{path.stem}: {result.strategy}, {len(result.flagged)} flagged "
-                      f"({flag_quality(result.flagged, labels, true)}), "
-                      f"{int(result.top5_hit.sum())} top-5 hits, {seconds[-1]:.1f} s; rss {rss_gb()}",
-                      flush=True)
-                if args.compare:
-                    compare(result, labels, true, path, config)
-        started = time.perf_counter()
-        table = vote_columns(results, len(labels))
-        formats.write_table(table, folder / "votes.parquet")
-        print(f"vote columns + parquet: {time.perf_counter() - started:.1f} s, "
-              f"{(folder / 'votes.parquet').stat().st_size / 1e6:.1f} MB", flush=True)
-        print(json.dumps({"rows": args.rows, "models": args.models, "strategy": results[0].strategy,
-                          "seconds_per_model": [round(s, 1) for s in seconds],
-                          "mean_seconds_per_model": round(float(np.mean(seconds)), 1),
-                          "peak_rss_gb": rss_gb()["VmHWM"], "rss": rss_gb(),
-                          "peak_anon_gb": sampler.peaks["RssAnon"],
-                          "peak_file_gb": sampler.peaks["RssFile"],
-                          "disk_gb": round(need, 2)}, indent=1))
+        if not (folder / "labels.npy").is_file():
+            generate(folder, args.rows, args.models, args.classes, args.seed, args.noise,
+                     args.chunk_rows)
+        exact_rows = min(args.exact_rows, args.rows)
+        runs = [run_measure(folder, args.strategy, args.rows, args)]
+        for other in args.beside:
+            runs.append(run_measure(folder, other, exact_rows if other == "exact" else args.rows,
+                                    args))
+        check = {}
+        if args.strategy != "exact" and "exact" in args.beside:
+            if exact_rows != args.rows:
+                runs.append(run_measure(folder, args.strategy, exact_rows, args))
+            a = np.load(folder / f"flags-{args.strategy}-{exact_rows}.npy")
+            b = np.load(folder / f"flags-exact-{exact_rows}.npy")
+            check = {"rows": exact_rows, "flags": len(b), "same_indices_and_order": bool(
+                np.array_equal(a, b)), "same_set": set(a.tolist()) == set(b.tolist())}
+        table(runs, check, args)
     finally:
         if args.keep:
             print(f"kept {folder}")
@@ -173,16 +214,21 @@ def scale(args: argparse.Namespace) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def compare(result, labels: np.ndarray, true: np.ndarray, path: Path, config: VoteConfig) -> None:
-    """Run the other strategy on the same file and print how the flags differ."""
-    other = "batched" if result.strategy == "exact" else "exact"
-    started = time.perf_counter()
-    second = model_votes(labels, np.load(path, mmap_mode="r"), model=path.stem,
-                         config=VoteConfig(fn=config.fn, strategy=other, chunk_rows=config.chunk_rows))
-    a, b = set(result.flagged.tolist()), set(second.flagged.tolist())
-    print(f"  {other}: {len(b)} flagged ({flag_quality(second.flagged, labels, true)}), "
-          f"{time.perf_counter() - started:.1f} s; {result.strategy} vs {other}: both {len(a & b)}, "
-          f"jaccard {len(a & b) / max(len(a | b), 1):.3f}", flush=True)
+def table(runs: list[dict], check: dict, args: argparse.Namespace) -> None:
+    """The README table: one line per strategy run."""
+    print(f"\n{args.classes} classes float16, fn={args.fn}, chunk_rows={args.chunk_rows}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("| strategy | rows | s per model | peak anon GB | peak file GB | peak total GB | flags |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        print(f"| {run['strategy']} | {run['rows']:,} | "
+              f"{', '.join(str(x) for x in run['seconds_per_model'])} | {run['peak_anon_gb']:.2f} | "
+              f"{run['peak_file_gb']:.2f} | {run['peak_total_gb']:.2f} | "
+              f"{', '.join(f'{x:,}' for x in run['flagged'])} |")
+    if check:
+        print(f"\nstreaming vs cleanlab exact on the first {check['rows']:,} rows: "
+              f"{check['flags']:,} flags, same indices in the same order: "
+              f"{check['same_indices_and_order']}")
 
 
 def demo_predictions(root: Path, cache: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -221,40 +267,55 @@ def demo(args: argparse.Namespace) -> None:
     labels, predictions = demo_predictions(root, Path(args.cache) / root.name)
     print(f"{len(labels)} images, {len(np.unique(labels))} classes "
           f"({int((np.bincount(labels) == 1).sum())} with a single image)")
-    print(f"{'model':22} {'exact':>5} {'batched':>7} {'both':>5} {'jaccard':>7}  "
+    print(f"{'model':22} {'exact':>5} {'stream=':>7} {'batched':>7} {'both':>5} {'jaccard':>7}  "
           f"fn=0.9 cleanlab / ranked")
     for name, probs in predictions.items():
         exact = model_votes(labels, probs, config=VoteConfig(strategy="exact"), model=name)
+        streaming = model_votes(labels, probs, config=VoteConfig(strategy="streaming"), model=name)
         batched = model_votes(labels, probs, config=VoteConfig(strategy="batched"), model=name)
         e, b = set(exact.flagged.tolist()), set(batched.flagged.tolist())
         jaccard = len(e & b) / max(len(e | b), 1)
         fn_c = model_votes(labels, probs, config=VoteConfig(strategy="exact", fn=0.9), model=name)
         fn_r = model_votes(labels, probs, config=VoteConfig(strategy="exact", fn=0.9,
                                                             fn_mode="ranked"), model=name)
-        print(f"{name:22} {len(e):5d} {len(b):7d} {len(e & b):5d} {jaccard:7.3f}  "
+        same = np.array_equal(exact.flagged, streaming.flagged)
+        print(f"{name:22} {len(e):5d} {str(same):>7} {len(b):7d} {len(e & b):5d} {jaccard:7.3f}  "
               f"{len(fn_c.flagged)} / {len(fn_r.flagged)}")
+
+
+STRATEGIES = ["auto", "exact", "streaming", "batched"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=TRAIN_ROWS)
-    parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--models", type=int, default=1)
     parser.add_argument("--classes", type=int, default=formats.NUM_CLASSES)
-    parser.add_argument("--strategy", default="auto", choices=["auto", "exact", "batched"])
+    parser.add_argument("--strategy", default="streaming", choices=STRATEGIES)
+    parser.add_argument("--beside", nargs="*", default=["exact", "batched"], choices=STRATEGIES,
+                        help="strategies measured in the same run for comparison")
+    parser.add_argument("--exact-rows", type=int, default=300_000,
+                        help="rows for cleanlab's in-memory exact (~15 bytes per row and class)")
     parser.add_argument("--fn", type=float, default=1.0)
+    parser.add_argument("--fn-mode", default="cleanlab", choices=["cleanlab", "ranked"])
     parser.add_argument("--chunk-rows", type=int, default=VoteConfig.chunk_rows)
-    parser.add_argument("--noise", type=float, default=0.05, help="fraction of labels flipped")
+    parser.add_argument("--noise", type=float, default=0.05, help="mean fraction of labels flipped")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", help="where to write the synthetic files (default: a new /tmp dir)")
+    parser.add_argument("--dir", help="where to write the synthetic files (default: a new /tmp dir);"
+                        " files already there are reused")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic files")
-    parser.add_argument("--compare", action="store_true",
-                        help="also run the other strategy on each model and compare the flags")
+    parser.add_argument("--measure", choices=STRATEGIES, help=argparse.SUPPRESS)
     parser.add_argument("--demo", action="store_true", help="exact vs batched on the real demo")
     parser.add_argument("--demo-root", default=str(ROOT / "data/demo/imagenet-val"))
     parser.add_argument("--cache", default="/tmp/imagenet-clean-vote-demo")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    demo(args) if args.demo else scale(args)
+    if args.measure:
+        measure(args)
+    elif args.demo:
+        demo(args)
+    else:
+        scale(args)
 
 
 if __name__ == "__main__":

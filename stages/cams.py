@@ -7,18 +7,20 @@ union) whose heat is >= `heat`. Boxes are mapped into the heatmap's space by `st
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import time
-import types
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
-from pytorch_grad_cam import score_cam as _score_cam_module
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from stages.config import fraction, positive, require
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +52,14 @@ class ExemptionRule:
     min_methods: int = 2
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.heat <= 1.0:
-            raise ValueError(f"explain.heat must be in (0, 1], got {self.heat!r}")
-        if not 0.0 < self.min_area <= 1.0:
-            raise ValueError(f"explain.min_area must be in (0, 1], got {self.min_area!r}")
-        if isinstance(self.min_methods, bool) or not isinstance(self.min_methods, int) \
-                or self.min_methods < 1:
-            raise ValueError(f"explain.min_methods must be a positive int, got {self.min_methods!r}")
+        for name in ("heat", "min_area"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and not isinstance(value, bool),
+                    f"explain.{name}", "a number", value)
+            fraction(f"explain.{name}", value, low_open=True)
+        require(isinstance(self.min_methods, int) and not isinstance(self.min_methods, bool),
+                "explain.min_methods", "an int", self.min_methods)
+        positive("explain.min_methods", self.min_methods)
 
     def passes(self, score: float | None) -> bool:
         """Whether one method's score passes (None: not computed -> does not pass)."""
@@ -183,16 +186,15 @@ METHODS: dict[str, CamMethod] = {
 
 
 @contextlib.contextmanager
-def _quiet_scorecam() -> Iterator[None]:
-    """ScoreCAM draws a tqdm bar of its own per image; the stage already shows one per model."""
-    original = getattr(_score_cam_module, "tqdm", None)
-    if original is not None:
-        _score_cam_module.tqdm = types.SimpleNamespace(tqdm=lambda iterable, *a, **k: iterable)
-    try:
-        yield
-    finally:
-        if original is not None:
-            _score_cam_module.tqdm = original
+def _quiet_progress() -> Iterator[None]:
+    """ScoreCAM draws a tqdm bar of its own per image on sys.stderr; the stage already shows one
+    per model. The block's stderr goes to a buffer; warnings raised meanwhile are re-issued."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @contextlib.contextmanager
@@ -204,7 +206,10 @@ def open_cam(method: str, model: torch.nn.Module, layer: torch.nn.Module, *,
     the exception: pytorch-grad-cam's would swallow an IndexError; this lets every exception through.
     """
     cam = METHODS[method].cam_class(model=model, target_layers=[layer])
-    cam.batch_size = scorecam_batch_size  # read by ScoreCAM only: masked inputs per forward
+    if METHODS[method].cam_class is ScoreCAM:
+        # pytorch-grad-cam's documented knob ("ScoreCAM has a batched implementation. You can
+        # override the internal batch size"): masked inputs per forward.
+        cam.batch_size = scorecam_batch_size
     try:
         yield cam.__enter__()
     finally:
@@ -229,7 +234,7 @@ def heatmaps(method: str, model: torch.nn.Module, layer: torch.nn.Module, inputs
         with torch.enable_grad(), open_cam(method, model, layer) as cam:
             return cam(input_tensor=inputs, targets=targets)
     maps = []
-    with torch.no_grad(), _quiet_scorecam(), open_cam(
+    with torch.no_grad(), _quiet_progress(), open_cam(
             method, model, layer, scorecam_batch_size=scorecam_batch_size) as cam:
         for i, target in enumerate(targets):  # one image at a time: (C, 3, H, W) masked copies
             maps.append(cam(input_tensor=inputs[i:i + 1], targets=[target]))

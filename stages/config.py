@@ -23,7 +23,7 @@ _MISSING = object()
 
 
 def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
-                 ignore: tuple[str, ...] = ()) -> T:
+                 ignore: tuple[str, ...] = (), read: tuple[str, ...] | None = None) -> T:
     """Build the frozen dataclass `cls` from a params section.
 
     Args:
@@ -31,6 +31,9 @@ def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
         values: the section as read from params.yaml (None = empty).
         where: the section's dotted name in params.yaml, used in every message.
         ignore: keys of the section that other code reads (not fields of `cls`).
+        read: the fields this caller uses (default: all). The others are still known keys (no
+            unknown-key error) but are not read and keep their defaults, so a stage reads, and
+            DVC must track, only the keys it uses.
 
     Raises:
         ConfigError: an unknown key (with close matches), a missing required key or a value of the
@@ -51,6 +54,8 @@ def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, field in known.items():
+        if read is not None and name not in read:
+            continue
         has_default = (field.default is not dataclasses.MISSING
                        or field.default_factory is not dataclasses.MISSING)
         if name not in values:

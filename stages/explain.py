@@ -8,11 +8,14 @@ explained by every model whose top-5 contains its label (`top5_hit_models`), wit
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,9 +25,9 @@ from PIL import Image, ImageDraw
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from tqdm import tqdm
 
-from stages import cams, formats
+from stages import cams, distributed, formats
 from stages.boxes import box_mask, boxes_to_input, input_geometry
-from stages.cli import run_as_script, split_stage_main
+from stages.cli import run_as_script
 from stages.formats import CAMS_SCHEMA
 from stages.images import open_image
 from stages.models import (
@@ -34,9 +37,10 @@ from stages.models import (
     data_config,
     eval_transform,
     model_specs,
-    resolve_device,
 )
-from stages.params import resolve_threshold, section, split_models, split_params
+from stages.config import from_section, positive, require
+from stages.errors import ConfigError, InputError
+from stages.params import load_params, resolve_threshold, section, split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -47,60 +51,59 @@ is null when its method was not run (Score-CAM skipped by the early exit, or not
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """The `explain:` params section, validated.
+    """The `explain:` params section (built by `stages.config.from_section`).
 
     Attributes:
-        methods: CAM methods, sorted cheapest first. rule: heat / min_area / min_methods.
+        methods: CAM methods; kept sorted cheapest first.
+        heat, min_area, min_methods: the exemption rule (`rule`).
         exhaustive: run every method on every pair (no early exit).
         batch_size: images per Grad-CAM/Grad-CAM++ batch. scorecam_batch_size: masked copies per
             Score-CAM forward. device: auto | cpu | cuda[:N].
         target_layers: model name -> dotted module path overrides. overlays: PNGs to write.
+        processes: processes on this machine (> 1: the stage starts itself under torchrun); each
+            explains a share of the candidates. Results do not depend on it.
     """
 
-    methods: tuple[str, ...] = ("gradcam", "gradcam++", "scorecam")
-    rule: cams.ExemptionRule = cams.ExemptionRule()
+    methods: tuple[Literal["gradcam", "gradcam++", "scorecam"], ...] = (
+        "gradcam", "gradcam++", "scorecam")
+    heat: float = 0.75
+    min_area: float = 0.01
+    min_methods: int = 2
     exhaustive: bool = False
     batch_size: int = 16
     scorecam_batch_size: int = 128
     device: str = "auto"
     target_layers: dict[str, str] = field(default_factory=dict, hash=False)
     overlays: int = 0
+    processes: int = 1
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in cams.METHODS]
-        if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"explain.methods must be distinct names from {list(cams.METHODS)}, "
-                             f"got {list(self.methods)}")
-        if self.rule.min_methods > len(self.methods):
-            raise ValueError(f"explain.min_methods={self.rule.min_methods} exceeds the "
-                             f"{len(self.methods)} methods configured; no model could exempt")
-        for key in ("batch_size", "scorecam_batch_size", "overlays"):
-            value, least = getattr(self, key), 0 if key == "overlays" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"explain.{key} must be an int >= {least}, got {value!r}")
-        if not isinstance(self.exhaustive, bool):
-            raise ValueError(f"explain.exhaustive must be true or false, got {self.exhaustive!r}")
-        if not isinstance(self.target_layers, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.target_layers.items()):
-            raise ValueError("explain.target_layers must map model names to module paths like "
-                             f"'blocks.-1', got {self.target_layers!r}")
+        require(bool(self.methods) and len(set(self.methods)) == len(self.methods),
+                "explain.methods", f"distinct names from {list(cams.METHODS)}", list(self.methods))
+        require(self.min_methods <= len(self.methods), "explain.min_methods",
+                f"at most the {len(self.methods)} methods configured (else no model could exempt)",
+                self.min_methods)
+        self.rule  # checks heat, min_area, min_methods
+        for key in ("batch_size", "scorecam_batch_size", "processes"):
+            positive(f"explain.{key}", getattr(self, key))
+        positive("explain.overlays", self.overlays, minimum=0)
+        object.__setattr__(self, "methods", tuple(sorted(self.methods,
+                                                         key=lambda m: cams.METHODS[m].cost)))
+
+    @property
+    def rule(self) -> cams.ExemptionRule:
+        """The exemption rule: heat, min_area, min_methods."""
+        return cams.ExemptionRule(heat=self.heat, min_area=self.min_area,
+                                  min_methods=self.min_methods)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "ExplainConfig":
-        """Build from params.yaml's `explain:` section (missing keys take the defaults)."""
-        entry = dict(section(params, "explain"))
-        rule = cams.ExemptionRule(heat=entry.pop("heat", 0.75), min_area=entry.pop("min_area", 0.01),
-                                  min_methods=entry.pop("min_methods", 2))
-        methods = entry.pop("methods", list(cls.methods))
-        if not isinstance(methods, (list, tuple)):
-            raise ValueError(f"explain.methods must be a list, got {methods!r}")
-        known = set(cls.__dataclass_fields__) - {"methods", "rule"}
-        if set(entry) - known:
-            raise ValueError(f"explain has unknown keys {sorted(set(entry) - known)}; allowed: "
-                             f"methods, heat, min_area, min_methods, {', '.join(sorted(known))}")
-        entry["target_layers"] = dict(entry.get("target_layers") or {})
-        ordered = tuple(sorted(methods, key=lambda m: cams.METHODS[m].cost if m in cams.METHODS else -1))
-        return cls(methods=ordered, rule=rule, **entry)
+        """Build from params.yaml's `explain:` section (missing keys take the defaults).
+
+        Raises:
+            ConfigError: an unknown or mistyped key or an out-of-range value, naming it.
+        """
+        return from_section(cls, section(params, "explain"), where="explain")
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,12 @@ def cam_model(spec: ModelSpec, *, device: torch.device, target_layer: str | None
               ) -> Iterator[CamModel]:
     """Load one model for CAMs; on exit drop it and restore cuDNN's settings (deterministic
     kernels are used inside, so the same inputs give the same heatmaps). Exceptions pass through."""
+    spec.require_weights()
     saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    model = create_model(spec, device=device).requires_grad_(False)
+    model = None
     try:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        model = create_model(spec, device=device).requires_grad_(False)
         config = data_config(model)
         path, layer = cams.resolve_target_layer(model, architecture=architecture(model),
                                                 name=spec.name, override=target_layer,
@@ -208,9 +213,12 @@ def _overlay(cm: CamModel, inputs: torch.Tensor, b: int, boxes: list[list[int]],
 
 def _explain_model(cm: CamModel, m_idx: int, candidates: pd.DataFrame, positions: list[int],
                    root: str | Path, config: ExplainConfig, overlays: dict[tuple[int, int], Path],
-                   stats: cams.CamStats | None) -> dict[tuple[int, int], cams.Explanation]:
-    """Explain one model's candidates in batches -> {(candidate position, model index): result}."""
+                   stats: cams.CamStats | None
+                   ) -> tuple[dict[tuple[int, int], cams.Explanation], dict[tuple[int, int], bytes]]:
+    """Explain one model's candidates in batches -> ({(candidate position, model index): result},
+    {(position, model index): overlay PNG bytes} for the pairs in `overlays`)."""
     results: dict[tuple[int, int], cams.Explanation] = {}
+    pngs: dict[tuple[int, int], bytes] = {}
     with tqdm(total=len(positions), desc=f"explain {cm.name}", unit="img", dynamic_ncols=True) as bar:
         for start in range(0, len(positions), config.batch_size):
             batch = positions[start:start + config.batch_size]
@@ -224,18 +232,44 @@ def _explain_model(cm: CamModel, m_idx: int, candidates: pd.DataFrame, positions
                 keep_heatmaps=keep, scorecam_batch_size=config.scorecam_batch_size, stats=stats)
             for b, (pos, result) in enumerate(zip(batch, explained)):
                 if (pos, m_idx) in overlays:
-                    with formats.atomic_path(overlays[(pos, m_idx)]) as tmp:
-                        _overlay(cm, inputs, b, boxes[b], result, images[b].size).save(tmp, "PNG")
+                    buffer = io.BytesIO()
+                    _overlay(cm, inputs, b, boxes[b], result, images[b].size).save(buffer, "PNG")
+                    pngs[(pos, m_idx)] = buffer.getvalue()
                 result.heatmaps = {}
                 results[(pos, m_idx)] = result
             bar.update(len(batch))
-    return results
+    return results, pngs
+
+
+def _rank_positions(positions: list[int], batch_size: int, ctx: distributed.Context) -> list[int]:
+    """This rank's share of a model's candidates, whole batches at a time, so every batch holds the
+    candidates it holds in one process (CAM arithmetic can depend on the batch it runs in)."""
+    batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
+    return [pos for batch in ctx.share(batches) for pos in batch]
+
+
+def _merge(parts: list[tuple[dict, dict, cams.CamStats]], stats: cams.CamStats | None
+           ) -> tuple[dict[tuple[int, int], cams.Explanation], dict[tuple[int, int], bytes]]:
+    """Every rank's (results, overlay PNGs, work done) -> one results dict and one PNG dict."""
+    results: dict[tuple[int, int], cams.Explanation] = {}
+    pngs: dict[tuple[int, int], bytes] = {}
+    for part_results, part_pngs, part_stats in parts:
+        results.update(part_results)
+        pngs.update(part_pngs)
+        if stats is not None:
+            for method, calls in part_stats.calls.items():
+                stats.add(method, calls, part_stats.seconds[method])
+            stats.pairs += part_stats.pairs
+    return results, pngs
 
 
 def explain_candidates(candidates: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *,
                        config: ExplainConfig = ExplainConfig(), overlay_dir: Path | None = None,
                        stats: cams.CamStats | None = None) -> pa.Table:
     """CAM scores for each (candidate, model whose top-5 holds its label), streaming model by model.
+
+    Under torchrun each rank explains a share of each model's batches of candidates; every rank
+    returns the whole table, and rank 0 alone writes the overlays.
 
     Args:
         candidates: as `select_candidates` returns (C rows). root: the split's image root.
@@ -251,14 +285,23 @@ def explain_candidates(candidates: pd.DataFrame, root: str | Path, specs: Sequen
     overlays = {} if overlay_dir is None else {
         (pos, m): Path(overlay_dir) / f"{candidates.at[pos, 'image_id']}__{names[m]}.png"
         for pos, m in order[:config.overlays]}
-    device = resolve_device(config.device)
-    results: dict[tuple[int, int], cams.Explanation] = {}
+    ctx = distributed.context()
+    device = distributed.device_for(config.device, ctx)
+    own: tuple[dict, dict, cams.CamStats] = ({}, {}, cams.CamStats())
     for m_idx, spec in enumerate(specs):
-        if by_model[spec.name]:
+        positions = _rank_positions(by_model[spec.name], config.batch_size, ctx)
+        if positions:
             with cam_model(spec, device=device,
-                                target_layer=config.target_layers.get(spec.name)) as cm:
-                results.update(_explain_model(cm, m_idx, candidates, by_model[spec.name], root,
-                                              config, overlays, stats))
+                           target_layer=config.target_layers.get(spec.name)) as cm:
+                done, pngs = _explain_model(cm, m_idx, candidates, positions, root, config,
+                                            overlays, own[2])
+                own[0].update(done)
+                own[1].update(pngs)
+    results, pngs = _merge(distributed.gather(own, ctx), stats)
+    if ctx.is_main:
+        for key, data in pngs.items():
+            with formats.atomic_path(overlays[key]) as tmp:
+                tmp.write_bytes(data)
     rows = [results[key] for key in order]
     return pa.table({
         "image_id": [candidates.at[pos, "image_id"] for pos, _ in order],
@@ -275,28 +318,33 @@ def overlays_dir(split: str) -> Path:
 
 
 def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
-    """Read the manifest, votes and params of a split; write its CAM table and overlays folder."""
+    """Read the manifest, votes and params of a split; write its CAM table and overlays folder.
+    Under torchrun it joins the process group (see stages.distributed) for the run."""
     config = ExplainConfig.from_params(params)
     specs = model_specs(params, split_models(params, split))
     h3 = section(params, "decide", split).get("h3")
     if h3 is None:
-        raise ValueError(f"params.yaml has no decide.{split}.h3 (the top-5 consensus threshold)")
+        raise ConfigError(f"params.yaml has no decide.{split}.h3 (the top-5 consensus threshold)")
     h3 = resolve_threshold(h3, len(specs), name=f"decide.{split}.h3")
     manifest = formats.read_manifest(split)
     votes = formats.read_table(formats.votes_path(split), what=f"votes of split {split!r}")
     stale = {int(n) for n in votes["n_models"].dropna().unique()} - {len(specs)}
     if stale:
-        raise ValueError(f"votes were cast by {sorted(stale)} models but the split's models "
-                         f"(splits.{split}.models or predict.models) are {len(specs)}; re-run "
-                         f"`imagenet-clean vote --split {split}`")
+        raise InputError(f"votes were cast by {sorted(stale)} models but the split's models list "
+                         f"{len(specs)}; re-run `imagenet-clean vote --split {split}`")
     candidates = select_candidates(manifest, votes, h3=h3)
     logger.info("explain %s: %d candidates (top-5 misses >= %d, with boxes), %d pairs", split,
                 len(candidates), h3, sum(len(m) for m in candidates["models"]))
     stats = cams.CamStats()
-    with formats.atomic_folder(overlays_dir(split)) as tmp:
-        table = explain_candidates(candidates, split_params(params, split)["root"], specs,
-                                   config=config, overlay_dir=tmp, stats=stats)
-    formats.write_table(table, formats.cams_path(split), schema=CAMS_SCHEMA)
+    with distributed.session(config.device) as ctx:
+        folder = (formats.atomic_folder(overlays_dir(split)) if ctx.is_main
+                  else contextlib.nullcontext(overlays_dir(split)))  # only rank 0 writes
+        with folder as tmp:
+            table = explain_candidates(candidates, split_params(params, split)["root"], specs,
+                                       config=config, overlay_dir=tmp, stats=stats)
+        if ctx.is_main:
+            formats.write_table(table, formats.cams_path(split), schema=CAMS_SCHEMA)
+        distributed.barrier(ctx)
     skipped = stats.pairs - stats.calls.get("scorecam", 0) if "scorecam" in config.methods else 0
     logger.info("explain %s: %d pairs, %d exempting; heatmaps %s; seconds %s; Score-CAM skipped "
                 "for %d pairs", split, table.num_rows, sum(table.column("exempted").to_pylist()),
@@ -305,8 +353,17 @@ def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `python -m stages.explain --split val [--params params.yaml]`."""
-    return split_stage_main(argv, stage="explain", doc=__doc__, run=run_explain)
+    """CLI: `python -m stages.explain --split val [--params params.yaml]`; under `torchrun` (or
+    with `explain.processes` > 1) each process explains a share of the candidates."""
+    parser = argparse.ArgumentParser(prog="imagenet-clean explain", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    config = ExplainConfig.from_params(params)
+    return distributed.launch_or_run("stages.explain", argv, config.processes,
+                                     lambda: run_explain(args.split, params))
 
 
 if __name__ == "__main__":

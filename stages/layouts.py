@@ -99,6 +99,10 @@ def _inside(path: Path, root: Path) -> bool:
     return path.absolute().is_relative_to(root.absolute())
 
 
+SOURCE_KEYS = ("root", "layout", "subset", "synsets", "boxes", "limit")
+"""The keys of a split entry that say where and how its images lie (what ingest reads)."""
+
+
 def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split>") -> Source:
     """A Source from a `splits.<name>` params entry, checked by `config.from_section`.
 
@@ -106,7 +110,7 @@ def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split
         ConfigError: unknown keys (with close matches), a missing root or layout, wrong types, or
             a key the layout does not read.
     """
-    split = from_section(SplitEntry, entry, where=where)
+    split = from_section(SplitEntry, entry, where=where, read=SOURCE_KEYS)
     split.check(where)
     optional = {k: Path(getattr(split, k)) for k in ("synsets", "boxes") if getattr(split, k)}
     return Source(Path(split.root), split.layout, split.subset or "val", limit=split.limit,

@@ -1,47 +1,53 @@
 """Model loading: timm specs from params.yaml -> eval-mode models and their own preprocessing.
 
 Models are only ever built through `timm.create_model`; the MobileNet-V1 width variants that the
-demo ships (0.25/0.5/0.75, not in timm's registry) are added with timm's `register_model`.
+demo ships (0.25/0.5/0.75, not in timm's registry) are registered first (`stages.timm_adapter`).
+A spec timm cannot build here (an unknown name, Hub weights while offline, a `local-dir:` folder
+without config.json) fails with a UserError naming the model and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import timm
 import torch
+from huggingface_hub import errors as hub_errors
 from timm.data import create_transform, resolve_data_config
-from timm.models import register_model
-from timm.models._registry import is_model
-from timm.models.efficientnet import _gen_mobilenet_v1
 
+from stages import timm_adapter
+from stages.config import from_section
+from stages.errors import ConfigError, MissingInputError, UserError
 from stages.formats import file_sha256
 
 logger = logging.getLogger(__name__)
 
-_MOBILENET_V1_WIDTHS = {"mobilenetv1_025": 0.25, "mobilenetv1_050": 0.5, "mobilenetv1_075": 0.75}
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """A `models.<name>` params entry (a mapping; a bare string is its `spec`).
 
-def _register_mobilenet_v1_variants() -> None:
-    """Register MobileNet-V1 at widths 0.25/0.5/0.75 (timm only ships 1.0 and up)."""
-    for variant, width in _MOBILENET_V1_WIDTHS.items():
-        if is_model(variant):
-            continue
+    Attributes:
+        spec: what `timm.create_model` takes: `local-dir:<folder>`, `hf-hub:timm/<name>` or a
+            registry name.
+        pretrained: load the pretrained weights. `false` needs `kwargs.checkpoint_path` (weights
+            from a file) or `random_weights: true` (an untrained model, on purpose: tests and
+            benchmarks), so that no stage silently predicts with random weights.
+        kwargs: extra `timm.create_model` keyword arguments.
+        random_weights: allow `pretrained: false` without a checkpoint.
+    """
 
-        def build(pretrained: bool = False, _variant: str = variant, _width: float = width,
-                  **kwargs: Any) -> torch.nn.Module:
-            return _gen_mobilenet_v1(_variant, _width, pretrained=pretrained, **kwargs)
-
-        build.__name__ = variant
-        build.__module__ = "timm.models.efficientnet"
-        register_model(build)
-
-
-_register_mobilenet_v1_variants()
+    spec: str
+    pretrained: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    random_weights: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,52 +60,102 @@ class ModelSpec:
             registry name.
         pretrained: load pretrained weights (always true for the ensemble).
         kwargs: extra `timm.create_model` keyword arguments.
+        random_weights: an untrained model is meant (see `require_weights`).
     """
 
     name: str
     spec: str
     pretrained: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    random_weights: bool = field(default=False, compare=False)
+
+    def require_weights(self) -> None:
+        """Refuse to predict or explain with random weights: `pretrained: false` needs
+        `kwargs.checkpoint_path` or an explicit `random_weights: true`. (Out-of-fold training
+        models are `pretrained: false` on purpose: `train.settings.init` decides their weights.)
+
+        Raises:
+            ConfigError: naming the model entry and the three ways out.
+        """
+        if not self.pretrained and not self.random_weights \
+                and "checkpoint_path" not in self.kwargs:
+            where = f"models.{self.name}"
+            raise ConfigError(f"params.yaml `{where}` has pretrained: false, which would predict "
+                              "with random weights; set pretrained: true, give the weights in "
+                              f"`{where}.kwargs.checkpoint_path`, or add `random_weights: true` "
+                              "to use an untrained model on purpose")
 
     @classmethod
     def from_params(cls, name: str, entry: dict[str, Any] | str) -> "ModelSpec":
-        """Build from a `models.<name>` params entry (a dict with `spec`, or a bare spec string)."""
-        if isinstance(entry, str):
-            entry = {"spec": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("spec"), str):
-            raise ValueError(f"models.{name} must be a timm spec string or a mapping with a 'spec' "
-                             f"string, got {entry!r}")
-        unknown = set(entry) - {"spec", "pretrained", "kwargs"}
-        if unknown:
-            raise ValueError(f"models.{name} has unknown keys {sorted(unknown)}; "
-                             "allowed: spec, pretrained, kwargs")
-        return cls(name=name, spec=entry["spec"], pretrained=bool(entry.get("pretrained", True)),
-                   kwargs=dict(entry.get("kwargs") or {}))
+        """Build from a `models.<name>` params entry (a mapping with `spec`, or a bare spec string).
+
+        Raises:
+            ConfigError: unknown/missing/mistyped keys.
+        """
+        parsed = from_section(ModelEntry, {"spec": entry} if isinstance(entry, str) else entry,
+                              where=f"models.{name}")
+        return cls(name=name, spec=parsed.spec, pretrained=parsed.pretrained,
+                   kwargs=dict(parsed.kwargs), random_weights=parsed.random_weights)
 
 
 def model_specs(params: dict[str, Any], names: list[str] | None = None) -> list[ModelSpec]:
     """The ModelSpecs named by `names` (default: `predict.models`) from a params dict."""
-    names = list(names if names is not None else params["predict"]["models"])
+    if names is None:
+        names = (params.get("predict") or {}).get("models")
+        if not isinstance(names, list) or not names:
+            raise ConfigError(f"params.yaml `predict.models` must be a non-empty list of model "
+                              f"names, got {names!r}")
     registry = params.get("models") or {}
     missing = [n for n in names if n not in registry]
     if missing:
-        raise ValueError(f"models {missing} are listed but not defined under `models:` in "
-                         "params.yaml; add a `models.<name>.spec` entry for each")
+        raise ConfigError(f"models {missing} are listed but not defined under `models:` in "
+                          "params.yaml; add a `models.<name>.spec` entry for each")
     return [ModelSpec.from_params(n, registry[n]) for n in names]
 
 
 def create_model(spec: ModelSpec, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Create an eval-mode float32 model from its spec with `timm.create_model`."""
+    """Create an eval-mode float32 model from its spec with `timm.create_model`.
+
+    Raises:
+        MissingInputError: a `local-dir:` folder without config.json.
+        UserError: an unknown timm name, or Hub weights that cannot be fetched (offline).
+    """
+    timm_adapter.register_mobilenet_v1()
     _check_local_dir(spec)
-    model = timm.create_model(spec.spec, pretrained=spec.pretrained, **spec.kwargs)
+    _check_registry_name(spec)
+    try:
+        model = timm.create_model(spec.spec, pretrained=spec.pretrained, **spec.kwargs)
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled,
+            hub_errors.HfHubHTTPError) as error:
+        raise UserError(_hub_message(spec, error)) from error
     return model.float().eval().to(device)
+
+
+def _check_registry_name(spec: ModelSpec) -> None:
+    if spec.spec.startswith(("local-dir:", "hf-hub:", "hf_hub:")) or timm.is_model(spec.spec):
+        return
+    close = difflib.get_close_matches(spec.spec, timm.list_models(), n=3)
+    hint = f" (close: {', '.join(close)})" if close else ""
+    raise UserError(f"model {spec.name!r}: timm has no model named {spec.spec!r}{hint}; fix "
+                    f"`models.{spec.name}.spec` (a timm name from timm.list_models(), "
+                    "hf-hub:timm/<name> or local-dir:<folder>)")
+
+
+def _hub_message(spec: ModelSpec, error: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    why = "HF_HUB_OFFLINE is set" if offline else f"the Hub cannot be reached ({type(error).__name__})"
+    return (f"model {spec.name!r} ({spec.spec}): its weights are not in the local Hugging Face "
+            f"cache and {why}. Fix: download them once with network access (HF_HUB_OFFLINE=0 "
+            f"python -c \"import timm; timm.create_model('{spec.spec}', pretrained=True)\"), or "
+            f"set `models.{spec.name}.spec` to local-dir:<folder> holding config.json and "
+            "model.safetensors")
 
 
 def _check_local_dir(spec: ModelSpec) -> None:
     if spec.spec.startswith("local-dir:"):
         folder = Path(spec.spec.removeprefix("local-dir:"))
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"model {spec.name!r}: {folder}/config.json not found; "
+            raise MissingInputError(f"model {spec.name!r}: {folder}/config.json not found; "
                                     "a local-dir: spec must name a timm model folder")
 
 
@@ -143,8 +199,20 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise ValueError(f"device {device!r} is not a torch device; use auto, cpu or cuda[:N]"
-                         ) from error
+        raise ConfigError(f"device {device!r} is not a torch device; use auto, cpu or cuda[:N]"
+                          ) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but CUDA is not available; use auto or cpu")
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available; use auto or cpu")
     return resolved
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` torch intra-op threads (None: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

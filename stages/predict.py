@@ -7,20 +7,22 @@ The work is done in shards of `predict.shard_size` rows kept in a hidden work fo
 output (`.<model>.partial/`), tied to the exact model, preprocessing, manifest and run options by
 its `fingerprint.json`: a run killed at any point resumes with the missing shards only, and the
 final file appears, atomically, only when complete. `main_ensemble` predicts several models in one
-pass over the images (each decoded once) and writes byte-identical files.
+pass over the images (each decoded once) and writes byte-identical files. Under `torchrun` (or
+with `predict.processes` > 1) each process computes a share of the missing shards and rank 0
+assembles the same files (`stages.distributed`). An image that cannot be decoded although the
+manifest marks it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import logging
+import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,39 +30,32 @@ import timm
 import torch
 from tqdm import tqdm
 
-from stages import formats
-from stages.models import (
-    ModelSpec,
-    architecture,
-    create_model,
-    data_config,
-    model_specs,
-    resolve_device,
-    weights_sha256,
-)
+from stages import distributed, formats
+from stages.config import from_section, positive
+from stages.models import ModelSpec, cpu_threads, model_specs, resolve_device
 from stages.params import load_params, section, split_params
 from stages.predict_data import (
     InputTransform,
     ManifestImages,
+    Member,
     ShardBuffers,
     ShardSink,
     ShardStore,
-    input_transform,
+    load_member,
     make_loader,
     manifest_sha256,
     plan_batches,
 )
+
+__all__ = ["PredictConfig", "Member", "load_member", "cpu_threads", "softmax_batch",
+           "predict_pass", "predict_split", "predict_models", "predict_model", "rank_shards",
+           "run_predict", "run_ensemble", "main", "main_ensemble"]
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MANIFEST_COLUMNS = ("image_id", "path", "label", "skip_reason")
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"predict.{name} must be an int >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -78,93 +73,34 @@ class PredictConfig:
         threads: torch intra-op CPU threads while predicting (None = torch's default). On a CPU
             shared with other jobs, 1 avoids stalls of multi-threaded ops; CPU results depend on
             the thread count, so it is part of the shard fingerprint.
+        processes: processes on this machine (> 1: the stage starts itself under torchrun, e.g.
+            one per GPU); each takes a share of the shards. Results do not depend on it.
     """
 
     batch_size: int = 64
     workers: int = 2
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: Literal["float32", "float16"] = "float32"
     shard_size: int = 1024
     amp: bool = True
     channels_last: bool = True
     threads: int | None = None
+    processes: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("batch_size", self.batch_size)
-        if self.threads is not None:
-            _positive_int("threads", self.threads)
-        _positive_int("shard_size", self.shard_size)
-        _positive_int("workers", self.workers, minimum=0)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"predict.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.device, str):
-            raise TypeError(f"predict.device must be a string (auto, cpu, cuda, cuda:N), got "
-                            f"{self.device!r}")
-        for name in ("amp", "channels_last"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"predict.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("batch_size", "shard_size", "threads", "processes"):
+            positive(f"predict.{name}", getattr(self, name))
+        positive("predict.workers", self.workers, minimum=0)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "PredictConfig":
-        """Build from the `predict:` section (its `splits` and `models` lists are ignored here)."""
-        entry = {k: v for k, v in section(params, "predict").items() if k not in ("splits", "models")}
-        unknown = set(entry) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"predict has unknown keys {sorted(unknown)}; allowed: splits, models, "
-                             f"{', '.join(f.name for f in fields(cls))}")
-        return cls(**entry)
+        """Build from the `predict:` section (its `splits` and `models` lists are read elsewhere).
 
-
-@dataclass(frozen=True)
-class Member:
-    """A loaded ensemble member: the eval-mode model plus its identity and preprocessing."""
-
-    spec: ModelSpec
-    module: torch.nn.Module
-    data_config: dict[str, Any]
-    transform: InputTransform
-    architecture: str
-    weights_sha256: str | None
-    identity: str
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-
-def _state_sha256(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = True) -> Member:
-    """Create a model from its spec and resolve its own timm preprocessing."""
-    module = create_model(spec, device=device)
-    classes = getattr(module, "num_classes", formats.NUM_CLASSES)
-    if classes != formats.NUM_CLASSES:
-        raise ValueError(f"model {spec.name!r} has {classes} classes; predictions need the "
-                         f"{formats.NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    config = json.loads(json.dumps(data_config(module)))
-    sha = weights_sha256(spec)
-    return Member(spec, module, config, input_transform(config), architecture(module), sha,
-                  sha or _state_sha256(module))
-
-
-@contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with `threads` torch intra-op threads (None: leave as is), then restore."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+        Raises:
+            ConfigError: an unknown, missing or mistyped key, naming it.
+        """
+        return from_section(cls, section(params, "predict"), where="predict",
+                            ignore=("splits", "models"))
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
@@ -187,6 +123,21 @@ def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictConfig)
         raise ValueError(f"model {member.name!r} returned logits of shape {tuple(logits.shape)}; "
                          f"expected (batch, {formats.NUM_CLASSES})")
     return torch.softmax(logits.float(), dim=1).to(TORCH_DTYPES[config.dtype]).cpu().numpy()
+
+
+def _forward(members: Sequence[Member], index: Mapping[str, int], rows: np.ndarray,
+             inputs: Sequence[torch.Tensor], buffers: ShardBuffers, seconds: dict[str, float], *,
+             config: PredictConfig, device: torch.device) -> None:
+    """One batch through every member: each preprocessing group moved to the device once."""
+    ready: dict[int, torch.Tensor] = {}
+    for member in members:
+        group = index[member.transform.key]
+        if group not in ready:
+            ready[group] = member.transform.to_device(inputs[group], device,
+                                                      channels_last=config.channels_last)
+        start = time.perf_counter()
+        buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
+        seconds[member.name] += time.perf_counter() - start
 
 
 def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Member],
@@ -221,24 +172,24 @@ def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Mem
     bars = {m.name: tqdm(total=sum(buffers.waiting[s] for s in pending[m.name]), position=i,
                          desc=f"{desc} {m.name}", unit="img", mininterval=2.0, leave=True)
             for i, m in enumerate(members)}
+    paths = manifest["path"].fillna("").tolist()
     with torch.inference_mode():
-        for rows, *inputs in loader:
+        for rows, bad, *inputs in loader:
             rows = rows.numpy()
-            shard = int(rows[0]) // config.shard_size
-            ready: dict[int, torch.Tensor] = {}
-            for member in (m for m in members if shard in pending[m.name]):
-                group = index[member.transform.key]
-                if group not in ready:
-                    ready[group] = member.transform.to_device(inputs[group], device,
-                                                              channels_last=config.channels_last)
-                start = time.perf_counter()
-                buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
-                seconds[member.name] += time.perf_counter() - start
-                bars[member.name].update(len(rows))
+            for row, reason in bad:
+                logger.warning("%s: cannot be decoded (%s); its predictions stay NaN (counted as "
+                               "n_unreadable in the sidecar)", Path(root) / paths[row], reason)
+            shard = int(rows[0] if len(rows) else bad[0][0]) // config.shard_size
+            members_now = [m for m in members if shard in pending[m.name]]
+            if len(rows):
+                _forward(members_now, index, rows, inputs, buffers, seconds, config=config,
+                         device=device)
+            for member in members_now:
+                bars[member.name].update(len(rows) + len(bad))
                 bars[member.name].set_postfix_str(
                     f"forward {bars[member.name].n / max(seconds[member.name], 1e-9):.0f} img/s",
                     refresh=False)
-            buffers.rows_done(shard, len(rows))
+            buffers.rows_done(shard, len(rows) + len(bad))
     for bar in bars.values():
         bar.close()
     return seconds
@@ -268,6 +219,10 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
                   ) -> dict[str, dict[str, Any]]:
     """Write each model's predictions + sidecar for a split in one image pass, resuming from shards.
 
+    Under torchrun each rank computes its share of the missing shards (`distributed.Context.share`)
+    into the shared work folders; rank 0 then assembles the final files (outputs must be on a
+    filesystem every rank sees).
+
     Args:
         manifest: (N rows) a split manifest (formats.MANIFEST_SCHEMA).
         outs: model name -> .npy path; the sidecar is written beside it as `<stem>.json`.
@@ -279,7 +234,8 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
     missing = [s.name for s in specs if s.name not in outs]
     if missing:
         raise ValueError(f"no output path for models {missing}")
-    device = resolve_device(config.device)
+    ctx = distributed.context()
+    device = distributed.device_for(config.device, ctx)
     with cpu_threads(config.threads):
         members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
         digest = manifest_sha256(manifest)
@@ -287,25 +243,60 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
                                                                      device=device),
                                      n_rows=len(manifest), shard_size=config.shard_size,
                                      dtype=DTYPES[config.dtype]) for m in members}
-        pending = {name: store.open() for name, store in stores.items()}
+        if ctx.is_main:
+            for store in stores.values():
+                store.prepare()
+        distributed.barrier(ctx)
+        pending = rank_shards({name: store.missing() for name, store in stores.items()}, ctx)
         seconds = predict_pass(manifest, root, members, pending, config=config, device=device,
                                on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
                                desc=f"predict {split}")
+    distributed.barrier(ctx)
+    sidecars = {}
+    if ctx.is_main:
+        sidecars = _assemble(manifest, members, stores, config=config, split=split)
+    distributed.barrier(ctx)
+    if not ctx.is_main:
+        sidecars = {m.name: json.loads(stores[m.name].out.with_suffix(".json").read_text())
+                    for m in members}
+    for member in members:
+        logger.info("predict %s %s (rank %d of %d): top-1 %s, top-5 %s; forward %.1f s", split,
+                    member.name, ctx.rank, ctx.world, sidecars[member.name]["top1"],
+                    sidecars[member.name]["top5"], seconds.get(member.name, 0.0))
+    return sidecars
+
+
+def rank_shards(missing: Mapping[str, set[int]], ctx: distributed.Context) -> dict[str, set[int]]:
+    """This rank's shards: the union of every model's missing shards, shared out in order, then
+    each model's missing shards among them (one image pass serves all models of a shard)."""
+    mine = set(ctx.share(sorted(set().union(*missing.values())))) if missing else set()
+    return {name: shards & mine for name, shards in missing.items()}
+
+
+def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping[str, ShardStore],
+              *, config: PredictConfig, split: str) -> dict[str, dict[str, Any]]:
+    """Stream each model's shards into its final .npy, write its sidecar, drop its work folder."""
     labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
+    ids_digest = formats.image_ids_sha256(manifest["image_id"])
     sidecars = {}
     for member in members:
         store = stores[member.name]
-        top1, top5 = store.assemble(labels, usable)
+        top1, top5, unreadable = store.assemble(labels, usable)
+        if len(unreadable):
+            shown = manifest["path"].iloc[unreadable[:20]].tolist()
+            logger.warning("predict %s %s: %d usable rows could not be decoded; their predictions "
+                           "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
+                           "to mark them skip rows", split, member.name, len(unreadable),
+                           ", ".join(shown), " ..." if len(unreadable) > len(shown) else "")
         sidecars[member.name] = {
             "model": member.name, "spec": member.spec.spec, "architecture": member.architecture,
             "weights_sha256": member.weights_sha256, "preprocessing": member.data_config,
             "dtype": config.dtype, "n": len(manifest), "n_skipped": int((~usable).sum()),
-            "top1": top1, "top5": top5, "split": split,
+            "n_unreadable": len(unreadable), "top1": top1, "top5": top5, "split": split,
+            "image_ids_sha256": ids_digest, "source": "predict",
         }
         formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
         store.remove()
-        logger.info("predict %s %s: top-1 %s, top-5 %s; forward %.1f s", split, member.name, top1,
-                    top5, seconds[member.name])
     return sidecars
 
 
@@ -339,13 +330,16 @@ def predict_model(manifest: pd.DataFrame, root: str | Path, spec: ModelSpec, *,
 def run_predict(split: str, model: str, params: dict[str, Any], *,
                 manifest_path: str | Path | None = None, out: str | Path | None = None
                 ) -> dict[str, Any]:
-    """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar."""
+    """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar.
+    Under torchrun it joins the process group (see stages.distributed) for the run."""
     root = Path(split_params(params, split)["root"])
     spec = model_specs(params, [model])[0]
     config = PredictConfig.from_params(params)
     manifest = formats.read_manifest(split, path=manifest_path)
     out = Path(out or formats.predictions_path(split, model))
-    return predict_split(manifest, root, [spec], config=config, outs={model: out}, split=split)[model]
+    with distributed.session(config.device):
+        return predict_split(manifest, root, [spec], config=config, outs={model: out},
+                             split=split)[model]
 
 
 def run_ensemble(split: str, params: dict[str, Any], *, manifest_path: str | Path | None = None,
@@ -358,36 +352,46 @@ def run_ensemble(split: str, params: dict[str, Any], *, manifest_path: str | Pat
     manifest = formats.read_manifest(split, path=manifest_path)
     folder = Path(out_dir) if out_dir else formats.predictions_path(split, "x").parent
     outs = {s.name: folder / f"{s.name}.npy" for s in specs}
-    return predict_split(manifest, root, specs, config=config, outs=outs, split=split)
+    with distributed.session(config.device):
+        return predict_split(manifest, root, specs, config=config, outs=outs, split=split)
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--split", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `python -m stages.predict --split val --model <name> [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True)
+    """CLI: `python -m stages.predict --split val --model <name> [--params params.yaml]`; under
+    `torchrun` (or with `predict.processes` > 1) each process takes a share of the shards."""
+    parser = _parser("imagenet-clean predict", __doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
     parser.add_argument("--out", default=None, help="default: data/predictions/<split>/<model>.npy")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    run_predict(args.split, args.model, load_params(args.params), manifest_path=args.manifest,
-                out=args.out)
-    return 0
+    params = load_params(args.params)
+    return distributed.launch_or_run(
+        "stages.predict", argv, PredictConfig.from_params(params).processes,
+        lambda: run_predict(args.split, args.model, params, manifest_path=args.manifest,
+                            out=args.out))
 
 
 def main_ensemble(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean predict-ensemble --split val`: every model, one pass over the images."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean predict-ensemble",
-                                     description="Predict all predict.models of a split in one pass")
-    parser.add_argument("--split", required=True)
-    parser.add_argument("--params", default="params.yaml")
+    parser = _parser("imagenet-clean predict-ensemble", "Predict all predict.models of a split in "
+                     "one pass")
     parser.add_argument("--models", nargs="+", default=None, help="default: predict.models")
-    parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
     parser.add_argument("--out-dir", default=None, help="default: data/predictions/<split>")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    run_ensemble(args.split, load_params(args.params), manifest_path=args.manifest,
-                 out_dir=args.out_dir, models=args.models)
-    return 0
+    params = load_params(args.params)
+    return distributed.launch_or_run(
+        "stages.cli", ["predict-ensemble", *argv], PredictConfig.from_params(params).processes,
+        lambda: run_ensemble(args.split, params, manifest_path=args.manifest, out_dir=args.out_dir,
+                             models=args.models))
 
 
 if __name__ == "__main__":

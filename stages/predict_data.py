@@ -31,9 +31,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from stages.errors import ConfigError
 from stages.formats import NUM_CLASSES, atomic_path, write_json, write_npy
 from stages.images import DECODE_ERRORS, open_image
-from stages.models import eval_transform, preprocessing_key
+from stages.models import (
+    ModelSpec,
+    architecture,
+    create_model,
+    data_config,
+    eval_transform,
+    preprocessing_key,
+    weights_sha256,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +109,53 @@ def input_transform(config: dict[str, Any]) -> InputTransform:
     return InputTransform(key, full, None, None, scaled=False)
 
 
+@dataclass(frozen=True)
+class Member:
+    """A loaded ensemble member: the eval-mode model plus its identity and preprocessing."""
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    data_config: dict[str, Any]
+    transform: InputTransform
+    architecture: str
+    weights_sha256: str | None
+    identity: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = True) -> Member:
+    """Create a model from its spec and resolve its own timm preprocessing."""
+    spec.require_weights()
+    module = create_model(spec, device=device)
+    classes = getattr(module, "num_classes", NUM_CLASSES)
+    if classes != NUM_CLASSES:
+        raise ConfigError(f"model {spec.name!r} has {classes} classes; predictions need the "
+                         f"{NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    config = json.loads(json.dumps(data_config(module)))
+    sha = weights_sha256(spec)
+    return Member(spec, module, config, input_transform(config), architecture(module), sha,
+                  sha or _state_sha256(module))
+
+
 class ManifestImages(Dataset):
     """Manifest rows -> one input tensor per preprocessing group, decoding each image once.
 
-    paths: (N,) manifest `path` column; item `row` is `(row, tensor_group_0, tensor_group_1, ...)`.
+    paths: (N,) manifest `path` column; item `row` is `(row, None, tensor_group_0, ...)`, or
+    `(row, reason, None, ...)` when the image cannot be decoded (a header-only ingest lets
+    truncated files through): the row's predictions stay NaN and predict counts it unreadable.
     """
 
     def __init__(self, root: str | Path, paths: Sequence[str], groups: Sequence[InputTransform]
@@ -121,10 +173,19 @@ class ManifestImages(Dataset):
         try:
             image = open_image(self.root, path)
         except DECODE_ERRORS as error:
-            raise ValueError(f"{Path(self.root) / path}: cannot be decoded ({error}) although the "
-                             "manifest marks it usable; re-run `imagenet-clean ingest` so it "
-                             "becomes a skip row") from error
-        return (row, *(group.worker_tensor(image) for group in self.groups))
+            return (row, f"{type(error).__name__}: {error}", *(None for _ in self.groups))
+        return (row, None, *(group.worker_tensor(image) for group in self.groups))
+
+
+def collate_rows(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Dataset items -> (rows (B,) of the decoded images, [(row, reason)] of the undecodable ones,
+    one stacked tensor per preprocessing group (None when no image of the batch decoded))."""
+    good = [item for item in items if item[1] is None]
+    bad = [(int(item[0]), str(item[1])) for item in items if item[1] is not None]
+    rows = torch.tensor([int(item[0]) for item in good], dtype=torch.long)
+    groups = len(items[0]) - 2
+    stacked = [torch.stack([item[2 + g] for item in good]) if good else None for g in range(groups)]
+    return (rows, bad, *stacked)
 
 
 def plan_batches(usable: np.ndarray, shards: Sequence[int], *, shard_size: int, batch_size: int
@@ -151,7 +212,7 @@ def make_loader(dataset: ManifestImages, batches: list[np.ndarray], *, workers: 
     """A DataLoader that yields the planned batches in order (one worker collates a whole batch)."""
     extra: dict[str, Any] = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                      pin_memory=pin_memory, **extra)
+                      pin_memory=pin_memory, collate_fn=collate_rows, **extra)
 
 
 class ShardBuffers:
@@ -206,15 +267,17 @@ def manifest_sha256(manifest: pd.DataFrame) -> str:
 
 
 def topk_hits(probs: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, int]:
-    """Top-1/top-5 hits over the usable rows with a known label.
+    """Top-1/top-5 hits over the usable, decoded rows with a known label.
 
-    probs: (R, 1000); labels: (R,) float (NaN = unknown); usable: (R,) bool.
+    probs: (R, 1000), NaN rows for images that could not be decoded; labels: (R,) float
+    (NaN = unknown); usable: (R,) bool.
     A row hits top-k when fewer than k classes score strictly higher than its label.
 
     Returns:
         ([top-1 hits, top-5 hits], rows scored).
     """
     known = usable & ~np.isnan(labels) & (labels >= 0) & (labels < NUM_CLASSES)
+    known &= ~np.isnan(probs[:, 0])  # unreadable images: NaN rows are not scored
     rows = np.flatnonzero(known)
     if not len(rows):
         return np.zeros(2, dtype=np.int64), 0
@@ -254,6 +317,13 @@ class ShardStore:
 
     def open(self) -> set[int]:
         """Prepare the work folder (wiping it when its fingerprint differs) -> the missing shards."""
+        self.prepare()
+        return self.missing()
+
+    def prepare(self) -> None:
+        """Wipe the work folder when its fingerprint differs from this run's, remove files of
+        writes that were killed, and save the fingerprint. Under torchrun only rank 0 calls this,
+        before the others look at the folder."""
         for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):
             stale.unlink()  # an assembly killed before its rename
         saved = self.folder / FINGERPRINT
@@ -267,6 +337,9 @@ class ShardStore:
             stale.unlink()  # a shard write killed before its rename
         if not saved.is_file():
             write_json(self.fingerprint, saved)
+
+    def missing(self) -> set[int]:
+        """The shards not yet in the (prepared) work folder."""
         missing = {s for s in range(self.n_shards) if not self._valid(s)}
         if len(missing) < self.n_shards:
             logger.info("%s: resuming; %d of %d shards already done, computing %d",
@@ -277,12 +350,15 @@ class ShardStore:
         """Atomically store one complete shard: probs (rows of the shard, 1000)."""
         write_npy(probs, self.path(shard))
 
-    def assemble(self, labels: np.ndarray, usable: np.ndarray) -> tuple[float | None, float | None]:
-        """Stream the shards into the final .npy (atomic rename) -> (top-1, top-5) in percent.
+    def assemble(self, labels: np.ndarray, usable: np.ndarray
+                 ) -> tuple[float | None, float | None, np.ndarray]:
+        """Stream the shards into the final .npy (atomic rename) -> (top-1, top-5) in percent and
+        the (U,) usable rows whose predictions are NaN (images that could not be decoded).
 
         labels: (N,) float (NaN where unknown); usable: (N,) bool. Holds one shard in RAM at a time.
         """
         hits, scored = np.zeros(2, dtype=np.int64), 0
+        unreadable = []
         with atomic_path(self.out) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
                                               shape=(self.n_rows, NUM_CLASSES))
@@ -292,11 +368,14 @@ class ShardStore:
                 array[rows] = probs
                 shard_hits, shard_scored = topk_hits(probs, labels[rows], usable[rows])
                 hits, scored = hits + shard_hits, scored + shard_scored
+                unreadable.append(np.flatnonzero(usable[rows] & np.isnan(probs[:, 0])) + rows.start)
             array.flush()
             del array
+        missing = np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
         if not scored:
-            return None, None
-        return round(100.0 * float(hits[0]) / scored, 4), round(100.0 * float(hits[1]) / scored, 4)
+            return None, None, missing
+        return (round(100.0 * float(hits[0]) / scored, 4), round(100.0 * float(hits[1]) / scored, 4),
+                missing)
 
     def remove(self) -> None:
         """Delete the work folder (after the final file and its sidecar are in place)."""

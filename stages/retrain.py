@@ -26,7 +26,7 @@ import pandas as pd
 
 from stages import formats
 from stages.cli import run_as_script
-from stages.distributed import distributed, launched
+from stages.distributed import distributed, launch_or_run
 from stages.errors import InputError
 from stages.models import model_specs
 from stages.params import load_params, split_params
@@ -120,11 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     config = retrain_config(params)
     _, launch, _ = settings_from_params(params, overrides=config.settings)
-    status = launched("stages.retrain", list(argv) if argv is not None else [], launch)
-    if status is not None:
-        return status
-    run_arm(args.arm, params)
-    return 0
+    return launch_or_run("stages.retrain", argv, launch, lambda: run_arm(args.arm, params))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from stages.folds import check_out_of_fold_split, fold_dir, read_folds
 from stages.labels import current_labels
 from stages.models import ModelSpec, create_model, model_specs
 from stages.params import load_params, split_params
-from stages.distributed import Dist, distributed, launched
+from stages.distributed import Dist, distributed, launch_or_run
 from stages.train_config import TrainSettings, settings_from_params
 from stages.trainer import Job, Trained, fit, predict_rows
 
@@ -95,8 +95,11 @@ def fold_log(split: str, model: str, fold: int, k: int, job: Job, trained: Train
 
 def train_fold(split: str, model: str, fold: int, params: dict[str, Any], *,
                manifest_path: str | Path | None = None, folds_path: str | Path | None = None,
-               out: str | Path | None = None) -> dict[str, Any] | None:
-    """Train one fold model and write its folder; returns the log (None on processes > 0)."""
+               out: str | Path | None = None, timing: str | Path | None = None
+               ) -> dict[str, Any] | None:
+    """Train one fold model and write its folder; returns the log (None on processes > 0).
+    `timing`: also write this process's per-epoch seconds and images/s there (benchmarks; kept
+    out of the output folder, whose bytes depend only on the inputs)."""
     check_out_of_fold_split(params, split)
     settings, launch, seed = settings_from_params(params)
     entry = split_params(params, split)
@@ -132,6 +135,8 @@ def train_fold(split: str, model: str, fold: int, params: dict[str, Any], *,
     shutil.rmtree(job.work, ignore_errors=True)
     logger.info("train %s: wrote %s (%d rows seen, %d predicted)", job.name, out,
                 log["n_seen"], log["n_heldout"])
+    if timing is not None:
+        formats.write_json({"epochs": trained.timings, "steps": trained.steps}, timing)
     return log
 
 
@@ -154,14 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fold", required=True, type=int)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default=None, help="default: data/oof/<split>/<model>/fold-<k>")
+    parser.add_argument("--timing", default=None, help="write per-epoch timings here (benchmarks)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     _, launch, _ = settings_from_params(params)
-    status = launched("stages.train", list(argv) if argv is not None else [], launch)
-    if status is not None:
-        return status
-    train_fold(args.split, args.model, args.fold, params, out=args.out)
-    return 0
+    return launch_or_run("stages.train", argv, launch,
+                         lambda: train_fold(args.split, args.model, args.fold, params, out=args.out,
+                                            timing=args.timing))
 
 
 if __name__ == "__main__":

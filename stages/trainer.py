@@ -81,7 +81,8 @@ class Job:
 @dataclass(eq=False)
 class Trained:
     """A finished run: the eval-mode model to predict with (the EMA when enabled), its timm data
-    config at the training size, the rows seen (N,) bool, per-epoch history."""
+    config at the training size, the rows seen (N,) bool, per-epoch history (deterministic: it goes
+    into the stage's output) and per-epoch timings of this process (for benchmarks only)."""
 
     model: torch.nn.Module
     eval_config: dict[str, Any]
@@ -90,6 +91,7 @@ class Trained:
     steps: int
     resumed_at: int | None
     architecture: str
+    timings: list[dict[str, Any]] = field(default_factory=list)
 
 
 def imagenet_weights(model: torch.nn.Module) -> str | None:
@@ -162,6 +164,7 @@ class _State:
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     carried: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
     history: list[dict[str, Any]] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Run:
@@ -320,7 +323,8 @@ def fit(job: Job, settings: TrainSettings, ctx: Dist) -> Trained:
     return Trained(model.eval(), train_data.evaluation_config(run.data_config,
                                                               input_size=settings.input_size),
                    state.seen, state.history, state.global_step, resumed_at,
-                   str(model.pretrained_cfg.get("architecture") or type(model).__name__))
+                   str(model.pretrained_cfg.get("architecture") or type(model).__name__),
+                   state.timings)
 
 
 def _end_epoch(run: _Run, state: _State, local: torch.Tensor, images: int, seconds: float) -> None:
@@ -328,11 +332,13 @@ def _end_epoch(run: _Run, state: _State, local: torch.Tensor, images: int, secon
     lr = run.optimizer.param_groups[0]["lr"]
     totals = state.carried + run.ctx.all_reduce(local.clone())
     entry = {"epoch": state.epoch, "loss": round(float(totals[0] / max(totals[1], 1)), 6),
-             "images": int(totals[1]), "lr_end": lr, "seconds": round(seconds, 3),
-             "images_per_s": round(images / max(seconds, 1e-9), 2)}
+             "images": int(totals[1]), "lr_end": lr}
+    timing = {"epoch": state.epoch, "images": int(totals[1]), "seconds": round(seconds, 3),
+              "images_per_s": round(images / max(seconds, 1e-9), 2)}
     logger.info("%s: epoch %d loss %.4f, %.1f img/s", run.job.name, state.epoch, entry["loss"],
-                entry["images_per_s"])
+                timing["images_per_s"])
     state.history.append(entry)
+    state.timings.append(timing)
     state.epoch, state.step = state.epoch + 1, 0
     state.carried = torch.zeros(2, dtype=torch.float64)
     local.zero_()

@@ -6,14 +6,18 @@ Per row, L' (`cl_candidates`) lists one candidate per flagging model. C_s (`top5
 models whose top-5 misses the label. Inactive rows (manifest skip rows, rows an earlier iteration
 removed) take no part. Predictions are memory-mapped and streamed one model at a time.
 
-Two strategies, one per size (`vote.exact_max_rows`), in `stages.confident`: `exact` (cleanlab's
-`find_label_issues`) and `batched` (cleanlab's low-memory `LabelInspector`; see README). Then one
+Three strategies in `stages.confident`: `exact` (cleanlab's `find_label_issues` in memory, up to
+`vote.exact_max_rows` active rows), `streaming` (the same flags in the same order from chunks of the
+memory-mapped predictions; `auto` picks it above the limit) and `batched` (cleanlab's
+`LabelInspector`, another filter). Images that predict could not decode (NaN rows of usable
+images) take no part either: their `inactive_reason` says so. Then one
 more streamed pass writes the ensemble's evidence per row (`stages.evidence`): its top-5 classes with
 their mean probabilities, the mean probability of the label and each model's top-1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -28,12 +32,12 @@ import pyarrow as pa
 
 from stages import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
-from stages.errors import ConfigError, InputError, MissingInputError
+from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig, nan_rows
+from stages.errors import InputError, MissingInputError
 from stages.evidence import Evidence, ensemble_evidence
 from stages.formats import VOTES_SCHEMA
 from stages.labels import CurrentLabels, current_labels
-from stages.params import section, split_models, split_params
+from stages.params import split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -164,18 +168,6 @@ def vote(labels: Sequence[int] | np.ndarray,
     return VoteResult(vote_columns(results, len(np.asarray(labels)), active), results)
 
 
-def config_from_params(params: dict[str, Any], split: str) -> VoteConfig:
-    """VoteConfig from params `vote.<split>` (fn, optional fn_mode/strategy/chunk_rows/n_jobs)
-    and `vote.exact_max_rows`."""
-    own = dict(section(params, "vote", split))
-    unknown = set(own) - {"fn", "fn_mode", "strategy", "chunk_rows", "n_jobs"}
-    if unknown:
-        raise ConfigError(f"params vote.{split} has unknown keys {sorted(unknown)}; allowed: fn, "
-                         "fn_mode, strategy, chunk_rows, n_jobs")
-    exact_max_rows = section(params, "vote").get("exact_max_rows", VoteConfig.exact_max_rows)
-    return VoteConfig(exact_max_rows=exact_max_rows, **own)
-
-
 def prediction_files(split: str, models: list[str], manifest: pd.DataFrame,
                      folder: Path | None = None, *, out_of_fold: bool = False) -> dict[str, Path]:
     """Every model's predictions file for the split, checked against the manifest before any is
@@ -215,12 +207,32 @@ def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
                                 f"of {sidecar.with_suffix('.npy')} cannot be checked; {make}")
     recorded = json.loads(sidecar.read_text()).get("image_ids_sha256")
     if recorded is None:
-        logger.warning("%s records no image_ids_sha256 (written by an older predict); the row "
-                       "order of its predictions cannot be checked: re-run predict", sidecar)
-    elif recorded != digest:
+        raise InputError(f"{sidecar} records no image_ids_sha256 (written by an older version), "
+                         f"so the row order of its predictions cannot be checked; {make}")
+    if recorded != digest:
         raise InputError(f"{sidecar.with_suffix('.npy')}: its rows are not in the manifest's "
                          f"image_id order (row-order digest {recorded[:12]}... != manifest "
                          f"{digest[:12]}...); {make}")
+
+
+UNREADABLE = "unreadable image: predict could not decode it (re-ingest with ingest.verify: full)"
+
+
+def without_unreadable(current: CurrentLabels, split: str, files: Mapping[str, Path]
+                       ) -> CurrentLabels:
+    """The current labels with the images predict could not decode (NaN rows of active rows in
+    any model's predictions) made inactive, with a reason, instead of failing the vote."""
+    unreadable = np.zeros(len(current.label), dtype=bool)
+    for model, path in files.items():
+        unreadable |= nan_rows(formats.load_predictions(split, model, path=path)) & current.active
+    if not unreadable.any():
+        return current
+    logger.warning("%s: %d images predict could not decode take no part in the vote",
+                   split, int(unreadable.sum()))
+    reason = current.inactive_reason.copy()
+    reason[unreadable] = UNREADABLE
+    return dataclasses.replace(current, label=np.where(unreadable, -1, current.label),
+                               active=current.active & ~unreadable, inactive_reason=reason)
 
 
 def votes_table(manifest: pd.DataFrame, current: CurrentLabels, result: VoteResult,
@@ -242,16 +254,16 @@ def run_vote(split: str, params: dict[str, Any], *, out: Path | None = None,
              metrics_out: Path | None = None, predictions: Path | None = None) -> dict[str, Any]:
     """Run the stage for one split: write the votes (and their figures), return the figures."""
     labels_file = split_params(params, split).get("labels")
-    config = config_from_params(params, split)
+    config = VoteConfig.from_params(params, split)
     models = split_models(params, split)
     manifest = formats.read_manifest(split)
-    current = current_labels(manifest, labels_file)
+    out_of_fold = split_params(params, split).get("predictions") == "out-of-fold"
+    files = prediction_files(split, models, manifest, predictions, out_of_fold=out_of_fold)
+    current = without_unreadable(current_labels(manifest, labels_file), split, files)
     strategy = config.resolve_strategy(int(current.active.sum()))
     logger.info("vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
                 "%d), fn %s", split, len(manifest), current.active.sum(), current.iteration,
                 len(models), strategy, config.exact_max_rows, config.fn)
-    out_of_fold = split_params(params, split).get("predictions") == "out-of-fold"
-    files = prediction_files(split, models, manifest, predictions, out_of_fold=out_of_fold)
     pairs = ((m, formats.load_predictions(split, m, path=path)) for m, path in files.items())
     result = vote(current.label, pairs, config=config, active=current.active)
     evidence = ensemble_evidence(current.label, files, active=current.active)

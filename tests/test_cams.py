@@ -241,3 +241,31 @@ def test_early_exit_decisions_equal_exhaustive(cam_v1, demo_manifest, demo_root)
         saved += len(labels) - stats.calls.get("scorecam", 0)
         ran += stats.calls.get("scorecam", 0)
     assert saved > 0 and ran > 0  # both paths of the early exit were taken
+
+
+def test_scorecam_is_silent_batched_as_asked_and_warnings_still_show(
+        cam_v1, demo_rows, demo_root, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ScoreCAM's own per-image tqdm bar is hidden; its documented `batch_size` sets the masked
+    copies per forward (256 channels / 64 = 4 forwards); a warning raised inside is not lost."""
+    row = demo_rows.loc[CONFIDENT_IMAGE]
+    inputs, _ = cam_v1.prepare([open_image(demo_root, row.path)], [_boxes(row)])
+    sizes: list[int] = []
+    hook = cam_v1.model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    original = cams.ScoreCAM.get_cam_weights
+
+    def warn_then_weigh(self, *args, **kwargs):
+        import warnings
+
+        warnings.warn("raised inside ScoreCAM", UserWarning)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cams.ScoreCAM, "get_cam_weights", warn_then_weigh)
+    try:
+        with pytest.warns(UserWarning, match="raised inside ScoreCAM"):
+            cams.heatmaps("scorecam", cam_v1.model, cam_v1.layer, inputs, [int(row.label)],
+                          scorecam_batch_size=64)
+    finally:
+        hook.remove()
+    assert sizes[1:] == [64, 64, 64, 64]  # after the activations forward
+    assert "it/s" not in capfd.readouterr().err

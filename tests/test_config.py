@@ -67,3 +67,21 @@ def test_range_checkers() -> None:
     fraction("a.f", 1.0, low_open=True)
     with pytest.raises(ConfigError, match=r"`a.f` must be a number in \(0.0, 1.0\], got 0"):
         fraction("a.f", 0, low_open=True)
+
+
+def test_read_limits_the_keys_read_but_still_knows_the_others() -> None:
+    class Seen(dict):
+        def __init__(self, data: dict) -> None:
+            super().__init__(data)
+            self.read: list[str] = []
+
+        def __getitem__(self, key: str) -> object:
+            self.read.append(key)
+            return super().__getitem__(key)
+
+    values = Seen({"root": "x", "workers": 4, "heat": 0.5})
+    config = from_section(Example, values, where="demo", read=("root", "workers"))
+    assert (config.root, config.workers, config.heat) == ("x", 4, 0.75)  # heat keeps its default
+    assert values.read == ["root", "workers"]
+    with pytest.raises(ConfigError, match="unknown key 'hat'"):
+        from_section(Example, {"root": "x", "hat": 1}, where="demo", read=("root",))

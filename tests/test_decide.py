@@ -304,3 +304,30 @@ def test_run_decide_writes_the_ledger_and_clean_split_deterministically(tmp_path
     assert pq.read_schema(tmp_path / formats.clean_path("val")).equals(CLEAN_SCHEMA)
     run_decide("val", params, root=tmp_path)
     assert ledger_file.read_bytes() == first
+
+
+def test_each_split_reads_only_its_own_overrides_file(tmp_path: Path, params: dict) -> None:
+    """A valid override of a val image neither breaks another split that shares image ids nor
+    applies to it (one overrides file per split, `splits.<split>.overrides`)."""
+    rows = (vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)), vote("ILSVRC2012_val_00000002", 10))
+    (tmp_path / "data/table_a1_merges.csv").parent.mkdir(parents=True)
+    (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
+    (tmp_path / "data/overrides").mkdir()
+    (tmp_path / "data/overrides/val.csv").write_text(
+        "image_id,action,new_label,note\nILSVRC2012_val_00000002,remove,,blurry\n")
+    (tmp_path / "data/overrides/v2.csv").write_text("image_id,action,new_label,note\n")
+    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
+    params["predict"]["models"] = MODELS
+    params["splits"]["v2"] = {**params["splits"]["val"], "overrides": "data/overrides/v2.csv"}
+    params["decide"]["v2"] = params["decide"]["val"]
+    for split in ("val", "v2"):
+        votes, manifest = tables(*rows)
+        formats.write_table(manifest, tmp_path / formats.manifest_path(split),
+                            schema=formats.MANIFEST_SCHEMA)
+        formats.write_table(votes, tmp_path / formats.votes_path(split), schema=VOTES_SCHEMA)
+        formats.write_table(pa.Table.from_pylist([], schema=CAMS_SCHEMA),
+                            tmp_path / formats.cams_path(split))
+    assert run_decide("val", params, root=tmp_path)["override"] == 1
+    assert run_decide("v2", params, root=tmp_path)["override"] == 0
+    v2 = pd.read_parquet(tmp_path / formats.ledger_path("v2")).set_index("image_id")
+    assert v2.loc["ILSVRC2012_val_00000002", "action"] == "keep"

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import explain, formats
+from stages.errors import ConfigError
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
 
@@ -53,12 +54,13 @@ def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
     assert (config.rule.heat, config.rule.min_area, config.rule.min_methods) == (0.75, 0.01, 2)
     bad = {"methods": ["gradcam", "layercam"]}, {"min_methods": 4}, {"batch_size": 0}, \
         {"colour": "red"}, {"target_layers": {"m": 3}}, {"exhaustive": "yes"}
-    messages = "layercam", "exceeds the 3 methods", "batch_size", "unknown keys", "target_layers", \
-        "exhaustive"
+    messages = "explain.methods.*layercam", "min_methods.*at most the 3 methods", \
+        "explain.batch_size.*>= 1", "unknown key 'colour'", "explain.target_layers", \
+        "explain.exhaustive.*true or false"
     for change, message in zip(bad, messages):
         edited = copy.deepcopy(params)
         edited["explain"].update(change)
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):
             explain.ExplainConfig.from_params(edited)
 
 
@@ -148,3 +150,15 @@ def test_stage_refuses_votes_of_another_ensemble(stage_dir) -> None:
     formats.write_table(votes, folder / formats.votes_path("val"))
     with pytest.raises(ValueError, match=r"cast by \[5\] models.*re-run"):
         explain.main(["--split", "val", "--params", "params.yaml"])
+
+
+def test_cam_model_restores_cudnn_flags_when_loading_fails(tmp_path: Path) -> None:
+    import torch
+
+    from stages.models import ModelSpec
+
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        with explain.cam_model(ModelSpec("m", f"local-dir:{tmp_path}"), device=torch.device("cpu")):
+            pass
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before

@@ -100,6 +100,28 @@ def test_model_change_reruns_only_its_own_predict_stage(project: Path) -> None:
         (project / "params.yaml").write_text(original)
 
 
+def test_outputs_restore_from_a_dvc_remote_and_an_experiment_reverts_cleanly(
+        project: Path, tmp_path: Path) -> None:
+    """Predictions (npy and sidecar) come back from the DVC cache: a fresh clone + `dvc pull`, and
+    reverting an experiment, leave nothing to re-run (no predict ever re-runs for this)."""
+    run_in(project, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    run_in(project, "dvc", "push")
+    clone = tmp_path / "clone"
+    run_in(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    run_in(clone, "dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"))
+    run_in(clone, "dvc", "pull")
+    assert (clone / "data/predictions/val/mobilenetv1_025.json").is_file()
+    assert stale_stages(clone) == set()
+    original = (project / "params.yaml").read_text()
+    edit_params(project, lambda p: p["decide"]["val"].update(strategy="paper"))
+    run_in(project, "dvc", "repro")
+    run_in(project, "git", "checkout", "params.yaml", "dvc.lock", "metrics")  # metrics live in git
+    run_in(project, "dvc", "checkout")
+    assert (project / "params.yaml").read_text() == original
+    assert stale_stages(project) == set()
+    run_in(project, "git", "checkout", ".dvc/config")
+
+
 def test_two_iterations_are_two_commits_that_metrics_diff_compares(project: Path) -> None:
     run_in(project, "imagenet-clean", "promote", "--split", "val")
     run_in(project, "dvc", "repro")

@@ -21,11 +21,12 @@ import yaml
 
 from stages import formats, predict, predict_data
 from stages.cli import main as cli_main
+from stages.errors import ConfigError
 from stages.images import open_image
 from stages.models import create_model, data_config, eval_transform, model_specs
 
 SIDECAR_KEYS = {"model", "spec", "architecture", "weights_sha256", "preprocessing", "dtype", "n",
-                "n_skipped", "top1", "top5", "split"}
+                "n_skipped", "n_unreadable", "top1", "top5", "split", "image_ids_sha256", "source"}
 SKIP_ROWS = (3, 10)
 
 
@@ -92,11 +93,36 @@ def test_predictions_rows_dtype_skip_rows_and_sidecar(params, small_manifest, de
         "preprocessing": {"input_size": [3, 128, 128], "interpolation": "bilinear",
                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 0.875,
                           "crop_mode": "center"},
-        "dtype": "float32", "n": 24, "n_skipped": 2, "top1": pytest.approx(top1),
-        "top5": pytest.approx(top5), "split": "val",
+        "dtype": "float32", "n": 24, "n_skipped": 2, "n_unreadable": 0, "top1": pytest.approx(top1),
+        "top5": pytest.approx(top5), "split": "val", "source": "predict",
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
     }
     assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenetv1_025.json",
                                                             "mobilenetv1_025.npy"]
+
+
+def test_a_truncated_image_becomes_a_nan_row_not_a_failed_split(params, small_manifest, demo_root,
+                                                                tmp_path, caplog):
+    """A header-only ingest (`ingest.verify: header`) lets a truncated JPEG through as usable."""
+    manifest = small_manifest.head(12).copy()
+    root = tmp_path / "root"
+    for path in manifest["path"]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes((demo_root / path).read_bytes())
+    broken = root / manifest.at[4, "path"]
+    broken.write_bytes(broken.read_bytes()[:3000])
+    params["splits"]["val"]["root"] = str(root)
+    out = tmp_path / "preds" / "m.npy"
+    with caplog.at_level(logging.WARNING, logger="stages.predict"):
+        sidecar = predict.run_predict("val", "mobilenetv1_025", _small_params(params, workers=1),
+                                      manifest_path=_write_manifest(manifest, tmp_path), out=out)
+    probs = np.load(out)
+    assert np.isnan(probs[4]).all() and not np.isnan(np.delete(probs, 4, axis=0)).any()
+    assert sidecar["n_unreadable"] == 1 and sidecar["n_skipped"] == 0
+    labels = manifest["label"].to_numpy().astype(np.int64)
+    top1, _ = _top5_reference(np.delete(probs, 4, axis=0), np.delete(labels, 4))
+    assert sidecar["top1"] == pytest.approx(top1)
+    assert manifest.at[4, "path"] in caplog.text and "ingest.verify: full" in caplog.text
 
 
 def test_float16_storage(params, small_manifest, tmp_path):
@@ -229,14 +255,16 @@ def test_shards_are_reused_only_under_their_fingerprint(params, small_manifest, 
 
 
 @pytest.mark.parametrize("change, error, match", [
-    ({"model": "resnet_nope"}, ValueError, r"not defined under `models:`"),
-    ({"dtype": "bfloat16"}, ValueError, r"predict.dtype must be one of \['float16', 'float32'\]"),
-    ({"shard_size": 0}, ValueError, r"predict.shard_size must be an int >= 1"),
-    ({"workers": -1}, ValueError, r"predict.workers must be an int >= 0"),
-    ({"threads": 0}, ValueError, r"predict.threads must be an int >= 1"),
-    ({"batchsize": 8}, ValueError, r"predict has unknown keys \['batchsize'\]"),
-    ({"device": "tpu"}, ValueError, r"device 'tpu' is not a torch device"),
-    ({"split": "train"}, ValueError, r"split 'train' is not configured"),
+    ({"model": "resnet_nope"}, ConfigError, r"not defined under `models:`"),
+    ({"dtype": "bfloat16"}, ConfigError,
+     r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'"),
+    ({"shard_size": 0}, ConfigError, r"`predict.shard_size` must be an int >= 1, got 0"),
+    ({"workers": -1}, ConfigError, r"`predict.workers` must be an int >= 0"),
+    ({"threads": 0}, ConfigError, r"`predict.threads` must be an int >= 1"),
+    ({"batchsize": 8}, ConfigError, r"`predict` has an unknown key 'batchsize'; did you mean 'batch_size'"),
+    ({"amp": "yes"}, ConfigError, r"`predict.amp` must be true or false, got 'yes'"),
+    ({"device": "tpu"}, ConfigError, r"device 'tpu' is not a torch device"),
+    ({"split": "train"}, ConfigError, r"split 'train' is not configured"),
     ({"manifest": "nowhere.parquet"}, FileNotFoundError, r"manifest of split 'val' nowhere.parquet"),
 ])
 def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change, error, match):

@@ -85,7 +85,7 @@ def test_exact_path_does_not_leave_a_copy_of_the_predictions_in_cleanlab(
 def test_auto_strategy_switches_at_exact_max_rows(flipped: tuple[np.ndarray, np.ndarray, int]) -> None:
     labels, probs, _ = flipped
     assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=200)).strategy == "exact"
-    assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=199)).strategy == "batched"
+    assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=199)).strategy == "streaming"
 
 
 def test_float16_predictions_give_the_same_votes(flipped: tuple[np.ndarray, np.ndarray, int]) -> None:
@@ -310,7 +310,7 @@ def test_stage_output_is_byte_identical_on_rerun_and_strategy_comes_from_params(
     assert votes.loc[FLIP[0] * PER_CLASS, "cl_candidates"].tolist() == [FLIP[1]] * 2
     params["vote"]["val"]["fn_typo"] = 1
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ValueError, match=r"params vote.val has unknown keys \['fn_typo'\]"):
+    with pytest.raises(ValueError, match=r"`vote.val` has an unknown key 'fn_typo'"):
         main(["--split", "val"])
 
 

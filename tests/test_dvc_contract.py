@@ -1,0 +1,154 @@
+"""dvc.yaml declares what each stage reads, so DVC alone decides what re-runs.
+
+Fast: every stage's deps name its module and every project module it imports (transitively, also
+inside functions). Slow: every params key a stage's code reads while it runs (recorded on the real
+pipeline of a demo slice) is one that dvc.yaml declares for that stage, and every path a params
+value names is one of the stage's deps (a split's image root counts as tracked through the split's
+manifest, which records each image's sha256).
+"""
+
+from __future__ import annotations
+
+import ast
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from conftest import ROOT, copy_project, run_in
+
+STAGES = ROOT / "stages"
+
+
+def project_imports(module: str) -> set[str]:
+    """`stages.x` modules `module` imports, transitively, wherever the import statement is."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((STAGES / f"{name.split('.')[1]}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("stages.")]
+            elif isinstance(node, ast.ImportFrom) and node.module == "stages":
+                todo += [f"stages.{a.name}" for a in node.names
+                         if (STAGES / f"{a.name}.py").is_file()]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
+                todo.append(node.module)
+    return seen
+
+
+def stage_definitions() -> Iterator[tuple[str, str, list[str]]]:
+    """(stage name, module, deps) for every stage of dvc.yaml (templated deps kept as text)."""
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        module = shlex.split(body["cmd"])[2]
+        yield name, module, [d if isinstance(d, str) else next(iter(d)) for d in body["deps"]]
+
+
+@pytest.mark.parametrize("name, module, deps", list(stage_definitions()),
+                         ids=[s[0] for s in stage_definitions()])
+def test_every_imported_project_module_is_a_dependency(name: str, module: str, deps: list[str]
+                                                        ) -> None:
+    needed = {f"stages/{m.split('.')[1]}.py" for m in project_imports(module)}
+    assert sorted(needed - set(deps)) == [], f"dvc.yaml stage {name} lacks these deps"
+
+
+class Recorder(dict):
+    """A params mapping that records the dotted path of every value the code reads."""
+
+    def __init__(self, data: dict, path: str, seen: dict[str, Any]) -> None:
+        super().__init__(data)
+        self._path, self._seen = path, seen
+
+    def _key(self, key: Any) -> str:
+        return f"{self._path}.{key}" if self._path else str(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        value = super().__getitem__(key)
+        if isinstance(value, dict):
+            return Recorder(value, self._key(key), self._seen)
+        self._seen[self._key(key)] = value
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        self._seen[self._key(key)] = default
+        return default
+
+    def __iter__(self) -> Iterator[Any]:  # not dict's own iterator: dict(x) and {**x} use __getitem__
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
+        return [(k, self[k]) for k in super().keys()]
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return [self[k] for k in super().keys()]
+
+
+def declared(lock: dict, stage: str) -> set[str]:
+    return set((lock["stages"][stage].get("params") or {}).get("params.yaml", {}))
+
+
+def covered(key: str, keys: set[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def inside(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def through_manifest(key: str, deps: list[str]) -> bool:
+    """A split's image root is tracked through the split's manifest (it records every image's
+    sha256), so a stage that depends on the manifest need not declare the root itself."""
+    parts = key.split(".")
+    return (len(parts) == 3 and parts[0] == "splits" and parts[2] == "root"
+            and inside(f"data/manifests/{parts[1]}.parquet", deps))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = copy_project(tmp_path_factory.mktemp("contract") / "project", 16)
+    run_in(project, "dvc", "repro")
+    return project
+
+
+@pytest.mark.slow
+def test_stages_read_only_declared_params_and_paths(built: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import stages.params
+
+    monkeypatch.chdir(built)
+    lock = yaml.safe_load((built / "dvc.lock").read_text())
+    raw = yaml.safe_load((built / "params.yaml").read_text())
+    problems = []
+    for stage, entry in lock["stages"].items():
+        seen: dict[str, Any] = {}
+        loader = lambda *_a, **_k: Recorder(raw, "", seen)  # noqa: E731
+        argv = shlex.split(entry["cmd"])[3:]
+        module = importlib.import_module(shlex.split(entry["cmd"])[2])
+        monkeypatch.setattr(stages.params, "load_params", loader)
+        for mod in [m for n, m in sys.modules.items() if n.startswith("stages.")]:
+            if hasattr(mod, "load_params"):
+                monkeypatch.setattr(mod, "load_params", loader)
+        assert module.main(argv) == 0
+        keys = declared(lock, stage)
+        deps = [d["path"] for d in entry.get("deps", [])]
+        for key, value in seen.items():
+            if through_manifest(key, deps):
+                continue
+            if not covered(key, keys):
+                problems.append(f"{stage} reads params {key} that dvc.yaml does not declare")
+            if isinstance(value, str) and value and (built / value).exists() and not inside(
+                    value, deps):
+                problems.append(f"{stage} reads the path {value} ({key}) that is not a dep")
+    assert not problems, "\n".join(sorted(set(problems)))
+    assert run_in(built, "dvc", "status").stdout.strip().startswith("Data and pipelines are up")
