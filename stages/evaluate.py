@@ -25,7 +25,6 @@ N x 1000 is ever held in memory; rows that are not probabilities (logits, NaN) a
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

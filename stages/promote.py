@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from stages import formats
 from stages.errors import InputError
-from stages.evaluate import round_row, rounds_table, rounds_history_path
+from stages.evaluate import rounds_history_path, rounds_table
 from stages.labels import LABELS_SCHEMA
 from stages.params import load_params, split_params
 

@@ -40,8 +40,8 @@ import pyarrow.parquet as pq
 
 from stages import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.config import from_section
-from stages.errors import ConfigError, InputError, MissingInputError
+from stages.config import from_section, positive
+from stages.errors import InputError, MissingInputError
 from stages.params import split_models, split_params
 from stages.thumbnails import thumb_name, write_thumbnails
 
@@ -82,11 +82,9 @@ class ReviewConfig:
 
     def __post_init__(self) -> None:
         for key in ("chunk_rows", "thumb_size", "pair_images", "workers"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"params.yaml `review.{key}` must be >= 1, got {getattr(self, key)}")
+            positive(f"review.{key}", getattr(self, key))
         for key in ("keep_sample", "seed", "top_pairs"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"params.yaml `review.{key}` must be >= 0, got {getattr(self, key)}")
+            positive(f"review.{key}", getattr(self, key), minimum=0)
 
 
 def report_dir(split: str) -> Path:

@@ -159,7 +159,7 @@ def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
                                 f"new_label, note; got {json.dumps(item)[:200]}")
     image_id, action = item["image_id"], item["action"]
     label, note = item.get("new_label"), item.get("note") or ""
-    if (pos := ledger.position(image_id)) is None:
+    if ledger.position(image_id) is None:
         raise RequestError(400, f"unknown image_id {image_id!r}: not in this split's ledger")
     if action not in ACTIONS:
         raise RequestError(400, f"action {action!r} is not one of {', '.join(ACTIONS)}")

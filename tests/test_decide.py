@@ -17,7 +17,7 @@ from stages import formats
 from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.decide import (DecideConfig, apply_overrides, decide_split, load_merges,
                            load_overrides, reconcile, run_decide)
-from stages.errors import ConfigError, InputError
+from stages.errors import ConfigError
 from stages.strategies import Thresholds
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA

@@ -22,7 +22,6 @@ from stages.errors import ConfigError, InputError
 from stages.thumbnails import make_thumbnail
 from stages.review import (
     WHY,
-    ReviewConfig,
     build_report,
     confused_pairs,
     list_matrix,

@@ -10,8 +10,6 @@ the next `decide` result. The same page opened as a file (no server) produces th
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
