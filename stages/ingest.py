@@ -196,6 +196,9 @@ def ingest(split: str, params: dict[str, Any], *, out: Path | None = None,
     manifest, stats = build_manifest(source, config=config)
     formats.write_table(manifest, out or formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
     formats.write_json(stats, metrics_out or Path("metrics/ingest") / f"{split}.json")
+    # vote depends on this folder: when nothing fills it (the split is in neither predict.splits
+    # nor train.splits), vote then stops with the fix instead of DVC's bare "No such file".
+    formats.predictions_path(split, "_").parent.mkdir(parents=True, exist_ok=True)
     logger.info("ingest %s: %s", split, stats)
     return stats
 

@@ -46,3 +46,17 @@ def test_dvc_repro_shows_the_one_line_error(make_project) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output
     assert "data/nowhere" in output  # DVC checks the declared dep itself, before the stage runs
+
+
+@pytest.mark.slow
+def test_a_split_missing_from_predict_splits_gets_the_fix_not_a_bare_error(make_project) -> None:
+    project = make_project(8)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["splits"]["v2"] = {**params["splits"]["val"], "labels": "iterations/v2.parquet"}
+    params["vote"]["v2"], params["decide"]["v2"] = params["vote"]["val"], params["decide"]["val"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_in(project, "dvc", "repro", "vote@v2", check=False)
+    assert result.returncode != 0
+    assert ("error: predictions data/predictions/v2/mobilenetv1_025.npy do not exist; run `dvc "
+            "repro predict@v2-mobilenetv1_025` (add 'v2' to params.yaml predict.splits") in result.stderr
+    assert "No such file or directory" not in result.stderr
