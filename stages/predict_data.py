@@ -258,9 +258,10 @@ class ShardBuffers:
 
 
 def manifest_sha256(manifest: pd.DataFrame) -> str:
-    """A digest of what predictions depend on in a manifest: row order, ids, paths, skip rows."""
+    """A digest of what predictions depend on in a manifest: row order, ids, paths, skip rows and
+    the images' bytes (their sha256), so shards of a killed run never outlive a changed image."""
     digest = hashlib.sha256(str(len(manifest)).encode())
-    for column in ("image_id", "path", "skip_reason"):
+    for column in ("image_id", "path", "skip_reason", "sha256"):
         values = manifest[column].astype(object).where(manifest[column].notna(), "\x01")
         digest.update("\x00".join(map(str, values)).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
