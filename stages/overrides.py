@@ -9,8 +9,10 @@ one keep/fix/remove row per image. `imagenet-clean review` writes this file; peo
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,17 +24,43 @@ OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
 OVERRIDE_ACTIONS = ("keep", "fix", "remove", "secondary")
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The overrides file's rows as strings ([] when the file does not exist yet).
+
+    Raises:
+        InputError: the header is not image_id,action,new_label,note.
+    """
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if list(reader.fieldnames or []) != list(OVERRIDE_COLUMNS):
+            raise InputError(f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
+                             f"{','.join(reader.fieldnames or [])}; fix the file first")
+        return [{c: (row.get(c) or "") for c in OVERRIDE_COLUMNS} for row in reader]
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
+    """Rewrite the overrides file atomically (header + rows, in order): what review writes."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(OVERRIDE_COLUMNS)
+    writer.writerows([row[c] for c in OVERRIDE_COLUMNS] for row in rows)
+    with formats.atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
 def load_overrides(path: str | Path) -> pd.DataFrame:
-    """The overrides CSV as strings (a header-only file = no overrides)."""
+    """The overrides CSV as a table of strings (a header-only file = no overrides).
+
+    Raises:
+        MissingInputError: no such file. InputError: a wrong header.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"overrides file {path} not found; create it with the header "
                                 f"{','.join(OVERRIDE_COLUMNS)} (no rows = no overrides)")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if list(table.columns) != list(OVERRIDE_COLUMNS):
-        raise InputError(f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
-                         f"{','.join(table.columns)}")
-    return table
+    return pd.DataFrame(read_rows(path), columns=list(OVERRIDE_COLUMNS))
 
 
 def _override_error(row: dict[str, Any], position: int | None, action_now: np.ndarray,

@@ -20,9 +20,7 @@ leaves the file as it was. The file is rewritten atomically.
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import io
 import json
 import logging
 import threading
@@ -40,7 +38,7 @@ from stages.cli import run_as_script
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.overrides import OVERRIDE_ACTIONS as ACTIONS
 from stages.overrides import OVERRIDE_COLUMNS as COLUMNS
-from stages.overrides import apply_overrides
+from stages.overrides import apply_overrides, read_rows, write_rows
 from stages.params import load_params, split_params
 
 logger = logging.getLogger(__name__)
@@ -66,28 +64,6 @@ def overrides_path(params: dict[str, Any], split: str) -> Path:
         raise ConfigError(f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
                           f"data/overrides/{split}.csv")
     return Path(path)
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The overrides file's rows as strings ([] when the file does not exist yet)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if list(reader.fieldnames or []) != list(COLUMNS):
-            raise InputError(f"{path}: header must be {','.join(COLUMNS)}, got "
-                             f"{','.join(reader.fieldnames or [])}; fix the file first")
-        return [{c: (row.get(c) or "") for c in COLUMNS} for row in reader]
-
-
-def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
-    """Rewrite the overrides file atomically (header + rows, in order)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows([row[c] for c in COLUMNS] for row in rows)
-    with formats.atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
 
 
 def parse_class(value: Any) -> int | None:

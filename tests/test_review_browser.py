@@ -20,7 +20,8 @@ import pytest
 from conftest import copy_project, run_in
 from stages import formats
 from stages.params import load_params
-from stages.review_server import make_server, overrides_path, read_rows
+from stages.overrides import read_rows
+from stages.review_server import make_server, overrides_path
 
 pytestmark = pytest.mark.slow
 
