@@ -19,6 +19,9 @@ DEMO_ROOT = ROOT / "data" / "demo" / "imagenet-val"
 DEMO_MODELS = ROOT / "data" / "demo" / "models"
 SHARED_DEMO = ROOT.parent / "shared" / "demo" / "imagenet-val-1300"
 
+# The published-split fixtures (inputs, cache, online) shared by publish, card, hub and shards.
+pytest_plugins = ["hub_inputs"]
+
 
 @pytest.fixture(autouse=True)
 def _project_cwd(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import json
 from datasets import load_dataset_builder
 from huggingface_hub import DatasetCard
 
-from hub_inputs import ROWS, build, cache, front_matter, inputs  # noqa: F401  (fixtures)
+from hub_inputs import ROWS, build, front_matter
 from stages.card import card_context
 from stages.shards import default_features, hub_class_names
 

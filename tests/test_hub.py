@@ -8,7 +8,7 @@ import logging
 import pytest
 from huggingface_hub import HfApi
 
-from hub_inputs import TOKEN, RecordingHub, build, inputs, online  # noqa: F401  (fixtures)
+from hub_inputs import TOKEN, RecordingHub, build
 from stages.hub import PushError, push
 
 def test_push_uploads_one_commit_and_tags_it_without_writing_the_token(

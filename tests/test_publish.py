@@ -22,8 +22,8 @@ import yaml
 from datasets import ClassLabel, Image, load_dataset
 
 from conftest import ROOT, run_in
-from hub_inputs import (EXEMPTED, FIX, METRICS, ROWS, SECONDARY, TOKEN,  # noqa: F401  (fixtures)
-                        RecordingHub, SplitInputs, build, cache, inputs, project_dir)
+from hub_inputs import (EXEMPTED, FIX, METRICS, ROWS, SECONDARY, TOKEN, RecordingHub, SplitInputs,
+                        build, project_dir)
 from stages.errors import ConfigError, InputError, MissingInputError, UserError
 from stages.hub import PushError
 from stages.images import open_image

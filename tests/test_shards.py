@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import ClassLabel, Value, load_dataset
 
-from hub_inputs import build, cache, inputs  # noqa: F401  (fixtures)
+from hub_inputs import build
 from stages import formats
 from stages.shards import hub_class_names, plan_shards
 
