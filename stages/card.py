@@ -291,12 +291,6 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
     return {}
 
 
-def _model_rows(models: Any) -> dict[str, dict[str, float]]:
-    """metrics `models` (model name -> nested numbers) -> name -> flat numbers."""
-    items = models.items() if isinstance(models, Mapping) else ()
-    return {str(name): _flatten(entry) for name, entry in items}
-
-
 def _table1_row(flat: Mapping[str, float]) -> dict[str, float]:
     """Name a model's metrics: `top1 original` whatever the nesting (original.top1 or
     top1.original), other keys with spaces for dots."""
@@ -314,8 +308,9 @@ def _table1(splits: Sequence[SplitSummary]) -> str:
              "Top-1/top-5 (percent) of each model on the original labels and on the cleaned ones "
              "(kept and fixed images), as recorded by the evaluate stage.", ""]
     for split in splits:
-        models = _model_rows(split.metrics.get("models"))
-        rows = {name: _table1_row(flat) for name, flat in models.items()}
+        models = split.metrics.get("models")
+        rows = {str(name): _table1_row(_flatten(entry))
+                for name, entry in (models.items() if isinstance(models, Mapping) else ())}
         found = {key for row in rows.values() for key in row}
         first = [f"{metric} {variant}" for metric, variant in TABLE1 if f"{metric} {variant}" in found]
         columns = first + sorted(found - set(first))
@@ -331,9 +326,7 @@ def _table1(splits: Sequence[SplitSummary]) -> str:
 
 
 def _number(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
+    return "" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
 
 
 def _fields(infos: Mapping[str, DatasetInfo]) -> str:

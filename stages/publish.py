@@ -41,17 +41,9 @@ from stages.config import from_section, positive, require
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.hub import REPO_ID, PushError, exclusive_build, push
 from stages.layouts import split_source
-from stages.shards import (
-    datasets_bars_off,
-    default_features,
-    hub_class_names,
-    ledger_features,
-    plan_shards,
-    shard_overhead,
-    write_shard,
-)
 from stages.params import load_params, section, split_params
-from stages.shards import HEADROOM, LEDGER_LABEL_LISTS
+from stages.shards import (HEADROOM, LEDGER_LABEL_LISTS, datasets_bars_off, default_features,
+                           hub_class_names, ledger_features, plan_shards, shard_overhead, write_shard)
 
 logger = logging.getLogger(__name__)
 
