@@ -137,27 +137,6 @@ def test_float16_storage(params, small_manifest, tmp_path):
     np.testing.assert_allclose(probs16.astype(np.float32), np.load(tmp_path / "f32.npy"), atol=1e-3)
 
 
-def test_input_path_is_bit_identical_to_timm_transform(params, small_manifest, demo_root):
-    image = open_image(demo_root, small_manifest.at[0, "path"])
-    for spec in model_specs(params):
-        config = data_config(create_model(spec))
-        fast = predict_data.input_transform(config)
-        assert fast.scaled, f"{spec.name}: fast uint8 path not used"
-        batch = fast.to_device(fast.worker_tensor(image).unsqueeze(0), torch.device("cpu"),
-                               channels_last=True)
-        assert torch.equal(batch, eval_transform(config)(image).unsqueeze(0)), spec.name
-        assert batch.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_batches_never_span_shards():
-    usable = np.ones(23, dtype=bool)
-    usable[[2, 9]] = False
-    batches = predict_data.plan_batches(usable, [0, 2], shard_size=10, batch_size=4)
-    assert [b.tolist() for b in batches] == [[0, 1, 3, 4], [5, 6, 7, 8], [20, 21, 22]]
-    assert predict_data.plan_batches(usable, [1], shard_size=10, batch_size=4)[0].tolist() == [
-        10, 11, 12, 13]
-
-
 def test_ensemble_one_pass_is_byte_identical_and_decodes_once(params, small_manifest, tmp_path,
                                                              monkeypatch):
     # A second params entry with the same spec: a real model that shares its preprocessing group.

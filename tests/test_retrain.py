@@ -15,7 +15,7 @@ from stages import formats
 from stages.errors import InputError
 from stages.params import load_params
 from stages.retrain import arm_labels, run_arm
-from stages.retrain_report import eval_rows, reference_top1, run_report, score
+from stages.retrain_report import run_report
 
 MODEL = "mobilenetv3_small_050"
 
@@ -43,20 +43,6 @@ def test_the_arms_train_on_original_or_cleaned_labels(manifest: pd.DataFrame) ->
     stranger = _clean(manifest).assign(image_id=["x", "y", "z", "placeholder_n0"])
     with pytest.raises(InputError, match="names 3 images that the manifest lacks"):
         arm_labels("cleaned", manifest, clean=stranger)
-
-
-def test_images_of_the_train_split_are_never_scored(manifest: pd.DataFrame) -> None:
-    rows, excluded = eval_rows(manifest, manifest["image_id"].iloc[[0, 2, 6]])
-    assert rows.tolist() == [1, 3, 4, 5, 7] and excluded == 2     # row 2 is a skip row anyway
-
-
-def test_scores_count_only_scored_rows() -> None:
-    probs = np.full((3, 1000), 1e-4, dtype=np.float32)
-    probs[[0, 1, 2], [5, 6, 7]] = 0.9
-    probs[1, 1] = 0.0                                              # below 999 classes: a miss
-    assert score(probs, np.array([5.0, 1.0, np.nan])) == {"top1": 50.0, "top5": 50.0, "n": 2}
-    reference = {"a": frozenset({5, 8}), "b": frozenset(), "c": frozenset({1})}
-    assert reference_top1(probs, ["a", "b", "c"], reference) == {"top1": 50.0, "n": 2}
 
 
 def _project(path: Path, train: pd.DataFrame, val: pd.DataFrame, *, reference: Path | None) -> Path:

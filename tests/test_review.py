@@ -19,7 +19,6 @@ from PIL import Image
 
 from stages import formats
 from stages.errors import ConfigError, InputError
-from stages.thumbnails import make_thumbnail
 from stages.review import (
     WHY,
     build_report,
@@ -234,17 +233,6 @@ def test_confused_pairs_count_both_directions_and_rank_by_quality() -> None:
     tied = confused_pairs(np.array([1, 5, 7]), np.array([2, 6, 8]), np.array([0.4, 0.1, np.nan]),
                           top=3, per_pair=1)
     assert [(p["a"], p["b"]) for p in tied] == [(5, 6), (1, 2), (7, 8)]  # one image each: by quality
-
-
-def test_thumbnail_draws_the_boxes_scaled(tmp_path: Path) -> None:
-    Image.new("RGB", (400, 200), "white").save(tmp_path / "a.png")
-    assert make_thumbnail(tmp_path, "a.png", [[100, 50, 300, 150]], 100, tmp_path / "t.jpg")
-    thumb = np.asarray(Image.open(tmp_path / "t.jpg")).astype(int)
-    assert thumb.shape == (50, 100, 3)
-    edge, inside = thumb[12, 50], thumb[25, 50]  # the box's top edge (y=50/4) and its middle
-    assert edge[0] > 200 and edge[1] > 180 and edge[2] < 100  # yellow
-    assert (inside > 240).all()
-    assert not make_thumbnail(tmp_path, "missing.jpg", [], 100, tmp_path / "u.jpg")
 
 
 def test_list_matrix_pads_short_and_null_lists() -> None:

@@ -26,15 +26,13 @@ import yaml
 from conftest import DEMO_ROOT, ROOT, copy_project, run_in
 from stages import formats, train_data
 from stages.distributed import torchrun_command
-from stages.errors import ConfigError
 from stages.folds import fold_dir, read_folds, read_seen, run_folds
 from stages.images import open_image
 from stages.models import ModelSpec
 from stages.oof import run_oof
 from stages.params import load_params
 from stages.train import load_fold_model, train_fold
-from stages.train_config import LaunchConfig, TrainSettings, settings_from_params
-from stages.trainer import build_model, imagenet_weights
+from stages.train_config import LaunchConfig
 
 MODEL = "mobilenetv3_small_050"
 TINY = {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "input_size": 32, "workers": 0,
@@ -91,62 +89,6 @@ def stage(project: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 
 # --- fast unit tests -------------------------------------------------------------------------
-
-def test_settings_reject_unknown_keys_and_unpaired_mixup(params: dict) -> None:
-    params = merge(params, train_sections("x"))
-    params["train"]["settings"]["epoch"] = 3
-    with pytest.raises(ConfigError, match="unknown key 'epoch'; did you mean 'epochs'"):
-        settings_from_params(params)
-    with pytest.raises(ConfigError, match="batch_size.*even when mixup"):
-        TrainSettings(batch_size=5, mixup=0.2)
-    with pytest.raises(ConfigError, match="rdzv_endpoint"):
-        LaunchConfig(nnodes=2)
-
-
-def test_epoch_batches_split_one_seeded_order_between_processes_and_resume_mid_epoch() -> None:
-    rows = np.arange(100, 150)
-    one = [train_data.EpochBatches(rows, seed=1, epoch=2, batch_size=4, rank=r, world=3)
-           for r in range(3)]
-    assert [len(b) for b in one] == [5, 5, 5]                  # ceil(50 / (4 * 3)) each
-    assert all(len(batch) == 4 for b in one for batch in b)
-    taken = np.concatenate([np.concatenate(list(b)) for b in one])
-    assert len(taken) == 60 and set(taken.tolist()) == set(rows.tolist())  # 10 rows twice
-    later = train_data.EpochBatches(rows, seed=1, epoch=2, batch_size=4, rank=1, world=3,
-                                    start_step=3)
-    assert list(later) == list(one[1])[3:]
-    other = train_data.EpochBatches(rows, seed=1, epoch=3, batch_size=4, rank=1, world=3)
-    assert list(other) != list(one[1])
-
-
-def test_parts_of_several_processes_interleave_back_into_row_order() -> None:
-    rows = np.arange(11)
-    parts = [train_data.rank_rows(rows, rank=r, world=3) for r in range(3)]
-    out = np.zeros(11, dtype=np.int64)
-    train_data.interleave(parts, out, chunk=2)
-    assert out.tolist() == rows.tolist()
-
-
-def test_augmentation_depends_on_the_row_and_epoch_not_the_call_order(
-        small_manifest: pd.DataFrame) -> None:
-    transform = train_data.train_transform(
-        {"interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}, input_size=32,
-        scale=(0.08, 1.0), hflip=0.5, color_jitter=0.4, auto_augment=None, re_prob=0.25)
-    data = train_data.ManifestSamples(DEMO_ROOT, small_manifest["path"].tolist(),
-                                      small_manifest["label"].to_numpy(), transform, seed=0)
-    first, second = data[3][0], data[4][0]
-    assert torch.equal(data[4][0], second) and torch.equal(data[3][0], first)
-    data.epoch = 1
-    assert not torch.equal(data[3][0], first)
-
-
-def test_imagenet_weights_are_refused_unless_allowed(project_root: Path) -> None:
-    spec = ModelSpec("demo", f"local-dir:{project_root}/data/demo/models/mobilenetv1_025.tf_in1k")
-    with pytest.raises(ConfigError, match="leak the very labels being checked"):
-        build_model(spec, TrainSettings(init="pretrained"), torch.device("cpu"))
-    model = build_model(spec, TrainSettings(init="pretrained", allow_imagenet_weights=True),
-                        torch.device("cpu"))
-    assert imagenet_weights(model) and model.training
-
 
 def test_torchrun_command_is_standalone_on_one_node_and_rendezvous_across_nodes() -> None:
     one = torchrun_command("stages.train", ["--fold", "1"], LaunchConfig(nproc_per_node=2))
