@@ -71,8 +71,14 @@ def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
 
 def _top(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, K) -> the TOP most probable classes per row, best first (ties: smaller index first),
-    and their probabilities; a partition first, so only TOP values per row are sorted."""
-    part = np.sort(np.argpartition(-mean, TOP - 1, axis=1)[:, :TOP], axis=1)
+    and their probabilities; a partition first, so only rows with a tie at the TOP-th value are
+    sorted whole (a partition alone would pick any of the tied classes)."""
+    cutoff = -np.partition(-mean, TOP - 1, axis=1)[:, TOP - 1:TOP]
+    above = mean >= cutoff
+    tied = above.sum(axis=1) > TOP
+    part = np.empty((len(mean), TOP), dtype=np.int64)
+    part[~tied] = np.nonzero(above[~tied])[1].reshape(-1, TOP)
+    part[tied] = np.argsort(-mean[tied], axis=1, kind="stable")[:, :TOP]
     values = np.take_along_axis(mean, part, axis=1)
     order = np.argsort(-values, axis=1, kind="stable")
     return (np.take_along_axis(part, order, axis=1).astype(np.int32),

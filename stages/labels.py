@@ -81,7 +81,7 @@ def _read_labels_file(path: Path, image_ids: pd.Series) -> tuple[pd.Series, pd.S
                          f"(e.g. {list(unknown[:3])}); re-run promote for this manifest")
     iterations = table["iteration"].dropna().unique()
     if len(iterations) != 1:
-        raise ValueError(f"labels file {path} must hold one iteration, found {sorted(iterations)}")
+        raise ValueError(f"labels file {path} must hold one iteration, found {sorted(int(i) for i in iterations)}")
     table = table.reindex(image_ids)
     left = table["label"].isna()
     reason = table["reason"].where(table["reason"].notna(), "left the split in an earlier iteration")

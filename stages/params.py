@@ -68,7 +68,8 @@ def resolve_threshold(value: int | str, n_models: int, *, name: str = "threshold
         if match:
             numerator = int(match.group(1) or 1)
             denominator = int(match.group(2) or 1)
-            return max(1, math.ceil(Fraction(numerator * n_models, denominator)))
+            if numerator and denominator:
+                return max(1, math.ceil(Fraction(numerator * n_models, denominator)))
     raise ValueError(f"{name}: expected a count (int) or a fraction of the number of models such "
                      f"as 'M', 'M/2' or '2M/3', got {value!r}")
 
