@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from stages.errors import ConfigError
-from stages.models import resolve_device
+from stages.models import cpu_threads, resolve_device
 from stages.train_config import LaunchConfig, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -177,10 +177,6 @@ class Dist(Context):
 
     device: torch.device = torch.device("cpu")
 
-    @property
-    def main(self) -> bool:
-        return self.is_main
-
     def barrier(self) -> None:
         barrier(self)
 
@@ -205,12 +201,5 @@ def distributed(settings: TrainSettings, launch: LaunchConfig) -> Iterator[Dist]
     if world != 1 and world != launch.world:
         raise ConfigError(f"running under torchrun with WORLD_SIZE={world}, but params.yaml "
                           f"`train.launch` asks for {launch.world} processes; make them agree")
-    threads = torch.get_num_threads()
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    try:
-        with session(settings.device, backend=launch.backend) as ctx:
-            device = device_for(settings.device, ctx)
-            yield Dist(ctx.rank, ctx.world, ctx.local_rank, device)
-    finally:
-        torch.set_num_threads(threads)
+    with cpu_threads(settings.threads), session(settings.device, backend=launch.backend) as ctx:
+        yield Dist(ctx.rank, ctx.world, ctx.local_rank, device_for(settings.device, ctx))

@@ -136,14 +136,18 @@ def scan_model(probs: np.ndarray, *, chunk_rows: int = CHUNK_ROWS, desc: str = "
     return top1, top5
 
 
-def _accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series, rows: np.ndarray
-              ) -> dict[str, float | None]:
-    wanted = labels.to_numpy(dtype="float64", na_value=np.nan)
-    rows = rows & ~np.isnan(wanted)
+def accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray, rows: np.ndarray
+             ) -> dict[str, Any]:
+    """Top-1/top-5 (%) over `rows` (N,) bool that have a label, and their count.
+
+    top1: (N,), top5: (N, 5) from `scan_model`; labels: (N,) numbers, NaN/None = no label.
+    """
+    wanted = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    rows = np.asarray(rows, dtype=bool) & ~np.isnan(wanted)
     target = wanted[rows].astype(np.int64)
-    return {"top1": _percent(int((top1[rows] == target).sum()), int(rows.sum())),
-            "top5": _percent(int((top5[rows] == target[:, None]).any(axis=1).sum()),
-                             int(rows.sum())), "rows": int(rows.sum())}
+    n = int(rows.sum())
+    return {"top1": _percent(int((top1[rows] == target).sum()), n),
+            "top5": _percent(int((top5[rows] == target[:, None]).any(axis=1).sum()), n), "rows": n}
 
 
 def model_metrics(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mapping[str, Path], *,
@@ -169,8 +173,8 @@ def model_metrics(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mappin
                                 usable=not_skip, source=str(path))
         del probs
         metrics[name] = {"cl_label_errors": int(flagged.get(name, 0)),
-                         "original": _accuracy(top1, top5, ledger["label"], not_skip),
-                         "cleaned": _accuracy(top1, top5, ledger["new_label"], cleaned)}
+                         "original": accuracy(top1, top5, ledger["label"], not_skip),
+                         "cleaned": accuracy(top1, top5, ledger["new_label"], cleaned)}
         if entries is not None:
             metrics[name]["multi_label_top1"] = reference.multi_label_top1(top1, entries, not_skip)
     return metrics

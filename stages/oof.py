@@ -25,7 +25,7 @@ import pandas as pd
 from stages import formats
 from stages.cli import run_as_script
 from stages.errors import InputError
-from stages.evaluate import scan_model
+from stages.evaluate import accuracy, scan_model
 from stages.folds import (check_out_of_fold_split, fold_count, fold_dir, read_fold_log,
                            read_folds, read_seen)
 from stages.params import load_params
@@ -90,13 +90,13 @@ def assemble(manifest: pd.DataFrame, fold_of: np.ndarray, folders: Sequence[Path
     _stream(folders, rows, fold_of, out, dtype=dtype)
     top1, top5 = scan_model(np.load(out, mmap_mode="r"), usable=usable, source=str(out),
                             desc=f"oof {split} {model} top-k")
-    accuracy = top_accuracy(top1, top5, manifest["label"], usable)
+    scores = accuracy(top1, top5, manifest["label"], usable)
     first = logs[0]
     sidecar = {
         "model": model, "spec": first["spec"], "architecture": first["architecture"],
         "weights_sha256": None, "preprocessing": first["preprocessing"], "dtype": dtype.name,
         "n": len(manifest), "n_skipped": int((~usable).sum()),
-        "top1": accuracy["top1"], "top5": accuracy["top5"], "split": split,
+        "top1": scores["top1"], "top5": scores["top5"], "split": split,
         "source": "out-of-fold", "folds": k, "seed": first["seed"], "init": first["init"],
         "settings": first["settings"], "world_size": first["world_size"],
         "image_ids_sha256": formats.image_ids_sha256(image_ids),
@@ -130,21 +130,6 @@ def _stream(folders: Sequence[Path], rows: Sequence[np.ndarray], fold_of: np.nda
             result[start:stop] = block
         result.flush()
         del result
-
-
-def top_accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray,
-                 rows: np.ndarray) -> dict[str, Any]:
-    """Top-1/top-5 (%) over `rows` (N,) bool with a label (top1 (N,), top5 (N, 5) from
-    `evaluate.scan_model`; labels (N,), NaN/None = no label)."""
-    wanted = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy(np.float64, na_value=np.nan)
-    rows = np.asarray(rows, dtype=bool) & ~np.isnan(wanted)
-    target = wanted[rows].astype(np.int64)
-    n = int(rows.sum())
-    if not n:
-        return {"top1": None, "top5": None, "n": 0}
-    return {"top1": round(100.0 * int((top1[rows] == target).sum()) / n, 4),
-            "top5": round(100.0 * int((top5[rows] == target[:, None]).any(axis=1).sum()) / n, 4),
-            "n": n}
 
 
 def run_oof(split: str, model: str, params: dict[str, Any], *,

@@ -30,7 +30,7 @@ from stages.distributed import distributed, launch_or_run
 from stages.errors import InputError
 from stages.models import model_specs
 from stages.params import load_params, split_params
-from stages.train import write_outputs
+from stages.train import work_dir, write_outputs
 from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config, settings_from_params
 from stages.trainer import Job, fit, predict_rows
 
@@ -82,7 +82,7 @@ def run_arm(arm: str, params: dict[str, Any]) -> dict[str, Any] | None:
     image_ids = manifest["image_id"].to_numpy(dtype=str)
     job = Job(f"retrain/{arm}", spec, Path(split_params(params, config.split)["root"]),
               manifest["path"].fillna("").tolist(), labels, train_rows, seed,
-              out.parent / f".{out.name}.partial",
+              work_dir(out),
               {"arm": arm, "manifest_image_ids_sha256": formats.image_ids_sha256(image_ids)})
     job.work.mkdir(parents=True, exist_ok=True)
     logger.info("retrain %s: %s on %d rows of %s, scored on %d rows of %s (%d left out: in the "
@@ -94,7 +94,7 @@ def run_arm(arm: str, params: dict[str, Any]) -> dict[str, Any] | None:
         predict_rows(trained, job, rows, probs, settings=settings, ctx=ctx,
                      root=Path(split_params(params, config.eval_split)["root"]),
                      paths=evaluated["path"].fillna("").tolist())
-        if not ctx.main:
+        if not ctx.is_main:
             return None
         log = {"arm": arm, "model": config.model, "spec": spec.spec, "split": config.split,
                "eval_split": config.eval_split, "seed": seed, "settings": settings.numeric(),

@@ -22,10 +22,9 @@ import pandas as pd
 from stages import formats
 from stages.cli import run_as_script
 from stages.errors import InputError, MissingInputError
-from stages.evaluate import scan_model
-from stages.oof import top_accuracy
+from stages.evaluate import accuracy, scan_model
 from stages.params import load_params
-from stages.reference import load_reference
+from stages.reference import load_reference, multi_label_top1
 from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config
 
 logger = logging.getLogger(__name__)
@@ -33,21 +32,19 @@ logger = logging.getLogger(__name__)
 METRICS = Path("metrics/retrain.json")
 
 
-def score(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Top-1/top-5 (%) of probs (R, 1000) against labels (R,) float (NaN = not scored)."""
-    top1, top5 = scan_model(probs, desc="retrain score")
-    return top_accuracy(top1, top5, labels, np.ones(len(labels), dtype=bool))
+def score(top1: np.ndarray, top5: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Top-1/top-5 (%) of an arm's top1 (R,) / top5 (R, 5) against labels (R,) float (NaN = not
+    scored), and the count of scored rows."""
+    scores = accuracy(top1, top5, labels, np.ones(len(labels), dtype=bool))
+    return {"top1": scores["top1"], "top5": scores["top5"], "n": scores["rows"]}
 
 
-def reference_top1(probs: np.ndarray, image_ids: Sequence[str],
+def reference_top1(top1: np.ndarray, image_ids: Sequence[str],
                    reference: Mapping[str, Collection[int]]) -> dict[str, Any]:
     """ReaL top-1 (%): the top prediction is among the accepted classes (images with some)."""
-    top1 = np.asarray(probs).argmax(axis=1)
-    judged = [(int(t), reference[i]) for t, i in zip(top1, image_ids) if reference.get(i)]
-    if not judged:
-        return {"top1": None, "n": 0}
-    return {"top1": round(100.0 * sum(t in ok for t, ok in judged) / len(judged), 4),
-            "n": len(judged)}
+    entries = [reference.get(i) for i in image_ids]
+    return {"top1": multi_label_top1(top1, entries, np.ones(len(entries), dtype=bool)),
+            "n": sum(1 for entry in entries if entry)}
 
 
 def eval_labels(eval_split: str, evaluated: pd.DataFrame, rows: np.ndarray
@@ -94,10 +91,11 @@ def run_report(params: dict[str, Any], *, out: Path | None = None) -> dict[str, 
         "eval_rows": len(rows), "eval_rows_in_train_split": excluded,
         "reference_labels": reference_file}
     for arm in ARMS:
-        probs = np.load(arm_dir(arm) / "probs.npy", mmap_mode="r")
+        top1, top5 = scan_model(np.load(arm_dir(arm) / "probs.npy", mmap_mode="r"),
+                                desc=f"retrain score {arm}")
         metrics[arm] = {"train_rows": logs[arm]["n_train"],
-                        **{f"{config.eval_split}_{k}": score(probs, v) for k, v in labels.items()},
-                        "reference": reference_top1(probs, ids, reference) if reference else None}
+                        **{f"{config.eval_split}_{k}": score(top1, top5, v) for k, v in labels.items()},
+                        "reference": reference_top1(top1, ids, reference) if reference else None}
     metrics["delta_top1"] = {
         key: _delta(metrics["cleaned"][key]["top1"], metrics["original"][key]["top1"])
         for key in metrics["original"] if isinstance(metrics["original"][key], dict)}

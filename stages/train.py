@@ -127,7 +127,7 @@ def train_fold(split: str, model: str, fold: int, params: dict[str, Any], *,
             raise RuntimeError(f"{job.name}: the training loop fed held-out rows to the model")
         probs = job.work / "heldout.npy"
         predict_rows(trained, job, heldout, probs, settings=settings, ctx=ctx)
-        if not ctx.main:
+        if not ctx.is_main:
             return None
         log = fold_log(split, model, fold, k, job, trained, heldout, image_ids, settings, ctx,
                        spec.spec)

@@ -144,8 +144,3 @@ def evaluation_config(data_config: dict[str, Any], *, input_size: int) -> dict[s
     config = dict(data_config)
     config["input_size"] = (3, input_size, input_size)
     return config
-
-
-def evaluation_transform(config: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """timm's evaluation transform (resize, centre crop, normalise) of a data config."""
-    return create_transform(**config, is_training=False)

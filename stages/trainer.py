@@ -42,7 +42,7 @@ from stages import train_data
 from stages.distributed import Dist
 from stages.errors import ConfigError, InputError
 from stages.formats import NUM_CLASSES, atomic_path, image_ids_sha256
-from stages.models import ModelSpec, create_model, data_config
+from stages.models import ModelSpec, architecture, create_model, data_config, eval_transform
 from stages.train_config import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class _Run:
             self.ema.load_state_dict(saved["ema"])
         seen = np.unpackbits(saved["seen"].numpy(), count=len(self.job.paths)).astype(bool)
         state = _State(saved["epoch"], saved["step"], saved["global_step"], seen,
-                       saved["carried"] if self.ctx.main else torch.zeros(2, dtype=torch.float64),
+                       saved["carried"] if self.ctx.is_main else torch.zeros(2, dtype=torch.float64),
                        list(saved["history"]))
         if self.scheduler is not None:
             self.scheduler.step_update(num_updates=state.global_step)
@@ -233,12 +233,12 @@ class _Run:
     def save(self, state: _State, local: torch.Tensor) -> None:
         """Checkpoint (a collective: every process calls it at the same update)."""
         seen = self.ctx.all_reduce(torch.from_numpy(state.seen.astype(np.uint8)), dist.ReduceOp.MAX)
-        partial = self.ctx.all_reduce(local.clone())
+        partial = self.ctx.all_reduce(local.cpu())
         state.seen = seen.numpy().astype(bool)
         carried = state.carried + partial
-        state.carried = carried if self.ctx.main else torch.zeros(2, dtype=torch.float64)
+        state.carried = carried if self.ctx.is_main else torch.zeros(2, dtype=torch.float64)
         local.zero_()
-        if self.ctx.main:
+        if self.ctx.is_main:
             payload = {
                 "fingerprint": self.fingerprint, "epoch": state.epoch, "step": state.step,
                 "global_step": state.global_step, "model": self.model.state_dict(),
@@ -292,8 +292,8 @@ def fit(job: Job, settings: TrainSettings, ctx: Dist) -> Trained:
     total = settings.epochs * run.steps
     bar = tqdm(total=total * settings.batch_size * ctx.world, initial=state.global_step *
                settings.batch_size * ctx.world, desc=f"train {job.name}", unit="img",
-               mininterval=2.0, disable=not ctx.main)
-    local = torch.zeros(2, dtype=torch.float64)
+               mininterval=2.0, disable=not ctx.is_main)
+    local = torch.zeros(2, dtype=torch.float64, device=ctx.device)  # loss sum, images: no sync per step
     while state.epoch < settings.epochs:
         batches = train_data.EpochBatches(job.train_rows, seed=job.seed, epoch=state.epoch,
                                           batch_size=settings.batch_size, rank=ctx.rank,
@@ -306,7 +306,8 @@ def fit(job: Job, settings: TrainSettings, ctx: Dist) -> Trained:
                                                         pin_memory=run.cuda):
             _seed_step(job.seed, state.epoch, state.step, ctx.rank)
             loss = run.update(inputs, targets, mixup, criterion, state.global_step)
-            local += torch.tensor([float(loss) * len(rows), len(rows)], dtype=torch.float64)
+            local[0] += loss.double() * len(rows)
+            local[1] += len(rows)
             state.seen[rows.numpy()] = True
             state.step, state.global_step = state.step + 1, state.global_step + 1
             images += len(rows) * ctx.world
@@ -323,14 +324,14 @@ def fit(job: Job, settings: TrainSettings, ctx: Dist) -> Trained:
     return Trained(model.eval(), train_data.evaluation_config(run.data_config,
                                                               input_size=settings.input_size),
                    state.seen, state.history, state.global_step, resumed_at,
-                   str(model.pretrained_cfg.get("architecture") or type(model).__name__),
+                   architecture(model),
                    state.timings)
 
 
 def _end_epoch(run: _Run, state: _State, local: torch.Tensor, images: int, seconds: float) -> None:
     """Close an epoch: record its mean loss and checkpoint at (next epoch, step 0)."""
     lr = run.optimizer.param_groups[0]["lr"]
-    totals = state.carried + run.ctx.all_reduce(local.clone())
+    totals = state.carried + run.ctx.all_reduce(local.cpu())
     entry = {"epoch": state.epoch, "loss": round(float(totals[0] / max(totals[1], 1)), 6),
              "images": int(totals[1]), "lr_end": lr}
     timing = {"epoch": state.epoch, "images": int(totals[1]), "seconds": round(seconds, 3),
@@ -355,10 +356,10 @@ def predict_rows(trained: Trained, job: Job, rows: np.ndarray, out: Path, *,
     """
     mine = train_data.rank_rows(rows, rank=ctx.rank, world=ctx.world)
     dtype = np.dtype(settings.dtype)
-    transform = train_data.evaluation_transform(trained.eval_config)
-    dataset = train_data.ManifestSamples(root or job.root, paths if paths is not None else job.paths,
-                                         np.zeros(len(paths if paths is not None else job.paths),
-                                                  dtype=np.int64), transform)
+    transform = eval_transform(trained.eval_config)
+    paths = job.paths if paths is None else paths
+    dataset = train_data.ManifestSamples(root or job.root, paths, np.zeros(len(paths), dtype=np.int64),
+                                         transform)
     part = job.work / f"part-{ctx.rank:04d}.npy"
     with atomic_path(part) as tmp, torch.inference_mode():
         probs = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(mine), NUM_CLASSES))
@@ -367,13 +368,13 @@ def predict_rows(trained: Trained, job: Job, rows: np.ndarray, out: Path, *,
         for inputs, _, _ in tqdm(train_data.loader(dataset, batches, workers=settings.workers,
                                                    pin_memory=ctx.device.type == "cuda"),
                                  total=len(batches), desc=f"predict {job.name}", unit="batch",
-                                 mininterval=2.0, disable=not ctx.main):
+                                 mininterval=2.0, disable=not ctx.is_main):
             probs[done:done + len(inputs)] = softmax(trained.model, inputs, settings, ctx)
             done += len(inputs)
         probs.flush()
         del probs
     ctx.barrier()
-    if ctx.main:
+    if ctx.is_main:
         parts = [np.load(job.work / f"part-{r:04d}.npy", mmap_mode="r") for r in range(ctx.world)]
         with atomic_path(out) as tmp:
             result = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype,

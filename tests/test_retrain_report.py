@@ -12,6 +12,7 @@ import pytest
 
 from stages import formats
 from stages.errors import InputError, MissingInputError
+from stages.evaluate import scan_model
 from stages.retrain_report import eval_labels, reference_top1, run_report, score
 from stages.train_config import arm_dir
 
@@ -20,9 +21,10 @@ def test_scores_count_only_scored_rows() -> None:
     probs = np.full((3, 1000), 1e-4, dtype=np.float32)
     probs[[0, 1, 2], [5, 6, 7]] = 0.9
     probs[1, 1] = 0.0                                              # below 999 classes: a miss
-    assert score(probs, np.array([5.0, 1.0, np.nan])) == {"top1": 50.0, "top5": 50.0, "n": 2}
+    top1, top5 = scan_model(probs)
+    assert score(top1, top5, np.array([5.0, 1.0, np.nan])) == {"top1": 50.0, "top5": 50.0, "n": 2}
     reference = {"a": frozenset({5, 8}), "b": frozenset(), "c": frozenset({1})}
-    assert reference_top1(probs, ["a", "b", "c"], reference) == {"top1": 50.0, "n": 2}
+    assert reference_top1(top1, ["a", "b", "c"], reference) == {"top1": 50.0, "n": 2}
 
 
 @pytest.fixture

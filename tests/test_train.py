@@ -24,11 +24,11 @@ import torch
 import yaml
 
 from conftest import DEMO_ROOT, ROOT, copy_project, run_in
-from stages import formats, train_data
+from stages import formats
 from stages.distributed import torchrun_command
 from stages.folds import fold_dir, read_folds, read_seen, run_folds
 from stages.images import open_image
-from stages.models import ModelSpec
+from stages.models import ModelSpec, eval_transform
 from stages.oof import run_oof
 from stages.params import load_params
 from stages.train import load_fold_model, train_fold
@@ -143,7 +143,7 @@ def test_each_row_is_predicted_by_a_model_that_never_saw_it(
     # the saved weights are the model that made fold 1's predictions
     folder = project / fold_dir("train_demo", MODEL, 1)
     model = load_fold_model(ModelSpec(MODEL, MODEL, pretrained=False), folder)
-    transform = train_data.evaluation_transform(logs[1]["preprocessing"])
+    transform = eval_transform(logs[1]["preprocessing"])
     rows = np.flatnonzero(read_folds("train_demo", manifest) == 1)
     batch = torch.stack([transform(open_image(DEMO_ROOT, manifest["path"][r])) for r in rows])
     with torch.inference_mode():

@@ -12,6 +12,7 @@ import torch
 
 from conftest import DEMO_ROOT
 from stages import train_data
+from stages.models import eval_transform
 
 
 def test_epoch_batches_split_one_seeded_order_between_processes_and_resume_mid_epoch() -> None:
@@ -91,7 +92,7 @@ def test_sample_seed_is_a_32_bit_function_of_seed_epoch_and_row() -> None:
 
 def test_samples_give_label_and_row_and_name_an_undecodable_image(
         tmp_path: Path, small_manifest: pd.DataFrame) -> None:
-    transform = train_data.evaluation_transform(train_data.evaluation_config(
+    transform = eval_transform(train_data.evaluation_config(
         {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.5,) * 3,
          "std": (0.5,) * 3, "crop_pct": 0.875, "crop_mode": "center"}, input_size=32))
     paths, labels = small_manifest["path"].tolist()[:3], small_manifest["label"].to_numpy()[:3]

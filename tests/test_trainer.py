@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from stages import train_data
 from stages.distributed import Dist
 from stages.errors import ConfigError
 from stages.images import open_image
-from stages.models import ModelSpec
+from stages.models import ModelSpec, eval_transform
 from stages.train_config import TrainSettings
 from stages.trainer import (
     CHECKPOINT,
@@ -99,7 +98,7 @@ def test_fit_feeds_only_the_training_rows_and_resumes_from_its_checkpoint(
     predict_rows(trained, job, heldout, out, settings=TINY, ctx=ctx)
     probs = np.load(out)
     assert probs.shape == (5, 1000) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
-    transform = train_data.evaluation_transform(trained.eval_config)
+    transform = eval_transform(trained.eval_config)
     batch = torch.stack([transform(open_image(demo_root, manifest["path"][r])) for r in heldout])
     with torch.inference_mode():
         direct = torch.softmax(trained.model(batch), dim=1).numpy()
