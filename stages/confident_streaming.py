@@ -54,7 +54,7 @@ def read_rows(pred_probs: Any, index: np.ndarray) -> np.ndarray:
         block = np.asarray(pred_probs[index])
     if block.dtype == np.float16:
         return _widen(block)
-    return np.array(block, dtype=np.float32)
+    return np.asarray(block, dtype=np.float32)
 
 
 def _widen(block: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from stages.confident_streaming import read_rows
+
 TOP = 5
 CHUNK_ROWS = 8192
 
@@ -64,7 +66,7 @@ def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
     """Rows start..stop of a predictions file as float32; the mapping is dropped right after."""
     mapped = np.load(path, mmap_mode="r")
     try:
-        return np.asarray(mapped[start:stop], dtype=np.float32)
+        return read_rows(mapped, np.arange(start, stop))
     finally:
         del mapped
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from stages.formats import file_sha256
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
@@ -108,21 +107,16 @@ def open_image(root: str | os.PathLike[str], path: str) -> Image.Image:
     return open_rgb(where)
 
 
-def image_sha256(root: str | os.PathLike[str], path: str) -> str | None:
-    """sha256 of a manifest row's encoded image (file or parquet row); None when unreadable."""
-    where = resolve(root, path)
-    try:
-        if isinstance(where, tuple):
-            return hashlib.sha256(shard_image_bytes(*where)).hexdigest()
-        return file_sha256(where)
-    except OSError:
-        return None
-
-
 def probe_image(root: str | os.PathLike[str], path: str, *, full: bool = True
-                ) -> tuple[int, int, str | None]:
-    """`probe` for a manifest row's image, file or parquet row."""
+                ) -> tuple[int, int, str | None, str | None]:
+    """`probe` for a manifest row's image (file or parquet row) and the sha256 of its encoded
+    bytes (None when unreadable), from one read of the file."""
     where = resolve(root, path)
     if isinstance(where, tuple):
-        return probe(io.BytesIO(shard_image_bytes(*where)), full=full)
-    return probe(where, full=full)
+        data = shard_image_bytes(*where)
+    else:
+        try:
+            data = where.read_bytes()
+        except OSError as error:
+            return 0, 0, f"unreadable image: {type(error).__name__}: {error}", None
+    return (*probe(io.BytesIO(data), full=full), hashlib.sha256(data).hexdigest())

@@ -25,7 +25,7 @@ from stages import formats, layouts
 from stages.cli import run_as_script, split_stage_main
 from stages.config import from_section, positive, require
 from stages.errors import InputError
-from stages.images import image_sha256, probe_image
+from stages.images import probe_image
 from stages.params import section, split_params
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ class IngestConfig:
                 f"one of {', '.join(BAD_IMAGE_POLICIES)}", self.on_bad_image)
         require(self.verify in VERIFY_MODES, "ingest.verify", f"one of {', '.join(VERIFY_MODES)}",
                 self.verify)
-        require(isinstance(self.workers, int) and not isinstance(self.workers, bool),
-                "ingest.workers", "an int >= 1", self.workers)
         positive("ingest.workers", self.workers)
 
     @classmethod
@@ -143,8 +141,7 @@ def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfi
               "label_box_mismatches": check_labels_against_boxes(found, source)}
     full = VERIFY_MODES[config.verify]
     def probe(record: layouts.Found) -> tuple[int, int, str | None, str | None]:
-        return (*probe_image(source.root, record.path, full=full),
-                image_sha256(source.root, record.path))
+        return probe_image(source.root, record.path, full=full)
 
     with ThreadPoolExecutor(config.workers) as pool:
         probes = list(tqdm(pool.map(probe, found), total=len(found), unit="img",
