@@ -23,17 +23,16 @@ _MISSING = object()
 
 
 def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
-                 ignore: tuple[str, ...] = (), read: tuple[str, ...] | None = None) -> T:
+                 ignore: tuple[str, ...] = ()) -> T:
     """Build the frozen dataclass `cls` from a params section.
 
     Args:
         cls: a dataclass whose fields are the section's keys (defaults = optional keys).
         values: the section as read from params.yaml (None = empty).
         where: the section's dotted name in params.yaml, used in every message.
-        ignore: keys of the section that other code reads (not fields of `cls`).
-        read: the fields this caller uses (default: all). The others are still known keys (no
-            unknown-key error) but are not read and keep their defaults, so a stage reads, and
-            DVC must track, only the keys it uses.
+        ignore: keys of the section that other code reads (not fields of `cls`): known keys
+            (no unknown-key error) that this caller does not read, so DVC need not track them
+            for its stage.
 
     Raises:
         ConfigError: an unknown key (with close matches), a missing required key or a value of the
@@ -47,15 +46,14 @@ def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
     unknown = [k for k in values if k not in known and k not in ignore]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(known), n=3)
+        allowed = [*known, *ignore]
+        close = difflib.get_close_matches(str(key), allowed, n=3)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"params.yaml `{where}` has an unknown key {key!r}{hint} "
-                          f"(allowed: {', '.join(known)})")
+                          f"(allowed: {', '.join(allowed)})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, field in known.items():
-        if read is not None and name not in read:
-            continue
         has_default = (field.default is not dataclasses.MISSING
                        or field.default_factory is not dataclasses.MISSING)
         if name not in values:

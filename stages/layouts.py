@@ -55,20 +55,15 @@ class Source:
 
 @dataclass(frozen=True)
 class SplitEntry:
-    """A `splits.<split>` entry of params.yaml. Ingest reads root..limit; `labels` is read by
-    vote/promote, `overrides` by decide, `models` by `params.split_models`, `predictions` by the
-    predict side (keys another stage adds belong here too, or every stage refuses them)."""
+    """The keys of a `splits.<split>` entry that say where and how its images lie (what ingest
+    reads); the entry's other keys are `OTHER_SPLIT_KEYS`."""
 
     root: str
     layout: str
     subset: str | None = None
     synsets: str | None = None
     boxes: str | None = None
-    labels: str | None = None
-    overrides: str | None = None
     limit: int | None = None
-    models: tuple[str, ...] | None = None
-    predictions: Any = None
 
     def check(self, where: str) -> None:
         """Refuse keys the layout would silently ignore (ConfigError naming the key and the fix)."""
@@ -99,8 +94,10 @@ def _inside(path: Path, root: Path) -> bool:
     return path.absolute().is_relative_to(root.absolute())
 
 
-SOURCE_KEYS = ("root", "layout", "subset", "synsets", "boxes", "limit")
-"""The keys of a split entry that say where and how its images lie (what ingest reads)."""
+OTHER_SPLIT_KEYS = ("labels", "overrides", "models", "predictions")
+"""Keys of a split entry other stages read: `labels` (vote/promote), `overrides` (decide), `models`
+(`params.split_models`), `predictions` (the predict side). A key another stage adds belongs here
+too, or every stage refuses it."""
 
 
 def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split>") -> Source:
@@ -110,7 +107,7 @@ def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split
         ConfigError: unknown keys (with close matches), a missing root or layout, wrong types, or
             a key the layout does not read.
     """
-    split = from_section(SplitEntry, entry, where=where, read=SOURCE_KEYS)
+    split = from_section(SplitEntry, entry, where=where, ignore=OTHER_SPLIT_KEYS)
     split.check(where)
     optional = {k: Path(getattr(split, k)) for k in ("synsets", "boxes") if getattr(split, k)}
     return Source(Path(split.root), split.layout, split.subset or "val", limit=split.limit,

@@ -69,7 +69,7 @@ def test_range_checkers() -> None:
         fraction("a.f", 0, low_open=True)
 
 
-def test_read_limits_the_keys_read_but_still_knows_the_others() -> None:
+def test_ignored_keys_are_known_but_not_read() -> None:
     class Seen(dict):
         def __init__(self, data: dict) -> None:
             super().__init__(data)
@@ -79,9 +79,10 @@ def test_read_limits_the_keys_read_but_still_knows_the_others() -> None:
             self.read.append(key)
             return super().__getitem__(key)
 
-    values = Seen({"root": "x", "workers": 4, "heat": 0.5})
-    config = from_section(Example, values, where="demo", read=("root", "workers"))
-    assert (config.root, config.workers, config.heat) == ("x", 4, 0.75)  # heat keeps its default
+    values = Seen({"root": "x", "workers": 4, "colour": "red"})
+    config = from_section(Example, values, where="demo", ignore=("colour",))
+    assert (config.root, config.workers, config.heat) == ("x", 4, 0.75)
     assert values.read == ["root", "workers"]
-    with pytest.raises(ConfigError, match="unknown key 'hat'"):
-        from_section(Example, {"root": "x", "hat": 1}, where="demo", read=("root",))
+    with pytest.raises(ConfigError, match=r"unknown key 'colr'; did you mean 'colour'\?.*allowed: "
+                                          r"root, .*, colour\)"):
+        from_section(Example, {"root": "x", "colr": 1}, where="demo", ignore=("colour",))
