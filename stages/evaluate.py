@@ -70,10 +70,6 @@ class EvaluateConfig:
         fraction("evaluate.multi_label_threshold", self.multi_label_threshold, low_open=True)
 
 
-def _percent(hits: int, total: int) -> float | None:
-    return None if total == 0 else round(100.0 * hits / total, 4)
-
-
 def action_counts(ledger: pd.DataFrame, clean: pd.DataFrame | None = None) -> dict[str, Any]:
     """Counts and percentages (of ledger rows) of every action and flag; removals split into
     this iteration's (`remove_new`) and earlier iterations' (`remove_carried`)."""
@@ -84,7 +80,7 @@ def action_counts(ledger: pd.DataFrame, clean: pd.DataFrame | None = None) -> di
                   exempted=int(ledger["exempted"].sum()),
                   secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
                   placeholders=0 if clean is None else int(clean["placeholder"].sum()))
-    return {"counts": counts, "percent": {k: _percent(v, len(ledger)) for k, v in counts.items()}}
+    return {"counts": counts, "percent": {k: formats.percent(v, len(ledger)) for k, v in counts.items()}}
 
 
 def _check_probabilities(chunk: np.ndarray, start: int, usable: np.ndarray | None,
@@ -146,8 +142,8 @@ def accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray,
     rows = np.asarray(rows, dtype=bool) & ~np.isnan(wanted)
     target = wanted[rows].astype(np.int64)
     n = int(rows.sum())
-    return {"top1": _percent(int((top1[rows] == target).sum()), n),
-            "top5": _percent(int((top5[rows] == target[:, None]).any(axis=1).sum()), n), "rows": n}
+    return {"top1": formats.percent(int((top1[rows] == target).sum()), n),
+            "top5": formats.percent(int((top5[rows] == target[:, None]).any(axis=1).sum()), n), "rows": n}
 
 
 def model_metrics(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mapping[str, Path], *,
@@ -184,7 +180,7 @@ def multi_label_estimate(votes: pd.DataFrame, *, threshold: float) -> dict[str, 
     """Share of active rows whose ensemble gives >= 2 classes at least `threshold`."""
     probs = votes.loc[votes["inactive_reason"].isna(), "ensemble_probs"]
     multi = sum(int((np.asarray(p) >= threshold).sum() >= 2) for p in probs)
-    return {"share": _percent(multi, len(probs)), "rows": len(probs), "threshold": threshold}
+    return {"share": formats.percent(multi, len(probs)), "rows": len(probs), "threshold": threshold}
 
 
 def cam_metrics(ledger: pd.DataFrame, cams: pd.DataFrame | None) -> dict[str, Any]:

@@ -269,6 +269,30 @@ SIDECAR_SOURCES = ("predict", "out-of-fold", "imported")
 training (train splits), or `imagenet-clean import-predictions` (made elsewhere)."""
 
 
+def percent(hits: int, total: int) -> float | None:
+    """hits / total in percent, rounded to 4 places (None when nothing was counted)."""
+    return None if total == 0 else round(100.0 * hits / total, 4)
+
+
+def predictions_sidecar(manifest: pd.DataFrame, *, model: str, split: str, source: str,
+                        dtype: str, spec: str | None, top1: float | None, top5: float | None,
+                        architecture: str | None = None, weights_sha256: str | None = None,
+                        preprocessing: Any = None, **extra: Any) -> dict[str, Any]:
+    """The keys every predictions sidecar has whatever made it (vote, evaluate and DVC read them),
+    for the manifest's rows, plus `extra` keys of its source.
+
+    Raises:
+        ValueError: `source` is not one of SIDECAR_SOURCES.
+    """
+    if source not in SIDECAR_SOURCES:
+        raise ValueError(f"sidecar source {source!r} is not one of {SIDECAR_SOURCES}")
+    return {"model": model, "spec": spec, "architecture": architecture,
+            "weights_sha256": weights_sha256, "preprocessing": preprocessing, "dtype": dtype,
+            "n": len(manifest), "n_skipped": int(manifest["skip_reason"].notna().sum()),
+            "top1": top1, "top5": top5, "split": split, "source": source,
+            "image_ids_sha256": image_ids_sha256(manifest["image_id"]), **extra}
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, read in 1 MiB blocks (weights and inputs can be large)."""
     digest = hashlib.sha256()

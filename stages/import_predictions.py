@@ -330,14 +330,10 @@ def run_import(split: str, model: str, path: str | Path, params: dict[str, Any],
     table = open_predictions(path, image_ids=image_ids)
     out = Path(out or formats.predictions_path(split, model))
     top1, top5, scored, skipped = import_predictions(table, manifest, out, dtype=dtype)
-    sidecar = {
-        "model": model, "spec": entry.get("spec"), "architecture": None, "weights_sha256": None,
-        "preprocessing": None, "dtype": dtype, "n": len(manifest), "n_skipped": skipped,
-        "top1": round(100.0 * top1 / scored, 4) if scored else None,
-        "top5": round(100.0 * top5 / scored, 4) if scored else None, "split": split,
-        "source": "imported", "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
-        "imported_from": Path(path).name, "imported_sha256": formats.file_sha256(path),
-    }
+    sidecar = formats.predictions_sidecar(
+        manifest, model=model, split=split, source="imported", dtype=dtype, spec=entry.get("spec"),
+        top1=formats.percent(top1, scored), top5=formats.percent(top5, scored),
+        imported_from=Path(path).name, imported_sha256=formats.file_sha256(path))
     formats.write_json(sidecar, out.with_suffix(".json"))
     logger.info("imported %s for %s/%s: %d rows, top-1 %s, top-5 %s", path, split, model,
                 len(manifest), sidecar["top1"], sidecar["top5"])

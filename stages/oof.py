@@ -92,18 +92,15 @@ def assemble(manifest: pd.DataFrame, fold_of: np.ndarray, folders: Sequence[Path
                             desc=f"oof {split} {model} top-k")
     scores = accuracy(top1, top5, manifest["label"], usable)
     first = logs[0]
-    sidecar = {
-        "model": model, "spec": first["spec"], "architecture": first["architecture"],
-        "weights_sha256": None, "preprocessing": first["preprocessing"], "dtype": dtype.name,
-        "n": len(manifest), "n_skipped": int((~usable).sum()),
-        "top1": scores["top1"], "top5": scores["top5"], "split": split,
-        "source": "out-of-fold", "folds": k, "seed": first["seed"], "init": first["init"],
-        "settings": first["settings"], "world_size": first["world_size"],
-        "image_ids_sha256": formats.image_ids_sha256(image_ids),
-        "fold_models": [{key: log[key] for key in (
+    sidecar = formats.predictions_sidecar(
+        manifest, model=model, split=split, source="out-of-fold", dtype=dtype.name,
+        spec=first["spec"], top1=scores["top1"], top5=scores["top5"],
+        architecture=first["architecture"], preprocessing=first["preprocessing"],
+        folds=k, seed=first["seed"], init=first["init"], settings=first["settings"],
+        world_size=first["world_size"],
+        fold_models=[{key: log[key] for key in (
             "fold", "trained_folds", "n_train", "n_seen", "n_heldout", "weights_sha256",
-            "seen_sha256", "train_image_ids_sha256", "heldout_image_ids_sha256")} for log in logs],
-    }
+            "seen_sha256", "train_image_ids_sha256", "heldout_image_ids_sha256")} for log in logs])
     formats.write_json(sidecar, out.with_suffix(".json"))
     logger.info("oof %s %s: %d folds, top-1 %s, top-5 %s (out-of-fold, manifest labels)", split,
                 model, k, sidecar["top1"], sidecar["top5"])

@@ -277,7 +277,6 @@ def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping
               *, config: PredictConfig, split: str) -> dict[str, dict[str, Any]]:
     """Stream each model's shards into its final .npy, write its sidecar, drop its work folder."""
     labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
-    ids_digest = formats.image_ids_sha256(manifest["image_id"])
     sidecars = {}
     for member in members:
         store = stores[member.name]
@@ -288,13 +287,11 @@ def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping
                            "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
                            "to mark them skip rows", split, member.name, len(unreadable),
                            ", ".join(shown), " ..." if len(unreadable) > len(shown) else "")
-        sidecars[member.name] = {
-            "model": member.name, "spec": member.spec.spec, "architecture": member.architecture,
-            "weights_sha256": member.weights_sha256, "preprocessing": member.data_config,
-            "dtype": config.dtype, "n": len(manifest), "n_skipped": int((~usable).sum()),
-            "n_unreadable": len(unreadable), "top1": top1, "top5": top5, "split": split,
-            "image_ids_sha256": ids_digest, "source": "predict",
-        }
+        sidecars[member.name] = formats.predictions_sidecar(
+            manifest, model=member.name, split=split, source="predict", dtype=config.dtype,
+            spec=member.spec.spec, top1=top1, top5=top5, architecture=member.architecture,
+            weights_sha256=member.weights_sha256, preprocessing=member.data_config,
+            n_unreadable=len(unreadable))
         formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
         store.remove()
     return sidecars

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from stages.errors import ConfigError
-from stages.formats import NUM_CLASSES, atomic_path, write_json, write_npy
+from stages.formats import NUM_CLASSES, atomic_path, percent, write_json, write_npy
 from stages.images import DECODE_ERRORS, open_image
 from stages.models import (
     ModelSpec,
@@ -373,10 +373,7 @@ class ShardStore:
             array.flush()
             del array
         missing = np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
-        if not scored:
-            return None, None, missing
-        return (round(100.0 * float(hits[0]) / scored, 4), round(100.0 * float(hits[1]) / scored, 4),
-                missing)
+        return percent(int(hits[0]), scored), percent(int(hits[1]), scored), missing
 
     def remove(self) -> None:
         """Delete the work folder (after the final file and its sidecar are in place)."""

@@ -86,10 +86,6 @@ def align(reference: Mapping[str, frozenset[int]], image_ids: pd.Series, *, sour
     return entries
 
 
-def _percent(hits: int, total: int) -> float | None:
-    return None if total == 0 else round(100.0 * hits / total, 4)
-
-
 def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dict[str, Any]:
     """The `reference` block of `metrics/<split>.json`: agreement before -> after, fix outcomes,
     removal precision and recall, secondary-label precision (percentages, with their row counts).
@@ -128,18 +124,18 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
             t["secondary"] += 1
             t["secondary_ok"] += int(extra) in ok
     return {
-        "agreement_before": _percent(t["agree_before"], t["judged_before"]),
-        "agreement_after": _percent(t["agree_after"], t["judged_after"]),
+        "agreement_before": formats.percent(t["agree_before"], t["judged_before"]),
+        "agreement_after": formats.percent(t["agree_after"], t["judged_after"]),
         "judged_before": t["judged_before"], "judged_after": t["judged_after"],
-        "rows": t["active"], "removed_fraction": _percent(t["removed"], t["active"]),
+        "rows": t["active"], "removed_fraction": formats.percent(t["removed"], t["active"]),
         "fixes": {"corrected": t["corrected"], "neutral": t["neutral"], "broken": t["broken"],
                   "total": t["fixes"]},
-        "removal_precision": _percent(t["removed_bad"], t["removed"]), "removals": t["removed"],
-        "recall_of_bad": _percent(t["bad_removed"] + t["corrected"], t["bad"]),
+        "removal_precision": formats.percent(t["removed_bad"], t["removed"]), "removals": t["removed"],
+        "recall_of_bad": formats.percent(t["bad_removed"] + t["corrected"], t["bad"]),
         "bad_rows": t["bad"],
-        "secondary_precision": _percent(t["secondary_ok"], t["secondary"]),
+        "secondary_precision": formats.percent(t["secondary_ok"], t["secondary"]),
         "secondary_labels": t["secondary"],
-        "multi_label_share": _percent(t["multi"], t["active"]),
+        "multi_label_share": formats.percent(t["multi"], t["active"]),
     }
 
 
@@ -148,7 +144,7 @@ def multi_label_top1(top1: np.ndarray, entries: list[frozenset[int] | None],
     """A model's multi-label top-1 (ReaL accuracy): its top-1 is among the accepted classes, over
     the given rows that have a non-empty entry."""
     hits = [int(top1[i]) in entries[i] for i in np.flatnonzero(rows) if entries[i]]
-    return _percent(sum(hits), len(hits))
+    return formats.percent(sum(hits), len(hits))
 
 
 def warn_if_worse(block: Mapping[str, Any], split: str) -> bool:
