@@ -267,8 +267,6 @@ def import_predictions(table: Table, manifest: pd.DataFrame, out: str | Path, *,
     Returns:
         (top-1 hits, top-5 hits, rows scored, n_skipped) over the usable rows with a label.
     """
-    from stages.predict_data import topk_hits  # numpy-only helper shared with predict
-
     where = str(table.path)
     positions = match_rows(table.image_ids, manifest, where=where)
     usable = manifest["skip_reason"].isna().to_numpy()
@@ -283,11 +281,11 @@ def import_predictions(table: Table, manifest: pd.DataFrame, out: str | Path, *,
             targets = positions[start:start + len(probs)]
             keep = usable[targets]
             rows = np.arange(start, start + len(probs))[keep]
-            check_probabilities(probs[keep], rows, table.image_ids[rows], tolerance=tolerance,
-                                where=where)
-            array[targets[keep]] = probs[keep]
-            chunk_hits, chunk_scored = topk_hits(probs[keep], labels[targets[keep]],
-                                                 np.ones(int(keep.sum()), dtype=bool))
+            kept, destination = probs[keep], targets[keep]
+            check_probabilities(kept, rows, table.image_ids[rows], tolerance=tolerance, where=where)
+            array[destination] = kept
+            chunk_hits, chunk_scored = formats.topk_hits(kept, labels[destination],
+                                                         np.ones(len(kept), dtype=bool))
             hits, scored = hits + chunk_hits, scored + chunk_scored
         array.flush()
         del array

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from stages.errors import ConfigError
-from stages.formats import NUM_CLASSES, atomic_path, percent, write_json, write_npy
+from stages.formats import NUM_CLASSES, atomic_path, percent, topk_hits, write_json, write_npy
 from stages.images import DECODE_ERRORS, open_image
 from stages.models import (
     ModelSpec,
@@ -265,27 +265,6 @@ def manifest_sha256(manifest: pd.DataFrame) -> str:
         values = manifest[column].astype(object).where(manifest[column].notna(), "\x01")
         digest.update("\x00".join(map(str, values)).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
-
-
-def topk_hits(probs: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, int]:
-    """Top-1/top-5 hits over the usable, decoded rows with a known label.
-
-    probs: (R, 1000), NaN rows for images that could not be decoded; labels: (R,) float
-    (NaN = unknown); usable: (R,) bool.
-    A row hits top-k when fewer than k classes score strictly higher than its label.
-
-    Returns:
-        ([top-1 hits, top-5 hits], rows scored).
-    """
-    known = usable & ~np.isnan(labels) & (labels >= 0) & (labels < NUM_CLASSES)
-    known &= ~np.isnan(probs[:, 0])  # unreadable images: NaN rows are not scored
-    rows = np.flatnonzero(known)
-    if not len(rows):
-        return np.zeros(2, dtype=np.int64), 0
-    scores = probs[rows]
-    own = scores[np.arange(len(rows)), labels[rows].astype(np.int64)][:, None]
-    above = (scores > own).sum(axis=1)
-    return np.array([(above < 1).sum(), (above < 5).sum()], dtype=np.int64), len(rows)
 
 
 class ShardStore:
