@@ -252,13 +252,8 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
                                on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
                                desc=f"predict {split}")
     distributed.barrier(ctx)
-    sidecars = {}
-    if ctx.is_main:
-        sidecars = _assemble(manifest, members, stores, config=config, split=split)
-    distributed.barrier(ctx)
-    if not ctx.is_main:
-        sidecars = {m.name: json.loads(stores[m.name].out.with_suffix(".json").read_text())
-                    for m in members}
+    sidecars = _assemble(manifest, members, stores, config=config, split=split) if ctx.is_main else {}
+    sidecars = distributed.broadcast(sidecars, ctx)  # the others wait for rank 0's files
     for member in members:
         logger.info("predict %s %s (rank %d of %d): top-1 %s, top-5 %s; forward %.1f s", split,
                     member.name, ctx.rank, ctx.world, sidecars[member.name]["top1"],
