@@ -131,15 +131,6 @@ def _chunks(pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: i
             yield start, labels[start:start + chunk_rows], chunk
 
 
-def nan_rows(pred_probs: Any, *, chunk_rows: int = 65_536) -> np.ndarray:
-    """(N, K) predictions -> (N,) bool, True on NaN rows: manifest skip rows, and images predict
-    could not decode (counted as `n_unreadable` in its sidecar). Reads one column, in chunks."""
-    out = np.empty(pred_probs.shape[0], dtype=bool)
-    for start in range(0, len(out), chunk_rows):
-        out[start:start + chunk_rows] = np.isnan(np.asarray(pred_probs[start:start + chunk_rows, 0]))
-    return out
-
-
 def _check_chunk(chunk: np.ndarray, index: np.ndarray, model: str) -> None:
     bad = ~np.isfinite(chunk).all(axis=1) | (chunk.min(axis=1) < 0) | (chunk.max(axis=1) > 1)
     if bad.any():

@@ -33,12 +33,15 @@ class Evidence:
         probs: (N, 5) float32 their mean probabilities.
         label_prob: (N,) float32 mean probability of the row's label (NaN on inactive rows).
         model_top1: (N, M) int32 each model's top-1 class, models in the given order.
+        nan_rows: (N,) bool rows some model has no predictions for (NaN): manifest skip rows and
+            images predict could not decode (counted as `n_unreadable` in its sidecar).
     """
 
     top: np.ndarray
     probs: np.ndarray
     label_prob: np.ndarray
     model_top1: np.ndarray
+    nan_rows: np.ndarray
 
     def columns(self, active: np.ndarray) -> pa.Table:
         """The votes table's evidence columns (contracts: formats.VOTES_SCHEMA); inactive rows get
@@ -110,13 +113,16 @@ def ensemble_evidence(labels: np.ndarray, predictions: Mapping[str, Path], *,
     probs = np.zeros((n, TOP), dtype=np.float32)
     label_prob = np.full(n, np.nan, dtype=np.float32)
     model_top1 = np.zeros((n, len(paths)), dtype=np.int32)
+    nan_rows = np.zeros(n, dtype=bool)
     with tqdm(total=n, desc="ensemble evidence", unit="row", unit_scale=True, mininterval=2.0,
               leave=False) as bar:
         for start in range(0, n, chunk_rows):
             stop = min(n, start + chunk_rows)
             mean = None
             for m, path in enumerate(paths):
-                chunk = np.nan_to_num(_read_rows(path, start, stop), nan=0.0)
+                chunk = _read_rows(path, start, stop)
+                nan_rows[start:stop] |= np.isnan(chunk[:, 0])
+                chunk = np.nan_to_num(chunk, nan=0.0, copy=False)
                 model_top1[start:stop, m] = chunk.argmax(axis=1)
                 mean = chunk if mean is None else mean + chunk
             mean /= len(paths)
@@ -124,4 +130,4 @@ def ensemble_evidence(labels: np.ndarray, predictions: Mapping[str, Path], *,
             rows = np.flatnonzero(active[start:stop])
             label_prob[start + rows] = mean[rows, labels[start + rows]]
             bar.update(stop - start)
-    return Evidence(top, probs, label_prob, model_top1)
+    return Evidence(top, probs, label_prob, model_top1, nan_rows)

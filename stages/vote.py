@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from stages import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig, nan_rows
+from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
 from stages.errors import InputError, MissingInputError
 from stages.evidence import Evidence, ensemble_evidence
 from stages.formats import VOTES_SCHEMA
@@ -218,13 +218,11 @@ def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
 UNREADABLE = "unreadable image: predict could not decode it (re-ingest with ingest.verify: full)"
 
 
-def without_unreadable(current: CurrentLabels, split: str, files: Mapping[str, Path]
-                       ) -> CurrentLabels:
-    """The current labels with the images predict could not decode (NaN rows of active rows in
-    any model's predictions) made inactive, with a reason, instead of failing the vote."""
-    unreadable = np.zeros(len(current.label), dtype=bool)
-    for model, path in files.items():
-        unreadable |= nan_rows(formats.load_predictions(split, model, path=path)) & current.active
+def without_unreadable(current: CurrentLabels, split: str, nan_rows: np.ndarray) -> CurrentLabels:
+    """The current labels with the images predict could not decode (active rows among the NaN
+    rows of any model's predictions, `Evidence.nan_rows`) made inactive, with a reason, instead
+    of failing the vote."""
+    unreadable = nan_rows & current.active
     if not unreadable.any():
         return current
     logger.warning("%s: %d images predict could not decode take no part in the vote",
@@ -259,14 +257,17 @@ def run_vote(split: str, params: dict[str, Any], *, out: Path | None = None,
     manifest = formats.read_manifest(split)
     out_of_fold = split_params(params, split).get("predictions") == "out-of-fold"
     files = prediction_files(split, models, manifest, predictions, out_of_fold=out_of_fold)
-    current = without_unreadable(current_labels(manifest, labels_file), split, files)
+    labelled = current_labels(manifest, labels_file)
+    # One pass over every model gives the evidence and the rows predict could not decode; the
+    # evidence does not depend on which active rows those are (label_prob is masked per row).
+    evidence = ensemble_evidence(labelled.label, files, active=labelled.active)
+    current = without_unreadable(labelled, split, evidence.nan_rows)
     strategy = config.resolve_strategy(int(current.active.sum()))
     logger.info("vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
                 "%d), fn %s", split, len(manifest), current.active.sum(), current.iteration,
                 len(models), strategy, config.exact_max_rows, config.fn)
     pairs = ((m, formats.load_predictions(split, m, path=path)) for m, path in files.items())
     result = vote(current.label, pairs, config=config, active=current.active)
-    evidence = ensemble_evidence(current.label, files, active=current.active)
     formats.write_table(votes_table(manifest, current, result, evidence),
                         out or formats.votes_path(split), schema=VOTES_SCHEMA)
     stats = {

@@ -1,5 +1,5 @@
 """stages.confident: the vote options (`VoteConfig` from params, with errors naming the key), the
-strategy `auto` picks, the check that active rows hold probabilities, and `nan_rows`.
+strategy `auto` picks and the check that active rows hold probabilities.
 
 The flags of the streaming strategy are tested against cleanlab in test_confident_streaming.py,
 whose synthetic noisy splits and memory-map helper these tests reuse.
@@ -14,7 +14,7 @@ import pytest
 
 from stages.confident import STRATEGIES, VoteConfig
 from stages.vote import model_votes
-from test_confident_streaming import memmap, noisy_split
+from test_confident_streaming import noisy_split
 
 
 def test_auto_picks_streaming_above_exact_max_rows() -> None:
@@ -60,9 +60,3 @@ def test_config_errors_name_the_key(edit: dict, message: str) -> None:
         VoteConfig.from_params(params, "val")
 
 
-def test_nan_rows_finds_skipped_and_unreadable_rows(tmp_path: Path) -> None:
-    from stages.confident import nan_rows
-
-    probs = np.full((10, 4), 0.25, dtype=np.float16)
-    probs[[2, 7]] = np.nan
-    assert np.flatnonzero(nan_rows(memmap(probs, tmp_path, np.float16), chunk_rows=3)).tolist() == [2, 7]

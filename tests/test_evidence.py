@@ -73,6 +73,17 @@ def test_ties_at_the_fifth_place_keep_the_smaller_classes(tmp_path: Path) -> Non
     assert evidence.top.tolist() == [row + [extra] for row, extra in zip(best.tolist(), fifth)]
 
 
+def test_nan_rows_finds_skipped_and_unreadable_rows_in_any_model(tmp_path: Path) -> None:
+    paths = {}
+    for name, nan in (("a", [2, 7]), ("b", [7, 9])):
+        probs = np.full((10, 8), 0.125, dtype=np.float16)
+        probs[nan] = np.nan
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], probs)
+    evidence = ensemble_evidence(np.zeros(10, dtype=np.int64), paths, chunk_rows=3)
+    assert np.flatnonzero(evidence.nan_rows).tolist() == [2, 7, 9]
+
+
 def test_model_top1_columns_follow_the_order_of_the_predictions(tmp_path: Path) -> None:
     paths = write_predictions(tmp_path)
     reordered = ensemble_evidence(LABELS, {"b": paths["b"], "a": paths["a"]}, active=ACTIVE)

@@ -22,7 +22,7 @@ from stages.errors import InputError, MissingInputError
 from stages.models import create_model, data_config, eval_transform, model_specs
 from stages.images import open_image
 from stages.labels import current_labels
-from stages.vote import VOTES_SCHEMA, VoteConfig, main, model_votes, vote
+from stages.vote import UNREADABLE, VOTES_SCHEMA, VoteConfig, main, model_votes, vote
 
 K = formats.NUM_CLASSES
 PER_CLASS = 20
@@ -278,6 +278,21 @@ def test_stage_writes_the_ensemble_evidence(tmp_path: Path, monkeypatch: pytest.
         assert votes.loc[row, "model_top1"].tolist() == [int(p[row].argmax()) for p in probs]
     assert votes.loc[FLIP[0] * PER_CLASS, "ensemble_top"][0] == FLIP[1]
     assert len(votes.loc[199, "ensemble_top"]) == 0 and pd.isna(votes.loc[199, "label_prob"])
+
+
+def test_an_image_predict_could_not_decode_takes_no_part_in_the_vote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_project(tmp_path)
+    path = tmp_path / formats.predictions_path("val", MODELS[1])
+    probs = np.load(path)
+    probs[42] = np.nan                                 # usable in the manifest, NaN in one model
+    formats.write_npy(probs, path)
+    votes = run_stage(tmp_path, monkeypatch)
+    assert votes.loc[42, "inactive_reason"] == UNREADABLE and pd.isna(votes.loc[42, "label"])
+    assert len(votes.loc[42, "ensemble_top"]) == 0 and pd.isna(votes.loc[42, "label_prob"])
+    assert votes["inactive_reason"].notna().sum() == 2
+    figures = yaml.safe_load((tmp_path / "metrics/vote/val.json").read_text())
+    assert figures["active"] == 198 and figures["rows_with_candidates"] == 1
 
 
 def test_predictions_in_another_row_order_or_without_sidecar_are_refused(
