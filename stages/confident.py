@@ -40,13 +40,6 @@ TOP_K = 5
 
 
 @dataclass(frozen=True)
-class _VoteShared:
-    """The keys of params `vote:` that are not split sections."""
-
-    exact_max_rows: int = 200_000
-
-
-@dataclass(frozen=True)
 class VoteConfig:
     """Options of the vote stage (params `vote.<split>` over `vote.exact_max_rows`).
 
@@ -108,6 +101,13 @@ class VoteConfig:
         if self.strategy != "auto":
             return self.strategy
         return "exact" if n_active <= self.exact_max_rows else "streaming"
+
+
+@dataclass(frozen=True)
+class _VoteShared:
+    """The keys of params `vote:` that are not split sections."""
+
+    exact_max_rows: int = VoteConfig.exact_max_rows
 
 
 @dataclass(frozen=True, eq=False)
