@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -398,6 +399,16 @@ def nullable_ints(values: np.ndarray) -> pd.arrays.IntegerArray:
 def class_label(index: int) -> str:
     """`396 (lionfish)`: a class index with the first of its names, for reasons people read."""
     return f"{int(index)} ({_short_names()[int(index)]})"
+
+
+def atomic_leftovers(target: str | os.PathLike[str]) -> list[Path]:
+    """The folders killed `atomic_folder(target)` runs left beside `target` (sorted): their work
+    folders `.<name>.XXXXXXXX.tmp` and previous folders mid-swap `.<name>.XXXXXXXX.old`
+    (tempfile.mkdtemp's names). Only safe to remove while no other build of `target` runs."""
+    target = Path(target)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    return [path for path in sorted(target.parent.iterdir())
+            if pattern.match(path.name) and path.is_dir() and not path.is_symlink()]
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from typing import Iterator
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
 
+from stages import formats
 from stages.errors import UserError
 
 try:
@@ -49,12 +50,6 @@ class PushResult:
     dry_run: bool
 
 
-def _leftover(name: str) -> re.Pattern[str]:
-    """What `formats.atomic_folder` (tempfile.mkdtemp) names a build of folder `name`: the work
-    folder `.<name>.XXXXXXXX.tmp` and the previous folder during the swap `.<name>.XXXXXXXX.old`."""
-    return re.compile(rf"^\.{re.escape(name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
-
-
 @contextlib.contextmanager
 def exclusive_build(out: str | os.PathLike[str]) -> Iterator[None]:
     """Build `out` while holding a shared lock on its parent folder; first, if no other build
@@ -73,11 +68,9 @@ def exclusive_build(out: str | os.PathLike[str]) -> Iterator[None]:
         except BlockingIOError:
             logger.info("another build in %s is running; its work folders are left alone", out.parent)
         else:
-            pattern = _leftover(out.name)
-            for path in sorted(out.parent.iterdir()):
-                if pattern.match(path.name) and path.is_dir() and not path.is_symlink():
-                    logger.warning("removing %s, left by a build that was killed", path)
-                    shutil.rmtree(path)
+            for path in formats.atomic_leftovers(out):
+                logger.warning("removing %s, left by a build that was killed", path)
+                shutil.rmtree(path)
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield
     finally:
