@@ -73,24 +73,16 @@ def configure_logging() -> None:
 
 
 def split_stage_main(argv: Sequence[str] | None, *, stage: str, doc: str,
-                     run: Callable[[str, dict[str, Any]], Any],
-                     processes: Callable[[dict[str, Any]], int] | None = None) -> int:
-    """The CLI of a per-split stage: `--split <name> [--params params.yaml]` -> `run(split, params)`.
-    With `processes` (params -> process count), more than one process runs `stages.<stage>` under
-    torchrun (`distributed.launch_or_run`; its exit status)."""
+                     run: Callable[[str, dict[str, Any]], Any]) -> int:
+    """The CLI of a per-split stage: `--split <name> [--params params.yaml]` -> `run(split, params)`."""
     from stages.params import load_params
 
     parser = argparse.ArgumentParser(prog=f"imagenet-clean {stage}", description=doc.splitlines()[0])
     parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    if processes is None:
-        run(args.split, params)
-        return 0
-    from stages.distributed import launch_or_run
-
-    return launch_or_run(f"stages.{stage}", argv, processes(params), lambda: run(args.split, params))
+    run(args.split, load_params(args.params))
+    return 0
 
 
 def run_as_script(entry: Callable[[Sequence[str] | None], int]) -> None:

@@ -8,9 +8,11 @@ explained by every model whose top-5 contains its label (`top5_hit_models`), wit
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from stages import cams, distributed, formats
 from stages.boxes import box_mask, boxes_to_input, input_geometry
-from stages.cli import run_as_script, split_stage_main
+from stages.cli import run_as_script
 from stages.formats import CAMS_SCHEMA
 from stages.images import open_image
 from stages.models import (
@@ -38,7 +40,7 @@ from stages.models import (
 )
 from stages.config import from_section, positive, require
 from stages.errors import ConfigError, InputError
-from stages.params import resolve_threshold, section, split_models, split_params
+from stages.params import load_params, resolve_threshold, section, split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -353,8 +355,15 @@ def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.explain --split val [--params params.yaml]`; under `torchrun` (or
     with `explain.processes` > 1) each process explains a share of the candidates."""
-    return split_stage_main(argv, stage="explain", doc=__doc__, run=run_explain,
-                            processes=lambda params: ExplainConfig.from_params(params).processes)
+    parser = argparse.ArgumentParser(prog="imagenet-clean explain", description=__doc__.splitlines()[0])
+    parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    config = ExplainConfig.from_params(params)
+    return distributed.launch_or_run("stages.explain", argv, config.processes,
+                                     lambda: run_explain(args.split, params))
 
 
 if __name__ == "__main__":
