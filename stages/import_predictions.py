@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from stages import formats
 from stages.errors import ConfigError, InputError, MissingInputError
 from stages.params import load_params, section, split_params
+from stages.sidecars import predictions_sidecar, topk_hits
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def import_predictions(table: Table, manifest: pd.DataFrame, out: str | Path, *,
             kept, destination = probs[keep], targets[keep]
             check_probabilities(kept, rows, table.image_ids[rows], tolerance=tolerance, where=where)
             array[destination] = kept
-            chunk_hits, chunk_scored = formats.topk_hits(kept, labels[destination],
+            chunk_hits, chunk_scored = topk_hits(kept, labels[destination],
                                                          np.ones(len(kept), dtype=bool))
             hits, scored = hits + chunk_hits, scored + chunk_scored
         array.flush()
@@ -328,7 +329,7 @@ def run_import(split: str, model: str, path: str | Path, params: dict[str, Any],
     table = open_predictions(path, image_ids=image_ids)
     out = Path(out or formats.predictions_path(split, model))
     top1, top5, scored, skipped = import_predictions(table, manifest, out, dtype=dtype)
-    sidecar = formats.predictions_sidecar(
+    sidecar = predictions_sidecar(
         manifest, model=model, split=split, source="imported", dtype=dtype, spec=entry.get("spec"),
         top1=formats.percent(top1, scored), top5=formats.percent(top5, scored),
         imported_from=Path(path).name, imported_sha256=formats.file_sha256(path))

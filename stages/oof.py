@@ -29,6 +29,7 @@ from stages.evaluate import accuracy, scan_model
 from stages.folds import (check_out_of_fold_split, fold_count, fold_dir, read_fold_log,
                            read_folds, read_seen)
 from stages.params import load_params
+from stages.sidecars import predictions_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def assemble(manifest: pd.DataFrame, fold_of: np.ndarray, folders: Sequence[Path
                             desc=f"oof {split} {model} top-k")
     scores = accuracy(top1, top5, manifest["label"], usable)
     first = logs[0]
-    sidecar = formats.predictions_sidecar(
+    sidecar = predictions_sidecar(
         manifest, model=model, split=split, source="out-of-fold", dtype=dtype.name,
         spec=first["spec"], top1=scores["top1"], top5=scores["top5"],
         architecture=first["architecture"], preprocessing=first["preprocessing"],

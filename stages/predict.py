@@ -46,6 +46,7 @@ from stages.predict_data import (
     manifest_sha256,
     plan_batches,
 )
+from stages.sidecars import predictions_sidecar
 
 __all__ = ["PredictConfig", "Member", "load_member", "cpu_threads", "softmax_batch",
            "predict_pass", "predict_split", "predict_models", "predict_model", "rank_shards",
@@ -282,7 +283,7 @@ def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping
                            "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
                            "to mark them skip rows", split, member.name, len(unreadable),
                            ", ".join(shown), " ..." if len(unreadable) > len(shown) else "")
-        sidecars[member.name] = formats.predictions_sidecar(
+        sidecars[member.name] = predictions_sidecar(
             manifest, model=member.name, split=split, source="predict", dtype=config.dtype,
             spec=member.spec.spec, top1=top1, top5=top5, architecture=member.architecture,
             weights_sha256=member.weights_sha256, preprocessing=member.data_config,

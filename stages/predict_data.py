@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from stages.errors import ConfigError
-from stages.formats import NUM_CLASSES, atomic_path, percent, topk_hits, write_json, write_npy
+from stages.formats import NUM_CLASSES, atomic_path, percent, write_json, write_npy
+from stages.sidecars import topk_hits
 from stages.images import DECODE_ERRORS, open_image
 from stages.models import (
     ModelSpec,

@@ -17,7 +17,7 @@ from conftest import run_in
 from stages import formats
 from stages.errors import ConfigError, InputError, UserError
 from stages.import_predictions import main, run_import
-from stages.formats import topk_hits
+from stages.sidecars import topk_hits
 
 MODEL = "mobilenetv1_025"
 SKIP = 7  # manifest row made a skip row
