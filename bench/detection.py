@@ -18,7 +18,7 @@ memory, and prints how well fixes and removals recover the flips:
 - No CAMs: consensus removals are not exempted (explain needs images and boxes), so removal
   counts are an upper bound of the pipeline's.
 
-Rows: both decision strategies (`paper` and `consensus`, see stages.strategies) at the thresholds
+Rows: both decision strategies (`paper` and `consensus`, see stages.method.strategies) at the thresholds
 from params (`vote.<split>.fn`, `decide.<split>.h1/h2/h3`, `decide.consensus`), then a small sweep
 over fn x h1 x h2 x h3 (`--no-sweep` to skip). Usage:
 
@@ -40,11 +40,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from stages import formats
+from stages.contracts import formats
 from stages.decide import DecideConfig, apply_rules
-from stages.evidence import ensemble_evidence
-from stages.params import load_params, resolve_threshold, section
-from stages.strategies import STRATEGIES, Thresholds
+from stages.method.evidence import ensemble_evidence
+from stages.contracts.params import load_params, resolve_threshold, section
+from stages.method.strategies import STRATEGIES, Thresholds
 
 ROOT = Path.cwd()
 
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     evidence = ensemble_evidence(flipped, {m: args.predictions_dir / f"{m}.npy" for m in models},
                                  active=usable).columns(usable).to_pandas()
     consensus = DecideConfig.from_params(params, args.split).consensus
-    from stages.confident import VoteConfig
+    from stages.method.confident import VoteConfig
 
     base = VoteConfig.from_params(params, args.split)
     if args.fn_mode:

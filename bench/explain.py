@@ -28,10 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import cams, explain, formats
-from stages.images import open_image
-from stages.models import create_model, data_config, eval_transform, model_specs
-from stages.params import load_params, resolve_threshold, section, split_params
+from stages.method import cams
+from stages import explain
+from stages.contracts import formats
+from stages.sources.images import open_image
+from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+from stages.contracts.params import load_params, resolve_threshold, section, split_params
 
 
 def load_manifest(split: str, params: dict[str, Any]) -> pd.DataFrame:
@@ -39,7 +41,7 @@ def load_manifest(split: str, params: dict[str, Any]) -> pd.DataFrame:
     if formats.manifest_path(split).is_file():
         return formats.read_manifest(split)
     from stages.ingest import build_manifest
-    from stages.layouts import Source
+    from stages.sources.layouts import Source
 
     entry = split_params(params, split)
     manifest, _ = build_manifest(Source(Path(entry["root"]), entry["layout"], entry.get("subset")))

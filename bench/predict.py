@@ -36,14 +36,14 @@ from typing import Sequence
 
 import torch
 
-from stages.images import open_image
+from stages.sources.images import open_image
 from stages.ingest import build_manifest
-from stages.layouts import Source
-from stages.models import model_specs, resolve_device
-from stages.params import load_params
+from stages.sources.layouts import Source
+from stages.modelling.models import model_specs, resolve_device
+from stages.contracts.params import load_params
 from stages.predict import (PredictConfig, cpu_threads, load_member, predict_split,
                             softmax_batch)
-from stages.predict_data import plan_batches
+from stages.modelling.predict_data import plan_batches
 
 
 def _peak_mb(who: int) -> float:

@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from stages import formats, reference
+from stages.contracts import formats
+from stages.method import references as reference
 from stages.decide import DecideConfig, decide_split, load_merges
 from stages.evaluate import EvaluateConfig
-from stages.config import from_section
-from stages.params import load_params, section
-from stages.strategies import STRATEGIES
+from stages.contracts.config import from_section
+from stages.contracts.params import load_params, section
+from stages.method.strategies import STRATEGIES
 
 
 def compare(split: str, params: dict[str, Any]) -> list[dict[str, Any]]:

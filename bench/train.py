@@ -35,10 +35,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from stages import formats
+from stages.contracts import formats
 from stages.ingest import build_manifest
-from stages.layouts import Source
-from stages.params import load_params
+from stages.sources.layouts import Source
+from stages.contracts.params import load_params
 
 ROOT = Path.cwd()
 

@@ -235,11 +235,11 @@ def demo_predictions(root: Path, cache: Path) -> tuple[np.ndarray, dict[str, np.
     """The demo manifest's labels and each demo model's softmax (cached as .npy under `cache`)."""
     import torch
 
-    from stages.images import open_image
+    from stages.sources.images import open_image
     from stages.ingest import build_manifest
-    from stages.layouts import Source
-    from stages.models import create_model, data_config, eval_transform, model_specs
-    from stages.params import load_params
+    from stages.sources.layouts import Source
+    from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+    from stages.contracts.params import load_params
 
     manifest, _ = build_manifest(Source(root, "kaggle", "val"))
     cache.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from stages.errors import UserError
+from stages.contracts.errors import UserError
 
 DEBUG_ENV = "IMAGENET_CLEAN_DEBUG"
 
@@ -24,7 +24,7 @@ COMMANDS = {
     "publish": "stages.publish",
     "promote": "stages.promote",
     "import-predictions": "stages.import_predictions",
-    "review": "stages.review_server",
+    "review": "stages.reporting.server",
     "folds": "stages.folds",
     "train": "stages.train",
     "oof": "stages.oof",
@@ -75,7 +75,7 @@ def configure_logging() -> None:
 def split_stage_main(argv: Sequence[str] | None, *, stage: str, doc: str,
                      run: Callable[[str, dict[str, Any]], Any]) -> int:
     """The CLI of a per-split stage: `--split <name> [--params params.yaml]` -> `run(split, params)`."""
-    from stages.params import load_params
+    from stages.contracts.params import load_params
 
     parser = argparse.ArgumentParser(prog=f"imagenet-clean {stage}", description=doc.splitlines()[0])
     parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")

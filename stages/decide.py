@@ -1,6 +1,6 @@
 """`decide` stage: votes + CAM exemptions -> the decision ledger and the cleaned split.
 
-A decision strategy (`decide.<split>.strategy`, `stages.strategies`) decides every active row:
+A decision strategy (`decide.<split>.strategy`, `stages.method.strategies`) decides every active row:
 `consensus` (the default: multi-label aware, from the ensemble's evidence, the CL votes, the top-5
 consensus and the CAM veto; it records secondary labels for images that show several classes) or
 `paper` (the rules of Kertész 2021, exactly). Then the paper's Table A.1 **merges**
@@ -25,13 +25,13 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.config import from_section
-from stages.errors import ConfigError, InputError, MissingInputError
-from stages.params import resolve_threshold, section, split_models, split_params
-from stages.overrides import apply_overrides, load_overrides
-from stages.strategies import STRATEGIES, ConsensusConfig, Rows, Thresholds
+from stages.contracts.config import from_section
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.params import resolve_threshold, section, split_models, split_params
+from stages.method.overrides import apply_overrides, load_overrides
+from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows, Thresholds
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Metrics (deterministic JSON, null where a ratio has no rows):
 - `cam`: `vetoed` removals (exempted rows) and a histogram by number of exempting models.
 - `multi_label_estimate`: the share of active rows whose ensemble gives two or more classes at
   least `evaluate.multi_label_threshold` (for splits without a reference; Anzaku et al. 2024).
-- `reference` (with `evaluate.reference_labels`, see `stages.reference`): agreement before -> after,
+- `reference` (with `evaluate.reference_labels`, see `stages.method.references`): agreement before -> after,
   fix outcomes, removal precision, recall of reference-bad rows, secondary-label precision, the
   reference's multi-label share, and `worse` (true, with a logged warning, when the cleaned labels
   agree less with people than the input labels).
@@ -34,11 +34,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages import formats, reference
+from stages.contracts import formats
+from stages.method import references
 from stages.cli import run_as_script, split_stage_main
-from stages.config import fraction, from_section, positive
-from stages.errors import InputError
-from stages.params import section, split_models, split_params
+from stages.contracts.config import fraction, from_section, positive
+from stages.contracts.errors import InputError
+from stages.contracts.params import section, split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def model_metrics(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mappin
                          "original": accuracy(top1, top5, ledger["label"], not_skip),
                          "cleaned": accuracy(top1, top5, ledger["new_label"], cleaned)}
         if entries is not None:
-            metrics[name]["multi_label_top1"] = reference.multi_label_top1(top1, entries, not_skip)
+            metrics[name]["multi_label_top1"] = references.multi_label_top1(top1, entries, not_skip)
     return metrics
 
 
@@ -307,7 +308,7 @@ def evaluate_split(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mappi
 
     Args:
         entries: per ledger row, the classes a human reference accepts (None: no entry), or None
-            when no reference is configured (see `stages.reference`).
+            when no reference is configured (see `stages.method.references`).
     """
     if len(votes) != len(ledger):
         raise InputError(f"votes ({len(votes)} rows) and ledger ({len(ledger)} rows) differ; "
@@ -321,8 +322,8 @@ def evaluate_split(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mappi
         metrics["multi_label_estimate"] = multi_label_estimate(votes,
                                                                threshold=multi_label_threshold)
     if entries is not None:
-        block = reference.agreement(ledger, entries)
-        block["worse"] = reference.warn_if_worse(block, split)
+        block = references.agreement(ledger, entries)
+        block["worse"] = references.warn_if_worse(block, split)
         metrics["reference"] = block
     return metrics, class_table(ledger, top=top_classes)
 
@@ -341,7 +342,7 @@ def run_evaluate(split: str, params: dict[str, Any], *, root: str | Path = ".") 
     entries = None
     if config.reference_labels:
         source = Path(config.references) / config.reference_labels
-        entries = reference.align(reference.load_reference(root / source), ledger["image_id"],
+        entries = references.align(references.load_reference(root / source), ledger["image_id"],
                                   source=str(source))
     metrics, classes = evaluate_split(
         ledger, votes, predictions, cams=cams, clean=clean, entries=entries,

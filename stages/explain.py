@@ -25,12 +25,14 @@ from PIL import Image, ImageDraw
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from tqdm import tqdm
 
-from stages import cams, distributed, formats
-from stages.boxes import box_mask, boxes_to_input, input_geometry
+from stages.method import cams
+from stages.modelling import distributed
+from stages.contracts import formats
+from stages.sources.boxes import box_mask, boxes_to_input, input_geometry
 from stages.cli import run_as_script
-from stages.formats import CAMS_SCHEMA
-from stages.images import open_image
-from stages.models import (
+from stages.contracts.formats import CAMS_SCHEMA
+from stages.sources.images import open_image
+from stages.modelling.models import (
     ModelSpec,
     architecture,
     create_model,
@@ -38,9 +40,9 @@ from stages.models import (
     eval_transform,
     model_specs,
 )
-from stages.config import from_section, positive, require
-from stages.errors import ConfigError, InputError
-from stages.params import load_params, resolve_threshold, section, split_models, split_params
+from stages.contracts.config import from_section, positive, require
+from stages.contracts.errors import ConfigError, InputError
+from stages.contracts.params import load_params, resolve_threshold, section, split_models, split_params
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ is null when its method was not run (Score-CAM skipped by the early exit, or not
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """The `explain:` params section (built by `stages.config.from_section`).
+    """The `explain:` params section (built by `stages.contracts.config.from_section`).
 
     Attributes:
         methods: CAM methods; kept sorted cheapest first.
@@ -319,7 +321,7 @@ def overlays_dir(split: str) -> Path:
 
 def run_explain(split: str, params: dict[str, Any]) -> cams.CamStats:
     """Read the manifest, votes and params of a split; write its CAM table and overlays folder.
-    Under torchrun it joins the process group (see stages.distributed) for the run."""
+    Under torchrun it joins the process group (see stages.modelling.distributed) for the run."""
     config = ExplainConfig.from_params(params)
     specs = model_specs(params, split_models(params, split))
     h3 = section(params, "decide", split).get("h3")

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.config import require
-from stages.errors import ConfigError, InputError
-from stages.params import section, split_params
+from stages.contracts.config import require
+from stages.contracts.errors import ConfigError, InputError
+from stages.contracts.params import section, split_params
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages import formats
-from stages.errors import ConfigError, InputError, MissingInputError
-from stages.params import load_params, section, split_params
-from stages.sidecars import predictions_sidecar, topk_hits
+from stages.contracts import formats
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.params import load_params, section, split_params
+from stages.contracts.sidecars import predictions_sidecar, topk_hits
 
 logger = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm import tqdm
 
-from stages import formats, layouts
+from stages.contracts import formats
+from stages.sources import layouts
 from stages.cli import run_as_script, split_stage_main
-from stages.config import from_section, positive, require
-from stages.errors import InputError
-from stages.images import probe_image
-from stages.params import section, split_params
+from stages.contracts.config import from_section, positive, require
+from stages.contracts.errors import InputError
+from stages.sources.images import probe_image
+from stages.contracts.params import section, split_params
 
 logger = logging.getLogger(__name__)
 

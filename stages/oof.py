@@ -22,14 +22,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script
-from stages.errors import InputError
+from stages.contracts.errors import InputError
 from stages.evaluate import accuracy, scan_model
 from stages.folds import (check_out_of_fold_split, fold_count, fold_dir, read_fold_log,
                            read_folds, read_seen)
-from stages.params import load_params
-from stages.sidecars import predictions_sidecar
+from stages.contracts.params import load_params
+from stages.contracts.sidecars import predictions_sidecar
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ its `fingerprint.json`: a run killed at any point resumes with the missing shard
 final file appears, atomically, only when complete. `main_ensemble` predicts several models in one
 pass over the images (each decoded once) and writes byte-identical files. Under `torchrun` (or
 with `predict.processes` > 1) each process computes a share of the missing shards and rank 0
-assembles the same files (`stages.distributed`). An image that cannot be decoded although the
+assembles the same files (`stages.modelling.distributed`). An image that cannot be decoded although the
 manifest marks it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
 """
 
@@ -30,11 +30,12 @@ import timm
 import torch
 from tqdm import tqdm
 
-from stages import distributed, formats
-from stages.config import from_section, positive
-from stages.models import ModelSpec, cpu_threads, model_specs, resolve_device
-from stages.params import load_params, section, split_params
-from stages.predict_data import (
+from stages.modelling import distributed
+from stages.contracts import formats
+from stages.contracts.config import from_section, positive
+from stages.modelling.models import ModelSpec, cpu_threads, model_specs, resolve_device
+from stages.contracts.params import load_params, section, split_params
+from stages.modelling.predict_data import (
     InputTransform,
     ManifestImages,
     Member,
@@ -46,7 +47,7 @@ from stages.predict_data import (
     manifest_sha256,
     plan_batches,
 )
-from stages.sidecars import predictions_sidecar
+from stages.contracts.sidecars import predictions_sidecar
 
 __all__ = ["PredictConfig", "Member", "load_member", "cpu_threads", "softmax_batch",
            "predict_pass", "predict_split", "predict_models", "predict_model", "rank_shards",
@@ -324,7 +325,7 @@ def run_predict(split: str, model: str, params: dict[str, Any], *,
                 manifest_path: str | Path | None = None, out: str | Path | None = None
                 ) -> dict[str, Any]:
     """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar.
-    Under torchrun it joins the process group (see stages.distributed) for the run."""
+    Under torchrun it joins the process group (see stages.modelling.distributed) for the run."""
     root = Path(split_params(params, split)["root"])
     spec = model_specs(params, [model])[0]
     config = PredictConfig.from_params(params)

@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import pandas as pd
 import pyarrow.parquet as pq
 
-from stages import formats
-from stages.errors import InputError
+from stages.contracts import formats
+from stages.contracts.errors import InputError
 from stages.evaluate import rounds_history_path, rounds_table
-from stages.labels import LABELS_SCHEMA
-from stages.params import load_params, split_params
+from stages.contracts.labels import LABELS_SCHEMA
+from stages.contracts.params import load_params, split_params
 
 logger = logging.getLogger(__name__)
 

@@ -35,14 +35,15 @@ from datasets import DatasetInfo, Features, SplitDict, SplitInfo
 from PIL import Image as PILImage
 from tqdm import tqdm
 
-from stages import formats, images
-from stages.card import CardContext, SplitSummary, card_context, render_card, summarize_split
-from stages.config import from_section, positive, require
-from stages.errors import ConfigError, InputError, MissingInputError
-from stages.hub import REPO_ID, PushError, exclusive_build, push
-from stages.layouts import split_source
-from stages.params import load_params, section, split_params
-from stages.shards import (HEADROOM, LEDGER_LABEL_LISTS, datasets_bars_off, default_features,
+from stages.contracts import formats
+from stages.sources import images
+from stages.hub.card import CardContext, SplitSummary, card_context, render_card, summarize_split
+from stages.contracts.config import from_section, positive, require
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.hub.repo import REPO_ID, PushError, exclusive_build, push
+from stages.sources.layouts import split_source
+from stages.contracts.params import load_params, section, split_params
+from stages.hub.shards import (HEADROOM, LEDGER_LABEL_LISTS, datasets_bars_off, default_features,
                            hub_class_names, ledger_features, plan_shards, shard_overhead, write_shard)
 
 logger = logging.getLogger(__name__)

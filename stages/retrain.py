@@ -24,15 +24,15 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script
-from stages.distributed import distributed, launch_or_run
-from stages.errors import InputError
-from stages.models import model_specs
-from stages.params import load_params, split_params
+from stages.modelling.distributed import distributed, launch_or_run
+from stages.contracts.errors import InputError
+from stages.modelling.models import model_specs
+from stages.contracts.params import load_params, split_params
 from stages.train import work_dir, write_outputs
-from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config, settings_from_params
-from stages.trainer import Job, fit, predict_rows
+from stages.modelling.train_config import ARMS, arm_dir, eval_rows, retrain_config, settings_from_params
+from stages.modelling.trainer import Job, fit, predict_rows
 
 logger = logging.getLogger(__name__)
 

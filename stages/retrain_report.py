@@ -3,7 +3,7 @@
 Scores the eval split's predictions of both arms (`data/retrain/original/`, `data/retrain/cleaned/`,
 written by `stages.retrain`) on the eval split's original labels, its cleaned labels (the kept and
 fixed rows of its ledger) and, when `evaluate.reference_labels` is set, the human reference
-(`stages.reference`; ReaL-style: a prediction is right when it is among the accepted classes;
+(`stages.method.references`; ReaL-style: a prediction is right when it is among the accepted classes;
 images without any accepted class are not scored). Refuses arms trained differently. Imports no
 torch: it starts in seconds and never makes DVC re-run the (costly) arms when only scoring changes.
 """
@@ -19,13 +19,13 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script
-from stages.errors import InputError, MissingInputError
+from stages.contracts.errors import InputError, MissingInputError
 from stages.evaluate import accuracy, scan_model
-from stages.params import load_params
-from stages.reference import load_reference, multi_label_top1
-from stages.train_config import ARMS, arm_dir, eval_rows, retrain_config
+from stages.contracts.params import load_params
+from stages.method.references import load_reference, multi_label_top1
+from stages.modelling.train_config import ARMS, arm_dir, eval_rows, retrain_config
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ each with its images ranked by the same priority (the DataHeroes review workflow
 
 Layout (no network, no CDN; opens from disk or from `imagenet-clean review`):
 
-    index.html app.js style.css      the page (copied from stages/review_assets)
+    index.html app.js style.css      the page (copied from stages/reporting/assets)
     data/meta.js                     split, models, class names, counts, confused pairs
     data/index.js                    one compact entry per shown row (filter and sort keys)
     data/chunk-<k>.js                the shown rows' evidence, `review.chunk_rows` rows per file
@@ -38,16 +38,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.config import from_section, positive
-from stages.errors import InputError, MissingInputError
-from stages.params import split_models, split_params
-from stages.thumbnails import thumb_name, write_thumbnails
+from stages.contracts.config import from_section, positive
+from stages.contracts.errors import InputError, MissingInputError
+from stages.contracts.params import split_models, split_params
+from stages.sources.thumbnails import thumb_name, write_thumbnails
 
 logger = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).with_name("review_assets")
+ASSETS = Path(__file__).parent / "reporting" / "assets"
 ASSET_FILES = ("index.html", "app.js", "style.css")
 WHY = {"fix": 1, "remove": 2, "secondary": 4, "exempted": 8, "merged": 16, "override": 32,
        "sample": 64, "pair": 128}

@@ -31,15 +31,15 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script
 from stages.folds import check_out_of_fold_split, fold_dir, read_folds
-from stages.labels import current_labels
-from stages.models import ModelSpec, create_model, model_specs
-from stages.params import load_params, split_params
-from stages.distributed import Dist, distributed, launch_or_run
-from stages.train_config import TrainSettings, settings_from_params
-from stages.trainer import Job, Trained, fit, predict_rows
+from stages.contracts.labels import current_labels
+from stages.modelling.models import ModelSpec, create_model, model_specs
+from stages.contracts.params import load_params, split_params
+from stages.modelling.distributed import Dist, distributed, launch_or_run
+from stages.modelling.train_config import TrainSettings, settings_from_params
+from stages.modelling.trainer import Job, Trained, fit, predict_rows
 
 logger = logging.getLogger(__name__)
 

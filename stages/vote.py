@@ -6,12 +6,12 @@ Per row, L' (`cl_candidates`) lists one candidate per flagging model. C_s (`top5
 models whose top-5 misses the label. Inactive rows (manifest skip rows, rows an earlier iteration
 removed) take no part. Predictions are memory-mapped and streamed one model at a time.
 
-Three strategies in `stages.confident`: `exact` (cleanlab's `find_label_issues` in memory, up to
+Three strategies in `stages.method.confident`: `exact` (cleanlab's `find_label_issues` in memory, up to
 `vote.exact_max_rows` active rows), `streaming` (the same flags in the same order from chunks of the
 memory-mapped predictions; `auto` picks it above the limit) and `batched` (cleanlab's
 `LabelInspector`, another filter). Images that predict could not decode (NaN rows of usable
 images) take no part either: their `inactive_reason` says so. Then one
-more streamed pass writes the ensemble's evidence per row (`stages.evidence`): its top-5 classes with
+more streamed pass writes the ensemble's evidence per row (`stages.method.evidence`): its top-5 classes with
 their mean probabilities, the mean probability of the label and each model's top-1.
 """
 
@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import run_as_script, split_stage_main
-from stages.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
-from stages.errors import InputError, MissingInputError
-from stages.evidence import Evidence, ensemble_evidence
-from stages.formats import VOTES_SCHEMA
-from stages.labels import CurrentLabels, current_labels
-from stages.params import split_models, split_params
+from stages.method.confident import FILTER_BY, RANK_BY, STRATEGIES, VoteConfig
+from stages.contracts.errors import InputError, MissingInputError
+from stages.method.evidence import Evidence, ensemble_evidence
+from stages.contracts.formats import VOTES_SCHEMA
+from stages.contracts.labels import CurrentLabels, current_labels
+from stages.contracts.params import split_models, split_params
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def shared_demo() -> Path:
 
 @pytest.fixture(scope="session")
 def _params() -> dict:
-    from stages.params import load_params
+    from stages.contracts.params import load_params
 
     return load_params(ROOT / "params.yaml")
 
@@ -65,7 +65,7 @@ def params(_params: dict) -> dict:
 def demo_manifest() -> pd.DataFrame:
     """Manifest of the embedded demo's 500 val images, built by the real ingest code."""
     from stages.ingest import build_manifest
-    from stages.layouts import Source
+    from stages.sources.layouts import Source
 
     manifest, _ = build_manifest(Source(DEMO_ROOT, "kaggle", "val"))
     return manifest

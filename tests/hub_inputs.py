@@ -16,7 +16,7 @@ import yaml
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
 
-from stages import formats
+from stages.contracts import formats
 from stages.publish import HubFolder, SplitInputs, build_hub_folder
 
 ROWS = 20

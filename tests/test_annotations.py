@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stages.annotations import (
+from stages.sources.annotations import (
     devkit_synsets,
     ground_truth,
     kaggle_solution,
     parse_voc_xml,
     read_box_xml,
 )
-from stages.errors import InputError, MissingInputError, UserError
-from stages.formats import class_wnids
+from stages.contracts.errors import InputError, MissingInputError, UserError
+from stages.contracts.formats import class_wnids
 
 WNID = "n01440764"
 

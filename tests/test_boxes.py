@@ -1,4 +1,4 @@
-"""stages.boxes: ground-truth boxes mapped through timm's eval transform onto the model input
+"""stages.sources.boxes: ground-truth boxes mapped through timm's eval transform onto the model input
 (`input_geometry`, `boxes_to_input`, `box_mask`), checked by hand-computed geometry and against a
 mask image pushed through timm's own transform steps.
 """
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import cams
-from stages.boxes import box_mask, boxes_to_input, input_geometry
-from stages.models import eval_transform
+from stages.method import cams
+from stages.sources.boxes import box_mask, boxes_to_input, input_geometry
+from stages.modelling.models import eval_transform
 
 CONFIG_128 = {"input_size": (3, 128, 128), "interpolation": "bilinear", "mean": (0.5,) * 3,
               "std": (0.5,) * 3, "crop_pct": 0.875, "crop_mode": "center"}

@@ -1,4 +1,4 @@
-"""stages.cams: scoring, target layers, real CAMs (box mapping: test_boxes.py).
+"""stages.method.cams: scoring, target layers, real CAMs (box mapping: test_boxes.py).
 
 Real demo images and the real demo models (mobilenetv1_025 at 128 px: 256 channels, so Score-CAM is
 cheap); models built with pretrained=False (resnet18, convnext_atto, vit_tiny) only exercise the
@@ -14,11 +14,11 @@ import pytest
 import timm
 import torch
 
-from stages import cams
-from stages.boxes import box_mask, input_geometry
+from stages.method import cams
+from stages.sources.boxes import box_mask, input_geometry
 from stages.explain import CamModel, cam_model
-from stages.images import open_image
-from stages.models import ModelSpec, model_specs
+from stages.sources.images import open_image
+from stages.modelling.models import ModelSpec, model_specs
 
 CONFIDENT_IMAGE = "ILSVRC2012_val_00000890"  # mobilenetv1_025: p(label 25) = 0.92, box [73, 9, 187, 193]
 

@@ -8,8 +8,8 @@ from datasets import load_dataset_builder
 from huggingface_hub import DatasetCard
 
 from hub_inputs import ROWS, build, front_matter
-from stages.card import card_context
-from stages.shards import default_features, hub_class_names
+from stages.hub.card import card_context
+from stages.hub.shards import default_features, hub_class_names
 
 def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params, cache) -> None:
     context = card_context(params, repo_id="someone/imagenet-clean")

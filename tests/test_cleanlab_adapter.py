@@ -7,7 +7,7 @@ import cleanlab
 import numpy as np
 import pytest
 
-from stages import cleanlab_adapter
+from stages.adapters import cleanlab_adapter
 
 
 def test_installed_cleanlab_is_a_supported_version() -> None:

@@ -36,7 +36,7 @@ def test_a_user_error_exits_2_with_one_message_and_no_traceback(
 
 
 def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stages.errors import UserError
+    from stages.contracts.errors import UserError
 
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(UserError):

@@ -1,4 +1,4 @@
-"""stages.confident: the vote options (`VoteConfig` from params, with errors naming the key), the
+"""stages.method.confident: the vote options (`VoteConfig` from params, with errors naming the key), the
 strategy `auto` picks and the check that active rows hold probabilities.
 
 The flags of the streaming strategy are tested against cleanlab in test_confident_streaming.py,
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.confident import STRATEGIES, VoteConfig
+from stages.method.confident import STRATEGIES, VoteConfig
 from stages.vote import model_votes
 from test_confident_streaming import noisy_split
 
@@ -53,7 +53,7 @@ def test_config_from_params_reads_the_split_over_the_shared_default() -> None:
     ({"val": None}, r"no `vote.val:` section"),
 ])
 def test_config_errors_name_the_key(edit: dict, message: str) -> None:
-    from stages.errors import ConfigError
+    from stages.contracts.errors import ConfigError
 
     params = {"splits": {"val": {}}, "vote": {"exact_max_rows": 10, "val": {"fn": 1.0}, **edit}}
     with pytest.raises(ConfigError, match=message):

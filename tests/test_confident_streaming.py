@@ -1,4 +1,4 @@
-"""stages.confident_streaming: `find_label_issues_streaming` gives exactly cleanlab's flags, in
+"""stages.method.confident_streaming: `find_label_issues_streaming` gives exactly cleanlab's flags, in
 cleanlab's order, on the real demo predictions (the real predict code and demo models) and on 200k
 synthetic rows with class-conditional label noise, from float16 and float32 memory-maps, with
 inactive rows; its pieces (thresholds, confident joint) equal cleanlab's, and it holds a few chunks.
@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import cleanlab_adapter
-from stages.confident import VoteConfig
-from stages.confident_streaming import (
+from stages.adapters import cleanlab_adapter
+from stages.method.confident import VoteConfig
+from stages.method.confident_streaming import (
     confident_thresholds,
     count_confident_joint,
     find_label_issues_streaming,
@@ -128,7 +128,7 @@ def test_streaming_equals_cleanlab_with_1000_classes(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_predictions(demo_manifest: pd.DataFrame, demo_root: Path, _params: dict) -> dict:
     """Two real demo models over the 500 embedded demo images, by the real predict code."""
-    from stages.models import model_specs
+    from stages.modelling.models import model_specs
     from stages.predict import PredictConfig, predict_models
 
     specs = model_specs(_params, ["mobilenetv1_025", "mobilenetv1_050"])

@@ -7,8 +7,8 @@ from typing import Literal
 
 import pytest
 
-from stages.config import coerce, fraction, from_section, positive
-from stages.errors import ConfigError
+from stages.contracts.config import coerce, fraction, from_section, positive
+from stages.contracts.errors import ConfigError
 
 
 @dataclass(frozen=True)

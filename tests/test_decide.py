@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import formats
-from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
+from stages.contracts import formats
+from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.decide import (DecideConfig, apply_overrides, decide_split, load_merges,
                            load_overrides, reconcile, run_decide)
-from stages.errors import ConfigError
-from stages.strategies import Thresholds
+from stages.contracts.errors import ConfigError
+from stages.method.strategies import Thresholds
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
 CAMS_SCHEMA = formats.CAMS_SCHEMA

@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import distributed, formats, predict
-from stages.confident import VoteConfig
+from stages.modelling import distributed
+from stages.contracts import formats
+from stages import predict
+from stages.method.confident import VoteConfig
 from stages.vote import vote
 
 ROOT = Path(__file__).resolve().parents[1]

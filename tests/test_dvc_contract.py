@@ -23,24 +23,48 @@ from conftest import ROOT, copy_project, run_in
 STAGES = ROOT / "stages"
 
 
+def module_file(name: str) -> Path | None:
+    """The source file of a project module (`stages.method.votes` -> stages/method/votes.py)."""
+    parts = name.split(".")
+    if parts[0] != "stages":
+        return None
+    path = ROOT.joinpath(*parts)
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return path / "__init__.py" if (path / "__init__.py").is_file() else None
+
+
+def direct_imports(name: str) -> set[str]:
+    """The project modules `name` imports itself, wherever the import statement is."""
+    found = set()
+    tree = ast.parse(module_file(name).read_text())  # type: ignore[union-attr]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("stages.")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages"):
+            for alias in node.names:
+                inner = f"{node.module}.{alias.name}"
+                found.add(inner if module_file(inner) else node.module)  # type: ignore[arg-type]
+    return {m for m in found if module_file(m) is not None}
+
+
 def project_imports(module: str) -> set[str]:
-    """`stages.x` modules `module` imports, transitively, wherever the import statement is."""
+    """`stages.*` modules `module` imports, transitively, wherever the import statement is."""
     seen, todo = set(), [module]
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse((STAGES / f"{name.split('.')[1]}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.startswith("stages.")]
-            elif isinstance(node, ast.ImportFrom) and node.module == "stages":
-                todo += [f"stages.{a.name}" for a in node.names
-                         if (STAGES / f"{a.name}.py").is_file()]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-                todo.append(node.module)
+        if name not in seen:
+            seen.add(name)
+            todo += direct_imports(name)
     return seen
+
+
+def dependency_files(module: str) -> set[str]:
+    """The source files a stage runs: its door and every library module it imports (a package's
+    docstring-only `__init__.py` holds no code and is left out)."""
+    files = {module_file(m).relative_to(ROOT).as_posix() for m in project_imports(module)}  # type: ignore[union-attr]
+    return {f for f in files if not f.endswith("__init__.py") or f == "stages/__init__.py"} - {
+        "stages/__init__.py"}
 
 
 def stage_definitions() -> Iterator[tuple[str, str, list[str]]]:
@@ -53,10 +77,11 @@ def stage_definitions() -> Iterator[tuple[str, str, list[str]]]:
 
 @pytest.mark.parametrize("name, module, deps", list(stage_definitions()),
                          ids=[s[0] for s in stage_definitions()])
-def test_every_imported_project_module_is_a_dependency(name: str, module: str, deps: list[str]
-                                                        ) -> None:
-    needed = {f"stages/{m.split('.')[1]}.py" for m in project_imports(module)}
-    assert sorted(needed - set(deps)) == [], f"dvc.yaml stage {name} lacks these deps"
+def test_stage_deps_are_exactly_the_code_it_runs(name: str, module: str, deps: list[str]) -> None:
+    code = {d for d in deps if d.startswith("stages/") and d.endswith(".py")}
+    needed = dependency_files(module)
+    assert sorted(needed - code) == [], f"dvc.yaml stage {name} lacks these deps"
+    assert sorted(code - needed) == [], f"dvc.yaml stage {name} declares code it does not import"
 
 
 class Recorder(dict):
@@ -124,7 +149,7 @@ def test_stages_read_only_declared_params_and_paths(built: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    import stages.params
+    import stages.contracts.params
 
     monkeypatch.chdir(built)
     lock = yaml.safe_load((built / "dvc.lock").read_text())
@@ -135,7 +160,7 @@ def test_stages_read_only_declared_params_and_paths(built: Path,
         loader = lambda *_a, **_k: Recorder(raw, "", seen)  # noqa: E731
         argv = shlex.split(entry["cmd"])[3:]
         module = importlib.import_module(shlex.split(entry["cmd"])[2])
-        monkeypatch.setattr(stages.params, "load_params", loader)
+        monkeypatch.setattr(stages.contracts.params, "load_params", loader)
         for mod in [m for n, m in sys.modules.items() if n.startswith("stages.")]:
             if hasattr(mod, "load_params"):
                 monkeypatch.setattr(mod, "load_params", loader)

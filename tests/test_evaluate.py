@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from stages import formats
-from stages.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
-from stages.errors import InputError
+from stages.contracts import formats
+from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
+from stages.contracts.errors import InputError
 from stages.evaluate import class_table, evaluate_split, run_evaluate, scan_model
 
 IDS = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 7)]

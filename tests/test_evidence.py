@@ -1,4 +1,4 @@
-"""stages.evidence: the ensemble's evidence per row (the mean of the models' probabilities, its
+"""stages.method.evidence: the ensemble's evidence per row (the mean of the models' probabilities, its
 top-5 with their mean probabilities, the mean probability of the label, each model's top-1) from
 two hand-built 7-class prediction files whose means are exact binary fractions, and the votes
 table's evidence columns with inactive rows (a skip row with NaN predictions, a removed row).
@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from stages import formats
-from stages.evidence import ensemble_evidence
+from stages.contracts import formats
+from stages.method.evidence import ensemble_evidence
 
 A = [[0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125, 0],
      [0, 0.0625, 0, 0.125, 0.0625, 0.25, 0.5],

@@ -15,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import explain, formats
-from stages.errors import ConfigError
+from stages import explain
+from stages.contracts import formats
+from stages.contracts.errors import ConfigError
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
 
@@ -155,7 +156,7 @@ def test_stage_refuses_votes_of_another_ensemble(stage_dir) -> None:
 def test_cam_model_restores_cudnn_flags_when_loading_fails(tmp_path: Path) -> None:
     import torch
 
-    from stages.models import ModelSpec
+    from stages.modelling.models import ModelSpec
 
     before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     with pytest.raises(FileNotFoundError, match="config.json not found"):

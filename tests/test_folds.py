@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import formats
-from stages.errors import ConfigError, InputError
+from stages.contracts import formats
+from stages.contracts.errors import ConfigError, InputError
 from stages.folds import (
     assign_folds,
     check_out_of_fold_split,

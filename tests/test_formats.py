@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import formats
-from stages.errors import InputError, MissingInputError
+from stages.contracts import formats
+from stages.contracts.errors import InputError, MissingInputError
 
 
 def manifest_rows() -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from hub_inputs import TOKEN, RecordingHub, build
-from stages.hub import PushError, push
+from stages.hub.repo import PushError, push
 
 def test_push_uploads_one_commit_and_tags_it_without_writing_the_token(
         inputs, tmp_path, monkeypatch, online, caplog) -> None:
@@ -74,7 +74,7 @@ def test_push_without_token_fails_cleanly(inputs, tmp_path, monkeypatch, online)
 def test_dry_run_lists_the_upload_and_touches_nothing(inputs, tmp_path, monkeypatch, caplog) -> None:
     hub = RecordingHub().install(monkeypatch)
     built = build(inputs, tmp_path / "hub")
-    caplog.set_level(logging.INFO, logger="stages.hub")
+    caplog.set_level(logging.INFO, logger="stages.hub.repo")
     result = push(built.path, repo_id="someone/imagenet-clean", iteration=1, token=None, dry_run=True)
     assert hub.calls == [] and result.commit is None and result.dry_run
     assert dict(result.files)["README.md"] == (built.path / "README.md").stat().st_size

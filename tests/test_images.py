@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.images import open_image, open_rgb, probe, probe_image
+from stages.sources.images import open_image, open_rgb, probe, probe_image
 
 
 def png16(pixels: np.ndarray, path: Path) -> Path:

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from conftest import run_in
-from stages import formats
-from stages.errors import ConfigError, InputError, UserError
+from stages.contracts import formats
+from stages.contracts.errors import ConfigError, InputError, UserError
 from stages.import_predictions import main, run_import
-from stages.sidecars import topk_hits
+from stages.contracts.sidecars import topk_hits
 
 MODEL = "mobilenetv1_025"
 SKIP = 7  # manifest row made a skip row

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from stages import formats
-from stages.errors import ConfigError, InputError, MissingInputError
-from stages.images import open_image
+from stages.contracts import formats
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.sources.images import open_image
 from stages.ingest import IngestConfig, build_manifest, ingest, main
-from stages.layouts import Source
+from stages.sources.layouts import Source
 
 WNID = "n01440764"  # tench, class 0
 FIRST = "ILSVRC2012_val_00000347"
@@ -268,7 +268,7 @@ def test_cli_rejects_unknown_split() -> None:
 
 
 def test_all_1300_shared_demo_images_match_their_sources(shared_demo: Path) -> None:
-    from stages.layouts import parse_voc_xml
+    from stages.sources.layouts import parse_voc_xml
 
     manifest, stats = build_manifest(Source(shared_demo, "kaggle", "val"))
     assert stats["rows"] == 1300 and stats["skipped"] == 0

@@ -1,4 +1,4 @@
-"""stages.labels: a split's current labels on the first demo manifest rows: the manifest's at
+"""stages.contracts.labels: a split's current labels on the first demo manifest rows: the manifest's at
 iteration 0, else those of the labels file promote writes (rows aligned by image_id, rows that left
 the split inactive with their reason), and a labels file that does not fit the manifest refused.
 """
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import formats
-from stages.labels import LABELS_SCHEMA, current_labels
+from stages.contracts import formats
+from stages.contracts.labels import LABELS_SCHEMA, current_labels
 
 SKIP_ROW = 2
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.errors import ConfigError, InputError, MissingInputError
-from stages.formats import class_wnids
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.formats import class_wnids
 from stages.ingest import build_manifest
-from stages.layouts import Source, parse_voc_xml, read_source, split_source
+from stages.sources.layouts import Source, parse_voc_xml, read_source, split_source
 
 WNIDS = class_wnids()
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import main as cli_main
-from stages.errors import ConfigError, MissingInputError, UserError
-from stages.models import ModelSpec, create_model
+from stages.contracts.errors import ConfigError, MissingInputError, UserError
+from stages.modelling.models import ModelSpec, create_model
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -28,7 +28,7 @@ def test_bad_model_entries_name_the_key(entry: dict, message: str) -> None:
 
 
 def test_predicting_with_an_untrained_model_needs_an_explicit_opt_in() -> None:
-    from stages.predict_data import load_member
+    from stages.modelling.predict_data import load_member
 
     untrained = ModelSpec.from_params("m", {"spec": "resnet18", "pretrained": False})
     with pytest.raises(ConfigError, match=r"`models.m` has pretrained: false, which would predict "

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import formats
-from stages.errors import InputError
+from stages.contracts import formats
+from stages.contracts.errors import InputError
 from stages.folds import assign_folds
 from stages.oof import assemble
 

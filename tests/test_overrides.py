@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from stages.errors import InputError
+from stages.contracts.errors import InputError
 from stages.decide import decide_split
 from test_decide import CONSENSUS_SPLIT, PAPER, overrides, tables, vote
 

@@ -1,4 +1,4 @@
-"""stages.params: reading params.yaml, the sections stages read (with errors that say what is
+"""stages.contracts.params: reading params.yaml, the sections stages read (with errors that say what is
 missing), the models a split's votes use, and the count thresholds written as ints or fractions of
 the number of models ('M', 'M/2', '2M/3')."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.errors import ConfigError, MissingInputError
-from stages.params import load_params, resolve_threshold, section, split_models, split_params
+from stages.contracts.errors import ConfigError, MissingInputError
+from stages.contracts.params import load_params, resolve_threshold, section, split_models, split_params
 
 
 @pytest.mark.parametrize("value, n_models, count", [

@@ -7,8 +7,8 @@ import yaml
 import pytest
 
 from conftest import run_in
-from stages import formats
-from stages.layouts import parse_voc_xml
+from stages.contracts import formats
+from stages.sources.layouts import parse_voc_xml
 
 
 @pytest.mark.slow

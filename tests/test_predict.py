@@ -19,11 +19,13 @@ import pytest
 import torch
 import yaml
 
-from stages import formats, predict, predict_data
+from stages.contracts import formats
+from stages import predict
+from stages.modelling import predict_data
 from stages.cli import main as cli_main
-from stages.errors import ConfigError
-from stages.images import open_image
-from stages.models import create_model, data_config, eval_transform, model_specs
+from stages.contracts.errors import ConfigError
+from stages.sources.images import open_image
+from stages.modelling.models import create_model, data_config, eval_transform, model_specs
 
 SIDECAR_KEYS = {"model", "spec", "architecture", "weights_sha256", "preprocessing", "dtype", "n",
                 "n_skipped", "n_unreadable", "top1", "top5", "split", "image_ids_sha256", "source"}
@@ -193,7 +195,7 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
     assert 1 <= done < 8, f"kill landed after {done} of 8 shards"
     assert not out.exists()
 
-    caplog.set_level(logging.INFO, logger="stages.predict_data")
+    caplog.set_level(logging.INFO, logger="stages.modelling.predict_data")
     assert predict.main([*args, "--out", str(out)]) == 0
     assert f"resuming; {done} of 8 shards already done, computing {8 - done}" in caplog.text
     reference = tmp_path / "uninterrupted" / "mobilenetv1_050.npy"
@@ -279,7 +281,7 @@ def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, fl
 @pytest.mark.slow
 def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_demo, tmp_path):
     from stages.ingest import build_manifest
-    from stages.layouts import Source
+    from stages.sources.layouts import Source
 
     published = _published_accuracy(shared_demo.parent / "README.md", params)
     assert sorted(published) == sorted(params["predict"]["models"])

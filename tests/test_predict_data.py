@@ -1,4 +1,4 @@
-"""stages.predict_data: the fast uint8 input path equals timm's own eval transform bit for bit on
+"""stages.modelling.predict_data: the fast uint8 input path equals timm's own eval transform bit for bit on
 a real demo image for every demo model, batches are planned so that none crosses a shard, and a
 model's shards resume only under their fingerprint and assemble into its predictions file."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import predict_data
-from stages.formats import NUM_CLASSES
-from stages.images import open_image
-from stages.models import create_model, data_config, eval_transform, model_specs
+from stages.modelling import predict_data
+from stages.contracts.formats import NUM_CLASSES
+from stages.sources.images import open_image
+from stages.modelling.models import create_model, data_config, eval_transform, model_specs
 
 
 def test_input_path_is_bit_identical_to_timm_transform(params: dict, small_manifest: pd.DataFrame,

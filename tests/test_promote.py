@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import formats
+from stages.contracts import formats
 from stages.cli import main as cli_main
-from stages.formats import LEDGER_FULL_SCHEMA
-from stages.labels import LABELS_SCHEMA
+from stages.contracts.formats import LEDGER_FULL_SCHEMA
+from stages.contracts.labels import LABELS_SCHEMA
 from stages.promote import promote, promote_labels
 
 ROWS = [  # image_id, label, action, new_label, reason

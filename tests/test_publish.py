@@ -24,11 +24,11 @@ from datasets import ClassLabel, Image, load_dataset
 from conftest import ROOT, run_in
 from hub_inputs import (EXEMPTED, FIX, METRICS, ROWS, SECONDARY, TOKEN, RecordingHub, SplitInputs,
                         build, project_dir)
-from stages.errors import ConfigError, InputError, MissingInputError, UserError
-from stages.hub import PushError
-from stages.images import open_image
+from stages.contracts.errors import ConfigError, InputError, MissingInputError, UserError
+from stages.hub.repo import PushError
+from stages.sources.images import open_image
 from stages.publish import PublishConfig, build_hub_folder, main
-from stages.shards import ListFeature, hub_class_names
+from stages.hub.shards import ListFeature, hub_class_names
 
 
 def child_env() -> dict[str, str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.errors import InputError, MissingInputError
-from stages.reference import REAL_ROWS, agreement, align, load_reference
+from stages.contracts.errors import InputError, MissingInputError
+from stages.method.references import REAL_ROWS, agreement, align, load_reference
 
 DEMO_REFERENCE = Path("data/demo/references/real-demo500.json")
 

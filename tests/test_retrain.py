@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import DEMO_ROOT, ROOT
-from stages import formats
-from stages.errors import InputError
-from stages.params import load_params
+from stages.contracts import formats
+from stages.contracts.errors import InputError
+from stages.contracts.params import load_params
 from stages.retrain import arm_labels, run_arm
 from stages.retrain_report import run_report
 

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import formats
-from stages.errors import InputError, MissingInputError
+from stages.contracts import formats
+from stages.contracts.errors import InputError, MissingInputError
 from stages.evaluate import scan_model
 from stages.retrain_report import eval_labels, reference_top1, run_report, score
-from stages.train_config import arm_dir
+from stages.modelling.train_config import arm_dir
 
 
 def test_scores_count_only_scored_rows() -> None:

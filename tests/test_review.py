@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from stages import formats
-from stages.errors import ConfigError, InputError
+from stages.contracts import formats
+from stages.contracts.errors import ConfigError, InputError
 from stages.review import (
     WHY,
     build_report,

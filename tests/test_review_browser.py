@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from conftest import copy_project, run_in
-from stages import formats
-from stages.params import load_params
-from stages.overrides import read_rows
-from stages.review_server import make_server, overrides_path
+from stages.contracts import formats
+from stages.contracts.params import load_params
+from stages.method.overrides import read_rows
+from stages.reporting.server import make_server, overrides_path
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +170,7 @@ def test_class_pairs_view_lists_pairs_and_opens_their_images(demo, served, brows
 
 
 def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
-    from stages.review_server import Decision, RequestError, merge_rows
+    from stages.reporting.server import Decision, RequestError, merge_rows
 
     decisions = {"a": Decision("keep", 3, 3, (8,)), "b": Decision("remove", 4, None, ()),
                  "c": Decision("fix", 5, 6, (9,))}

@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import formats
-from stages.overrides import apply_overrides, load_overrides
-from stages.errors import ConfigError, InputError, MissingInputError
+from stages.contracts import formats
+from stages.method.overrides import apply_overrides, load_overrides
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.review import run_review
-from stages.review_server import Decision, RequestError, make_server, merge_rows, overrides_path
+from stages.reporting.server import Decision, RequestError, make_server, merge_rows, overrides_path
 from test_review import write_split
 
 HEADER = "image_id,action,new_label,note\n"
@@ -240,7 +240,7 @@ def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, 
     params = {**params, "splits": {"val": {**params["splits"]["val"],
                                            "overrides": str(tmp_path / "val.csv")}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "stages.review_server", "--split", "val", "--params",
+    command = [sys.executable, "-m", "stages.reporting.server", "--split", "val", "--params",
                str(tmp_path / "params.yaml"), "--port", "0"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)

@@ -8,8 +8,8 @@ import pytest
 from datasets import ClassLabel, Value, load_dataset
 
 from hub_inputs import build
-from stages import formats
-from stages.shards import hub_class_names, plan_shards
+from stages.contracts import formats
+from stages.hub.shards import hub_class_names, plan_shards
 
 def test_class_names_are_imagenet_names_made_unique() -> None:
     names, plain = hub_class_names(), formats.class_names()

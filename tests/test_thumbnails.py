@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from stages.thumbnails import make_thumbnail, thumb_name, write_thumbnails
+from stages.sources.thumbnails import make_thumbnail, thumb_name, write_thumbnails
 
 
 def test_thumbnail_draws_the_boxes_scaled(tmp_path: Path) -> None:

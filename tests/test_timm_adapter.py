@@ -1,4 +1,4 @@
-"""stages.timm_adapter: the demo's MobileNet-V1 widths (0.25/0.5/0.75) become timm models through
+"""stages.adapters.timm_adapter: the demo's MobileNet-V1 widths (0.25/0.5/0.75) become timm models through
 timm's public registration, and timm versions whose private generator was not tested are refused
 (real timm, the real demo folders; offline as the tests always run)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import timm
 
-from stages import timm_adapter
-from stages.models import create_model, model_specs
+from stages.adapters import timm_adapter
+from stages.modelling.models import create_model, model_specs
 
 
 def test_demo_mobilenet_v1_widths_load_through_public_registration(params: dict) -> None:

@@ -24,15 +24,15 @@ import torch
 import yaml
 
 from conftest import DEMO_ROOT, ROOT, copy_project, run_in
-from stages import formats
-from stages.distributed import torchrun_command
+from stages.contracts import formats
+from stages.modelling.distributed import torchrun_command
 from stages.folds import fold_dir, read_folds, read_seen, run_folds
-from stages.images import open_image
-from stages.models import ModelSpec, eval_transform
+from stages.sources.images import open_image
+from stages.modelling.models import ModelSpec, eval_transform
 from stages.oof import run_oof
-from stages.params import load_params
+from stages.contracts.params import load_params
 from stages.train import load_fold_model, train_fold
-from stages.train_config import LaunchConfig
+from stages.modelling.train_config import LaunchConfig
 
 MODEL = "mobilenetv3_small_050"
 TINY = {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "input_size": 32, "workers": 0,

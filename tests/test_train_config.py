@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from stages.errors import ConfigError
-from stages.train_config import (
+from stages.contracts.errors import ConfigError
+from stages.modelling.train_config import (
     LaunchConfig,
     RetrainConfig,
     TrainSettings,

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import DEMO_ROOT
-from stages import train_data
-from stages.models import eval_transform
+from stages.modelling import train_data
+from stages.modelling.models import eval_transform
 
 
 def test_epoch_batches_split_one_seeded_order_between_processes_and_resume_mid_epoch() -> None:

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.distributed import Dist
-from stages.errors import ConfigError
-from stages.images import open_image
-from stages.models import ModelSpec, eval_transform
-from stages.train_config import TrainSettings
-from stages.trainer import (
+from stages.modelling.distributed import Dist
+from stages.contracts.errors import ConfigError
+from stages.sources.images import open_image
+from stages.modelling.models import ModelSpec, eval_transform
+from stages.modelling.train_config import TrainSettings
+from stages.modelling.trainer import (
     CHECKPOINT,
     Job,
     build_model,

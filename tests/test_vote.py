@@ -17,11 +17,11 @@ import pytest
 import torch
 import yaml
 
-from stages import formats
-from stages.errors import InputError, MissingInputError
-from stages.models import create_model, data_config, eval_transform, model_specs
-from stages.images import open_image
-from stages.labels import current_labels
+from stages.contracts import formats
+from stages.contracts.errors import InputError, MissingInputError
+from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+from stages.sources.images import open_image
+from stages.contracts.labels import current_labels
 from stages.vote import UNREADABLE, VOTES_SCHEMA, VoteConfig, main, model_votes, vote
 
 K = formats.NUM_CLASSES

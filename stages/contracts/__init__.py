@@ -1,0 +1,1 @@
+"""Data contracts and configuration: file formats, schemas, params, errors, labels."""

@@ -1,0 +1,96 @@
+"""Reading params.yaml and resolving its per-split thresholds."""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.contracts.errors import ConfigError, MissingInputError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+_FRACTION = re.compile(r"^\s*(\d*)\s*M\s*(?:/\s*(\d+))?\s*$")
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Load params.yaml as a dict, with an error that names the file when it is missing or bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found; run from the project root or pass --params")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def split_params(params: dict[str, Any], split: str) -> dict[str, Any]:
+    """The `splits.<split>` section, with an error listing the configured splits."""
+    splits = params.get("splits") or {}
+    if split not in splits:
+        raise ConfigError(f"split {split!r} is not configured; params.yaml splits: {sorted(splits)}")
+    return splits[split]
+
+
+def section(params: dict[str, Any], stage: str, split: str | None = None) -> dict[str, Any]:
+    """`params[stage]` or, with a split, `params[stage][split]`, with a clear error when absent."""
+    value = params.get(stage)
+    if not isinstance(value, dict):
+        raise ConfigError(f"params.yaml has no `{stage}:` section")
+    if split is None:
+        return value
+    if not isinstance(value.get(split), dict):
+        raise ConfigError(f"params.yaml has no `{stage}.{split}:` section; add one (see README)")
+    return value[split]
+
+
+def resolve_threshold(value: int | str, n_models: int, *, name: str = "threshold") -> int:
+    """A count threshold from params: an int is a count; `M`, `M/2`, `2M/3` are fractions of |M|
+    rounded up (5 models: M/2 -> 3, 2M/3 -> 4).
+
+    Raises:
+        ValueError: when `value` is neither a positive int nor such a fraction.
+    """
+    if n_models < 1:
+        raise ValueError(f"{name}: need at least one model, got {n_models}")
+    if isinstance(value, bool):
+        raise TypeError(f"{name}: expected a count or a fraction like 'M/2', got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{name}: a count must be >= 1, got {value}")
+        return value
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        if match:
+            numerator = int(match.group(1) or 1)
+            denominator = int(match.group(2) or 1)
+            if numerator and denominator:
+                return max(1, math.ceil(Fraction(numerator * n_models, denominator)))
+    raise ValueError(f"{name}: expected a count (int) or a fraction of the number of models such "
+                     f"as 'M', 'M/2' or '2M/3', got {value!r}")
+
+
+def split_models(params: dict[str, Any], split: str) -> list[str]:
+    """The models whose predictions a split's votes use: `splits.<split>.models` when given (e.g.
+    the out-of-fold models of a train split), else `predict.models`.
+
+    Raises:
+        ConfigError: neither is a non-empty list of model names defined under `models:`.
+    """
+    own = split_params(params, split).get("models")
+    where = f"splits.{split}.models" if own is not None else "predict.models"
+    names = own if own is not None else (params.get("predict") or {}).get("models")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"params.yaml `{where}` must be a non-empty list of model names, "
+                          f"got {names!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"params.yaml `{where}` lists a model twice: {names}")
+    undefined = [n for n in names if n not in (params.get("models") or {})]
+    if undefined:
+        raise ConfigError(f"params.yaml `{where}` names {undefined}, which `models:` does not "
+                          "define; add a `models.<name>.spec` entry for each")
+    return list(names)

@@ -1,0 +1,1 @@
+"""The Hugging Face Hub: dataset card, parquet shards, the push."""

@@ -1,0 +1,399 @@
+"""The dataset card `data/hub/README.md`: YAML front matter that the Hub and `datasets` parse
+(licence, task, and `shards.metadata_yaml`'s configs and features), then what the data is, the
+human agreement headline, how it was made, counts, per-model metrics, fields, how to load it,
+provenance and the paper's citation. Rendered from its inputs only (no dates, no host names), so
+the same inputs give the same card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+from datasets import DatasetInfo
+from huggingface_hub import DatasetCardData
+
+from stages.contracts import formats
+from stages.contracts.params import resolve_threshold
+from stages.hub.shards import metadata_yaml
+
+logger = logging.getLogger(__name__)
+
+PAPER = ("Kertész, C. (2021). Automated Cleanup of the ImageNet Dataset by Model Consensus, "
+         "Explainability and Confident Learning. arXiv:2103.16324.")
+BIBTEX = """@article{kertesz2021imagenetclean,
+  title   = {Automated Cleanup of the ImageNet Dataset by Model Consensus, Explainability and Confident Learning},
+  author  = {Kert{\\'e}sz, Csaba},
+  journal = {arXiv preprint arXiv:2103.16324},
+  year    = {2021},
+  url     = {https://arxiv.org/abs/2103.16324}
+}"""
+COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge")
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                   (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
+MODE_TEXT = {
+    "labels": ("**labels** (an overlay): no pixels. Every row is keyed by `image_id` and `path` (the "
+               "file's path relative to the split's ImageNet root), so it joins onto your own copy of "
+               "ImageNet, obtained under ImageNet's terms of access."),
+    "images": ("**images**: the original image bytes are embedded as a `datasets.Image` column "
+               "(`image`), unchanged. Only for users who may redistribute ImageNet images."),
+}
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """What the card says about how the data was made (from params.yaml; see `card_context`)."""
+
+    repo_id: str = "imagenet-clean/imagenet-clean"
+    models: tuple[tuple[str, str], ...] = ()
+    methods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    explain: Mapping[str, Any] = field(default_factory=dict)
+    merges: bool | None = None
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """One published split as the card reports it."""
+
+    name: str
+    iteration: int
+    manifest_rows: int
+    ledger_counts: Mapping[str, int]
+    default_rows: int
+    placeholders: int
+    metrics: Mapping[str, Any]
+    sha256: Mapping[str, str]
+
+
+def read_metrics(path: Path | None) -> dict[str, Any]:
+    """metrics/<split>.json as a dict; {} (with a log line) when absent or unreadable."""
+    if path is None or not Path(path).is_file():
+        logger.info("no metrics file %s; the card counts from the ledger", path)
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        logger.warning("metrics file %s is unreadable (%s); the card counts from the ledger",
+                       path, error)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _true_count(column: pa.ChunkedArray) -> int:
+    return int(pc.sum(pc.fill_null(column, False).cast(pa.int64())).as_py() or 0)
+
+
+def summarize_split(name: str, default: pa.Table, ledger: pa.Table, *, clean: Path,
+                    metrics: Path | None, sources: Mapping[str, Path]) -> SplitSummary:
+    """What the card reports of a split: counts, iteration, metrics and input checksums.
+
+    default / ledger: the published tables; clean: the cleaned split file (placeholders counted
+    there, published or not); sources: input name -> file, checksummed for provenance.
+    """
+    actions = pc.value_counts(ledger.column("action")).to_pylist()
+    counts = {item["values"]: item["counts"] for item in actions if item["values"] is not None}
+    if "merged" in ledger.column_names:
+        counts["merge"] = _true_count(ledger.column("merged"))
+    columns = ledger.column_names
+    iteration = pc.max(ledger.column("iteration")).as_py() if "iteration" in columns else None
+    placeholders = pq.read_table(clean, columns=["placeholder"]).column("placeholder")
+    return SplitSummary(
+        name=name, iteration=int(iteration or 0), manifest_rows=ledger.num_rows,
+        ledger_counts=counts, default_rows=default.num_rows,
+        placeholders=_true_count(placeholders), metrics=read_metrics(metrics),
+        sha256={label: formats.file_sha256(path) for label, path in sources.items()})
+
+
+def card_context(params: Mapping[str, Any], *, repo_id: str) -> CardContext:
+    """Read the card's provenance from params.yaml, tolerating absent sections."""
+    models = params.get("models") or {}
+    names = list((params.get("predict") or {}).get("models") or [])
+    specs = tuple((name, str((models.get(name) or {}).get("spec", "?"))) for name in names)
+    methods = {}
+    for split, split_params in (params.get("splits") or {}).items():
+        decide = (params.get("decide") or {}).get(split) or {}
+        vote = (params.get("vote") or {}).get(split) or {}
+        row = {"layout": str(split_params.get("layout", "?")), "fn": str(vote.get("fn", "?"))}
+        for key in ("h1", "h2", "h3"):
+            row[key] = _threshold_text(decide.get(key), len(names), key)
+        methods[split] = row
+    merges = ((params.get("decide") or {}).get("merges") or {}).get("enabled")
+    return CardContext(repo_id=repo_id, models=specs, methods=methods,
+                       explain=dict(params.get("explain") or {}), merges=merges)
+
+
+def _threshold_text(value: Any, n_models: int, name: str) -> str:
+    if value is None:
+        return "?"
+    try:
+        count = resolve_threshold(value, n_models, name=name)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if str(value) == str(count) else f"{value} (= {count})"
+
+
+def render_card(*, context: CardContext, splits: Sequence[SplitSummary],
+                infos: Mapping[str, DatasetInfo], mode: str, include_placeholders: bool) -> str:
+    """The whole README.md: YAML front matter, then the markdown body."""
+    body = [
+        _intro(context, splits, mode, include_placeholders),
+        _method(context, splits),
+        _counts(splits),
+        _table1(splits),
+        _fields(infos),
+        _loading(context, splits, mode),
+        _provenance(splits),
+        "## Citation\n\nPlease cite the paper this dataset reproduces:\n\n"
+        f"> {PAPER}\n\n```bibtex\n{BIBTEX}\n```\n",
+    ]
+    metadata = yaml.dump(front_matter(splits, infos).to_dict(), Dumper=YAML_DUMPER, sort_keys=False,
+                         allow_unicode=True)  # what DatasetCardData.to_yaml writes, with libyaml
+    return "---\n" + metadata + "---\n\n" + "\n".join(body)
+
+
+def front_matter(splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo]
+                 ) -> DatasetCardData:
+    """The YAML metadata: the Hub's card fields, then `configs` and `dataset_info` in the format
+    `datasets` reads back (`shards.metadata_yaml`)."""
+    total = sum(split.default_rows for split in splits)
+    size = next((label for bound, label in SIZE_CATEGORIES if total < bound), "10M<n<100M")
+    data = DatasetCardData(
+        pretty_name="ImageNet-Clean", license="other", license_name="imagenet-terms-of-access",
+        license_link="https://image-net.org/download.php", task_categories=["image-classification"],
+        task_ids=["multi-class-image-classification"], size_categories=[size],
+        annotations_creators=["crowdsourced", "machine-generated"],
+        source_datasets=["extended|imagenet-1k"],
+        tags=["imagenet", "label-noise", "confident-learning", "data-cleaning"])
+    for key, value in metadata_yaml(infos, [split.name for split in splits], default="default").items():
+        data[key] = value
+    return data
+
+
+def _intro(context: CardContext, splits: Sequence[SplitSummary], mode: str,
+           include_placeholders: bool) -> str:
+    iterations = ", ".join(f"`{split.name}`: {split.iteration}" for split in splits)
+    placeholder = ("included (`placeholder` = true, a black 224x224 image in `images` mode)"
+                   if include_placeholders else "left out")
+    return f"""# ImageNet-Clean
+
+ImageNet-Clean is ILSVRC2012 ImageNet with its labelling mistakes corrected and its ambiguous images
+removed by the automated heuristics of Kertész (2021): model consensus, explainability (CAMs) and
+confident learning. This repository was produced by the ImageNet-Clean DVC pipeline.
+
+- **Mode**: {MODE_TEXT[mode]}
+- **Configs**: `default` is the cleaned split (kept and fixed images with their new labels);
+  `ledger` is the decision ledger: one row per original image with its action (keep, fix, remove,
+  skip) and the evidence behind it. They join on `image_id`.
+- **Cleanup iteration** per split: {iterations}. Each published iteration is a tagged revision
+  (`iteration-<k>`) of this repository.
+- **Placeholders**: classes emptied by the category merges keep one black placeholder image in the
+  pipeline's cleaned split so that the 1000-class interface stays; here they are {placeholder}.
+- **Labels** are indices into the 1000 ILSVRC2012 classes in sorted-wnid order (the usual ImageNet
+  order), published as `ClassLabel`; the two classes named "crane" carry their wnid in the name.
+""" + _agreement(splits)
+
+
+def _agreement(splits: Sequence[SplitSummary]) -> str:
+    """The headline: agreement with human reference labels before -> after per split (metrics
+    `reference.agreement_before/after`, percent), with a warning where cleanup lowered it; empty
+    when no split measured it."""
+    pairs = {split.name: _reference_pair(split.metrics) for split in splits}
+    if not any(pairs.values()):
+        return ""
+    cells = "; ".join(f"`{name}`: {pair[0]:.2f} % before -> {pair[1]:.2f} % after cleanup"
+                      if pair else f"`{name}`: not measured" for name, pair in pairs.items())
+    warnings = [f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
+                f"labels ({pair[0]:.2f} % -> {pair[1]:.2f} %): its fixes and removals disagree "
+                "with people more often than the original labels do; check the ledger's decisions "
+                "before relying on them." for name, pair in pairs.items() if pair and pair[1] < pair[0]]
+    return "\n".join([f"- **Agreement with human labels** (the evaluate stage's reference labels): "
+                      f"{cells}.", *warnings]) + "\n"
+
+
+def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
+    reference = metrics.get("reference")
+    flat = _flatten(reference) if isinstance(reference, Mapping) else {}
+    before, after = flat.get("agreement_before"), flat.get("agreement_after")
+    return None if before is None or after is None else (float(before), float(after))
+
+
+def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
+    lines = ["## How it was made", "",
+             "Per split, each model's softmax predictions vote: confident learning (cleanlab, "
+             "`prune_by_noise_rate`) flags samples and proposes candidates L'; a sample is **fixed** "
+             "when |L'| >= h1 with fewer than 3 distinct candidates, **removed** when it has >= h2 "
+             "distinct candidates, or when >= h3 models miss its label in their top-5, unless "
+             "GradCAM / GradCAM++ / ScoreCAM heatmaps of a model that does hit the label show it "
+             "inside the ground-truth boxes (**exemption**). Then the paper's Table A.1 category "
+             "merges apply.", ""]
+    if context.models:
+        lines += ["| model | timm spec |", "|---|---|"]
+        lines += [f"| {name} | `{spec}` |" for name, spec in context.models]
+        lines.append("")
+    lines += ["| split | source layout | fn | h1 | h2 | h3 |", "|---|---|---|---|---|---|"]
+    for split in splits:
+        row = context.methods.get(split.name, {})
+        lines.append(f"| {split.name} | " + " | ".join(
+            str(row.get(key, "?")) for key in ("layout", "fn", "h1", "h2", "h3")) + " |")
+    explain = ", ".join(f"{key}={context.explain[key]}" for key in
+                        ("methods", "heat", "min_area", "min_methods") if key in context.explain)
+    if explain:
+        lines += ["", f"Explainability: {explain}."]
+    if context.merges is not None:
+        lines += ["", f"Category merges (Table A.1): {'on' if context.merges else 'off'}."]
+    return "\n".join(lines) + "\n"
+
+
+def _count(metrics: Mapping[str, Any], key: str) -> float | None:
+    counts = metrics.get("counts")
+    value = counts.get(key) if isinstance(counts, Mapping) else None
+    if isinstance(value, Mapping):
+        value = value.get("count", value.get("n"))
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _counts(splits: Sequence[SplitSummary]) -> str:
+    lines = ["## Counts", "",
+             "From `metrics/<split>.json` (evaluate stage) where present, else counted from the "
+             "ledger; percentages of the split's images.", "",
+             "| split | images | keep | fix | remove | skip | merge | placeholders | published rows |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for split in splits:
+        cells = []
+        for key in COUNT_KEYS:
+            value = _count(split.metrics, key)
+            value = split.ledger_counts.get(key, 0) if value is None else value
+            share = f" ({100 * value / split.manifest_rows:.2f} %)" if split.manifest_rows else ""
+            cells.append(f"{value:,}{share}" if isinstance(value, int) else f"{value}{share}")
+        lines.append(f"| {split.name} | {split.manifest_rows:,} | " + " | ".join(cells)
+                     + f" | {split.placeholders:,} | {split.default_rows:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
+    if isinstance(value, Mapping):
+        out: dict[str, float] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return {prefix or "value": value}
+    return {}
+
+
+def _table1_row(flat: Mapping[str, float]) -> dict[str, float]:
+    """Name a model's metrics: `top1 original` whatever the nesting (original.top1 or
+    top1.original), other keys with spaces for dots."""
+    named = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        pair = next((f"{metric} {variant}" for metric, variant in TABLE1
+                     if sorted(parts) == sorted([metric, variant])), None)
+        named[pair or " ".join(parts)] = value
+    return named
+
+
+def _table1(splits: Sequence[SplitSummary]) -> str:
+    lines = ["## Model accuracy on original vs cleaned labels (the paper's Table 1)", "",
+             "Top-1/top-5 (percent) of each model on the original labels and on the cleaned ones "
+             "(kept and fixed images), as recorded by the evaluate stage.", ""]
+    for split in splits:
+        models = split.metrics.get("models")
+        rows = {str(name): _table1_row(_flatten(entry))
+                for name, entry in (models.items() if isinstance(models, Mapping) else ())}
+        found = {key for row in rows.values() for key in row}
+        first = [f"{metric} {variant}" for metric, variant in TABLE1 if f"{metric} {variant}" in found]
+        columns = first + sorted(found - set(first))
+        if not columns:
+            lines += [f"`{split.name}`: no per-model metrics recorded (metrics/{split.name}.json).", ""]
+            continue
+        lines += [f"`{split.name}`:", "", "| model | " + " | ".join(columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_number(row.get(key)) for key in columns) + " |"
+                  for name, row in rows.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
+
+
+def _fields(infos: Mapping[str, DatasetInfo]) -> str:
+    lines = ["## Fields", ""]
+    for config, info in infos.items():
+        described = ", ".join(f"`{name}` ({type(feature).__name__})"
+                              for name, feature in (info.features or {}).items())
+        lines.append(f"- `{config}`: {described}.")
+    lines += ["", "`label` is the label after fixes and merges; `original_label` the ImageNet label "
+              "(null for placeholders). `secondary_labels` are other classes the evidence supports "
+              "for an image that shows several (a list of ClassLabel, usually empty). In the ledger, "
+              "`new_label` is null for removed and skipped images, `cl_candidates` are class "
+              "indices (one per model that flagged the image), "
+              "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
+              "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "
+              "original annotation.", ""]
+    return "\n".join(lines)
+
+
+def _loading(context: CardContext, splits: Sequence[SplitSummary], mode: str) -> str:
+    split = splits[0].name if splits else "val"
+    repo = context.repo_id
+    images = ('clean[0]["image"]  # a PIL image; the ledger has no pixels: join it on image_id'
+              if mode == "images" else
+              "# this revision is a labels overlay: join it onto your ImageNet copy (below)")
+    return f"""## How to load
+
+```python
+from datasets import load_dataset
+
+clean = load_dataset("{repo}", split="{split}")                # the cleaned split
+ledger = load_dataset("{repo}", "ledger", split="{split}")     # every decision, with its evidence
+label_names = clean.features["label"].names
+{images}
+```
+
+Pin an iteration with `revision="iteration-<k>"`.
+
+**Labels overlay onto your own ImageNet copy** (the `labels` mode; `path` is relative to the split's
+root in the layout the pipeline ingested, e.g. the Kaggle `ILSVRC/Data/CLS-LOC/val/...`):
+
+```python
+import os
+from datasets import Image, load_dataset
+
+IMAGENET_ROOT = "/data/imagenet"   # your copy, same layout
+clean = load_dataset("{repo}", split="{split}")
+clean = clean.map(lambda row: {{"image": os.path.join(IMAGENET_ROOT, row["path"])}})
+clean = clean.cast_column("image", Image())    # decoded lazily from your files
+
+# or by image_id, whatever your layout (ILSVRC2012 file names are <image_id>.JPEG):
+files = {{os.path.splitext(name)[0]: os.path.join(dirpath, name)
+         for dirpath, _, names in os.walk(IMAGENET_ROOT) for name in names}}
+clean = clean.map(lambda row: {{"image": files[row["image_id"]]}}).cast_column("image", Image())
+```
+"""
+
+
+def _provenance(splits: Sequence[SplitSummary]) -> str:
+    lines = ["## Provenance and licence", "",
+             "Produced by the `publish` stage of the ImageNet-Clean pipeline (a reproduction of "
+             "Kertész 2021 as a DVC pipeline) from these inputs:", "",
+             "| split | input | sha256 |", "|---|---|---|"]
+    for split in splits:
+        lines += [f"| {split.name} | `{name}` | `{digest}` |" for name, digest in split.sha256.items()]
+    lines += ["", "The images and the original labels are ImageNet's (ILSVRC2012): use them under the "
+              "ImageNet terms of access (non-commercial research and education, "
+              "https://image-net.org/download.php). The corrections (labels, ledger) are derived "
+              "data published with this repository under the same terms (licence: other).", ""]
+    return "\n".join(lines)

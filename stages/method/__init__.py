@@ -1,0 +1,1 @@
+"""The method: confident learning, evidence, decision strategies, CAMs, overrides, references."""

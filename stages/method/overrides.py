@@ -1,0 +1,153 @@
+"""Human overrides of a split's decisions: `decide.<split>.overrides`, a CSV that `decide` applies last.
+
+Columns `image_id,action,new_label,note`. Actions: `keep` (the label the image had before this
+iteration: rejects a fix or removal), `fix` (new_label = class index 0..999 or wnid), `remove`,
+`secondary` (new_label = a class the image also shows; several rows per image allowed; an image's
+secondary labels become exactly its rows' classes, one row with an empty new_label = none). At most
+one keep/fix/remove row per image. `imagenet-clean review` writes this file; people may edit it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from stages.contracts import formats
+from stages.contracts.errors import InputError, MissingInputError
+
+OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
+OVERRIDE_ACTIONS = ("keep", "fix", "remove", "secondary")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The overrides file's rows as strings ([] when the file does not exist yet).
+
+    Raises:
+        InputError: the header is not image_id,action,new_label,note.
+    """
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if list(reader.fieldnames or []) != list(OVERRIDE_COLUMNS):
+            raise InputError(f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
+                             f"{','.join(reader.fieldnames or [])}; fix the file first")
+        return [{c: (row.get(c) or "") for c in OVERRIDE_COLUMNS} for row in reader]
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
+    """Rewrite the overrides file atomically (header + rows, in order): what review writes."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(OVERRIDE_COLUMNS)
+    writer.writerows([row[c] for c in OVERRIDE_COLUMNS] for row in rows)
+    with formats.atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def load_overrides(path: str | Path) -> pd.DataFrame:
+    """The overrides CSV as a table of strings (a header-only file = no overrides).
+
+    Raises:
+        MissingInputError: no such file. InputError: a wrong header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"overrides file {path} not found; create it with the header "
+                                f"{','.join(OVERRIDE_COLUMNS)} (no rows = no overrides)")
+    return pd.DataFrame(read_rows(path), columns=list(OVERRIDE_COLUMNS))
+
+
+def _override_error(row: dict[str, Any], position: int | None, action_now: np.ndarray,
+                    label_now: np.ndarray) -> str | None:
+    """Why an override row cannot apply (with the fix), or None."""
+    action, new_label = row["action"].strip(), row["new_label"].strip()
+    if position is None:
+        return "unknown image_id; use an image_id of the split's manifest"
+    if action not in OVERRIDE_ACTIONS:
+        return f"action {action!r} is not {', '.join(OVERRIDE_ACTIONS)}; use one of those"
+    if action == "fix" and not new_label:
+        return "action fix needs a new_label (class index 0..999 or wnid); add it"
+    if action in ("keep", "remove") and new_label:
+        return "new_label is only read for actions fix and secondary; clear it or use fix"
+    if action in ("fix", "secondary") and new_label and formats.parse_class(new_label) is None:
+        return f"new_label {new_label!r} is not a class index 0..999 or an ILSVRC2012 wnid"
+    if action_now[position] == "skip":
+        return "the image is unreadable (a skip row); overrides cannot apply to it; drop the row"
+    if action == "keep" and np.isnan(label_now[position]):
+        return "the image left the split earlier and has no label to keep; use fix with a new_label"
+    return None
+
+
+def apply_overrides(ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: str = "overrides"
+                    ) -> pd.DataFrame:
+    """Human overrides win over every rule and merge; `override` = true, reason "override: <note>".
+    keep/fix/remove rows set the decision (one per image); `secondary` rows set the image's
+    secondary labels to exactly their classes (an empty new_label: none).
+
+    Raises:
+        InputError: naming `source`, the CSV line and the fix, for an unknown image_id, a bad
+            action, a fix without a valid new_label, a duplicated row, or secondary labels on an
+            image that is not kept or fixed.
+    """
+    cols = {c: ledger[c].to_numpy(dtype=object).copy() for c in ("action", "reason")}
+    label = ledger["label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    new_label = ledger["new_label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    merged, override = ledger["merged"].to_numpy(dtype=bool).copy(), np.zeros(len(ledger), bool)
+    positions = {image_id: i for i, image_id in enumerate(ledger["image_id"])}
+    decided: set[str] = set()
+    secondary: dict[int, list[tuple[int, int | None]]] = {}
+    for line, row in enumerate(overrides.to_dict("records"), 2):
+        image_id, action = row["image_id"].strip(), row["action"].strip()
+        problem = _override_error(row, positions.get(image_id), cols["action"], label)
+        if problem is None and action != "secondary" and image_id in decided:
+            problem = "image_id has two keep/fix/remove rows; keep one"
+        if problem:
+            raise InputError(f"{source} line {line} (image_id {image_id!r}): {problem}")
+        i = positions[image_id]
+        if action == "secondary":
+            secondary.setdefault(i, []).append((line, formats.parse_class(row["new_label"])
+                                                if row["new_label"].strip() else None))
+            continue
+        decided.add(image_id)
+        new_label[i] = (formats.parse_class(row["new_label"]) if action == "fix"
+                        else label[i] if action == "keep" else np.nan)
+        if action == "fix" and new_label[i] == label[i]:
+            action = "keep"  # an override "fix" to the current label (e.g. a later iteration)
+        cols["action"][i], merged[i], override[i] = action, False, True
+        cols["reason"][i] = f"override: {row['note'].strip() or '(no note)'}"
+    extra = _override_secondary(ledger, secondary, cols["action"], new_label, source)
+    for i in secondary:
+        override[i] = True
+        if ledger["image_id"].iloc[i] not in decided:
+            cols["reason"][i] += "; secondary labels set by override"
+    return ledger.assign(action=cols["action"], reason=cols["reason"], new_label=formats.nullable_ints(new_label),
+                         merged=merged, override=ledger["override"].to_numpy(bool) | override,
+                         secondary_labels=extra)
+
+
+def _override_secondary(ledger: pd.DataFrame, secondary: dict[int, list[tuple[int, int | None]]],
+                        action: np.ndarray, new_label: np.ndarray, source: str) -> list[list[int]]:
+    """The secondary labels after `secondary` override rows (grouped by row position)."""
+    out = [list(v) for v in ledger["secondary_labels"]]
+    for i, entries in secondary.items():
+        line = entries[0][0]
+        where = f"{source} line {line} (image_id {ledger['image_id'].iloc[i]!r})"
+        if action[i] not in ("keep", "fix"):
+            raise InputError(f"{where}: secondary labels only apply to kept or fixed images, this "
+                             f"one is {action[i]}; drop the secondary rows or keep the image")
+        classes = [c for _, c in entries if c is not None]
+        if len(set(classes)) != len(classes) or (classes and len(classes) != len(entries)):
+            raise InputError(f"{where}: repeated or mixed (empty and non-empty) secondary rows; "
+                             "list each secondary class once, or one empty row for none")
+        if int(new_label[i]) in classes:
+            raise InputError(f"{where}: class {formats.class_label(int(new_label[i]))} is the "
+                             "image's label, not a secondary label; drop that row")
+        out[i] = sorted(classes)
+    return out
+

@@ -1,0 +1,158 @@
+"""Human reference labels (ImageNet-ReaL style) and how well a split's decisions agree with them.
+
+A reference gives, per image, the set of classes human raters accept; an empty set means that no
+class fits the image. Two file shapes are read: ReaL's published `real.json` (a list of 50,000
+lists, entry i for `ILSVRC2012_val_{i+1:08d}`) and a mapping `{image_id: [classes]}`. Reading a
+reference is evaluation only: no decision depends on it.
+
+A row is *judged* when the reference has a non-empty entry for its image (ReaL's convention: images
+that no class fits are left out of accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from stages.contracts import formats
+from stages.contracts.errors import InputError, MissingInputError
+
+logger = logging.getLogger(__name__)
+
+REAL_ROWS = 50_000
+
+
+def _real_id(index: int) -> str:
+    return f"ILSVRC2012_val_{index + 1:08d}"
+
+
+def _classes(value: Any, path: Path, where: str) -> frozenset[int]:
+    if not isinstance(value, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < formats.NUM_CLASSES
+            for c in value):
+        raise InputError(f"{path}: {where} must be a list of class indices 0..999, got "
+                         f"{str(value)[:80]}; fix the file (ImageNet-ReaL real.json or "
+                         "{image_id: [classes]})")
+    return frozenset(value)
+
+
+def load_reference(path: str | Path) -> dict[str, frozenset[int]]:
+    """image_id -> accepted classes, from either file shape.
+
+    Raises:
+        MissingInputError: the file does not exist.
+        InputError: not JSON, neither shape, a ReaL list that does not have 50,000 entries, or an
+            entry that is not a list of class indices 0..999 (the message names the entry).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"reference labels {path} not found; fix evaluate.references / "
+                                "evaluate.reference_labels or set reference_labels to null")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a JSON file ({error}); expected ImageNet-ReaL real.json "
+                         "or a mapping {image_id: [classes]}") from None
+    if isinstance(data, list):
+        if len(data) != REAL_ROWS:
+            raise InputError(f"{path}: a ReaL real.json list has {REAL_ROWS} entries (one per "
+                             f"ILSVRC2012 val image), this one has {len(data)}; use the published "
+                             "file or a mapping {image_id: [classes]}")
+        return {_real_id(i): _classes(v, path, f"entry {i} ({_real_id(i)})")
+                for i, v in enumerate(data)}
+    if isinstance(data, dict):
+        return {str(k): _classes(v, path, f"entry {k!r}") for k, v in data.items()}
+    raise InputError(f"{path}: expected a JSON list (ReaL real.json) or a mapping {{image_id: "
+                     f"[classes]}}, got a {type(data).__name__}")
+
+
+def align(reference: Mapping[str, frozenset[int]], image_ids: pd.Series, *, source: str
+          ) -> list[frozenset[int] | None]:
+    """Per row: the accepted classes, or None where the reference has no entry.
+
+    Raises:
+        InputError: the reference covers none of the split's images (a file for another split).
+    """
+    entries = [reference.get(str(i)) for i in image_ids]
+    if len(image_ids) and all(e is None for e in entries):
+        raise InputError(f"{source}: none of the split's {len(image_ids)} image ids (e.g. "
+                         f"{image_ids.iloc[0]!r}) has an entry; is it the reference of another "
+                         "split? Point evaluate.reference_labels at this split's file or null")
+    return entries
+
+
+def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dict[str, Any]:
+    """The `reference` block of `metrics/<split>.json`: agreement before -> after, fix outcomes,
+    removal precision and recall, secondary-label precision (percentages, with their row counts).
+
+    Rows that left the split in an earlier iteration or are unreadable (no current label) and rows
+    without a reference entry are not counted.
+    """
+    t: dict[str, int] = dict.fromkeys(
+        ("judged_before", "agree_before", "judged_after", "agree_after", "corrected", "neutral",
+         "broken", "fixes", "removed", "removed_bad", "bad", "bad_removed", "secondary",
+         "secondary_ok", "active", "multi"), 0)
+    for row, ok in enumerate(entries):
+        label, action = ledger["label"].iloc[row], ledger["action"].iloc[row]
+        if ok is None or pd.isna(label) or action == "skip":
+            continue
+        new = ledger["new_label"].iloc[row]
+        t["active"] += 1
+        t["multi"] += len(ok) > 1
+        right = int(label) in ok
+        t["bad"] += not right
+        if ok:
+            t["judged_before"] += 1
+            t["agree_before"] += right
+        if action in ("keep", "fix") and ok:
+            t["judged_after"] += 1
+            t["agree_after"] += int(new) in ok
+        if action == "fix":
+            t["fixes"] += 1
+            t["corrected" if not right and int(new) in ok else
+              "broken" if right and int(new) not in ok else "neutral"] += 1
+        if action == "remove":
+            t["removed"] += 1
+            t["removed_bad"] += not right
+            t["bad_removed"] += not right
+        for extra in ledger["secondary_labels"].iloc[row]:
+            t["secondary"] += 1
+            t["secondary_ok"] += int(extra) in ok
+    return {
+        "agreement_before": formats.percent(t["agree_before"], t["judged_before"]),
+        "agreement_after": formats.percent(t["agree_after"], t["judged_after"]),
+        "judged_before": t["judged_before"], "judged_after": t["judged_after"],
+        "rows": t["active"], "removed_fraction": formats.percent(t["removed"], t["active"]),
+        "fixes": {"corrected": t["corrected"], "neutral": t["neutral"], "broken": t["broken"],
+                  "total": t["fixes"]},
+        "removal_precision": formats.percent(t["removed_bad"], t["removed"]), "removals": t["removed"],
+        "recall_of_bad": formats.percent(t["bad_removed"] + t["corrected"], t["bad"]),
+        "bad_rows": t["bad"],
+        "secondary_precision": formats.percent(t["secondary_ok"], t["secondary"]),
+        "secondary_labels": t["secondary"],
+        "multi_label_share": formats.percent(t["multi"], t["active"]),
+    }
+
+
+def multi_label_top1(top1: np.ndarray, entries: list[frozenset[int] | None],
+                     rows: np.ndarray) -> float | None:
+    """A model's multi-label top-1 (ReaL accuracy): its top-1 is among the accepted classes, over
+    the given rows that have a non-empty entry."""
+    hits = [int(top1[i]) in entries[i] for i in np.flatnonzero(rows) if entries[i]]
+    return formats.percent(sum(hits), len(hits))
+
+
+def warn_if_worse(block: Mapping[str, Any], split: str) -> bool:
+    """Log a warning when the decisions agree less with the reference than the input labels did."""
+    before, after = block.get("agreement_before"), block.get("agreement_after")
+    worse = before is not None and after is not None and after < before
+    if worse:
+        logger.warning("%s: the cleaned labels agree LESS with the human reference than the input "
+                       "labels (%.2f %% -> %.2f %%); do not publish them as an improvement",
+                       split, before, after)
+    return worse

@@ -1,0 +1,1 @@
+"""Modelling: timm models, prediction data, distributed runs, training."""

@@ -1,0 +1,360 @@
+"""The `predict` data path: decode each manifest image once for every preprocessing group, and keep
+the results in resumable shards.
+
+A model's timm evaluation transform (resize, centre crop, to-tensor, normalise) is split in two:
+the geometric part runs in DataLoader workers on the decoded PIL image and yields a uint8 HWC
+tensor (4x less to copy between processes and to the device); the to-tensor scaling and the
+normalisation run on the model's device, on the whole batch, with exactly the arithmetic of
+`torchvision.transforms.functional.to_tensor` + `normalize` (so the float inputs are bit-identical
+to timm's transform on CPU). Models whose data configs have the same `preprocessing_key` share one
+group: their input is resized once per image.
+
+Batches never cross a shard boundary (`plan_batches`), so a batch holds the same rows whether a
+run computes one model, an ensemble, or only the shards an interrupted run left missing.
+`ShardStore` keeps a model's finished shards in a hidden work folder beside its output and streams
+them into the final memory-mappable .npy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from stages.contracts.errors import ConfigError
+from stages.contracts.formats import NUM_CLASSES, atomic_path, percent, write_json, write_npy
+from stages.contracts.sidecars import topk_hits
+from stages.sources.images import DECODE_ERRORS, open_image
+from stages.modelling.models import (
+    ModelSpec,
+    architecture,
+    create_model,
+    data_config,
+    eval_transform,
+    preprocessing_key,
+    weights_sha256,
+)
+
+logger = logging.getLogger(__name__)
+
+FINGERPRINT = "fingerprint.json"
+ShardSink = Callable[[str, int, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """One preprocessing group: what workers do to a decoded image, and what the device finishes.
+
+    Attributes:
+        key: `stages.modelling.models.preprocessing_key` of the group's data config.
+        geometry: PIL -> PIL steps (resize, crop) run in workers; or, when `scaled` is False, the
+            whole timm transform (PIL -> normalised float CHW tensor).
+        mean, std: the normalisation constants applied on the device (None when not `scaled`).
+        scaled: True when workers hand over uint8 HWC tensors that the device scales + normalises.
+    """
+
+    key: str
+    geometry: Callable[[Any], Any]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    scaled: bool
+
+    def worker_tensor(self, image: Any) -> torch.Tensor:
+        """A decoded RGB image -> uint8 (H, W, C) tensor (or the full transform's float tensor)."""
+        out = self.geometry(image)
+        if not self.scaled:
+            return out
+        return torch.from_numpy(np.array(out, dtype=np.uint8, copy=True))
+
+    def to_device(self, batch: torch.Tensor, device: torch.device, *, channels_last: bool
+                  ) -> torch.Tensor:
+        """batch: (B, H, W, C) uint8 (or (B, C, H, W) float) -> normalised (B, C, H, W) float32."""
+        batch = batch.to(device, non_blocking=True)
+        if self.scaled:
+            # HWC memory viewed as NCHW is the channels_last layout; the ops below keep it.
+            batch = batch.permute(0, 3, 1, 2).to(torch.float32).div(255)
+            mean = torch.tensor(self.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            batch = batch.sub_(mean).div_(std)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return batch.contiguous(memory_format=memory_format)
+
+
+def input_transform(config: dict[str, Any]) -> InputTransform:
+    """Split a model's timm eval transform (`stages.modelling.models.eval_transform`) for the fast path.
+
+    When the transform does not end in the usual [ToTensor, Normalize] pair, the whole transform
+    runs in the workers instead (still correct, only less fast).
+    """
+    full = eval_transform(config)
+    steps = list(getattr(full, "transforms", []))
+    key = preprocessing_key(config)
+    if (len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize)
+            and not getattr(steps[-1], "inplace", False)):
+        norm = steps[-1]
+        mean = tuple(float(v) for v in torch.as_tensor(norm.mean).flatten())
+        std = tuple(float(v) for v in torch.as_tensor(norm.std).flatten())
+        return InputTransform(key, T.Compose(steps[:-2]), mean, std, scaled=True)
+    logger.info("preprocessing %s: transform %s is not [..., ToTensor, Normalize]; running it "
+                "whole in the workers", key, full)
+    return InputTransform(key, full, None, None, scaled=False)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A loaded ensemble member: the eval-mode model plus its identity and preprocessing."""
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    data_config: dict[str, Any]
+    transform: InputTransform
+    architecture: str
+    weights_sha256: str | None
+    identity: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _state_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = True) -> Member:
+    """Create a model from its spec and resolve its own timm preprocessing."""
+    spec.require_weights()
+    module = create_model(spec, device=device)
+    classes = getattr(module, "num_classes", NUM_CLASSES)
+    if classes != NUM_CLASSES:
+        raise ConfigError(f"model {spec.name!r} has {classes} classes; predictions need the "
+                         f"{NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    config = json.loads(json.dumps(data_config(module)))
+    sha = weights_sha256(spec)
+    return Member(spec, module, config, input_transform(config), architecture(module), sha,
+                  sha or _state_sha256(module))
+
+
+class ManifestImages(Dataset):
+    """Manifest rows -> one input tensor per preprocessing group, decoding each image once.
+
+    paths: (N,) manifest `path` column; item `row` is `(row, None, tensor_group_0, ...)`, or
+    `(row, reason, None, ...)` when the image cannot be decoded (a header-only ingest lets
+    truncated files through): the row's predictions stay NaN and predict counts it unreadable.
+    """
+
+    def __init__(self, root: str | Path, paths: Sequence[str], groups: Sequence[InputTransform]
+                 ) -> None:
+        self.root = str(root)
+        # One fixed-width bytes buffer, not N Python strings: forked workers share it copy-free.
+        self.paths = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
+        self.groups = tuple(groups)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int) -> tuple[Any, ...]:
+        path = self.paths[row].decode("utf-8")
+        try:
+            image = open_image(self.root, path)
+        except DECODE_ERRORS as error:
+            return (row, f"{type(error).__name__}: {error}", *(None for _ in self.groups))
+        return (row, None, *(group.worker_tensor(image) for group in self.groups))
+
+
+def collate_rows(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Dataset items -> (rows (B,) of the decoded images, [(row, reason)] of the undecodable ones,
+    one stacked tensor per preprocessing group (None when no image of the batch decoded))."""
+    good = [item for item in items if item[1] is None]
+    bad = [(int(item[0]), str(item[1])) for item in items if item[1] is not None]
+    rows = torch.tensor([int(item[0]) for item in good], dtype=torch.long)
+    groups = len(items[0]) - 2
+    stacked = [torch.stack([item[2 + g] for item in good]) if good else None for g in range(groups)]
+    return (rows, bad, *stacked)
+
+
+def plan_batches(usable: np.ndarray, shards: Sequence[int], *, shard_size: int, batch_size: int
+                 ) -> list[np.ndarray]:
+    """The forward batches for some shards: each shard's usable rows, in order, `batch_size` a batch.
+
+    Args:
+        usable: (N,) bool, True where the manifest row is to be predicted (no skip_reason).
+        shards: shard indices to cover (shard i = rows [i*shard_size, (i+1)*shard_size)).
+
+    Returns:
+        row-index arrays, shard by shard; a batch never spans two shards, so batch composition
+        is the same for any subset of shards and any set of models.
+    """
+    batches = []
+    for shard in sorted(shards):
+        rows = np.flatnonzero(usable[shard * shard_size:(shard + 1) * shard_size]) + shard * shard_size
+        batches.extend(rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+    return batches
+
+
+def make_loader(dataset: ManifestImages, batches: list[np.ndarray], *, workers: int,
+                pin_memory: bool) -> DataLoader:
+    """A DataLoader that yields the planned batches in order (one worker collates a whole batch)."""
+    extra: dict[str, Any] = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
+                      pin_memory=pin_memory, collate_fn=collate_rows, **extra)
+
+
+class ShardBuffers:
+    """Collects batch results per (model, shard); hands a shard on once all its usable rows are in.
+
+    usable: (N,) bool; pending: model name -> shard indices to compute; on_shard(model, shard,
+    probs (rows of the shard, 1000)) receives each complete shard (NaN rows for skip rows).
+    """
+
+    def __init__(self, usable: np.ndarray, pending: Mapping[str, set[int]], *, shard_size: int,
+                 dtype: type[np.floating], on_shard: ShardSink) -> None:
+        self.usable, self.pending, self.on_shard = usable, pending, on_shard
+        self.shard_size, self.dtype = shard_size, dtype
+        self.shards = sorted(set().union(*pending.values())) if pending else []
+        self.waiting = {s: int(usable[s * shard_size:(s + 1) * shard_size].sum()) for s in self.shards}
+        self.buffers: dict[tuple[str, int], np.ndarray] = {}
+
+    def _buffer(self, name: str, shard: int) -> np.ndarray:
+        if (name, shard) not in self.buffers:
+            rows = min(self.shard_size, len(self.usable) - shard * self.shard_size)
+            self.buffers[name, shard] = np.full((rows, NUM_CLASSES), np.nan, dtype=self.dtype)
+        return self.buffers[name, shard]
+
+    def add(self, name: str, rows: np.ndarray, probs: np.ndarray) -> None:
+        """Store a batch: rows (B,) manifest row indices within one shard, probs (B, 1000)."""
+        shard = int(rows[0]) // self.shard_size
+        self._buffer(name, shard)[rows - shard * self.shard_size] = probs
+
+    def rows_done(self, shard: int, count: int) -> None:
+        """Count `count` rows of `shard` as computed by every model pending it."""
+        self.waiting[shard] -= count
+        if self.waiting[shard] == 0:
+            for name, shards in self.pending.items():
+                if shard in shards:
+                    self.on_shard(name, shard, self._buffer(name, shard))
+                    del self.buffers[name, shard]
+
+    def flush_empty(self) -> None:
+        """Hand on the shards without usable rows (all skip rows): nothing to compute."""
+        for shard in self.shards:
+            if self.waiting[shard] == 0:
+                self.rows_done(shard, 0)
+
+
+def manifest_sha256(manifest: pd.DataFrame) -> str:
+    """A digest of what predictions depend on in a manifest: row order, ids, paths, skip rows and
+    the images' bytes (their sha256), so shards of a killed run never outlive a changed image."""
+    digest = hashlib.sha256(str(len(manifest)).encode())
+    for column in ("image_id", "path", "skip_reason", "sha256"):
+        values = manifest[column].astype(object).where(manifest[column].notna(), "\x01")
+        digest.update("\x00".join(map(str, values)).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+class ShardStore:
+    """A model's hidden work folder beside its output `<dir>/<model>.npy`:
+    `<dir>/.<model>.partial/` with `fingerprint.json` and one `shard-NNNNNN.npy` per shard.
+
+    Shards are written atomically; the folder is wiped when its fingerprint differs from this
+    run's, so stale shards of another model, preprocessing, manifest or option set are never used.
+    """
+
+    def __init__(self, out: str | Path, fingerprint: dict[str, Any], *, n_rows: int,
+                 shard_size: int, dtype: type[np.floating]) -> None:
+        self.out, self.fingerprint, self.n_rows = Path(out), fingerprint, n_rows
+        self.shard_size, self.dtype = shard_size, np.dtype(dtype)
+        self.folder = self.out.parent / f".{self.out.stem}.partial"
+        self.n_shards = -(-n_rows // shard_size)
+
+    def path(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:06d}.npy"
+
+    def _rows(self, shard: int) -> int:
+        return min(self.shard_size, self.n_rows - shard * self.shard_size)
+
+    def _valid(self, shard: int) -> bool:
+        try:
+            array = np.load(self.path(shard), mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        return array.shape == (self._rows(shard), NUM_CLASSES) and array.dtype == self.dtype
+
+    def open(self) -> set[int]:
+        """Prepare the work folder (wiping it when its fingerprint differs) -> the missing shards."""
+        self.prepare()
+        return self.missing()
+
+    def prepare(self) -> None:
+        """Wipe the work folder when its fingerprint differs from this run's, remove files of
+        writes that were killed, and save the fingerprint. Under torchrun only rank 0 calls this,
+        before the others look at the folder."""
+        for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):
+            stale.unlink()  # an assembly killed before its rename
+        saved = self.folder / FINGERPRINT
+        if self.folder.exists() and (not saved.is_file()
+                                     or json.loads(saved.read_text()) != self.fingerprint):
+            logger.warning("%s: its shards belong to another model, preprocessing, manifest or "
+                           "option set; discarding them", self.folder)
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob(".*.tmp"):
+            stale.unlink()  # a shard write killed before its rename
+        if not saved.is_file():
+            write_json(self.fingerprint, saved)
+
+    def missing(self) -> set[int]:
+        """The shards not yet in the (prepared) work folder."""
+        missing = {s for s in range(self.n_shards) if not self._valid(s)}
+        if len(missing) < self.n_shards:
+            logger.info("%s: resuming; %d of %d shards already done, computing %d",
+                        self.out.name, self.n_shards - len(missing), self.n_shards, len(missing))
+        return missing
+
+    def write(self, shard: int, probs: np.ndarray) -> None:
+        """Atomically store one complete shard: probs (rows of the shard, 1000)."""
+        write_npy(probs, self.path(shard))
+
+    def assemble(self, labels: np.ndarray, usable: np.ndarray
+                 ) -> tuple[float | None, float | None, np.ndarray]:
+        """Stream the shards into the final .npy (atomic rename) -> (top-1, top-5) in percent and
+        the (U,) usable rows whose predictions are NaN (images that could not be decoded).
+
+        labels: (N,) float (NaN where unknown); usable: (N,) bool. Holds one shard in RAM at a time.
+        """
+        hits, scored = np.zeros(2, dtype=np.int64), 0
+        unreadable = []
+        with atomic_path(self.out) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
+                                              shape=(self.n_rows, NUM_CLASSES))
+            for shard in range(self.n_shards):
+                rows = slice(shard * self.shard_size, shard * self.shard_size + self._rows(shard))
+                probs = np.load(self.path(shard))
+                array[rows] = probs
+                shard_hits, shard_scored = topk_hits(probs, labels[rows], usable[rows])
+                hits, scored = hits + shard_hits, scored + shard_scored
+                unreadable.append(np.flatnonzero(usable[rows] & np.isnan(probs[:, 0])) + rows.start)
+            array.flush()
+            del array
+        missing = np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
+        return percent(int(hits[0]), scored), percent(int(hits[1]), scored), missing
+
+    def remove(self) -> None:
+        """Delete the work folder (after the final file and its sidecar are in place)."""
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The review report and the local review server."""

@@ -1,0 +1,1 @@
+"""Image sources: raw layouts, annotations, image decoding, boxes, thumbnails."""
