@@ -41,10 +41,11 @@ import numpy as np
 import pandas as pd
 
 from stages.contracts import formats
-from stages.decide import DecideConfig, apply_rules
+from stages.method.ledger import DecideConfig, apply_rules
 from stages.method.evidence import ensemble_evidence
 from stages.contracts.params import load_params, resolve_threshold, section
-from stages.method.strategies import STRATEGIES, Thresholds
+from stages.method.strategies import STRATEGIES
+from stages.method.thresholds import Thresholds
 
 ROOT = Path.cwd()
 
@@ -105,7 +106,7 @@ def inject_flips(labels: np.ndarray, confusable: np.ndarray, usable: np.ndarray,
 def vote_columns(labels: np.ndarray, predictions: dict[str, np.ndarray], usable: np.ndarray,
                  config: Any) -> pd.DataFrame:
     """The vote stage's per-row columns for these labels (one cleanlab run per model)."""
-    from stages.vote import model_votes, vote_columns as columns
+    from stages.method.votes import model_votes, vote_columns as columns
 
     results = [model_votes(labels, probs, config=config, active=usable, model=name)
                for name, probs in predictions.items()]
@@ -173,9 +174,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     evidence = ensemble_evidence(flipped, {m: args.predictions_dir / f"{m}.npy" for m in models},
                                  active=usable).columns(usable).to_pandas()
     consensus = DecideConfig.from_params(params, args.split).consensus
-    from stages.method.confident import VoteConfig
+    from stages.method.confident import ConfidentConfig
 
-    base = VoteConfig.from_params(params, args.split)
+    base = ConfidentConfig.from_params(params, args.split)
     if args.fn_mode:
         base = dataclasses.replace(base, fn_mode=args.fn_mode)
     columns: dict[float, pd.DataFrame] = {}

@@ -29,22 +29,24 @@ import pandas as pd
 import torch
 
 from stages.method import cams
-from stages import explain
+from stages.method import exemptions
 from stages.contracts import formats
 from stages.sources.images import open_image
-from stages.modelling.models import create_model, data_config, eval_transform, model_specs
-from stages.contracts.params import load_params, resolve_threshold, section, split_params
+from stages.modelling.models import create_model, data_config, eval_transform
+from stages.modelling.specs import model_specs
+from stages.contracts.params import load_params, resolve_threshold, section
+from stages.contracts.splits import SplitEntry
 
 
 def load_manifest(split: str, params: dict[str, Any]) -> pd.DataFrame:
     """The split's manifest, or one built here by the real ingest code when absent."""
     if formats.manifest_path(split).is_file():
         return formats.read_manifest(split)
-    from stages.ingest import build_manifest
+    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
 
-    entry = split_params(params, split)
-    manifest, _ = build_manifest(Source(Path(entry["root"]), entry["layout"], entry.get("subset")))
+    entry = SplitEntry.from_params(params, split)
+    manifest, _ = build_manifest(Source(Path(entry.root), entry.layout, entry.subset or "val"))
     return manifest
 
 
@@ -76,12 +78,12 @@ def top5(split: str, spec: Any, manifest: pd.DataFrame, root: str, device: torch
 def build_candidates(source: str, split: str, params: dict[str, Any], manifest: pd.DataFrame,
                      specs: Sequence[Any], device: torch.device, cache: Path | None = None
                      ) -> pd.DataFrame:
-    """Candidates in `explain.select_candidates`' form for the chosen source."""
+    """Candidates in `exemptions.select_candidates`' form for the chosen source."""
     h3 = resolve_threshold(section(params, "decide", split)["h3"], len(specs))
     if source == "votes":
         votes = formats.read_table(formats.votes_path(split), what="votes")
-        return explain.select_candidates(manifest, votes, h3=h3)
-    root = split_params(params, split)["root"]
+        return exemptions.select_candidates(manifest, votes, h3=h3)
+    root = SplitEntry.from_params(params, split).root
     labels = manifest["label"].to_numpy()
     tops = {s.name: top5(split, s, manifest, root, device, cache) for s in specs}
     hits = {name: (t == labels[:, None]).any(axis=1) for name, t in tops.items()}
@@ -98,7 +100,7 @@ def build_candidates(source: str, split: str, params: dict[str, Any], manifest: 
                          label=manifest["label"].where(~skipped), n_models=len(specs),
                          inactive_reason=manifest["skip_reason"].map(
                              lambda r: None if r is None else f"skip: {r}"))
-    return explain.select_candidates(manifest, votes, h3=h3)
+    return exemptions.select_candidates(manifest, votes, h3=h3)
 
 
 def limit_pairs(candidates: pd.DataFrame, names: Sequence[str], limit: int | None) -> pd.DataFrame:
@@ -116,14 +118,14 @@ def limit_pairs(candidates: pd.DataFrame, names: Sequence[str], limit: int | Non
     return out[out["models"].map(bool)].reset_index(drop=True)
 
 
-def run_model(candidates: pd.DataFrame, root: str, spec: Any, config: explain.ExplainConfig,
+def run_model(candidates: pd.DataFrame, root: str, spec: Any, config: exemptions.CamOptions,
               exhaustive: bool) -> tuple[pd.DataFrame, cams.CamStats, float]:
     stats = cams.CamStats()
     config = dataclasses.replace(config, exhaustive=exhaustive, overlays=0)
     mine = candidates[candidates["models"].map(lambda m: spec.name in m)].reset_index(drop=True)
     mine = mine.assign(models=[[spec.name]] * len(mine))
     started = time.perf_counter()
-    table = explain.explain_candidates(mine, root, [spec], config=config, stats=stats)
+    table = exemptions.explain_candidates(mine, root, [spec], config=config, stats=stats)
     return table.to_pandas(), stats, time.perf_counter() - started
 
 
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     if args.min_area is not None:
         params["explain"]["min_area"] = args.min_area
-    config = explain.ExplainConfig.from_params(params)
+    config = exemptions.CamOptions.from_params(params)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") \
         if config.device == "auto" else torch.device(config.device)
     source = args.source
@@ -155,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     candidates = build_candidates(source, args.split, params, manifest, specs, device, args.cache)
     chosen = [s for s in specs if args.models is None or s.name in args.models.split(",")]
     candidates = limit_pairs(candidates, [s.name for s in specs], args.limit)
-    root = split_params(params, args.split)["root"]
+    root = SplitEntry.from_params(params, args.split).root
     print(f"source={source} device={device} threads={torch.get_num_threads()} "
           f"heat={config.rule.heat} min_area={config.rule.min_area} "
           f"candidates={len(candidates)} pairs={sum(map(len, candidates['models']))}", flush=True)

@@ -37,12 +37,12 @@ from typing import Sequence
 import torch
 
 from stages.sources.images import open_image
-from stages.ingest import build_manifest
+from stages.sources.manifest import build_manifest
 from stages.sources.layouts import Source
-from stages.modelling.models import model_specs, resolve_device
+from stages.modelling.models import resolve_device
+from stages.modelling.specs import model_specs
 from stages.contracts.params import load_params
-from stages.predict import (PredictConfig, cpu_threads, load_member, predict_split,
-                            softmax_batch)
+from stages.modelling.predictor import PredictConfig, cpu_threads, load_member, predict_split, softmax_batch
 from stages.modelling.predict_data import plan_batches
 
 

@@ -19,24 +19,25 @@ from typing import Any, Sequence
 
 from stages.contracts import formats
 from stages.method import references as reference
-from stages.decide import DecideConfig, decide_split, load_merges
-from stages.evaluate import EvaluateConfig
-from stages.contracts.config import from_section
-from stages.contracts.params import load_params, section
+from stages.method.ledger import DecideConfig, decide_split
+from stages.method.merges import load_merges
+from stages.method.scoring import EvaluateConfig
+from stages.contracts.params import load_params
 from stages.method.strategies import STRATEGIES
 
 
 def compare(split: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     """One row of reference figures per strategy."""
     base = DecideConfig.from_params(params, split)
-    evaluate = from_section(EvaluateConfig, section(params, "evaluate"), where="evaluate")
-    if not evaluate.reference_labels:
-        raise SystemExit("evaluate.reference_labels is null: this comparison needs a reference")
+    evaluate = EvaluateConfig.from_params(params, split)
+    if evaluate.reference is None:
+        raise SystemExit(f"evaluate.reference_labels names no file for {split}: this comparison "
+                         "needs a reference")
     manifest = formats.read_manifest(split)
     votes = formats.read_table(formats.votes_path(split), what="votes")
     cams = formats.read_table(formats.cams_path(split), what="CAM scores")
     merges = load_merges(base.merges.table) if base.merges.enabled else {}
-    source = Path(evaluate.references) / evaluate.reference_labels
+    source = evaluate.reference
     entries = reference.align(reference.load_reference(source), manifest["image_id"],
                               source=str(source))
     rows = []

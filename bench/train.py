@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import yaml
 
 from stages.contracts import formats
-from stages.ingest import build_manifest
+from stages.sources.manifest import build_manifest
 from stages.sources.layouts import Source
 from stages.contracts.params import load_params
 

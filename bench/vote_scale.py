@@ -42,8 +42,9 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from stages import formats  # noqa: E402
-from stages.vote import VoteConfig, model_votes  # noqa: E402
+from stages.contracts import formats  # noqa: E402
+from stages.method.votes import model_votes  # noqa: E402
+from stages.method.confident import ConfidentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = 1_281_167
@@ -150,7 +151,7 @@ def measure(args: argparse.Namespace) -> None:
     `--dir`; prints one JSON line (seconds per model, peaks) and saves model 0's flags."""
     folder = Path(args.dir)
     labels, true = np.load(folder / "labels.npy")[:args.rows], np.load(folder / "true.npy")[:args.rows]
-    config = VoteConfig(fn=args.fn, fn_mode=args.fn_mode, strategy=args.measure,
+    config = ConfidentConfig(fn=args.fn, fn_mode=args.fn_mode, strategy=args.measure,
                         chunk_rows=args.chunk_rows)
     seconds, flagged = [], []
     paths = sorted(folder.glob("model_*.npy"))
@@ -236,9 +237,10 @@ def demo_predictions(root: Path, cache: Path) -> tuple[np.ndarray, dict[str, np.
     import torch
 
     from stages.sources.images import open_image
-    from stages.ingest import build_manifest
+    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
-    from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+    from stages.modelling.models import create_model, data_config, eval_transform
+    from stages.modelling.specs import model_specs
     from stages.contracts.params import load_params
 
     manifest, _ = build_manifest(Source(root, "kaggle", "val"))
@@ -270,13 +272,13 @@ def demo(args: argparse.Namespace) -> None:
     print(f"{'model':22} {'exact':>5} {'stream=':>7} {'batched':>7} {'both':>5} {'jaccard':>7}  "
           f"fn=0.9 cleanlab / ranked")
     for name, probs in predictions.items():
-        exact = model_votes(labels, probs, config=VoteConfig(strategy="exact"), model=name)
-        streaming = model_votes(labels, probs, config=VoteConfig(strategy="streaming"), model=name)
-        batched = model_votes(labels, probs, config=VoteConfig(strategy="batched"), model=name)
+        exact = model_votes(labels, probs, config=ConfidentConfig(strategy="exact"), model=name)
+        streaming = model_votes(labels, probs, config=ConfidentConfig(strategy="streaming"), model=name)
+        batched = model_votes(labels, probs, config=ConfidentConfig(strategy="batched"), model=name)
         e, b = set(exact.flagged.tolist()), set(batched.flagged.tolist())
         jaccard = len(e & b) / max(len(e | b), 1)
-        fn_c = model_votes(labels, probs, config=VoteConfig(strategy="exact", fn=0.9), model=name)
-        fn_r = model_votes(labels, probs, config=VoteConfig(strategy="exact", fn=0.9,
+        fn_c = model_votes(labels, probs, config=ConfidentConfig(strategy="exact", fn=0.9), model=name)
+        fn_r = model_votes(labels, probs, config=ConfidentConfig(strategy="exact", fn=0.9,
                                                             fn_mode="ranked"), model=name)
         same = np.array_equal(exact.flagged, streaming.flagged)
         print(f"{name:22} {len(e):5d} {str(same):>7} {len(b):7d} {len(e & b):5d} {jaccard:7.3f}  "
@@ -298,7 +300,7 @@ def main() -> None:
                         help="rows for cleanlab's in-memory exact (~15 bytes per row and class)")
     parser.add_argument("--fn", type=float, default=1.0)
     parser.add_argument("--fn-mode", default="cleanlab", choices=["cleanlab", "ranked"])
-    parser.add_argument("--chunk-rows", type=int, default=VoteConfig.chunk_rows)
+    parser.add_argument("--chunk-rows", type=int, default=ConfidentConfig.chunk_rows)
     parser.add_argument("--noise", type=float, default=0.05, help="mean fraction of labels flipped")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", help="where to write the synthetic files (default: a new /tmp dir);"

@@ -1,4 +1,6 @@
-"""`imagenet-clean <stage> [options]`: one subcommand per DVC stage, plus `promote`."""
+"""`imagenet-clean <command> [options]`: one subcommand per DVC stage (the same module DVC runs,
+`python -m stages.<stage>`), plus the commands that are not stages: `promote`,
+`import-predictions`, `predict-ensemble` and `serve-review`."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ COMMANDS = {
     "publish": "stages.publish",
     "promote": "stages.promote",
     "import-predictions": "stages.import_predictions",
-    "review": "stages.reporting.server",
+    "review-report": "stages.review",
+    "serve-review": "stages.serve_review",
     "folds": "stages.folds",
     "train": "stages.train",
     "oof": "stages.oof",
@@ -33,9 +36,19 @@ COMMANDS = {
 }
 
 
+DEPRECATED = {"review": "serve-review"}
+"""Old command names -> the command they run (with a note on stderr)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to `stages.<stage>.main` (or `main_ensemble` for `predict-ensemble`)."""
     argv, debug = _strip_debug(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DEPRECATED:
+        new = DEPRECATED[argv[0]]
+        print(f"note: `imagenet-clean {argv[0]}` is deprecated and will be removed; it runs "
+              f"`imagenet-clean {new}` (the review report itself is the DVC stage "
+              "`dvc repro review@<split>`)", file=sys.stderr)
+        argv = [new, *argv[1:]]
     if not argv or argv[0] not in COMMANDS:
         names = ", ".join(COMMANDS)
         print(f"usage: imagenet-clean [--debug] {{{names}}} [options]  (each takes --help)",

@@ -64,7 +64,7 @@ def params(_params: dict) -> dict:
 @pytest.fixture(scope="session")
 def demo_manifest() -> pd.DataFrame:
     """Manifest of the embedded demo's 500 val images, built by the real ingest code."""
-    from stages.ingest import build_manifest
+    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
 
     manifest, _ = build_manifest(Source(DEMO_ROOT, "kaggle", "val"))

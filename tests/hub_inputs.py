@@ -17,7 +17,7 @@ from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
 
 from stages.contracts import formats
-from stages.publish import HubFolder, SplitInputs, build_hub_folder
+from stages.hub.publishing import HubFolder, SplitInputs, build_hub_folder
 
 ROWS = 20
 KEEP, FIX, REMOVE, SKIP, MERGED = range(0, 12), range(12, 15), range(15, 18), 18, 19

@@ -16,9 +16,9 @@ import torch
 
 from stages.method import cams
 from stages.sources.boxes import box_mask, input_geometry
-from stages.explain import CamModel, cam_model
+from stages.method.exemptions import CamModel, cam_model
 from stages.sources.images import open_image
-from stages.modelling.models import ModelSpec, model_specs
+from stages.modelling.specs import ModelSpec, model_specs
 
 CONFIDENT_IMAGE = "ILSVRC2012_val_00000890"  # mobilenetv1_025: p(label 25) = 0.92, box [73, 9, 187, 193]
 

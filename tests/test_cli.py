@@ -46,3 +46,23 @@ def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_programming_errors_keep_their_traceback() -> None:
     with pytest.raises(ZeroDivisionError):
         cli.guarded(lambda: 1 // 0)
+
+
+def test_serve_review_is_not_the_review_stage_and_the_old_name_still_works(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.COMMANDS["serve-review"] == "stages.serve_review"
+    assert cli.COMMANDS["review-report"] == "stages.review"  # the DVC stage review@<split>
+    assert "review" not in cli.COMMANDS
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["review", "--help"])
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "usage: imagenet-clean serve-review" in captured.out
+    assert "note: `imagenet-clean review` is deprecated" in captured.err
+
+
+def test_the_commands_are_exactly_the_doors_in_stages() -> None:
+    from pathlib import Path
+
+    doors = {p.stem for p in Path(cli.__file__).parent.glob("*.py")} - {"__init__", "cli"}
+    assert {module.split(".")[1] for module in cli.COMMANDS.values()} == doors

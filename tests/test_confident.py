@@ -1,4 +1,4 @@
-"""stages.method.confident: the vote options (`VoteConfig` from params, with errors naming the key), the
+"""stages.method.confident: the vote options (`ConfidentConfig` from params, with errors naming the key), the
 strategy `auto` picks and the check that active rows hold probabilities.
 
 The flags of the streaming strategy are tested against cleanlab in test_confident_streaming.py,
@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.method.confident import STRATEGIES, VoteConfig
-from stages.vote import model_votes
+from stages.method.confident import CL_STRATEGIES, ConfidentConfig
+from stages.method.votes import model_votes
 from test_confident_streaming import noisy_split
 
 
 def test_auto_picks_streaming_above_exact_max_rows() -> None:
-    config = VoteConfig(exact_max_rows=1000)
+    config = ConfidentConfig(exact_max_rows=1000)
     assert config.resolve_strategy(1000) == "exact"
     assert config.resolve_strategy(1001) == "streaming"
-    assert {"exact", "streaming", "batched"} <= set(STRATEGIES)
+    assert {"exact", "streaming", "batched"} <= set(CL_STRATEGIES)
 
 
 def test_non_probabilities_on_active_rows_name_the_row(tmp_path: Path) -> None:
@@ -30,16 +30,16 @@ def test_non_probabilities_on_active_rows_name_the_row(tmp_path: Path) -> None:
     active[17] = True
     labels[17] = 3
     with pytest.raises(ValueError, match="active row 17 are not probabilities"):
-        model_votes(labels, probs, active=active, config=VoteConfig(strategy="streaming"))
+        model_votes(labels, probs, active=active, config=ConfidentConfig(strategy="streaming"))
 
 
 def test_config_from_params_reads_the_split_over_the_shared_default() -> None:
     params = {"splits": {"val": {}, "train": {}},
               "vote": {"exact_max_rows": 1000, "val": {"fn": 0.9, "fn_mode": "ranked"},
                        "train": {"strategy": "streaming", "exact_max_rows": 5}}}
-    val = VoteConfig.from_params(params, "val")
+    val = ConfidentConfig.from_params(params, "val")
     assert (val.fn, val.fn_mode, val.strategy, val.exact_max_rows) == (0.9, "ranked", "auto", 1000)
-    assert VoteConfig.from_params(params, "train").exact_max_rows == 5
+    assert ConfidentConfig.from_params(params, "train").exact_max_rows == 5
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -57,6 +57,6 @@ def test_config_errors_name_the_key(edit: dict, message: str) -> None:
 
     params = {"splits": {"val": {}}, "vote": {"exact_max_rows": 10, "val": {"fn": 1.0}, **edit}}
     with pytest.raises(ConfigError, match=message):
-        VoteConfig.from_params(params, "val")
+        ConfidentConfig.from_params(params, "val")
 
 

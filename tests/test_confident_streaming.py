@@ -22,14 +22,14 @@ import pandas as pd
 import pytest
 
 from stages.adapters import cleanlab_adapter
-from stages.method.confident import VoteConfig
+from stages.method.confident import ConfidentConfig
 from stages.method.confident_streaming import (
     confident_thresholds,
     count_confident_joint,
     find_label_issues_streaming,
     own_probabilities,
 )
-from stages.vote import model_votes
+from stages.method.votes import model_votes
 
 FN_CASES = [(1.0, "cleanlab"), (0.8, "cleanlab"), (0.8, "ranked")]
 
@@ -102,7 +102,7 @@ def test_streaming_equals_cleanlab_on_200k_noisy_rows(synthetic_200k: dict, dtyp
     for fn, fn_mode in FN_CASES:
         want = references[fn] if fn_mode == "cleanlab" else references[1.0][
             :math.ceil(fn * len(references[1.0]))]
-        got = model_votes(labels, probs, active=active, model="synthetic", config=VoteConfig(
+        got = model_votes(labels, probs, active=active, model="synthetic", config=ConfidentConfig(
             strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=30_001))
         assert got.strategy == "streaming"
         assert len(want) > 10_000
@@ -115,9 +115,9 @@ def test_streaming_equals_cleanlab_with_1000_classes(tmp_path: Path) -> None:
     labels, probs, active = noisy_split(20_000, 1000, seed=2)
     half = memmap(probs, tmp_path, np.float16)
     for fn, fn_mode in FN_CASES:
-        config = VoteConfig(strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=4096)
+        config = ConfidentConfig(strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=4096)
         got = model_votes(labels, half, active=active, config=config)
-        exact = model_votes(labels, half, active=active, config=VoteConfig(
+        exact = model_votes(labels, half, active=active, config=ConfidentConfig(
             strategy="exact", fn=fn, fn_mode=fn_mode, chunk_rows=4096))
         np.testing.assert_array_equal(got.flagged, expected_flags(labels, half, active, fn, fn_mode))
         np.testing.assert_array_equal(got.flagged, exact.flagged)
@@ -128,8 +128,8 @@ def test_streaming_equals_cleanlab_with_1000_classes(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_predictions(demo_manifest: pd.DataFrame, demo_root: Path, _params: dict) -> dict:
     """Two real demo models over the 500 embedded demo images, by the real predict code."""
-    from stages.modelling.models import model_specs
-    from stages.predict import PredictConfig, predict_models
+    from stages.modelling.specs import model_specs
+    from stages.modelling.predictor import PredictConfig, predict_models
 
     specs = model_specs(_params, ["mobilenetv1_025", "mobilenetv1_050"])
     return predict_models(demo_manifest, demo_root, specs,
@@ -146,7 +146,7 @@ def test_streaming_equals_cleanlab_on_real_demo_predictions(
     for name, probs in demo_predictions.items():
         mapped = memmap(probs, tmp_path, dtype)
         for fn, fn_mode in FN_CASES:
-            got = model_votes(labels, mapped, active=active, model=name, config=VoteConfig(
+            got = model_votes(labels, mapped, active=active, model=name, config=ConfidentConfig(
                 strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=97))
             want = expected_flags(labels, mapped, active, fn, fn_mode)
             assert fn < 1 or len(want) > 20
@@ -175,7 +175,7 @@ def test_streaming_holds_a_few_chunks_not_the_predictions(tmp_path: Path) -> Non
     del probs
     tracemalloc.start()
     try:
-        model_votes(labels, mapped, config=VoteConfig(strategy="streaming", chunk_rows=2000))
+        model_votes(labels, mapped, config=ConfidentConfig(strategy="streaming", chunk_rows=2000))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

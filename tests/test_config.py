@@ -42,7 +42,7 @@ def test_missing_required_key_names_it() -> None:
 @pytest.mark.parametrize("key, value, expected", [
     ("workers", "2", "an int"), ("workers", True, "an int"), ("heat", "hot", "a number"),
     ("device", 3, "a string or null"), ("mode", "pixels", "one of 'labels', 'images'"),
-    ("models", "a", "a list of a string"), ("layers", ["x"], "a mapping or null"),
+    ("models", "a", "a list of strings"), ("layers", ["x"], "a mapping or null"),
 ])
 def test_wrong_type_names_key_expected_type_and_value(key: str, value: object, expected: str
                                                       ) -> None:

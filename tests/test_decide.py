@@ -15,10 +15,12 @@ import pytest
 
 from stages.contracts import formats
 from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
-from stages.decide import (DecideConfig, apply_overrides, decide_split, load_merges,
-                           load_overrides, reconcile, run_decide)
+from stages.decide import run_decide
+from stages.method.overrides import apply_overrides, load_overrides
+from stages.method.ledger import DecideConfig, decide_split, reconcile
+from stages.method.merges import load_merges
 from stages.contracts.errors import ConfigError
-from stages.method.strategies import Thresholds
+from stages.method.thresholds import Thresholds
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
 CAMS_SCHEMA = formats.CAMS_SCHEMA

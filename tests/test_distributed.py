@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.modelling import distributed
-from stages.contracts import formats
 from stages import predict
-from stages.method.confident import VoteConfig
-from stages.vote import vote
+from stages.contracts import formats
+from stages.modelling import distributed, launch, predictor
+from stages.method.confident import ConfidentConfig
+from stages.method.votes import vote
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["mobilenetv1_025", "mobilenetv1_050"]
@@ -33,12 +33,12 @@ def test_share_splits_items_round_robin_and_covers_all() -> None:
 
 def test_rank_shards_share_the_union_of_missing_shards() -> None:
     missing = {"a": {0, 1, 2, 5}, "b": {2, 3}}
-    mine = [predict.rank_shards(missing, distributed.Context(rank, 2)) for rank in range(2)]
+    mine = [predictor.rank_shards(missing, distributed.Context(rank, 2)) for rank in range(2)]
     assert mine == [{"a": {0, 2, 5}, "b": {2}}, {"a": {1}, "b": {3}}]  # union 0 1 2 3 5
 
 
 def test_explain_ranks_take_whole_batches() -> None:
-    from stages.explain import _rank_positions
+    from stages.method.exemptions import _rank_positions
 
     positions = list(range(10, 20))
     shares = [_rank_positions(positions, 4, distributed.Context(rank, 2)) for rank in range(2)]
@@ -48,7 +48,7 @@ def test_explain_ranks_take_whole_batches() -> None:
 def test_one_process_does_not_start_a_process_group() -> None:
     with distributed.session("cpu") as ctx:
         assert ctx == distributed.Context() and ctx.is_main
-    assert distributed.relaunch("stages.predict", [], 1) is None
+    assert launch.relaunch("stages.predict", [], 1) is None
 
 
 def _run(folder: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -119,7 +119,7 @@ def test_votes_from_torchrun_predictions_are_identical(predicted: Path) -> None:
         probs = {m: np.load(predicted / run / f"{m}.npy", mmap_mode="r") for m in MODELS}
         for strategy in ("exact", "streaming"):
             tables.append(vote(np.where(active, labels, -1), probs, active=active,
-                               config=VoteConfig(strategy=strategy)).table)
+                               config=ConfidentConfig(strategy=strategy)).table)
     assert all(table.equals(tables[0]) for table in tables)
 
 
@@ -127,13 +127,14 @@ def test_votes_from_torchrun_predictions_are_identical(predicted: Path) -> None:
 def test_explain_with_two_processes_writes_the_one_process_table_and_overlays(
         predicted: Path, project: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     from stages.explain import run_explain
+    from stages.method.exemptions import ExplainConfig
     from stages.vote import run_vote
 
     folder, params = project
     monkeypatch.chdir(folder)
     run_vote("val", params, predictions=folder / "one", metrics_out=folder / "vote.json")
-    with predict.cpu_threads(1):  # as each torchrun process (OMP_NUM_THREADS=1)
-        run_explain("val", params)
+    with predictor.cpu_threads(1):  # as each torchrun process (OMP_NUM_THREADS=1)
+        run_explain(ExplainConfig.from_params(params, "val"))
     cams = folder / formats.cams_path("val")
     overlays = folder / "data/cams/val-overlays"
     first = {p.name: p.read_bytes() for p in [cams, *overlays.iterdir()]}

@@ -78,6 +78,7 @@ def stage_definitions() -> Iterator[tuple[str, str, list[str]]]:
 @pytest.mark.parametrize("name, module, deps", list(stage_definitions()),
                          ids=[s[0] for s in stage_definitions()])
 def test_stage_deps_are_exactly_the_code_it_runs(name: str, module: str, deps: list[str]) -> None:
+    assert len(set(deps)) == len(deps), f"dvc.yaml stage {name} lists a dep twice"
     code = {d for d in deps if d.startswith("stages/") and d.endswith(".py")}
     needed = dependency_files(module)
     assert sorted(needed - code) == [], f"dvc.yaml stage {name} lacks these deps"

@@ -1,5 +1,5 @@
 """One way to fail: every user mistake in params is exit status 2 and one line naming the key and
-the fix, with no traceback (README "When something is wrong" lists the messages)."""
+the fix, with no traceback (docs/errors.md lists the messages)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ import pytest
 from stages.contracts import formats
 from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.contracts.errors import InputError
-from stages.evaluate import class_table, evaluate_split, run_evaluate, scan_model
+from stages.evaluate import run_evaluate
+from stages.method.scoring import class_table, evaluate_split, scan_model
 
 IDS = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 7)]
 #        keep      fix       remove     skip       keep+merge  keep(exempted)
@@ -142,12 +143,12 @@ def test_logits_or_nan_on_a_usable_row_are_refused(tmp_path: Path) -> None:
     logits = np.log(probs_a())
     logits[3] = np.nan
     formats.write_npy(logits, tmp_path / "a.npy")
-    with pytest.raises(InputError, match=r"a.npy: row 0 .* not a probability vector .*logits"):
+    with pytest.raises(InputError, match=r"a.npy: row 0 has values outside \[0, 1\] .*these look like logits"):
         evaluate_split(ledger_frame(), votes_frame(), {"a": tmp_path / "a.npy"})
     nan_row = probs_a()
     nan_row[2] = np.nan
     formats.write_npy(nan_row, tmp_path / "a.npy")
-    with pytest.raises(InputError, match=r"row 2 \(1 such rows"):
+    with pytest.raises(InputError, match=r"row 2 has NaN or infinite values.*\(1 such rows"):
         evaluate_split(ledger_frame(), votes_frame(), {"a": tmp_path / "a.npy"})
 
 
@@ -173,7 +174,7 @@ def test_run_evaluate_writes_metrics_plot_data_and_png(tmp_path: Path, params: d
     (tmp_path / "refs/real.json").write_text(json.dumps(dict(zip(IDS[:2], REFERENCE[:2]))))
     params["models"]["a"] = {"spec": "local-dir:a"}
     params["predict"]["models"] = ["a"]
-    params["evaluate"].update(references="refs", reference_labels="real.json", top_classes=5)
+    params["evaluate"].update(references="refs", reference_labels={"val": "real.json"}, top_classes=5)
     run_evaluate("val", params, root=tmp_path)
     text = (tmp_path / "metrics/val.json").read_text()
     metrics = json.loads(text)
@@ -196,7 +197,8 @@ def test_predictions_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
 
 
 def test_rounds_plot_earlier_iterations_from_the_history_and_this_one(tmp_path: Path) -> None:
-    from stages.evaluate import rounds_table, write_rounds
+    from stages.contracts.labels import rounds_table
+    from stages.reporting.plots import write_rounds
 
     history = tmp_path / "iterations/val-rounds.csv"
     history.parent.mkdir()
@@ -219,7 +221,7 @@ def test_rounds_plot_earlier_iterations_from_the_history_and_this_one(tmp_path: 
 
 def test_empty_class_plot_says_what_was_carried(tmp_path: Path, predictions: dict[str, Path]
                                                 ) -> None:
-    from stages.evaluate import _empty_note
+    from stages.reporting.plots import empty_note
 
     ledger = ledger_frame()
     ledger.loc[1, ["action", "new_label"]] = ["keep", 2]
@@ -227,5 +229,5 @@ def test_empty_class_plot_says_what_was_carried(tmp_path: Path, predictions: dic
     metrics, table = evaluate_split(ledger, votes_frame(), predictions)
     assert table["count"].sum() == 0
     assert metrics["counts"]["remove_carried"] == 1 and metrics["counts"]["remove_new"] == 0
-    assert _empty_note(metrics) == ("no new fixes or removals in iteration 2 (1 removed in "
+    assert empty_note(metrics) == ("no new fixes or removals in iteration 2 (1 removed in "
                                     "earlier iterations)")

@@ -1,4 +1,4 @@
-"""stages.explain: config, candidate selection and the stage end to end on a tiny votes table.
+"""stages.explain and stages.method.exemptions: config, candidate selection and the stage end to end on a tiny votes table.
 
 The votes table is built here (the vote stage is not used), with the contract's schema; everything
 else is real: demo images, demo models, pytorch-grad-cam.
@@ -17,6 +17,7 @@ import pytest
 
 from stages import explain
 from stages.contracts import formats
+from stages.method import exemptions
 from stages.contracts.errors import ConfigError
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
@@ -50,7 +51,7 @@ def make_votes(manifest: pd.DataFrame, rows: dict[int, tuple[list[str], str | No
 
 def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
     params["explain"]["methods"] = ["scorecam", "gradcam++", "gradcam"]
-    config = explain.ExplainConfig.from_params(params)
+    config = exemptions.CamOptions.from_params(params)
     assert config.methods == ("gradcam", "gradcam++", "scorecam")
     assert (config.rule.heat, config.rule.min_area, config.rule.min_methods) == (0.75, 0.01, 2)
     bad = {"methods": ["gradcam", "layercam"]}, {"min_methods": 4}, {"batch_size": 0}, \
@@ -62,7 +63,7 @@ def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
         edited = copy.deepcopy(params)
         edited["explain"].update(change)
         with pytest.raises(ConfigError, match=message):
-            explain.ExplainConfig.from_params(edited)
+            exemptions.CamOptions.from_params(edited)
 
 
 def test_select_candidates_needs_active_rows_with_boxes_and_enough_misses(small_manifest) -> None:
@@ -70,14 +71,14 @@ def test_select_candidates_needs_active_rows_with_boxes_and_enough_misses(small_
     manifest.at[3, "boxes"] = []
     votes = make_votes(manifest, {0: ([MODELS[1]], None), 2: ([], None), 3: ([], None),
                                   4: ([], "skip: unreadable image")}).to_pandas()
-    picked = explain.select_candidates(manifest, votes, h3=2)
+    picked = exemptions.select_candidates(manifest, votes, h3=2)
     assert picked["image_id"].tolist() == manifest["image_id"].iloc[[0, 2]].tolist()
     assert picked["models"].tolist() == [[MODELS[1]], []]
     assert picked["boxes"][0] == [[int(v) for v in b] for b in manifest["boxes"][0]]
     with pytest.raises(ValueError, match="do not align with the manifest"):
-        explain.select_candidates(manifest, votes.iloc[::-1].reset_index(drop=True), h3=2)
+        exemptions.select_candidates(manifest, votes.iloc[::-1].reset_index(drop=True), h3=2)
     with pytest.raises(ValueError, match="lacks columns"):
-        explain.select_candidates(manifest, votes.drop(columns=["top5_hit_models"]), h3=2)
+        exemptions.select_candidates(manifest, votes.drop(columns=["top5_hit_models"]), h3=2)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -115,7 +116,7 @@ def test_stage_writes_contract_table_and_overlays_deterministically(stage_dir) -
     formats.write_table(votes, folder / formats.votes_path("val"))
     assert explain.main(["--split", "val", "--params", "params.yaml"]) == 0
     out = folder / formats.cams_path("val")
-    assert pq.read_schema(out).remove_metadata() == explain.CAMS_SCHEMA
+    assert pq.read_schema(out).remove_metadata() == formats.CAMS_SCHEMA
     table = pd.read_parquet(out)
     assert list(zip(table["image_id"], table["model"])) == [
         (ids[0], MODELS[0]), (ids[0], MODELS[1]), (ids[2], MODELS[0])]
@@ -140,7 +141,7 @@ def test_stage_with_no_candidates_writes_an_empty_table_and_folder(stage_dir) ->
     formats.write_table(make_votes(manifest, {}), folder / formats.votes_path("val"))
     explain.main(["--split", "val", "--params", "params.yaml"])
     table = pq.read_table(folder / formats.cams_path("val"))
-    assert table.num_rows == 0 and table.schema.remove_metadata() == explain.CAMS_SCHEMA
+    assert table.num_rows == 0 and table.schema.remove_metadata() == formats.CAMS_SCHEMA
     assert list((folder / "data/cams/val-overlays").iterdir()) == []
 
 
@@ -156,10 +157,10 @@ def test_stage_refuses_votes_of_another_ensemble(stage_dir) -> None:
 def test_cam_model_restores_cudnn_flags_when_loading_fails(tmp_path: Path) -> None:
     import torch
 
-    from stages.modelling.models import ModelSpec
+    from stages.modelling.specs import ModelSpec
 
     before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     with pytest.raises(FileNotFoundError, match="config.json not found"):
-        with explain.cam_model(ModelSpec("m", f"local-dir:{tmp_path}"), device=torch.device("cpu")):
+        with exemptions.cam_model(ModelSpec("m", f"local-dir:{tmp_path}"), device=torch.device("cpu")):
             pass
     assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before

@@ -10,14 +10,9 @@ import pytest
 
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError
-from stages.folds import (
-    assign_folds,
-    check_out_of_fold_split,
-    fold_count,
-    fold_table,
-    read_folds,
-    run_folds,
-)
+from stages.folds import run_folds
+from stages.modelling.train_config import FoldsConfig, fold_count
+from stages.modelling.folds import assign_folds, fold_table, read_folds
 
 
 def _labels(sizes: list[int]) -> np.ndarray:
@@ -87,4 +82,4 @@ def test_params_must_name_the_folds_and_mark_the_split(params: dict) -> None:
     params = _params(params)
     params["splits"]["train_demo"]["predictions"] = "pretrained"
     with pytest.raises(ConfigError, match="predictions: out-of-fold"):
-        check_out_of_fold_split(params, "train_demo")
+        FoldsConfig.from_params(params, "train_demo")

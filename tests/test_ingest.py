@@ -17,7 +17,8 @@ from PIL import Image
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.sources.images import open_image
-from stages.ingest import IngestConfig, build_manifest, ingest, main
+from stages.ingest import ingest, main
+from stages.sources.manifest import IngestConfig, build_manifest
 from stages.sources.layouts import Source
 
 WNID = "n01440764"  # tench, class 0

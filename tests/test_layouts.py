@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from stages.contracts.splits import SplitEntry
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.formats import class_wnids
-from stages.ingest import build_manifest
+from stages.sources.manifest import build_manifest
 from stages.sources.layouts import Source, parse_voc_xml, read_source, split_source
 
 WNIDS = class_wnids()
@@ -135,8 +136,8 @@ def test_devkit_with_synset_list(tmp_path: Path, demo_root: Path) -> None:
     val, rows, order = _devkit_tree(tmp_path, demo_root)
     synsets = val / "synsets.txt"
     synsets.write_text("\n".join(order) + "\n")
-    source = split_source({"root": str(val), "layout": "devkit", "synsets": str(synsets),
-                                 "boxes": str(val / "bbox")})
+    source = split_source(split_entry(root=str(val), layout="devkit", synsets=str(synsets),
+                                      boxes=str(val / "bbox")))
     manifest, _ = build_manifest(source)
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
@@ -208,8 +209,8 @@ def _folder_with_boxes(tmp_path: Path, demo_root: Path, n: int, nested: bool) ->
 @pytest.mark.parametrize("nested", [True, False])
 def test_imagefolder_reads_a_boxes_folder(tmp_path: Path, demo_root: Path, nested: bool) -> None:
     rows = _folder_with_boxes(tmp_path, demo_root, 4, nested)
-    source = split_source({"root": str(tmp_path / "images"), "layout": "imagefolder",
-                           "boxes": str(tmp_path / "images" / "bbox")})
+    source = split_source(split_entry(root=str(tmp_path / "images"), layout="imagefolder",
+                                      boxes=str(tmp_path / "images" / "bbox")))
     manifest, stats = build_manifest(source)
     assert stats["with_boxes"] == 4
     expected = {image_id: boxes for image_id, _, boxes in rows}
@@ -228,12 +229,17 @@ def test_hf_parquet_reads_a_boxes_folder_by_image_id(tmp_path: Path, demo_root: 
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
 
 
+def split_entry(name: str = "val", **keys: object) -> SplitEntry:
+    """The `splits.<name>` entry holding `keys`."""
+    return SplitEntry.from_params({"splits": {name: keys}}, name)
+
+
 @pytest.mark.parametrize("entry, message", [
     ({"layout": "imagenetv2", "boxes": "bbox"}, r"`splits.v2.boxes` is set, but layout 'imagenetv2' has no boxes"),
     ({"layout": "kaggle", "boxes": "bbox"}, r"layout 'kaggle' reads its boxes from LOC_<subset>_solution.csv"),
     ({"layout": "imagefolder", "synsets": "s.txt"}, r"`splits.v2.synsets` is set, but layout 'imagefolder'"),
     ({"layout": "hf-parquet", "synsets": "s.txt"}, r"layout 'hf-parquet' does not read a synset list"),
-    ({"layout": "zip"}, r"`splits.v2.layout` must be one of \['devkit', 'hf-parquet'"),
+    ({"layout": "zip"}, r"`splits.v2.layout` must be one of 'kaggle', 'devkit', 'imagefolder'"),
     ({"layout": "kaggle", "limit": 0}, r"`splits.v2.limit` must be an int >= 1, got 0"),
     ({"layout": "kaggle", "boxs": "x"}, r"`splits.v2` has an unknown key 'boxs'; did you mean 'boxes'"),
     ({"layout": "kaggle", "root": None}, r"`splits.v2.root` must be a string, got None"),
@@ -244,18 +250,18 @@ def test_hf_parquet_reads_a_boxes_folder_by_image_id(tmp_path: Path, demo_root: 
 ])
 def test_split_entry_refuses_keys_the_layout_would_ignore(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        split_source({"root": "/data/x", **entry}, where="splits.v2")
+        split_source(split_entry("v2", **{"root": "/data/x", **entry}))
 
 
 def test_split_entry_without_root_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"`splits.val` lacks the key 'root'; add it \(a string\)"):
-        split_source({"layout": "kaggle"}, where="splits.val")
+        split_entry(layout="kaggle")
 
 
 def test_split_entry_accepts_the_keys_other_stages_read() -> None:
-    source = split_source({"root": "r", "layout": "kaggle", "subset": None, "labels": "i/v.parquet",
-                           "models": ["a", "b"], "predictions": None, "limit": 300})
-    assert source == Source(Path("r"), "kaggle", "val", limit=300)
+    source = split_source(split_entry(root="r", layout="kaggle", subset=None, labels="i/v.parquet",
+                                      models=["a", "b"], predictions="out-of-fold", limit=300))
+    assert source == Source(Path("r"), "kaggle", "val", limit=300, where="splits.val")
 
 
 def test_devkit_synsets_in_sorted_order_is_caught_by_the_box_xmls(tmp_path: Path,

@@ -14,7 +14,8 @@ import yaml
 from stages.contracts import formats
 from stages.cli import main as cli_main
 from stages.contracts.errors import ConfigError, MissingInputError, UserError
-from stages.modelling.models import ModelSpec, create_model
+from stages.modelling.models import create_model
+from stages.modelling.specs import ModelSpec
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -15,8 +15,8 @@ import pytest
 
 from stages.contracts import formats
 from stages.contracts.errors import InputError
-from stages.folds import assign_folds
-from stages.oof import assemble
+from stages.modelling.folds import assign_folds
+from stages.modelling.out_of_fold import assemble
 
 
 @pytest.fixture

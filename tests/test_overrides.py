@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from stages.contracts.errors import InputError
-from stages.decide import decide_split
+from stages.method.ledger import decide_split
 from test_decide import CONSENSUS_SPLIT, PAPER, overrides, tables, vote
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from stages.contracts.errors import ConfigError, MissingInputError
-from stages.contracts.params import load_params, resolve_threshold, section, split_models, split_params
+from stages.contracts.params import load_params, resolve_threshold, section
+from stages.contracts.splits import SplitEntry
 
 
 @pytest.mark.parametrize("value, n_models, count", [
@@ -46,18 +47,22 @@ def test_a_threshold_needs_at_least_one_model() -> None:
         resolve_threshold("M/2", 0)
 
 
-def test_section_and_split_params_return_the_mapping_or_say_what_to_add() -> None:
-    params = {"splits": {"val": {"root": "data/val"}}, "vote": {"fn": 1.0, "val": {"fn": 0.5}},
-              "explain": None}
-    assert split_params(params, "val") == {"root": "data/val"}
+def split_models(params: dict, split: str) -> tuple[str, ...]:
+    return SplitEntry.from_params(params, split).models(params)
+
+
+def test_section_and_split_entry_return_the_mapping_or_say_what_to_add() -> None:
+    params = {"splits": {"val": {"root": "data/val", "layout": "kaggle"}},
+              "vote": {"fn": 1.0, "val": {"fn": 0.5}}, "explain": None}
+    assert SplitEntry.from_params(params, "val").root == "data/val"
     assert section(params, "vote") is params["vote"]
     assert section(params, "vote", "val") == {"fn": 0.5}
     with pytest.raises(ConfigError, match=r"split 'train' is not configured; params.yaml splits: "
                                           r"\['val'\]"):
-        split_params(params, "train")
+        SplitEntry.from_params(params, "train")
     with pytest.raises(ConfigError, match=r"split 'val' is not configured; params.yaml "
                                           r"splits: \[\]"):
-        split_params({}, "val")
+        SplitEntry.from_params({}, "val")
     with pytest.raises(ConfigError, match=r"params.yaml has no `decide:` section"):
         section(params, "decide")
     with pytest.raises(ConfigError, match=r"params.yaml has no `explain:` section"):
@@ -69,31 +74,33 @@ def test_section_and_split_params_return_the_mapping_or_say_what_to_add() -> Non
 
 
 def test_split_models_prefer_the_splits_own_list_over_predict_models() -> None:
+    entry = {"root": "r", "layout": "kaggle"}
     params = {"models": {"a": {}, "b": {}, "c": {}}, "predict": {"models": ["a", "b"]},
-              "splits": {"val": {}, "train": {"models": ["c", "a"]}}}
-    assert split_models(params, "val") == ["a", "b"]
-    assert split_models(params, "train") == ["c", "a"]
-    models = split_models(params, "val")
-    models.append("c")  # a copy: the caller cannot change params
-    assert params["predict"]["models"] == ["a", "b"]
+              "splits": {"val": entry, "train": {**entry, "models": ["c", "a"]}}}
+    assert split_models(params, "val") == ("a", "b")
+    assert split_models(params, "train") == ("c", "a")
+
+
+ENTRY = {"root": "r", "layout": "kaggle"}
 
 
 @pytest.mark.parametrize("edit, message", [
-    ({"splits": {"val": {"models": []}}}, r"`splits.val.models` must be a non-empty list of model "
-                                          r"names, got \[\]"),
-    ({"splits": {"val": {"models": "a"}}}, r"`splits.val.models` must be a non-empty list .*'a'"),
+    ({"splits": {"val": {**ENTRY, "models": []}}}, r"`splits.val.models` must be a non-empty list "
+                                                   r"of model names, got \[\]"),
+    ({"splits": {"val": {**ENTRY, "models": "a"}}}, r"`splits.val.models` must be a list of "
+                                                    r"strings or null, got 'a'"),
     ({"predict": {}}, r"`predict.models` must be a non-empty list of model names, got None"),
     ({"predict": {"models": ["a", 3]}}, r"`predict.models` must be a non-empty list"),
     ({"predict": {"models": ["a", "b", "a"]}}, r"`predict.models` lists a model twice: "
                                                r"\['a', 'b', 'a'\]"),
     ({"predict": {"models": ["a", "z"]}}, r"`predict.models` names \['z'\], which `models:` does "
                                           r"not define; add a `models.<name>.spec` entry"),
-    ({"splits": {"val": {"models": ["y"]}}}, r"`splits.val.models` names \['y'\]"),
+    ({"splits": {"val": {**ENTRY, "models": ["y"]}}}, r"`splits.val.models` names \['y'\]"),
     ({"splits": {}}, r"split 'val' is not configured"),
 ])
 def test_bad_split_models_are_refused_naming_the_key(edit: dict, message: str) -> None:
     params = {"models": {"a": {}, "b": {}}, "predict": {"models": ["a", "b"]},
-              "splits": {"val": {}}, **edit}
+              "splits": {"val": ENTRY}, **edit}
     with pytest.raises(ConfigError, match=message):
         split_models(params, "val")
 

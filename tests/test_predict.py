@@ -21,11 +21,12 @@ import yaml
 
 from stages.contracts import formats
 from stages import predict
-from stages.modelling import predict_data
+from stages.modelling import predict_data, predictor
 from stages.cli import main as cli_main
 from stages.contracts.errors import ConfigError
 from stages.sources.images import open_image
-from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+from stages.modelling.models import create_model, data_config, eval_transform
+from stages.modelling.specs import model_specs
 
 SIDECAR_KEYS = {"model", "spec", "architecture", "weights_sha256", "preprocessing", "dtype", "n",
                 "n_skipped", "n_unreadable", "top1", "top5", "split", "image_ids_sha256", "source"}
@@ -207,11 +208,11 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
 
 def _plant_zero_shard(params: dict, manifest: pd.DataFrame, out: Path, *, fingerprint_edit: dict
                       ) -> None:
-    config = predict.PredictConfig.from_params(params)
-    member = predict.load_member(model_specs(params, ["mobilenetv1_025"])[0],
+    config = predictor.PredictOptions.from_params(params)
+    member = predictor.load_member(model_specs(params, ["mobilenetv1_025"])[0],
                                  device=torch.device("cpu"))
-    with predict.cpu_threads(config.threads):
-        fingerprint = predict.shard_fingerprint(member, predict_data.manifest_sha256(manifest),
+    with predictor.cpu_threads(config.threads):
+        fingerprint = predictor.shard_fingerprint(member, predict_data.manifest_sha256(manifest),
                                                 params["splits"]["val"]["root"], config=config,
                                                 device=torch.device("cpu"))
     store = predict_data.ShardStore(out, {**fingerprint, **fingerprint_edit}, n_rows=len(manifest),
@@ -261,8 +262,8 @@ def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change,
 def test_manifest_without_required_columns_is_rejected(params, small_manifest, demo_root):
     spec = model_specs(params, ["mobilenetv1_025"])[0]
     with pytest.raises(ValueError, match=r"manifest lacks columns \['skip_reason'\]"):
-        predict.predict_model(small_manifest.drop(columns="skip_reason"), demo_root, spec,
-                              config=predict.PredictConfig(workers=0))
+        predictor.predict_model(small_manifest.drop(columns="skip_reason"), demo_root, spec,
+                              config=predictor.PredictOptions(workers=0))
 
 
 def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, float]]:
@@ -280,7 +281,7 @@ def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, fl
 
 @pytest.mark.slow
 def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_demo, tmp_path):
-    from stages.ingest import build_manifest
+    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
 
     published = _published_accuracy(shared_demo.parent / "README.md", params)
@@ -288,8 +289,8 @@ def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_
     manifest, _ = build_manifest(Source(shared_demo, "kaggle", "val"))
     assert len(manifest) == 1300
     specs = model_specs(params)
-    sidecars = predict.predict_split(manifest, shared_demo, specs,
-                                     config=predict.PredictConfig.from_params(params),
+    sidecars = predictor.predict_split(manifest, shared_demo, specs,
+                                     config=predictor.PredictOptions.from_params(params),
                                      outs={s.name: tmp_path / f"{s.name}.npy" for s in specs},
                                      split="val")
     for name, (top1, top5) in published.items():

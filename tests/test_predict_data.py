@@ -13,7 +13,8 @@ import torch
 from stages.modelling import predict_data
 from stages.contracts.formats import NUM_CLASSES
 from stages.sources.images import open_image
-from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+from stages.modelling.models import create_model, data_config, eval_transform
+from stages.modelling.specs import model_specs
 
 
 def test_input_path_is_bit_identical_to_timm_transform(params: dict, small_manifest: pd.DataFrame,

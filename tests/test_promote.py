@@ -14,7 +14,8 @@ from stages.contracts import formats
 from stages.cli import main as cli_main
 from stages.contracts.formats import LEDGER_FULL_SCHEMA
 from stages.contracts.labels import LABELS_SCHEMA
-from stages.promote import promote, promote_labels
+from stages.promote import promote
+from stages.contracts.labels import promote_labels
 
 ROWS = [  # image_id, label, action, new_label, reason
     ("k", 1, "keep", 1, "keep"),

@@ -27,7 +27,8 @@ from hub_inputs import (EXEMPTED, FIX, METRICS, ROWS, SECONDARY, TOKEN, Recordin
 from stages.contracts.errors import ConfigError, InputError, MissingInputError, UserError
 from stages.hub.repo import PushError
 from stages.sources.images import open_image
-from stages.publish import PublishConfig, build_hub_folder, main
+from stages.publish import main
+from stages.hub.publishing import PublishOptions, build_hub_folder
 from stages.hub.shards import ListFeature, hub_class_names
 
 
@@ -107,7 +108,7 @@ def test_bad_options_and_inputs_are_named(inputs, tmp_path) -> None:
     with pytest.raises(InputError, match="does not align with manifest"):
         build(inputs, tmp_path / "hub")
     with pytest.raises(ConfigError, match="`publish.mode` must be one of labels, images, got 'pixels'"):
-        PublishConfig(mode="pixels")
+        PublishOptions(mode="pixels")
 
 
 def test_images_mode_names_a_missing_image(inputs, tmp_path) -> None:
@@ -163,13 +164,13 @@ def test_empty_cleaned_split_is_a_clear_error_and_data_hub_stays(inputs, tmp_pat
 KILL_DURING_BUILD = """
 import os, signal, sys
 from pathlib import Path
-import stages.publish as publish
-from stages.publish import SplitInputs, build_hub_folder
-real = publish.write_shard
+import stages.hub.publishing as publishing
+from stages.hub.publishing import SplitInputs, build_hub_folder
+real = publishing.write_shard
 def write_then_die(table, features, target):
     size = real(table, features, target)
     os.kill(os.getpid(), signal.SIGKILL)  # a kill -9 in the middle of the build
-publish.write_shard = write_then_die
+publishing.write_shard = write_then_die
 paths = [Path(p) for p in sys.argv[1:6]]
 build_hub_folder([SplitInputs("val", *paths[:4], paths[4])], mode="images", out=sys.argv[6])
 """
@@ -234,11 +235,11 @@ def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(inputs,
 
 def test_publish_config_is_checked_like_every_stage() -> None:
     with pytest.raises(ConfigError, match="`publish` has an unknown key 'privat'; did you mean 'private'"):
-        PublishConfig.from_params({"publish": {"splits": ["val"], "privat": True}})
+        PublishOptions.from_params({"publish": {"splits": ["val"], "privat": True}})
     with pytest.raises(ConfigError, match="`publish.push` must be true or false, got 'yes'"):
-        PublishConfig.from_params({"publish": {"push": "yes"}})
+        PublishOptions.from_params({"publish": {"push": "yes"}})
     with pytest.raises(ConfigError, match="`publish.splits` must be a non-empty list of distinct"):
-        PublishConfig.from_params({"publish": {"splits": ["val", "val"]}})
+        PublishOptions.from_params({"publish": {"splits": ["val", "val"]}})
 
 
 @pytest.mark.slow

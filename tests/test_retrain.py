@@ -14,7 +14,8 @@ from conftest import DEMO_ROOT, ROOT
 from stages.contracts import formats
 from stages.contracts.errors import InputError
 from stages.contracts.params import load_params
-from stages.retrain import arm_labels, run_arm
+from stages.modelling.train_config import RetrainConfig
+from stages.modelling.training import arm_labels, train_arm
 from stages.retrain_report import run_report
 
 MODEL = "mobilenetv3_small_050"
@@ -55,7 +56,7 @@ def _project(path: Path, train: pd.DataFrame, val: pd.DataFrame, *, reference: P
     params["retrain"] = {"split": "train_demo", "eval_split": "val", "model": MODEL,
                          "settings": {"epochs": 2}}
     params["evaluate"]["references"] = str(reference.parent) if reference else "none"
-    params["evaluate"]["reference_labels"] = reference.name if reference else None
+    params["evaluate"]["reference_labels"] = {"val": reference.name} if reference else None
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for split, table in (("train_demo", train), ("val", val)):
         formats.write_table(table, path / formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
@@ -81,7 +82,7 @@ def test_both_arms_train_with_the_same_settings_and_are_scored_on_unseen_val_row
     formats.write_table(pd.DataFrame({  # decide's cleaned split: 4 rows removed, one fixed
         "image_id": train["image_id"].iloc[4:], "label": [5] + list(train["label"].iloc[5:]),
         "placeholder": False}), formats.clean_path("train_demo"))
-    logs = {arm: run_arm(arm, params) for arm in ("original", "cleaned")}
+    logs = {arm: train_arm(RetrainConfig.from_params(params), arm) for arm in ("original", "cleaned")}
     assert logs["original"]["n_train"] == 16 and logs["cleaned"]["n_train"] == 12
     assert logs["original"]["settings"] == logs["cleaned"]["settings"]
     assert logs["original"]["settings"]["epochs"] == 2            # retrain.settings applies

@@ -12,8 +12,9 @@ import pytest
 
 from stages.contracts import formats
 from stages.contracts.errors import InputError, MissingInputError
-from stages.evaluate import scan_model
-from stages.retrain_report import eval_labels, reference_top1, run_report, score
+from stages.method.scoring import scan_model
+from stages.retrain_report import run_report
+from stages.method.retrain_scoring import eval_labels, reference_top1, score
 from stages.modelling.train_config import arm_dir
 
 

@@ -19,15 +19,8 @@ from PIL import Image
 
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError
-from stages.review import (
-    WHY,
-    build_report,
-    confused_pairs,
-    list_matrix,
-    model_top5,
-    read_data,
-    run_review,
-)
+from stages.review import run_review
+from stages.reporting.report import WHY, build_report, confused_pairs, list_matrix, model_top5, read_data
 
 MODELS = ("model_a", "model_b", "model_c")
 
@@ -117,7 +110,7 @@ def write_split(root: Path, n: int, *, seed: int = 0, split: str = "val",
     ledger.loc[np.isnan(new), "new_label"] = pd.NA
     ledger.loc[inactive, "label"] = pd.NA
     formats.write_table(ledger, root / formats.ledger_path(split))
-    return {"splits": {split: {"root": str(root / "images"),
+    return {"splits": {split: {"root": str(root / "images"), "layout": "imagefolder",
                                "overrides": f"data/overrides/{split}.csv"}},
             "models": {m: {"spec": f"local-dir:{m}"} for m in models},
             "predict": {"models": list(models)},

@@ -19,9 +19,10 @@ import pytest
 
 from conftest import copy_project, run_in
 from stages.contracts import formats
+from stages.contracts.actions import ACTIONS
 from stages.contracts.params import load_params
 from stages.method.overrides import read_rows
-from stages.reporting.server import make_server, overrides_path
+from stages.reporting.server import ServeReviewConfig, make_server
 
 pytestmark = pytest.mark.slow
 
@@ -62,9 +63,9 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def served(demo: Path, tmp_path: Path) -> Iterator[tuple[Any, Path, dict[str, Any]]]:
     """The demo's report served on a free port; the overrides file starts empty for each test."""
     params = load_params(demo / "params.yaml")
-    path = demo / overrides_path(params, "val")
+    path = demo / ServeReviewConfig.from_params(params, "val").overrides
     saved = path.read_bytes() if path.exists() else None
-    server = make_server("val", params, port=0, root=demo)
+    server = make_server(ServeReviewConfig.from_params(params, "val"), port=0, root=demo)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server, path, params
@@ -128,7 +129,7 @@ def test_filter_relabel_writes_overrides_that_decide_applies(demo, served, brows
     assert (after.at[image_id, "action"], after.at[image_id, "new_label"]) == ("fix", 1)
     assert after.at[image_id, "override"]
     assert after.at[image_id, "reason"] == "override: a goldfish, checked by eye"
-    assert sum(counts[a] for a in formats.ACTIONS) == len(ledger)
+    assert sum(counts[a] for a in ACTIONS) == len(ledger)
 
 
 def test_page_opened_as_a_file_offers_the_same_rows_as_csv(demo, served, browser, tmp_path) -> None:
@@ -207,7 +208,7 @@ def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
 
 
 def test_every_fix_removal_and_secondary_label_of_the_demo_is_in_the_report(demo) -> None:
-    from stages.review import read_data
+    from stages.reporting.report import read_data
 
     ledger = pd.read_parquet(demo / formats.ledger_path("val"))
     decided = ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0)

@@ -26,7 +26,7 @@ from stages.contracts import formats
 from stages.method.overrides import apply_overrides, load_overrides
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.review import run_review
-from stages.reporting.server import Decision, RequestError, make_server, merge_rows, overrides_path
+from stages.reporting.server import Decision, RequestError, ServeReviewConfig, make_server, merge_rows
 from test_review import write_split
 
 HEADER = "image_id,action,new_label,note\n"
@@ -50,7 +50,7 @@ def served(built, tmp_path: Path):
     root, params = built
     params = {**params, "splits": {"val": {**params["splits"]["val"],
                                            "overrides": str(tmp_path / "overrides/val.csv")}}}
-    server = make_server("val", params, port=0, root=root)
+    server = make_server(ServeReviewConfig.from_params(params, "val"), port=0, root=root)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     ledger = pd.read_parquet(root / formats.ledger_path("val"))
@@ -221,18 +221,21 @@ def test_server_needs_a_built_report_and_a_sane_overrides_file(tmp_path: Path, m
     params = write_split(tmp_path, 30)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MissingInputError, match=r"dvc repro review@val"):
-        make_server("val", params, port=0)
+        make_server(ServeReviewConfig.from_params(params, "val"), port=0)
     run_review("val", params)
     (tmp_path / "data/overrides").mkdir(parents=True)
     (tmp_path / "data/overrides/val.csv").write_text("id,what\n")
     with pytest.raises(InputError, match="header must be image_id,action,new_label,note"):
-        make_server("val", params, port=0)
+        make_server(ServeReviewConfig.from_params(params, "val"), port=0)
 
 
 def test_overrides_path_is_per_split() -> None:
-    assert overrides_path({"splits": {"val": {"overrides": "o/val.csv"}}}, "val") == Path("o/val.csv")
+    entry = {"root": "x", "layout": "kaggle"}
+    config = ServeReviewConfig.from_params(
+        {"splits": {"val": {**entry, "overrides": "o/val.csv"}}}, "val")
+    assert config.overrides == Path("o/val.csv")
     with pytest.raises(ConfigError, match=r"splits.v2.overrides"):
-        overrides_path({"splits": {"v2": {"root": "x"}}}, "v2")
+        ServeReviewConfig.from_params({"splits": {"v2": entry}}, "v2")
 
 
 def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, tmp_path) -> None:
@@ -240,7 +243,7 @@ def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, 
     params = {**params, "splits": {"val": {**params["splits"]["val"],
                                            "overrides": str(tmp_path / "val.csv")}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "stages.reporting.server", "--split", "val", "--params",
+    command = [sys.executable, "-m", "stages.serve_review", "--split", "val", "--params",
                str(tmp_path / "params.yaml"), "--port", "0"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
@@ -266,7 +269,7 @@ def test_a_rewritten_ledger_is_read_again(tmp_path: Path, monkeypatch) -> None:
     params = write_split(tmp_path, 30)
     monkeypatch.chdir(tmp_path)
     run_review("val", params)
-    server = make_server("val", params, port=0)
+    server = make_server(ServeReviewConfig.from_params(params, "val"), port=0)
     ledger = pd.read_parquet(formats.ledger_path("val"))
     image_id = first(ledger, ledger["action"] == "keep")
     ledger.loc[ledger["image_id"] == image_id, "action"] = "skip"  # as if `dvc repro` ran meanwhile

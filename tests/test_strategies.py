@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from stages.contracts.errors import ConfigError
-from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows, Thresholds, consensus, paper
+from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows, consensus, paper
+from stages.method.thresholds import Thresholds
 
 T = Thresholds(h1=3, h2=3, h3=4, n_models=5)
 C = ConsensusConfig(clear=0.5, support=0.15, secondary=0.3, max_remove=1.0)

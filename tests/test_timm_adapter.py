@@ -8,7 +8,8 @@ import pytest
 import timm
 
 from stages.adapters import timm_adapter
-from stages.modelling.models import create_model, model_specs
+from stages.modelling.models import create_model
+from stages.modelling.specs import model_specs
 
 
 def test_demo_mobilenet_v1_widths_load_through_public_registration(params: dict) -> None:

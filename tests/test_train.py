@@ -25,14 +25,17 @@ import yaml
 
 from conftest import DEMO_ROOT, ROOT, copy_project, run_in
 from stages.contracts import formats
-from stages.modelling.distributed import torchrun_command
-from stages.folds import fold_dir, read_folds, read_seen, run_folds
+from stages.contracts.actions import ACTIONS
+from stages.modelling.launch import torchrun_command
+from stages.folds import run_folds
+from stages.modelling.folds import fold_dir, read_folds, read_seen
 from stages.sources.images import open_image
-from stages.modelling.models import ModelSpec, eval_transform
+from stages.modelling.models import eval_transform
+from stages.modelling.specs import ModelSpec
 from stages.oof import run_oof
 from stages.contracts.params import load_params
-from stages.train import load_fold_model, train_fold
-from stages.modelling.train_config import LaunchConfig
+from stages.modelling.training import load_fold_model, train_fold
+from stages.modelling.launch import LaunchConfig
 
 MODEL = "mobilenetv3_small_050"
 TINY = {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "input_size": 32, "workers": 0,
@@ -42,7 +45,7 @@ TINY = {"epochs": 2, "batch_size": 4, "eval_batch_size": 16, "input_size": 32, "
 def train_sections(root: str, *, settings: dict | None = None, launch: dict | None = None,
                    models: tuple[str, ...] = (MODEL,), folds: int = 2,
                    limit: int | None = None) -> dict:
-    """The params.yaml sections of an out-of-fold split `train_demo` (see README: Cleaning the
+    """The params.yaml sections of an out-of-fold split `train_demo` (see docs/train-split.md: Cleaning the
     train split). The lead will fold them into the project's params.yaml; tests add them."""
     return {
         "splits": {"train_demo": {"root": root, "layout": "kaggle", "subset": "val",
@@ -218,7 +221,7 @@ def test_dvc_repro_cleans_a_train_split_from_out_of_fold_predictions(tmp_path: P
     folds = pd.read_parquet(project / "data/folds/train_demo.parquet")
     ledger = pd.read_parquet(project / formats.ledger_path("train_demo"))
     assert folds["image_id"].tolist() == ledger["image_id"].tolist() == manifest["image_id"].tolist()
-    assert ledger["action"].isin(formats.ACTIONS).all()
+    assert ledger["action"].isin(ACTIONS).all()
     assert len(manifest) == 20                                     # splits.train_demo.limit
     sidecar = json.loads((project / formats.sidecar_path("train_demo", MODEL)).read_text())
     assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 20

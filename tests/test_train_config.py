@@ -1,5 +1,5 @@
 """train_config: params.yaml `train.settings`, `train.launch`, `train.seed` and `retrain:` checked
-into TrainSettings, LaunchConfig and RetrainConfig, and the eval rows the retrain comparison scores."""
+into TrainSettings, LaunchConfig and RetrainSection, and the eval rows the retrain comparison scores."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import pandas as pd
 import pytest
 
 from stages.contracts.errors import ConfigError
-from stages.modelling.train_config import (
-    LaunchConfig,
-    RetrainConfig,
-    TrainSettings,
-    eval_rows,
-    retrain_config,
-    settings_from_params,
-)
+from stages.modelling.train_config import RetrainSection, TrainSettings, eval_rows, settings_from_params
+from stages.modelling.launch import LaunchConfig
 from test_train import merge, train_sections
 
 
@@ -66,16 +60,16 @@ def test_numeric_settings_leave_out_what_does_not_change_the_weights() -> None:
 
 
 def test_retrain_section_must_name_configured_splits_and_model(params: dict) -> None:
-    config = retrain_config(params)
-    assert config == RetrainConfig(split=params["retrain"]["split"],
+    config = RetrainSection.from_params(params)
+    assert config == RetrainSection(split=params["retrain"]["split"],
                                    eval_split=params["retrain"]["eval_split"],
                                    model=params["retrain"]["model"], settings={})
     params["retrain"]["model"] = "no_such_model"
     with pytest.raises(ConfigError, match="retrain.model.*no_such_model"):
-        retrain_config(params)
+        RetrainSection.from_params(params)
     params["retrain"] = {**params["retrain"], "model": config.model, "eval_split": "test"}
     with pytest.raises(ConfigError, match="split 'test' is not configured"):
-        retrain_config(params)
+        RetrainSection.from_params(params)
 
 
 def test_images_of_the_train_split_are_never_scored(manifest: pd.DataFrame) -> None:

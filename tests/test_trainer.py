@@ -18,7 +18,8 @@ import torch
 from stages.modelling.distributed import Dist
 from stages.contracts.errors import ConfigError
 from stages.sources.images import open_image
-from stages.modelling.models import ModelSpec, eval_transform
+from stages.modelling.models import eval_transform
+from stages.modelling.specs import ModelSpec
 from stages.modelling.train_config import TrainSettings
 from stages.modelling.trainer import (
     CHECKPOINT,

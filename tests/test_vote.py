@@ -19,10 +19,14 @@ import yaml
 
 from stages.contracts import formats
 from stages.contracts.errors import InputError, MissingInputError
-from stages.modelling.models import create_model, data_config, eval_transform, model_specs
+from stages.modelling.models import create_model, data_config, eval_transform
+from stages.modelling.specs import model_specs
 from stages.sources.images import open_image
 from stages.contracts.labels import current_labels
-from stages.vote import UNREADABLE, VOTES_SCHEMA, VoteConfig, main, model_votes, vote
+from stages.vote import main
+from stages.method.confident import ConfidentConfig
+from stages.contracts.formats import VOTES_SCHEMA
+from stages.method.votes import UNREADABLE, model_votes, vote
 
 K = formats.NUM_CLASSES
 PER_CLASS = 20
@@ -53,7 +57,7 @@ def flipped() -> tuple[np.ndarray, np.ndarray, int]:
 def test_clear_label_flip_is_the_only_flag_and_its_candidate_is_the_top_other_class(
         flipped: tuple[np.ndarray, np.ndarray, int], strategy: str) -> None:
     labels, probs, row = flipped
-    result = model_votes(labels, probs, config=VoteConfig(strategy=strategy), model="m")
+    result = model_votes(labels, probs, config=ConfidentConfig(strategy=strategy), model="m")
     assert result.strategy == strategy
     assert result.flagged.tolist() == [row]
     assert result.candidates.tolist() == [FLIP[1]]
@@ -66,8 +70,8 @@ def test_exact_and_batched_agree_on_a_clear_cut_case() -> None:
     for row, cls in flips.items():
         true[row] = cls
     probs = probs_for(true, seed=3)
-    exact = model_votes(labels, probs, config=VoteConfig(strategy="exact"))
-    batched = model_votes(labels, probs, config=VoteConfig(strategy="batched"))
+    exact = model_votes(labels, probs, config=ConfidentConfig(strategy="exact"))
+    batched = model_votes(labels, probs, config=ConfidentConfig(strategy="batched"))
     assert set(exact.flagged) == set(batched.flagged) == set(flips)
     assert dict(zip(exact.flagged, exact.candidates)) == flips == dict(zip(batched.flagged,
                                                                             batched.candidates))
@@ -78,20 +82,20 @@ def test_exact_path_does_not_leave_a_copy_of_the_predictions_in_cleanlab(
     import cleanlab.filter
 
     labels, probs, _ = flipped
-    model_votes(labels, probs, config=VoteConfig(strategy="exact"))
+    model_votes(labels, probs, config=ConfidentConfig(strategy="exact"))
     assert not getattr(cleanlab.filter, "pred_probs_by_class", {})
 
 
 def test_auto_strategy_switches_at_exact_max_rows(flipped: tuple[np.ndarray, np.ndarray, int]) -> None:
     labels, probs, _ = flipped
-    assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=200)).strategy == "exact"
-    assert model_votes(labels, probs, config=VoteConfig(exact_max_rows=199)).strategy == "streaming"
+    assert model_votes(labels, probs, config=ConfidentConfig(exact_max_rows=200)).strategy == "exact"
+    assert model_votes(labels, probs, config=ConfidentConfig(exact_max_rows=199)).strategy == "streaming"
 
 
 def test_float16_predictions_give_the_same_votes(flipped: tuple[np.ndarray, np.ndarray, int]) -> None:
     labels, probs, row = flipped
     for strategy in ("exact", "batched"):
-        half = model_votes(labels, probs.astype(np.float16), config=VoteConfig(strategy=strategy,
+        half = model_votes(labels, probs.astype(np.float16), config=ConfidentConfig(strategy=strategy,
                                                                                 chunk_rows=64))
         assert half.flagged.tolist() == [row] and half.candidates.tolist() == [FLIP[1]]
 
@@ -109,7 +113,7 @@ def test_top5_misses_count_models_whose_top5_lacks_the_label() -> None:
     models = {"first": [ranked(0), ranked(0)], "fifth": [ranked(4), ranked(5)],
               "sixth": [ranked(5), ranked(9)]}
     result = vote(labels, {m: np.array(rows, dtype=np.float32) for m, rows in models.items()},
-                  config=VoteConfig(strategy="exact"))
+                  config=ConfidentConfig(strategy="exact"))
     table = result.table.to_pydict()
     assert table["top5_misses"] == [1, 2]
     assert table["top5_hit_models"] == [["first", "fifth"], ["first"]]
@@ -119,7 +123,7 @@ def test_top5_misses_count_models_whose_top5_lacks_the_label() -> None:
 def test_a_tie_with_the_fifth_class_counts_as_a_hit() -> None:
     row = np.full(K, 0.5 / (K - 5), dtype=np.float32)
     row[1:5] = 0.1  # four classes above the label, the label tied with many others
-    result = model_votes(np.array([0]), row[None, :], config=VoteConfig(strategy="exact"))
+    result = model_votes(np.array([0]), row[None, :], config=ConfidentConfig(strategy="exact"))
     assert result.top5_hit.tolist() == [True]
     row[5] = 0.05  # now five classes are more probable
     assert model_votes(np.array([0]), row[None, :] / row.sum()).top5_hit.tolist() == [False]
@@ -131,7 +135,7 @@ def test_inactive_rows_take_no_part(flipped: tuple[np.ndarray, np.ndarray, int])
     labels[row] = -1
     active = np.ones(len(labels), dtype=bool)
     active[row] = False
-    result = vote(labels, {"a": probs, "b": probs}, config=VoteConfig(strategy="exact"), active=active)
+    result = vote(labels, {"a": probs, "b": probs}, config=ConfidentConfig(strategy="exact"), active=active)
     table = result.table.to_pydict()
     assert all(len(r.flagged) == 0 for r in result.models)
     assert table["cl_candidates"][row] == [] and table["top5_misses"][row] == 0
@@ -145,7 +149,7 @@ def test_vote_lists_follow_model_order_with_repeats_kept(flipped: tuple[np.ndarr
     other = probs.copy()
     other[row] = probs_for(np.array([FLIP[1]]), seed=9)[0]
     result = vote(labels, [("z", probs), ("a", probs_for(np.repeat(np.arange(10), PER_CLASS))),
-                           ("m", other)], config=VoteConfig(strategy="exact"))
+                           ("m", other)], config=ConfidentConfig(strategy="exact"))
     table = result.table.to_pydict()
     assert table["cl_models"][row] == ["z", "m"]
     assert table["cl_candidates"][row] == [FLIP[1], FLIP[1]]
@@ -162,13 +166,13 @@ def test_frac_noise_below_one_is_reported_and_ranked_mode_keeps_that_fraction(
     rows = np.arange(0, 40 * PER_CLASS, PER_CLASS)  # one flip per class pair (i -> i + 1)
     true[rows] = (np.arange(40) + 1) % 40
     probs = probs_for(true, seed=5)
-    full = model_votes(labels, probs, config=VoteConfig(strategy="exact"))
+    full = model_votes(labels, probs, config=ConfidentConfig(strategy="exact"))
     assert sorted(full.flagged) == rows.tolist()
     with caplog.at_level(logging.WARNING, logger="stages.vote"):
-        truncated = model_votes(labels, probs, config=VoteConfig(strategy="exact", fn=0.9), model="m")
+        truncated = model_votes(labels, probs, config=ConfidentConfig(strategy="exact", fn=0.9), model="m")
     assert len(truncated.flagged) == 0 and truncated.flagged_at_fn_1 == 40
     assert "kept 0 of the 40 flags" in caplog.text
-    ranked = model_votes(labels, probs, config=VoteConfig(strategy="exact", fn=0.9, fn_mode="ranked"))
+    ranked = model_votes(labels, probs, config=ConfidentConfig(strategy="exact", fn=0.9, fn_mode="ranked"))
     assert len(ranked.flagged) == 36 and ranked.flagged.tolist() == full.flagged[:36].tolist()
 
 
@@ -195,9 +199,9 @@ def test_labels_outside_the_classes_and_bad_options_are_refused(
     with pytest.raises(ValueError, match="active label 1000 is outside 0..999"):
         model_votes(labels, probs)
     with pytest.raises(ValueError, match="fn .* must be a number in \\(0, 1\\], got 1.5"):
-        VoteConfig(fn=1.5)
+        ConfidentConfig(fn=1.5)
     with pytest.raises(ValueError, match="strategy must be 'auto' or one of"):
-        VoteConfig(strategy="fast")
+        ConfidentConfig(strategy="fast")
     with pytest.raises(ValueError, match="at least one model"):
         vote(labels, {})
 
@@ -418,7 +422,7 @@ def test_votes_on_real_demo_predictions(small_manifest: pd.DataFrame, strategy: 
     """24 real images x 5 real models. Most classes have one image here, which exact
     prune_by_noise_rate never flags (min_examples_per_class); batched does flag some."""
     labels = small_manifest["label"].to_numpy()[:24]
-    result = vote(labels, small_demo_predictions, config=VoteConfig(strategy=strategy))
+    result = vote(labels, small_demo_predictions, config=ConfidentConfig(strategy=strategy))
     table = result.table.to_pydict()
     for m, (name, probs) in enumerate(small_demo_predictions.items()):
         top5 = torch.topk(torch.from_numpy(probs), 5).indices.numpy()

@@ -59,7 +59,7 @@ def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
         if name not in values:
             if not has_default:
                 raise ConfigError(f"params.yaml `{where}` lacks the key {name!r}; add it "
-                                  f"({_describe(hints[name])})")
+                                  f"({describe(hints[name])})")
             continue
         kwargs[name] = coerce(values[name], hints[name], where=f"{where}.{name}")
     return cls(**kwargs)
@@ -73,7 +73,7 @@ def coerce(value: Any, kind: Any, *, where: str) -> Any:
     """
     result = _coerce(value, kind)
     if result is _MISSING:
-        raise ConfigError(f"params.yaml `{where}` must be {_describe(kind)}, got {value!r}")
+        raise ConfigError(f"params.yaml `{where}` must be {describe(kind)}, got {value!r}")
     return result
 
 
@@ -119,20 +119,30 @@ def _scalar(value: Any, kind: Any) -> Any:
     return value if isinstance(value, kind) else _MISSING
 
 
-def _describe(kind: Any) -> str:
+def describe(kind: Any) -> str:
     """A person's name for a type annotation: 'an int or null', 'one of 'a', 'b''."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
+        return " or ".join(describe(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (list, tuple, typing.Sequence) or kind in (list, tuple):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
+        return f"a list of {_plural(args[0]) if args else 'values'}"
     if origin in (dict, typing.Mapping) or kind is dict:
         return "a mapping"
     names = {type(None): "null", bool: "true or false", int: "an int", float: "a number",
              str: "a string"}
     return names.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _plural(kind: Any) -> str:
+    """A person's name for several values of a type: 'strings', 'ints or null'."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_plural(a) for a in args)
+    names = {type(None): "null", bool: "true/false values", int: "ints", float: "numbers",
+             str: "strings"}
+    return names.get(kind, describe(kind))
 
 
 def require(condition: bool, where: str, expected: str, value: Any) -> None:

@@ -27,6 +27,9 @@ from stages.contracts.errors import InputError, MissingInputError
 
 NUM_CLASSES = 1000
 
+CHUNK_ROWS = 16_384
+"""Rows of an (N, 1000) predictions file read at a time by the streaming readers (64 MB of float32)."""
+
 BOX = pa.list_(pa.list_(pa.int32(), 4))
 
 MANIFEST_SCHEMA = pa.schema(
@@ -116,7 +119,6 @@ CLEAN_SCHEMA = pa.schema([
 PLACEHOLDER_SIZE = 224
 """Side of the black RGB placeholder image of a class emptied by the merges."""
 
-ACTIONS = ("keep", "fix", "remove", "skip")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -334,15 +336,21 @@ def wnid_index() -> dict[str, int]:
     return {wnid: i for i, wnid in enumerate(class_wnids())}
 
 
-def parse_class(value: str) -> int | None:
-    """A class index from "123" or a wnid ("n01440764"); None when it is neither."""
-    text = str(value).strip()
+def parse_class(value: Any) -> int | None:
+    """A class index from an int 0..999, a string of plain digits ("123") or a wnid
+    ("n01440764"); None for anything else (booleans, floats, "1_0", "+3", " 1e2")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < NUM_CLASSES else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
     if text in wnid_index():
         return wnid_index()[text]
-    try:
-        number = int(text)
-    except ValueError:
+    if not (text.isascii() and text.isdigit()):
         return None
+    number = int(text)
     return number if 0 <= number < NUM_CLASSES else None
 
 

@@ -28,14 +28,6 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return data
 
 
-def split_params(params: dict[str, Any], split: str) -> dict[str, Any]:
-    """The `splits.<split>` section, with an error listing the configured splits."""
-    splits = params.get("splits") or {}
-    if split not in splits:
-        raise ConfigError(f"split {split!r} is not configured; params.yaml splits: {sorted(splits)}")
-    return splits[split]
-
-
 def section(params: dict[str, Any], stage: str, split: str | None = None) -> dict[str, Any]:
     """`params[stage]` or, with a split, `params[stage][split]`, with a clear error when absent."""
     value = params.get(stage)
@@ -44,7 +36,7 @@ def section(params: dict[str, Any], stage: str, split: str | None = None) -> dic
     if split is None:
         return value
     if not isinstance(value.get(split), dict):
-        raise ConfigError(f"params.yaml has no `{stage}.{split}:` section; add one (see README)")
+        raise ConfigError(f"params.yaml has no `{stage}.{split}:` section; add one (see docs/)")
     return value[split]
 
 
@@ -72,25 +64,3 @@ def resolve_threshold(value: int | str, n_models: int, *, name: str = "threshold
                 return max(1, math.ceil(Fraction(numerator * n_models, denominator)))
     raise ValueError(f"{name}: expected a count (int) or a fraction of the number of models such "
                      f"as 'M', 'M/2' or '2M/3', got {value!r}")
-
-
-def split_models(params: dict[str, Any], split: str) -> list[str]:
-    """The models whose predictions a split's votes use: `splits.<split>.models` when given (e.g.
-    the out-of-fold models of a train split), else `predict.models`.
-
-    Raises:
-        ConfigError: neither is a non-empty list of model names defined under `models:`.
-    """
-    own = split_params(params, split).get("models")
-    where = f"splits.{split}.models" if own is not None else "predict.models"
-    names = own if own is not None else (params.get("predict") or {}).get("models")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"params.yaml `{where}` must be a non-empty list of model names, "
-                          f"got {names!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"params.yaml `{where}` lists a model twice: {names}")
-    undefined = [n for n in names if n not in (params.get("models") or {})]
-    if undefined:
-        raise ConfigError(f"params.yaml `{where}` names {undefined}, which `models:` does not "
-                          "define; add a `models.<name>.spec` entry for each")
-    return list(names)

@@ -6,20 +6,18 @@ union) whose heat is >= `heat`. Boxes are mapped into the heatmap's space by `st
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from stages.adapters import gradcam_adapter
 from stages.contracts.config import fraction, positive, require
 
 logger = logging.getLogger(__name__)
@@ -185,37 +183,6 @@ METHODS: dict[str, CamMethod] = {
 """The methods `explain.methods` may name, cheapest first by `cost`."""
 
 
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """ScoreCAM draws a tqdm bar of its own per image on sys.stderr; the stage already shows one
-    per model. The block's stderr goes to a buffer; warnings raised meanwhile are re-issued."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    for warning in caught:
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-
-
-@contextlib.contextmanager
-def open_cam(method: str, model: torch.nn.Module, layer: torch.nn.Module, *,
-             scorecam_batch_size: int = 128) -> Iterator[Any]:
-    """A pytorch-grad-cam CAM object whose hooks are released on exit.
-
-    The CAM object is entered and exited as a context manager, but its `__exit__` is not handed
-    the exception: pytorch-grad-cam's would swallow an IndexError; this lets every exception through.
-    """
-    cam = METHODS[method].cam_class(model=model, target_layers=[layer])
-    if METHODS[method].cam_class is ScoreCAM:
-        # pytorch-grad-cam's documented knob ("ScoreCAM has a batched implementation. You can
-        # override the internal batch size"): masked inputs per forward.
-        cam.batch_size = scorecam_batch_size
-    try:
-        yield cam.__enter__()
-    finally:
-        cam.__exit__(None, None, None)
-
-
 def heatmaps(method: str, model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor,
              labels: Sequence[int], *, scorecam_batch_size: int = 128) -> np.ndarray:
     """CAM heatmaps for each input's label -> (B, H, W) float32 in [0, 1] at input resolution.
@@ -231,11 +198,11 @@ def heatmaps(method: str, model: torch.nn.Module, layer: torch.nn.Module, inputs
         # Gradients flow from the input, so a frozen model (see cam_model) still gets its
         # target layer's gradients without computing any weight gradients.
         inputs = inputs.detach().requires_grad_(True)
-        with torch.enable_grad(), open_cam(method, model, layer) as cam:
+        with torch.enable_grad(), gradcam_adapter.open_cam(METHODS[method].cam_class, model, layer) as cam:
             return cam(input_tensor=inputs, targets=targets)
     maps = []
-    with torch.no_grad(), _quiet_progress(), open_cam(
-            method, model, layer, scorecam_batch_size=scorecam_batch_size) as cam:
+    with torch.no_grad(), gradcam_adapter.quiet_progress(), gradcam_adapter.open_cam(
+            METHODS[method].cam_class, model, layer, scorecam_batch_size=scorecam_batch_size) as cam:
         for i, target in enumerate(targets):  # one image at a time: (C, 3, H, W) masked copies
             maps.append(cam(input_tensor=inputs[i:i + 1], targets=[target]))
     return np.concatenate(maps).astype(np.float32, copy=False)

@@ -27,8 +27,9 @@ from cleanlab.rank import find_top_issues
 from tqdm import tqdm
 
 from stages.adapters import cleanlab_adapter
+from stages.contracts import formats
 from stages.contracts.config import from_section
-from stages.method.confident_streaming import find_label_issues_streaming, read_rows
+from stages.method.confident_streaming import find_label_issues_streaming, read_float32_rows
 from stages.contracts.errors import ConfigError
 from stages.contracts.params import section
 
@@ -40,7 +41,7 @@ TOP_K = 5
 
 
 @dataclass(frozen=True)
-class VoteConfig:
+class ConfidentConfig:
     """Options of the vote stage (params `vote.<split>` over `vote.exact_max_rows`).
 
     Attributes:
@@ -51,7 +52,7 @@ class VoteConfig:
             keeps the top ceil(fn * flags at fn=1) by normalized margin.
         strategy: `auto` (exact up to `exact_max_rows` active rows, else streaming), `exact`,
             `streaming` (the same flags as exact from chunks), `batched` (cleanlab's
-            LabelInspector: other flags, see README).
+            LabelInspector: other flags, see docs/vote.md).
         exact_max_rows: the auto strategy's size limit for the in-memory exact path
             (`vote.exact_max_rows`; a split may override it).
         chunk_rows: rows read, cast to float32 and checked at a time.
@@ -62,7 +63,7 @@ class VoteConfig:
     fn_mode: Literal["cleanlab", "ranked"] = "cleanlab"
     strategy: Literal["auto", "exact", "streaming", "batched"] = "auto"
     exact_max_rows: int = 200_000
-    chunk_rows: int = 16_384
+    chunk_rows: int = formats.CHUNK_ROWS
     n_jobs: int = 1
 
     def __post_init__(self) -> None:
@@ -71,8 +72,8 @@ class VoteConfig:
                               f"{self.fn!r}")
         if self.fn_mode not in FN_MODES:
             raise ConfigError(f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}")
-        if self.strategy != "auto" and self.strategy not in STRATEGIES:
-            raise ConfigError(f"vote strategy must be 'auto' or one of {sorted(STRATEGIES)}, "
+        if self.strategy != "auto" and self.strategy not in CL_STRATEGIES:
+            raise ConfigError(f"vote strategy must be 'auto' or one of {sorted(CL_STRATEGIES)}, "
                               f"got {self.strategy!r}")
         for name in ("exact_max_rows", "chunk_rows", "n_jobs"):
             value = getattr(self, name)
@@ -80,7 +81,7 @@ class VoteConfig:
                 raise ConfigError(f"vote {name} must be a positive int, got {value!r}")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], split: str) -> "VoteConfig":
+    def from_params(cls, params: dict[str, Any], split: str) -> "ConfidentConfig":
         """The vote options of one split: params `vote.<split>` (any field above), with
         `vote.exact_max_rows` as the default of `exact_max_rows`.
 
@@ -91,7 +92,7 @@ class VoteConfig:
         top = section(params, "vote")
         splits = tuple(k for k, v in top.items()
                        if isinstance(v, Mapping) or k in (params.get("splits") or {}))
-        shared = from_section(_VoteShared, top, where="vote", ignore=splits)
+        shared = from_section(_ConfidentShared, top, where="vote", ignore=splits)
         own = section(params, "vote", split)
         return from_section(cls, {"exact_max_rows": shared.exact_max_rows, **own},
                             where=f"vote.{split}")
@@ -104,10 +105,10 @@ class VoteConfig:
 
 
 @dataclass(frozen=True)
-class _VoteShared:
+class _ConfidentShared:
     """The keys of params `vote:` that are not split sections."""
 
-    exact_max_rows: int = VoteConfig.exact_max_rows
+    exact_max_rows: int = ConfidentConfig.exact_max_rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,7 +126,7 @@ def _chunks(pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: i
               leave=False) as bar:
         for start in range(0, len(rows), chunk_rows):
             index = rows[start:start + chunk_rows]
-            chunk = read_rows(pred_probs, index)
+            chunk = read_float32_rows(pred_probs, index)
             _check_chunk(chunk, index, model)
             bar.update(len(index))
             yield start, labels[start:start + chunk_rows], chunk
@@ -176,7 +177,7 @@ Finder = Callable[[Sequence[float]], list[np.ndarray]]
 """find(frac_noise values) -> each value's ranked flags (positions into the active rows)."""
 
 
-def _fn_cleanlab(find: Finder, config: VoteConfig, model: str) -> tuple[np.ndarray, int | None]:
+def _fn_cleanlab(find: Finder, config: ConfidentConfig, model: str) -> tuple[np.ndarray, int | None]:
     if config.fn == 1:
         return find([1.0])[0], None
     ranked, full = find([config.fn, 1.0])
@@ -189,20 +190,20 @@ def _fn_cleanlab(find: Finder, config: VoteConfig, model: str) -> tuple[np.ndarr
     return ranked, len(full)
 
 
-def _fn_ranked(find: Finder, config: VoteConfig, model: str) -> tuple[np.ndarray, int | None]:
+def _fn_ranked(find: Finder, config: ConfidentConfig, model: str) -> tuple[np.ndarray, int | None]:
     ranked = find([1.0])[0]
     if config.fn == 1:
         return ranked, None
     return ranked[:math.ceil(config.fn * len(ranked))], len(ranked)
 
 
-FN_MODES: dict[str, Callable[[Finder, VoteConfig, str], tuple[np.ndarray, int | None]]] = {
+FN_MODES: dict[str, Callable[[Finder, ConfidentConfig, str], tuple[np.ndarray, int | None]]] = {
     "cleanlab": _fn_cleanlab,
     "ranked": _fn_ranked,
 }
 
 
-def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
+def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig,
            model: str) -> _Flags:
     """cleanlab.filter.find_label_issues on the active rows held in memory as float32."""
     probs = np.empty((len(rows), pred_probs.shape[1]), dtype=np.float32)
@@ -221,7 +222,7 @@ def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteCo
     return _Flags(ranked, candidates, hit, full)
 
 
-def _streaming(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
+def _streaming(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig,
                model: str) -> _Flags:
     """The flags of `exact`, streamed (stages.method.confident_streaming): chunks and one class at a time."""
     candidates = np.empty(len(rows), dtype=np.int32)
@@ -241,7 +242,7 @@ def _streaming(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: Vo
     return _Flags(ranked, candidates, hit, full)
 
 
-def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: VoteConfig,
+def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig,
              model: str) -> _Flags:
     """cleanlab's LabelInspector: thresholds pass, then scores pass; never more than a chunk."""
     inspector = LabelInspector(num_class=pred_probs.shape[1], verbose=False, n_jobs=1,
@@ -268,7 +269,7 @@ def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: Vote
     return _Flags(ranked, candidates, hit, n_issues if config.fn != 1 else None)
 
 
-STRATEGIES: dict[str, Callable[[np.ndarray, Any, np.ndarray, VoteConfig, str], _Flags]] = {
+CL_STRATEGIES: dict[str, Callable[[np.ndarray, Any, np.ndarray, ConfidentConfig, str], _Flags]] = {
     "exact": _exact,
     "streaming": _streaming,
     "batched": _batched,

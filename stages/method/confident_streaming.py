@@ -33,6 +33,7 @@ from cleanlab.rank import get_normalized_margin_for_each_label
 from tqdm import tqdm
 
 from stages.adapters import cleanlab_adapter
+from stages.contracts import formats
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ ChunkHook = Callable[[int, np.ndarray, np.ndarray], None]
 """Called as hook(start, labels (B,), float32 probabilities (B, K)) for each chunk of the joint pass."""
 
 
-def read_rows(pred_probs: Any, index: np.ndarray) -> np.ndarray:
+def read_float32_rows(pred_probs: Any, index: np.ndarray) -> np.ndarray:
     """(B,) ascending row indices -> (B, K) float32 copy (a slice when the rows are consecutive).
 
     float16 is widened by torch (exact, like numpy's cast, but ~5x faster on CPU: numpy's
@@ -117,7 +118,7 @@ def calibrated_joint(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, thre
     n_classes = pred_probs.shape[1]
     joint = np.zeros((n_classes, n_classes), dtype=np.int64)
     for start, end in _spans(len(rows), chunk_rows, desc):
-        chunk = read_rows(pred_probs, rows[start:end])
+        chunk = read_float32_rows(pred_probs, rows[start:end])
         if on_chunk is not None:
             on_chunk(start, labels[start:end], chunk)
         joint += count_confident_joint(labels[start:end], chunk, thresholds)
@@ -150,7 +151,7 @@ def _rank(positions: list[np.ndarray], scores: list[np.ndarray]) -> np.ndarray:
 
 def find_label_issues_streaming(labels: Sequence[int] | np.ndarray, pred_probs: Any, *,
                                 rows: np.ndarray | None = None,
-                                frac_noise: Sequence[float] = (1.0,), chunk_rows: int = 16_384,
+                                frac_noise: Sequence[float] = (1.0,), chunk_rows: int = formats.CHUNK_ROWS,
                                 on_chunk: ChunkHook | None = None, desc: str = "cl"
                                 ) -> list[np.ndarray]:
     """cleanlab's prune_by_noise_rate flags ranked by normalized margin, streamed.
@@ -194,7 +195,7 @@ def find_label_issues_streaming(labels: Sequence[int] | np.ndarray, pred_probs: 
     for k in tqdm(np.flatnonzero(wanted & (np.diff(bounds) > 1)), desc=f"{desc} classes",
                   unit="class", mininterval=2.0, leave=False):
         members = order[bounds[k]:bounds[k + 1]]
-        probs_k = read_rows(pred_probs, rows[members])
+        probs_k = read_float32_rows(pred_probs, rows[members])
         for i, counts in enumerate(prune):
             where, score = _class_flags(int(k), probs_k, counts[:, k])
             positions[i].append(members[where])

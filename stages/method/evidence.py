@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from stages.method.confident_streaming import read_rows
+from stages.contracts import formats
+from stages.method.confident_streaming import read_float32_rows
 
 TOP = 5
-CHUNK_ROWS = 8192
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +69,7 @@ def _read_rows(path: Path, start: int, stop: int) -> np.ndarray:
     """Rows start..stop of a predictions file as float32; the mapping is dropped right after."""
     mapped = np.load(path, mmap_mode="r")
     try:
-        return read_rows(mapped, np.arange(start, stop))
+        return read_float32_rows(mapped, np.arange(start, stop))
     finally:
         del mapped
 
@@ -91,7 +91,7 @@ def _top(mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ensemble_evidence(labels: np.ndarray, predictions: Mapping[str, Path], *,
-                      active: np.ndarray | None = None, chunk_rows: int = CHUNK_ROWS) -> Evidence:
+                      active: np.ndarray | None = None, chunk_rows: int = formats.CHUNK_ROWS) -> Evidence:
     """The ensemble's evidence for every row.
 
     Args:

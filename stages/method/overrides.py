@@ -1,4 +1,4 @@
-"""Human overrides of a split's decisions: `decide.<split>.overrides`, a CSV that `decide` applies last.
+"""Human overrides of a split's decisions: `splits.<split>.overrides`, a CSV that `decide` applies last.
 
 Columns `image_id,action,new_label,note`. Actions: `keep` (the label the image had before this
 iteration: rejects a fix or removal), `fix` (new_label = class index 0..999 or wnid), `remove`,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,10 +19,24 @@ import numpy as np
 import pandas as pd
 
 from stages.contracts import formats
+from stages.contracts.actions import KEPT, Action
 from stages.contracts.errors import InputError, MissingInputError
 
 OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
-OVERRIDE_ACTIONS = ("keep", "fix", "remove", "secondary")
+
+
+class OverrideAction(StrEnum):
+    """What an overrides row does: set the decision (keep, fix, remove) or a secondary label."""
+
+    KEEP = "keep"
+    FIX = "fix"
+    REMOVE = "remove"
+    SECONDARY = "secondary"
+
+
+OVERRIDE_ACTIONS: tuple[OverrideAction, ...] = tuple(OverrideAction)
+DECISIONS = (OverrideAction.KEEP, OverrideAction.FIX, OverrideAction.REMOVE)
+"""The override actions that set an image's decision (at most one row each per image)."""
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -71,15 +86,16 @@ def _override_error(row: dict[str, Any], position: int | None, action_now: np.nd
         return "unknown image_id; use an image_id of the split's manifest"
     if action not in OVERRIDE_ACTIONS:
         return f"action {action!r} is not {', '.join(OVERRIDE_ACTIONS)}; use one of those"
-    if action == "fix" and not new_label:
+    if action == OverrideAction.FIX and not new_label:
         return "action fix needs a new_label (class index 0..999 or wnid); add it"
-    if action in ("keep", "remove") and new_label:
+    if action in (OverrideAction.KEEP, OverrideAction.REMOVE) and new_label:
         return "new_label is only read for actions fix and secondary; clear it or use fix"
-    if action in ("fix", "secondary") and new_label and formats.parse_class(new_label) is None:
+    if action in (OverrideAction.FIX, OverrideAction.SECONDARY) and new_label \
+            and formats.parse_class(new_label) is None:
         return f"new_label {new_label!r} is not a class index 0..999 or an ILSVRC2012 wnid"
-    if action_now[position] == "skip":
+    if action_now[position] == Action.SKIP:
         return "the image is unreadable (a skip row); overrides cannot apply to it; drop the row"
-    if action == "keep" and np.isnan(label_now[position]):
+    if action == OverrideAction.KEEP and np.isnan(label_now[position]):
         return "the image left the split earlier and has no label to keep; use fix with a new_label"
     return None
 
@@ -105,20 +121,20 @@ def apply_overrides(ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: st
     for line, row in enumerate(overrides.to_dict("records"), 2):
         image_id, action = row["image_id"].strip(), row["action"].strip()
         problem = _override_error(row, positions.get(image_id), cols["action"], label)
-        if problem is None and action != "secondary" and image_id in decided:
+        if problem is None and action != OverrideAction.SECONDARY and image_id in decided:
             problem = "image_id has two keep/fix/remove rows; keep one"
         if problem:
             raise InputError(f"{source} line {line} (image_id {image_id!r}): {problem}")
         i = positions[image_id]
-        if action == "secondary":
+        if action == OverrideAction.SECONDARY:
             secondary.setdefault(i, []).append((line, formats.parse_class(row["new_label"])
                                                 if row["new_label"].strip() else None))
             continue
         decided.add(image_id)
-        new_label[i] = (formats.parse_class(row["new_label"]) if action == "fix"
-                        else label[i] if action == "keep" else np.nan)
-        if action == "fix" and new_label[i] == label[i]:
-            action = "keep"  # an override "fix" to the current label (e.g. a later iteration)
+        new_label[i] = (formats.parse_class(row["new_label"]) if action == OverrideAction.FIX
+                        else label[i] if action == OverrideAction.KEEP else np.nan)
+        if action == OverrideAction.FIX and new_label[i] == label[i]:
+            action = Action.KEEP.value  # an override "fix" to the current label (a later iteration)
         cols["action"][i], merged[i], override[i] = action, False, True
         cols["reason"][i] = f"override: {row['note'].strip() or '(no note)'}"
     extra = _override_secondary(ledger, secondary, cols["action"], new_label, source)
@@ -138,7 +154,7 @@ def _override_secondary(ledger: pd.DataFrame, secondary: dict[int, list[tuple[in
     for i, entries in secondary.items():
         line = entries[0][0]
         where = f"{source} line {line} (image_id {ledger['image_id'].iloc[i]!r})"
-        if action[i] not in ("keep", "fix"):
+        if action[i] not in KEPT:
             raise InputError(f"{where}: secondary labels only apply to kept or fixed images, this "
                              f"one is {action[i]}; drop the secondary rows or keep the image")
         classes = [c for _, c in entries if c is not None]

@@ -20,11 +20,34 @@ import numpy as np
 import pandas as pd
 
 from stages.contracts import formats
-from stages.contracts.errors import InputError, MissingInputError
+from stages.contracts.actions import KEPT, Action
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.splits import Params
 
 logger = logging.getLogger(__name__)
 
 REAL_ROWS = 50_000
+
+
+def reference_file(params: Params, split: str) -> Path | None:
+    """The human reference file of `split`: params `evaluate.references` (the folder DVC tracks)
+    joined with `evaluate.reference_labels.<split>` (a mapping split -> file name; a split left
+    out, or null, has none).
+
+    Raises:
+        ConfigError: `reference_labels` is neither a mapping of file names nor null.
+    """
+    section = params.get("evaluate") or {}
+    files = section.get("reference_labels")
+    if files is None:
+        return None
+    if not isinstance(files, Mapping) or not all(isinstance(v, str) or v is None
+                                                 for v in files.values()):
+        raise ConfigError("params.yaml `evaluate.reference_labels` must map split names to "
+                          f"reference files in `evaluate.references` (or be null), got {files!r}; "
+                          "e.g. {val: real.json}")
+    name = files.get(split)
+    return Path(section.get("references") or ".") / name if name else None
 
 
 def _real_id(index: int) -> str:
@@ -99,7 +122,7 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
          "secondary_ok", "active", "multi"), 0)
     for row, ok in enumerate(entries):
         label, action = ledger["label"].iloc[row], ledger["action"].iloc[row]
-        if ok is None or pd.isna(label) or action == "skip":
+        if ok is None or pd.isna(label) or action == Action.SKIP:
             continue
         new = ledger["new_label"].iloc[row]
         t["active"] += 1
@@ -109,14 +132,14 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
         if ok:
             t["judged_before"] += 1
             t["agree_before"] += right
-        if action in ("keep", "fix") and ok:
+        if action in KEPT and ok:
             t["judged_after"] += 1
             t["agree_after"] += int(new) in ok
-        if action == "fix":
+        if action == Action.FIX:
             t["fixes"] += 1
             t["corrected" if not right and int(new) in ok else
               "broken" if right and int(new) not in ok else "neutral"] += 1
-        if action == "remove":
+        if action == Action.REMOVE:
             t["removed"] += 1
             t["removed_bad"] += not right
             t["bad_removed"] += not right

@@ -14,23 +14,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from stages.contracts.config import fraction
 from stages.contracts.formats import class_label
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Resolved vote counts: fix at >= h1 candidates, remove at >= h2 unique candidates or at
-    >= h3 top-5 misses; n_models = |M|."""
-
-    h1: int
-    h2: int
-    h3: int
-    n_models: int
+from stages.contracts.actions import Action
+from stages.method.thresholds import Thresholds
 
 
 @dataclass(frozen=True)
@@ -95,7 +87,7 @@ class Decisions:
     @classmethod
     def keep_all(cls, rows: Rows) -> "Decisions":
         n = len(rows.label)
-        return cls(np.full(n, "keep", dtype=object), rows.label.astype(np.int64).copy(),
+        return cls(np.full(n, Action.KEEP.value, dtype=object), rows.label.astype(np.int64).copy(),
                    np.zeros(n, dtype=bool), np.full(n, "keep", dtype=object), [[] for _ in range(n)])
 
 
@@ -113,15 +105,15 @@ def _predicted(model_top1: Sequence[int]) -> str:
 
 
 def _paper_verdict(label: int, candidates: Sequence[int], misses: int, exemptions: int,
-                   model_top1: Sequence[int], t: Thresholds) -> tuple[str, int, bool, str]:
+                   model_top1: Sequence[int], t: Thresholds) -> tuple[Action, int, bool, str]:
     """One active row under the paper's rules -> (action, new_label or -1, exempted, reason)."""
     counts = Counter(int(c) for c in candidates)
     flagged = f"{len(candidates)} of {t.n_models} models flagged it, candidates {_describe(counts)}"
     if len(candidates) >= t.h1 and len(counts) < 3:
         best = min(counts, key=lambda c: (-counts[c], c))
         if best != label:
-            return "fix", best, False, f"fix: {flagged} (h1={t.h1}) -> {class_label(best)}"
-        return "keep", label, False, f"keep: {flagged} (h1={t.h1}); the winner is the current label"
+            return Action.FIX, best, False, f"fix: {flagged} (h1={t.h1}) -> {class_label(best)}"
+        return Action.KEEP, label, False, f"keep: {flagged} (h1={t.h1}); the winner is the current label"
     missed = f"top-5 missed by {misses} of {t.n_models} models (h3={t.h3})"
     why = []
     if len(counts) >= t.h2:
@@ -129,12 +121,12 @@ def _paper_verdict(label: int, candidates: Sequence[int], misses: int, exemption
     if misses >= t.h3 and exemptions == 0:
         why.append(f"{missed}, no CAM exemption; {_predicted(model_top1)}")
     if why:
-        return "remove", -1, False, "remove: " + "; ".join(why)
+        return Action.REMOVE, -1, False, "remove: " + "; ".join(why)
     if misses >= t.h3:
-        return "keep", label, True, f"keep: {missed}, exempted by the CAMs of {exemptions} model(s)"
+        return Action.KEEP, label, True, f"keep: {missed}, exempted by the CAMs of {exemptions} model(s)"
     if counts:
-        return "keep", label, False, f"keep: {flagged}; below h1={t.h1} and < h2={t.h2} unique"
-    return "keep", label, False, "keep"
+        return Action.KEEP, label, False, f"keep: {flagged}; below h1={t.h1} and < h2={t.h2} unique"
+    return Action.KEEP, label, False, "keep"
 
 
 def paper(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig) -> Decisions:
@@ -146,9 +138,10 @@ def paper(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig) -> 
     busy = np.flatnonzero((np.fromiter(map(len, rows.candidates), np.int64, len(rows.label)) > 0)
                           | (rows.misses >= thresholds.h3))
     for i in busy:
-        out.action[i], out.new_label[i], out.exempted[i], out.reason[i] = _paper_verdict(
+        action, out.new_label[i], out.exempted[i], out.reason[i] = _paper_verdict(
             int(rows.label[i]), rows.candidates[i], int(rows.misses[i]), int(rows.exemptions[i]),
             rows.model_top1[i], thresholds)
+        out.action[i] = action.value
     return out
 
 
@@ -188,7 +181,7 @@ def consensus(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig)
     vetoed = candidate & (rows.exemptions > 0)
     candidate &= ~vetoed
     for i in np.flatnonzero(fix):
-        out.action[i], out.new_label[i] = "fix", int(other[i])
+        out.action[i], out.new_label[i] = Action.FIX.value, int(other[i])
         out.reason[i] = (f"fix: the ensemble gives {class_label(other[i])} {other_prob[i]:.2f} "
                          f"(>= clear {c.clear}) and the label {class_label(rows.label[i])} "
                          f"{p_label[i]:.2f} (< support {c.support}); {_votes(rows, i, thresholds)}"
@@ -236,13 +229,20 @@ def _remove_within_budget(rows: Rows, out: Decisions, candidates: np.ndarray, ma
                f"{class_label(rows.label[i])} {p_label[i]:.2f} (< clear {c.clear}); "
                f"{_predicted(rows.model_top1[i])}")
         if rank < budget:
-            out.action[i], out.new_label[i] = "remove", -1
+            out.action[i], out.new_label[i] = Action.REMOVE.value, -1
             out.reason[i] = f"remove: {why}"
         else:
             out.reason[i] = (f"keep: {why}; beyond the removal budget (max_remove {c.max_remove}: "
                              f"{budget} of {len(rows.label)} active rows)")
 
 
-Strategy = Callable[..., Decisions]
+class Strategy(Protocol):
+    """A decision strategy: the evidence of the active rows -> their decisions. It reads only the
+    pipeline's evidence, never reference labels."""
+
+    def __call__(self, rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig
+                 ) -> Decisions: ...
+
+
 STRATEGIES: dict[str, Strategy] = {"paper": paper, "consensus": consensus}
 """`decide.<split>.strategy` -> the function that decides the active rows."""

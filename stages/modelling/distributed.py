@@ -7,7 +7,7 @@ partially under their final names. One process (no torchrun) is the unchanged si
 
 A stage whose params ask for N > 1 processes (`predict.processes`, `explain.processes`,
 `train.launch`) starts itself under `torch.distributed.run` (`relaunch`): `--standalone` on one
-node, a c10d rendezvous across nodes (README: "Several GPUs and nodes").
+node, a c10d rendezvous across nodes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import contextlib
 import datetime
 import logging
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from stages.contracts.errors import ConfigError
 from stages.modelling.models import cpu_threads, resolve_device
-from stages.modelling.train_config import LaunchConfig, TrainSettings
+from stages.modelling.launch import LaunchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -126,51 +124,6 @@ def broadcast(value: Any, ctx: Context) -> Any:
     return box[0]
 
 
-def torchrun_command(module: str, argv: Sequence[str], launch: LaunchConfig) -> list[str]:
-    """The `torchrun` command line that runs `python -m <module> <argv>` in every process."""
-    command = [sys.executable, "-m", "torch.distributed.run",
-               f"--nproc-per-node={launch.nproc_per_node}"]
-    if launch.nnodes == 1:
-        command.append("--standalone")
-    else:
-        command += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d",
-                    f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--rdzv-id={launch.rdzv_id}"]
-    return command + ["-m", module, *argv]
-
-
-def quiet_unless_first() -> None:
-    """Under torchrun, let only process 0 log progress (the others log warnings and errors)."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-        for name in ("stages", "__main__"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def relaunch(module: str, argv: Sequence[str], launch: LaunchConfig | int) -> int | None:
-    """With more than one process asked for (a LaunchConfig, or a count on this node) and no
-    torchrun yet: run `module` with `argv` under `torch.distributed.run` and return its exit
-    status; else None (go on in this process; under torchrun only rank 0 logs progress)."""
-    if isinstance(launch, int):
-        launch = LaunchConfig(nproc_per_node=launch)
-    if launch.world <= 1 or "WORLD_SIZE" in os.environ:
-        quiet_unless_first()
-        return None
-    command = torchrun_command(module, argv, launch)
-    logger.info("starting %d processes: %s", launch.world, " ".join(command))
-    return subprocess.call(command)
-
-
-def launch_or_run(module: str, argv: Sequence[str] | None, launch: LaunchConfig | int,
-                  run: Callable[[], Any]) -> int:
-    """A stage's entry: under torchrun when `launch` asks for more processes than this one
-    (torchrun's exit status), else `run()` here (status 0). `argv` None means sys.argv[1:]."""
-    status = relaunch(module, list(sys.argv[1:] if argv is None else argv), launch)
-    if status is not None:
-        return status
-    run()
-    return 0
-
-
 @dataclass(frozen=True)
 class Dist(Context):
     """A training process's place in the run: its rank and device, and the collectives it needs."""
@@ -190,9 +143,11 @@ class Dist(Context):
 
 
 @contextlib.contextmanager
-def distributed(settings: TrainSettings, launch: LaunchConfig) -> Iterator[Dist]:
+def distributed(launch: LaunchConfig, *, device: str = "auto", threads: int | None = None
+                ) -> Iterator[Dist]:
     """A training run's process: joins torchrun's group when there is one (`session`, with
-    `train.launch.backend`), takes this rank's device, sets `train.settings.threads` for the block.
+    `train.launch.backend`), takes this rank's device (`train.settings.device`), sets
+    `train.settings.threads` for the block.
 
     Raises:
         ConfigError: torchrun started another number of processes than `train.launch` asks for.
@@ -201,5 +156,5 @@ def distributed(settings: TrainSettings, launch: LaunchConfig) -> Iterator[Dist]
     if world != 1 and world != launch.world:
         raise ConfigError(f"running under torchrun with WORLD_SIZE={world}, but params.yaml "
                           f"`train.launch` asks for {launch.world} processes; make them agree")
-    with cpu_threads(settings.threads), session(settings.device, backend=launch.backend) as ctx:
-        yield Dist(ctx.rank, ctx.world, ctx.local_rank, device_for(settings.device, ctx))
+    with cpu_threads(threads), session(device, backend=launch.backend) as ctx:
+        yield Dist(ctx.rank, ctx.world, ctx.local_rank, device_for(device, ctx))

@@ -13,7 +13,6 @@ import difflib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,94 +22,10 @@ from huggingface_hub import errors as hub_errors
 from timm.data import create_transform, resolve_data_config
 
 from stages.adapters import timm_adapter
-from stages.contracts.config import from_section
 from stages.contracts.errors import ConfigError, MissingInputError, UserError
-from stages.contracts.formats import file_sha256
+from stages.modelling.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A `models.<name>` params entry (a mapping; a bare string is its `spec`).
-
-    Attributes:
-        spec: what `timm.create_model` takes: `local-dir:<folder>`, `hf-hub:timm/<name>` or a
-            registry name.
-        pretrained: load the pretrained weights. `false` needs `kwargs.checkpoint_path` (weights
-            from a file) or `random_weights: true` (an untrained model, on purpose: tests and
-            benchmarks), so that no stage silently predicts with random weights.
-        kwargs: extra `timm.create_model` keyword arguments.
-        random_weights: allow `pretrained: false` without a checkpoint.
-    """
-
-    spec: str
-    pretrained: bool = True
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    random_weights: bool = False
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One ensemble member as params.yaml names it.
-
-    Attributes:
-        name: the project's short name (a params key, a file stem, a DVC stage suffix).
-        spec: what `timm.create_model` takes: `local-dir:<folder>`, `hf-hub:timm/<name>` or a
-            registry name.
-        pretrained: load pretrained weights (always true for the ensemble).
-        kwargs: extra `timm.create_model` keyword arguments.
-        random_weights: an untrained model is meant (see `require_weights`).
-    """
-
-    name: str
-    spec: str
-    pretrained: bool = True
-    kwargs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    random_weights: bool = field(default=False, compare=False)
-
-    def require_weights(self) -> None:
-        """Refuse to predict or explain with random weights: `pretrained: false` needs
-        `kwargs.checkpoint_path` or an explicit `random_weights: true`. (Out-of-fold training
-        models are `pretrained: false` on purpose: `train.settings.init` decides their weights.)
-
-        Raises:
-            ConfigError: naming the model entry and the three ways out.
-        """
-        if not self.pretrained and not self.random_weights \
-                and "checkpoint_path" not in self.kwargs:
-            where = f"models.{self.name}"
-            raise ConfigError(f"params.yaml `{where}` has pretrained: false, which would predict "
-                              "with random weights; set pretrained: true, give the weights in "
-                              f"`{where}.kwargs.checkpoint_path`, or add `random_weights: true` "
-                              "to use an untrained model on purpose")
-
-    @classmethod
-    def from_params(cls, name: str, entry: dict[str, Any] | str) -> "ModelSpec":
-        """Build from a `models.<name>` params entry (a mapping with `spec`, or a bare spec string).
-
-        Raises:
-            ConfigError: unknown/missing/mistyped keys.
-        """
-        parsed = from_section(ModelEntry, {"spec": entry} if isinstance(entry, str) else entry,
-                              where=f"models.{name}")
-        return cls(name=name, spec=parsed.spec, pretrained=parsed.pretrained,
-                   kwargs=dict(parsed.kwargs), random_weights=parsed.random_weights)
-
-
-def model_specs(params: dict[str, Any], names: list[str] | None = None) -> list[ModelSpec]:
-    """The ModelSpecs named by `names` (default: `predict.models`) from a params dict."""
-    if names is None:
-        names = (params.get("predict") or {}).get("models")
-        if not isinstance(names, list) or not names:
-            raise ConfigError(f"params.yaml `predict.models` must be a non-empty list of model "
-                              f"names, got {names!r}")
-    registry = params.get("models") or {}
-    missing = [n for n in names if n not in registry]
-    if missing:
-        raise ConfigError(f"models {missing} are listed but not defined under `models:` in "
-                          "params.yaml; add a `models.<name>.spec` entry for each")
-    return [ModelSpec.from_params(n, registry[n]) for n in names]
 
 
 def create_model(spec: ModelSpec, *, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -172,18 +87,6 @@ def eval_transform(config: dict[str, Any]) -> Any:
 def preprocessing_key(config: dict[str, Any]) -> str:
     """A canonical string for a data config: models with equal keys share decoded inputs."""
     return json.dumps({k: config[k] for k in sorted(config)}, sort_keys=True, default=list)
-
-
-def weights_sha256(spec: ModelSpec) -> str | None:
-    """sha256 of a local-dir model's weight file, or None when the weights are not local."""
-    if not spec.spec.startswith("local-dir:"):
-        return None
-    folder = Path(spec.spec.removeprefix("local-dir:"))
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = folder / name
-        if path.is_file():
-            return file_sha256(path)
-    return None
 
 
 def architecture(model: torch.nn.Module) -> str:

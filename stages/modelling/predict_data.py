@@ -35,15 +35,8 @@ from stages.contracts.errors import ConfigError
 from stages.contracts.formats import NUM_CLASSES, atomic_path, percent, write_json, write_npy
 from stages.contracts.sidecars import topk_hits
 from stages.sources.images import DECODE_ERRORS, open_image
-from stages.modelling.models import (
-    ModelSpec,
-    architecture,
-    create_model,
-    data_config,
-    eval_transform,
-    preprocessing_key,
-    weights_sha256,
-)
+from stages.modelling.models import architecture, create_model, data_config, eval_transform, preprocessing_key
+from stages.modelling.specs import ModelSpec, weights_sha256
 
 logger = logging.getLogger(__name__)
 

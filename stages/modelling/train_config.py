@@ -20,7 +20,10 @@ import pandas as pd
 
 from stages.contracts.config import fraction, from_section, positive, require
 from stages.contracts.errors import ConfigError
-from stages.contracts.params import section, split_params
+from stages.contracts.params import section
+from stages.contracts.splits import Params, SplitEntry
+from stages.modelling.launch import LaunchConfig
+from stages.modelling.specs import ModelSpec, model_specs
 
 ARMS = ("original", "cleaned")
 RETRAIN_ROOT = Path("data/retrain")
@@ -95,50 +98,60 @@ class TrainSettings:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_NUMERIC}
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    """How a training stage is launched (params.yaml `train.launch`).
-
-    One process when `nproc_per_node * nnodes == 1`; otherwise the stage re-runs itself under
-    `torchrun` (`--standalone` on one node; c10d rendezvous at `rdzv_endpoint` across nodes, where
-    every node runs the same stage command and all of them see the same files).
-    """
-
-    nproc_per_node: int = 1
-    nnodes: int = 1
-    rdzv_endpoint: str | None = None
-    rdzv_id: str = "imagenet-clean"
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
-
-    def __post_init__(self) -> None:
-        positive("train.launch.nproc_per_node", self.nproc_per_node)
-        positive("train.launch.nnodes", self.nnodes)
-        require(self.nnodes == 1 or bool(self.rdzv_endpoint), "train.launch.rdzv_endpoint",
-                "host:port of the rendezvous when nnodes > 1", self.rdzv_endpoint)
-
-    @property
-    def world(self) -> int:
-        return self.nproc_per_node * self.nnodes
+def train_section(params: Params) -> dict[str, Any]:
+    """params.yaml `train:`, with the fix when it is missing."""
+    train = params.get("train")
+    if not isinstance(train, dict):
+        raise ConfigError("params.yaml has no `train:` section (see docs/train-split.md)")
+    return train
 
 
-def settings_from_params(params: dict[str, Any], overrides: dict[str, Any] | None = None
+def train_seed(params: Params) -> int:
+    """params `train.seed`: fold assignment, initialisation, data order, augmentation."""
+    seed = train_section(params).get("seed", 0)
+    require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "train.seed",
+            "an int >= 0", seed)
+    return int(seed)
+
+
+def fold_count(params: Params) -> int:
+    """K from params `train.folds` (the list of fold indices the DVC matrix iterates: 0..K-1)."""
+    folds = train_section(params).get("folds")
+    require(isinstance(folds, list) and len(folds) >= 2 and folds == list(range(len(folds))),
+            "train.folds", "the list of fold indices [0, 1, ..., K-1] with K >= 2 (paper: "
+            "[0, 1, 2, 3])", folds)
+    return len(folds)
+
+
+def settings_from_params(params: Params, overrides: dict[str, Any] | None = None
                          ) -> tuple[TrainSettings, LaunchConfig, int]:
     """(settings, launch, seed) from params `train.settings` (updated by `overrides`),
     `train.launch` and `train.seed`."""
-    train = params.get("train")
-    if not isinstance(train, dict):
-        raise ConfigError("params.yaml has no `train:` section (see README: Cleaning the train split)")
+    train = train_section(params)
     values = {**(train.get("settings") or {}), **(overrides or {})}
     settings = from_section(TrainSettings, values, where="train.settings")
     launch = from_section(LaunchConfig, train.get("launch"), where="train.launch")
-    seed = train.get("seed", 0)
-    require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "train.seed",
-            "an int >= 0", seed)
-    return settings, launch, seed
+    return settings, launch, train_seed(params)
 
 
 @dataclass(frozen=True)
-class RetrainConfig:
+class FoldsConfig:
+    """The K-fold assignment of an out-of-fold split (`folds` stage): K = len(`train.folds`),
+    the seed `train.seed`."""
+
+    split: str
+    k: int
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: Params, split: str) -> FoldsConfig:
+        """Raises ConfigError unless `split` is an out-of-fold split with valid folds and seed."""
+        SplitEntry.from_params(params, split).require_out_of_fold()
+        return cls(split, fold_count(params), train_seed(params))
+
+
+@dataclass(frozen=True)
+class RetrainSection:
     """params.yaml `retrain:`.
 
     Attributes:
@@ -153,15 +166,91 @@ class RetrainConfig:
     model: str
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_params(cls, params: Params) -> RetrainSection:
+        """The `retrain:` section, checked (its splits and model must be configured)."""
+        section_ = from_section(cls, section(params, "retrain"), where="retrain")
+        SplitEntry.from_params(params, section_.split)
+        SplitEntry.from_params(params, section_.eval_split)
+        require(section_.model in (params.get("models") or {}), "retrain.model",
+                "a model defined under `models:`", section_.model)
+        return section_
 
-def retrain_config(params: dict[str, Any]) -> RetrainConfig:
-    """The `retrain:` section, checked (its splits and model must be configured)."""
-    config = from_section(RetrainConfig, section(params, "retrain"), where="retrain")
-    split_params(params, config.split)
-    split_params(params, config.eval_split)
-    require(config.model in (params.get("models") or {}), "retrain.model",
-            "a model defined under `models:`", config.model)
-    return config
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fold model of an out-of-fold split (`train@<split>-<model>-<fold>`).
+
+    Attributes:
+        split, fold: the split and the held-out fold.
+        spec: the architecture (`models.<model>`).
+        settings, launch, seed: `train.settings`, `train.launch`, `train.seed`.
+        root: the split's image root; labels: its current-labels file.
+    """
+
+    split: str
+    fold: int
+    spec: ModelSpec
+    settings: TrainSettings
+    launch: LaunchConfig
+    seed: int
+    root: str
+    labels: str | None
+
+    @classmethod
+    def from_params(cls, params: Params, split: str, model: str, fold: int) -> TrainConfig:
+        """Raises ConfigError for a split that is not out-of-fold or bad train settings."""
+        entry = SplitEntry.from_params(params, split)
+        entry.require_out_of_fold()
+        settings, launch, seed = settings_from_params(params)
+        return cls(split, fold, model_specs(params, [model])[0], settings, launch, seed,
+                   entry.root, entry.labels_file)
+
+
+@dataclass(frozen=True)
+class OofConfig:
+    """The out-of-fold predictions of one model (`oof@<split>-<model>`) from its K fold folders."""
+
+    split: str
+    model: str
+    k: int
+
+    @classmethod
+    def from_params(cls, params: Params, split: str, model: str) -> OofConfig:
+        """Raises ConfigError for a split that is not out-of-fold or bad `train.folds`."""
+        SplitEntry.from_params(params, split).require_out_of_fold()
+        return cls(split, model, fold_count(params))
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """One arm of the retrain comparison (`retrain@<arm>`): `retrain:` resolved.
+
+    Attributes:
+        split, eval_split, model: as `RetrainSection`.
+        spec: the architecture of `retrain.model`.
+        settings: `train.settings` updated by `retrain.settings`; launch, seed: as training.
+        root, eval_root: the image roots of the train split and of the eval split.
+    """
+
+    split: str
+    eval_split: str
+    model: str
+    spec: ModelSpec
+    settings: TrainSettings
+    launch: LaunchConfig
+    seed: int
+    root: str
+    eval_root: str
+
+    @classmethod
+    def from_params(cls, params: Params) -> RetrainConfig:
+        """Raises ConfigError for a bad `retrain:` section or train settings."""
+        own = RetrainSection.from_params(params)
+        settings, launch, seed = settings_from_params(params, overrides=own.settings)
+        return cls(own.split, own.eval_split, own.model, model_specs(params, [own.model])[0],
+                   settings, launch, seed, SplitEntry.from_params(params, own.split).root,
+                   SplitEntry.from_params(params, own.eval_split).root)
 
 
 def eval_rows(eval_manifest: pd.DataFrame, train_ids: Sequence[str]) -> tuple[np.ndarray, int]:

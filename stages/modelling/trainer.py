@@ -42,7 +42,8 @@ from stages.modelling import train_data
 from stages.modelling.distributed import Dist
 from stages.contracts.errors import ConfigError, InputError
 from stages.contracts.formats import NUM_CLASSES, atomic_path, image_ids_sha256
-from stages.modelling.models import ModelSpec, architecture, create_model, data_config, eval_transform
+from stages.modelling.models import architecture, create_model, data_config, eval_transform
+from stages.modelling.specs import ModelSpec
 from stages.modelling.train_config import TrainSettings
 
 logger = logging.getLogger(__name__)

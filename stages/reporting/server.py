@@ -1,5 +1,6 @@
-"""`imagenet-clean review --split val`: serve a split's review report on 127.0.0.1 and write the
-reviewer's corrections to the split's overrides file, which the next `dvc repro` applies (decide).
+"""The review server (`imagenet-clean serve-review --split val`): a split's review report on
+127.0.0.1, and the reviewer's corrections written to the split's overrides file, which the next
+`dvc repro` applies (decide).
 
 The page is the static report of the `review@<split>` stage (`data/review/<split>/`); served here it
 gains buttons that write rows (`image_id,action,new_label,note`) to `splits.<split>.overrides`. The
@@ -19,7 +20,6 @@ leaves the file as it was. The file is rewritten atomically.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -34,18 +34,20 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from stages.contracts import formats
-from stages.cli import run_as_script
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.actions import Action
 from stages.method.overrides import OVERRIDE_ACTIONS as ACTIONS
+from stages.method.overrides import OverrideAction
 from stages.method.overrides import OVERRIDE_COLUMNS as COLUMNS
 from stages.method.overrides import apply_overrides, read_rows, write_rows
-from stages.contracts.params import load_params, split_params
+from stages.contracts.splits import Params, SplitEntry
+from stages.reporting.report import report_dir
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 MAX_NOTE = 500
-LEDGER_COLUMNS = ("image_id", "action", "label", "new_label", "secondary_labels", "merged",
+SERVER_LEDGER_COLUMNS = ("image_id", "action", "label", "new_label", "secondary_labels", "merged",
                   "override")
 
 
@@ -57,20 +59,22 @@ class RequestError(ValueError):
         self.status = status
 
 
-def overrides_path(params: dict[str, Any], split: str) -> Path:
-    """The split's overrides file, `splits.<split>.overrides` (the file decide applies)."""
-    path = split_params(params, split).get("overrides")
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
-                          f"data/overrides/{split}.csv")
-    return Path(path)
+@dataclass(frozen=True)
+class ServeReviewConfig:
+    """What the review server reads: the split and its overrides file (`splits.<split>.overrides`,
+    the file decide applies)."""
 
+    split: str
+    overrides: Path
 
-def parse_class(value: Any) -> int | None:
-    """A class index from 0..999, "123" or a wnid; None otherwise (booleans and floats too)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return None
-    return formats.parse_class(str(value))
+    @classmethod
+    def from_params(cls, params: Params, split: str) -> ServeReviewConfig:
+        """Raises ConfigError for an unknown split or one without an overrides path."""
+        path = SplitEntry.from_params(params, split).overrides
+        if not path:
+            raise ConfigError(f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
+                              f"data/overrides/{split}.csv")
+        return cls(split, Path(path))
 
 
 class Decision(NamedTuple):
@@ -97,10 +101,10 @@ class Ledger:
             raise MissingInputError(f"ledger {path} does not exist; run `dvc repro` first")
         stat = path.stat()
         table = pq.read_table(path)
-        missing = [c for c in LEDGER_COLUMNS if c not in table.column_names]
+        missing = [c for c in SERVER_LEDGER_COLUMNS if c not in table.column_names]
         if missing:
             raise InputError(f"ledger {path} lacks columns {missing}; re-run `dvc repro decide`")
-        frame = table.select(list(LEDGER_COLUMNS)).to_pandas()
+        frame = table.select(list(SERVER_LEDGER_COLUMNS)).to_pandas()
         frame = frame.astype({"label": "Int32", "new_label": "Int32"})
         return cls(pd.Index(frame["image_id"]), frame, (stat.st_mtime_ns, stat.st_size))
 
@@ -142,21 +146,21 @@ def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise RequestError(400, f"note must be a string of at most {MAX_NOTE} characters")
     empty = label is None or label == ""
-    if action in ("keep", "remove") and not empty:
+    if action in (OverrideAction.KEEP, OverrideAction.REMOVE) and not empty:
         raise RequestError(400, f"action {action} takes no new_label (got {label!r}); clear it")
-    if action == "fix" and empty:
+    if action == OverrideAction.FIX and empty:
         raise RequestError(400, "action fix needs a new_label: a class index 0..999 or a wnid")
-    if not empty and parse_class(label) is None:
+    if not empty and formats.parse_class(label) is None:
         raise RequestError(400, f"new_label {label!r} is not a class index 0..999 or an "
                                 "ILSVRC2012 wnid")
     decision = ledger.decision(image_id)
-    if decision.action == "skip":
+    if decision.action == Action.SKIP:
         raise RequestError(400, f"{image_id} is unreadable (a skip row); overrides cannot apply")
-    if action == "keep" and decision.label is None:
+    if action == OverrideAction.KEEP and decision.label is None:
         raise RequestError(400, f"{image_id} left the split earlier and has no label to keep; "
                                 "relabel it (fix) instead")
     return {"image_id": image_id, "action": action,
-            "new_label": "" if empty else str(parse_class(label)),
+            "new_label": "" if empty else str(formats.parse_class(label)),
             "note": " ".join(note.split())}
 
 
@@ -164,9 +168,10 @@ def _effective(rows: Sequence[dict[str, str]], decision: Decision, image_id: str
                ) -> tuple[str, int | None]:
     """(action, label) of an image once the file's keep/fix/remove row (if any) applies."""
     for r in rows:
-        if r["image_id"] == image_id and r["action"] != "secondary":
-            label = {"keep": decision.label, "remove": None}.get(r["action"])
-            return r["action"], parse_class(r["new_label"]) if r["action"] == "fix" else label
+        if r["image_id"] == image_id and r["action"] != OverrideAction.SECONDARY:
+            label = {OverrideAction.KEEP: decision.label}.get(r["action"])
+            fixed = r["action"] == OverrideAction.FIX
+            return r["action"], formats.parse_class(r["new_label"]) if fixed else label
     return decision.action, decision.new_label
 
 
@@ -187,20 +192,22 @@ def merge_rows(rows: list[dict[str, str]], new: Sequence[dict[str, str]], *,
     rows = [dict(r) for r in rows]
     for row in new:
         image_id, action, cls = row["image_id"], row["action"], row["new_label"]
-        mine = [r for r in rows if r["image_id"] == image_id and r["action"] == "secondary"]
-        if action != "secondary":
+        mine = [r for r in rows
+                if r["image_id"] == image_id and r["action"] == OverrideAction.SECONDARY]
+        if action != OverrideAction.SECONDARY:
             main = [i for i, r in enumerate(rows)
-                    if r["image_id"] == image_id and r["action"] != "secondary"]
+                    if r["image_id"] == image_id and r["action"] != OverrideAction.SECONDARY]
             if main:
                 rows[main[0]] = dict(row)
                 rows = [r for i, r in enumerate(rows) if i not in main[1:]]
             else:
                 rows.append(dict(row))
             now, label = _effective(rows, decisions[image_id], image_id)
-            rows = [r for r in rows if r not in mine or (now != "remove" and r["new_label"] != str(label))]
+            rows = [r for r in rows
+                    if r not in mine or (now != Action.REMOVE and r["new_label"] != str(label))]
             continue
         now, label = _effective(rows, decisions[image_id], image_id)
-        if cls and now == "remove":
+        if cls and now == Action.REMOVE:
             raise RequestError(400, f"{image_id} is removed; secondary labels only apply to kept or "
                                     "fixed images (keep or relabel it first)")
         if cls and cls == str(label):
@@ -346,42 +353,16 @@ class ReviewServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/"
 
 
-def make_server(split: str, params: dict[str, Any], *, host: str = "127.0.0.1", port: int = 8765,
+def make_server(config: ServeReviewConfig, *, host: str = "127.0.0.1", port: int = 8765,
                 root: str | Path = ".") -> ReviewServer:
-    """A server for `split` (port 0 picks a free port); call `serve_forever()` on it."""
-    root = Path(root)
-    split_params(params, split)
-    from stages.review import report_dir
+    """A server for the configured split (port 0 picks a free port); call `serve_forever()`."""
+    root, split = Path(root), config.split
     report = root / report_dir(split)
     if not (report / "index.html").is_file():
         raise MissingInputError(f"no review report in {report}; build it with `dvc repro "
                                 f"review@{split}` (or `python -m stages.review --split {split}`)")
-    overrides = root / overrides_path(params, split)
+    overrides = root / config.overrides
     read_rows(overrides)  # a malformed file stops here, before anyone reviews
     state = ReviewState(split, report, overrides, root / formats.ledger_path(split))
     state.ledger  # a missing or outdated ledger stops here  # noqa: B018
     return ReviewServer((host, port), state)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `imagenet-clean review --split val [--port 8765] [--host 127.0.0.1]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean review", description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
-    args = parser.parse_args(argv)
-    server = make_server(args.split, load_params(args.params), host=args.host, port=args.port)
-    logger.info("review %s: serving %s on %s (corrections go to %s); Ctrl-C stops", args.split,
-                server.state.report, server.url, server.state.overrides)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        logger.info("review: stopped")
-    finally:
-        server.server_close()
-    return 0
-
-
-if __name__ == "__main__":
-    run_as_script(main)

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from stages.sources.annotations import (
     box_xml_path,
@@ -23,7 +23,8 @@ from stages.sources.annotations import (
     parse_voc_xml,
     read_box_xml,
 )
-from stages.contracts.config import from_section, positive, require
+from stages.contracts.config import positive, require
+from stages.contracts.splits import SplitEntry
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.formats import class_wnids
 
@@ -53,40 +54,29 @@ class Source:
     where: str = "splits.<split>"
 
 
-@dataclass(frozen=True)
-class SplitEntry:
-    """The keys of a `splits.<split>` entry that say where and how its images lie (what ingest
-    reads); the entry's other keys are `OTHER_SPLIT_KEYS`."""
-
-    root: str
-    layout: str
-    subset: str | None = None
-    synsets: str | None = None
-    boxes: str | None = None
-    limit: int | None = None
-
-    def check(self, where: str) -> None:
-        """Refuse keys the layout would silently ignore (ConfigError naming the key and the fix)."""
-        require(self.layout in LAYOUTS, f"{where}.layout", f"one of {sorted(LAYOUTS)}", self.layout)
-        positive(f"{where}.limit", self.limit)
-        if self.synsets and self.layout not in SYNSETS_LAYOUTS:
-            raise ConfigError(f"params.yaml `{where}.synsets` is set, but layout {self.layout!r} "
-                              "does not read a synset list (its labels are wnids or sorted-order "
-                              "indices); remove the key (it is for layout devkit)")
-        if self.boxes and self.layout not in BOXES_LAYOUTS:
-            why = ("reads its boxes from LOC_<subset>_solution.csv and ILSVRC/Annotations"
-                   if self.layout == "kaggle" else "has no boxes")
-            raise ConfigError(f"params.yaml `{where}.boxes` is set, but layout {self.layout!r} "
-                              f"{why}; remove the key (layouts reading a bbox XML folder: "
-                              f"{', '.join(BOXES_LAYOUTS)})")
-        for key in ("synsets", "boxes"):
-            value = getattr(self, key)
-            if value and not _inside(Path(value), Path(self.root)):
-                raise ConfigError(
-                    f"params.yaml `{where}.{key}` = {value} is outside the split root "
-                    f"{self.root}; DVC tracks the root as ingest's dependency, so move (or "
-                    f"symlink) it inside the root, e.g. {Path(self.root) / Path(value).name}, "
-                    "and a change to it re-runs ingest")
+def _check_entry(source: Source) -> None:
+    """Refuse keys the layout would silently ignore (ConfigError naming the key and the fix)."""
+    where = source.where
+    require(source.layout in LAYOUTS, f"{where}.layout", f"one of {sorted(LAYOUTS)}", source.layout)
+    positive(f"{where}.limit", source.limit)
+    if source.synsets and source.layout not in SYNSETS_LAYOUTS:
+        raise ConfigError(f"params.yaml `{where}.synsets` is set, but layout {source.layout!r} "
+                          "does not read a synset list (its labels are wnids or sorted-order "
+                          "indices); remove the key (it is for layout devkit)")
+    if source.boxes and source.layout not in BOXES_LAYOUTS:
+        why = ("reads its boxes from LOC_<subset>_solution.csv and ILSVRC/Annotations"
+               if source.layout == "kaggle" else "has no boxes")
+        raise ConfigError(f"params.yaml `{where}.boxes` is set, but layout {source.layout!r} "
+                          f"{why}; remove the key (layouts reading a bbox XML folder: "
+                          f"{', '.join(BOXES_LAYOUTS)})")
+    for key in ("synsets", "boxes"):
+        value = getattr(source, key)
+        if value and not _inside(Path(value), Path(source.root)):
+            raise ConfigError(
+                f"params.yaml `{where}.{key}` = {value} is outside the split root "
+                f"{source.root}; DVC tracks the root as ingest's dependency, so move (or "
+                f"symlink) it inside the root, e.g. {Path(source.root) / Path(value).name}, "
+                "and a change to it re-runs ingest")
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -94,24 +84,18 @@ def _inside(path: Path, root: Path) -> bool:
     return path.absolute().is_relative_to(root.absolute())
 
 
-OTHER_SPLIT_KEYS = ("labels", "overrides", "models", "predictions")
-"""Keys of a split entry other stages read: `labels` (vote/promote), `overrides` (decide), `models`
-(`params.split_models`), `predictions` (the predict side). A key another stage adds belongs here
-too, or every stage refuses it."""
-
-
-def split_source(entry: Mapping[str, Any] | None, *, where: str = "splits.<split>") -> Source:
-    """A Source from a `splits.<name>` params entry, checked by `config.from_section`.
+def split_source(entry: SplitEntry) -> Source:
+    """The Source of a split entry (its keys root, layout, subset, synsets, boxes, limit).
 
     Raises:
-        ConfigError: unknown keys (with close matches), a missing root or layout, wrong types, or
-            a key the layout does not read.
+        ConfigError: a missing or mistyped key, or a key the layout does not read.
     """
-    split = from_section(SplitEntry, entry, where=where, ignore=OTHER_SPLIT_KEYS)
-    split.check(where)
-    optional = {k: Path(getattr(split, k)) for k in ("synsets", "boxes") if getattr(split, k)}
-    return Source(Path(split.root), split.layout, split.subset or "val", limit=split.limit,
-                  where=where, **optional)
+    synsets, boxes = entry.synsets, entry.boxes
+    source = Source(Path(entry.root), entry.layout, entry.subset or "val",
+                    synsets=Path(synsets) if synsets else None, boxes=Path(boxes) if boxes else None,
+                    limit=entry.limit, where=entry.where)
+    _check_entry(source)
+    return source
 
 
 @dataclass
