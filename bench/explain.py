@@ -1,12 +1,13 @@
 """Benchmark the explain stage: seconds per (candidate, model) for each CAM method, the share of
 Score-CAM calls the early exit saves, and a check that early-exit decisions equal exhaustive ones.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/explain.py [--split val] [--source auto|votes|consensus|top5]
-                                                       [--limit N] [--models a,b] [--json out.json]
-                                                       [--cache DIR] [--min-area F] [--count-only]
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/explain.py [--split val]
+        [--source auto|votes|consensus|top5] [--limit N] [--models a,b] [--json out.json]
+        [--cache DIR] [--min-area F] [--count-only]
 
 Candidates (`--source`):
-  votes      data/votes/<split>.parquet, exactly as the stage selects them (the default when present);
+  votes      data/votes/<split>.parquet, exactly as the stage selects them (the default when
+             present);
   consensus  the same rule on top-5 hits computed here (from data/predictions when present, else by
              running the models): active rows with boxes whose top-5 misses >= h3 — the stage's own
              candidate set at iteration 0 (the default until the vote stage has run);
@@ -21,37 +22,43 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from stages.method import cams
-from stages.method import exemptions
 from stages.contracts import formats
-from stages.sources.images import open_image
-from stages.modelling.models import create_model, data_config, eval_transform
-from stages.modelling.specs import model_specs
 from stages.contracts.params import load_params, resolve_threshold, section
 from stages.contracts.splits import SplitEntry
+from stages.method import cams, exemptions
+from stages.modelling.models import create_model, data_config, eval_transform
+from stages.modelling.specs import model_specs
+from stages.sources.images import open_image
 
 
 def load_manifest(split: str, params: dict[str, Any]) -> pd.DataFrame:
     """The split's manifest, or one built here by the real ingest code when absent."""
     if formats.manifest_path(split).is_file():
         return formats.read_manifest(split)
-    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
+    from stages.sources.manifest import build_manifest
 
     entry = SplitEntry.from_params(params, split)
     manifest, _ = build_manifest(Source(Path(entry.root), entry.layout, entry.subset or "val"))
     return manifest
 
 
-def top5(split: str, spec: Any, manifest: pd.DataFrame, root: str, device: torch.device,
-         cache: Path | None = None) -> np.ndarray:
+def top5(
+    split: str,
+    spec: Any,
+    manifest: pd.DataFrame,
+    root: str,
+    device: torch.device,
+    cache: Path | None = None,
+) -> np.ndarray:
     """(N, 5) top-5 classes of a model: from its predictions, else from `cache`, else computed
     here (and saved to `cache`)."""
     cached = None if cache is None else cache / f"{split}-{spec.name}-{len(manifest)}-top5.npy"
@@ -66,7 +73,7 @@ def top5(split: str, spec: Any, manifest: pd.DataFrame, root: str, device: torch
     usable = np.flatnonzero(manifest["skip_reason"].isna().to_numpy())
     with torch.no_grad():
         for start in range(0, len(usable), 64):
-            rows = usable[start:start + 64]
+            rows = usable[start : start + 64]
             x = torch.stack([transform(open_image(root, manifest.at[r, "path"])) for r in rows])
             out[rows] = model(x.to(device)).topk(5, dim=1).indices.cpu().numpy()
     if cached is not None:
@@ -75,9 +82,15 @@ def top5(split: str, spec: Any, manifest: pd.DataFrame, root: str, device: torch
     return out
 
 
-def build_candidates(source: str, split: str, params: dict[str, Any], manifest: pd.DataFrame,
-                     specs: Sequence[Any], device: torch.device, cache: Path | None = None
-                     ) -> pd.DataFrame:
+def build_candidates(
+    source: str,
+    split: str,
+    params: dict[str, Any],
+    manifest: pd.DataFrame,
+    specs: Sequence[Any],
+    device: torch.device,
+    cache: Path | None = None,
+) -> pd.DataFrame:
     """Candidates in `exemptions.select_candidates`' form for the chosen source."""
     h3 = resolve_threshold(section(params, "decide", split)["h3"], len(specs))
     if source == "votes":
@@ -96,10 +109,13 @@ def build_candidates(source: str, split: str, params: dict[str, Any], manifest: 
         models = [[n for n in hits if hits[n][i]] for i in range(len(manifest))]
         votes = pd.DataFrame({"top5_misses": [len(specs) - len(m) for m in models]})
     skipped = manifest["skip_reason"].notna()
-    votes = votes.assign(image_id=manifest["image_id"], top5_hit_models=models,
-                         label=manifest["label"].where(~skipped), n_models=len(specs),
-                         inactive_reason=manifest["skip_reason"].map(
-                             lambda r: None if r is None else f"skip: {r}"))
+    votes = votes.assign(
+        image_id=manifest["image_id"],
+        top5_hit_models=models,
+        label=manifest["label"].where(~skipped),
+        n_models=len(specs),
+        inactive_reason=manifest["skip_reason"].map(lambda r: None if r is None else f"skip: {r}"),
+    )
     return exemptions.select_candidates(manifest, votes, h3=h3)
 
 
@@ -118,8 +134,9 @@ def limit_pairs(candidates: pd.DataFrame, names: Sequence[str], limit: int | Non
     return out[out["models"].map(bool)].reset_index(drop=True)
 
 
-def run_model(candidates: pd.DataFrame, root: str, spec: Any, config: exemptions.CamOptions,
-              exhaustive: bool) -> tuple[pd.DataFrame, cams.CamStats, float]:
+def run_model(
+    candidates: pd.DataFrame, root: str, spec: Any, config: exemptions.CamOptions, exhaustive: bool
+) -> tuple[pd.DataFrame, cams.CamStats, float]:
     stats = cams.CamStats()
     config = dataclasses.replace(config, exhaustive=exhaustive, overlays=0)
     mine = candidates[candidates["models"].map(lambda m: spec.name in m)].reset_index(drop=True)
@@ -137,18 +154,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="pairs per model")
     parser.add_argument("--models", default=None, help="comma-separated subset of predict.models")
     parser.add_argument("--json", default=None, help="also write the figures here")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="folder to keep computed top-5 arrays in between runs")
-    parser.add_argument("--min-area", type=float, default=None,
-                        help="override explain.min_area (a stricter value makes Score-CAM decide more)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder to keep computed top-5 arrays in between runs",
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=None,
+        help="override explain.min_area (a stricter value makes Score-CAM decide more)",
+    )
     parser.add_argument("--count-only", action="store_true", help="print the pairs and stop")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     if args.min_area is not None:
         params["explain"]["min_area"] = args.min_area
     config = exemptions.CamOptions.from_params(params)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") \
-        if config.device == "auto" else torch.device(config.device)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if config.device == "auto"
+        else torch.device(config.device)
+    )
     source = args.source
     if source == "auto":
         source = "votes" if formats.votes_path(args.split).is_file() else "consensus"
@@ -158,49 +186,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [s for s in specs if args.models is None or s.name in args.models.split(",")]
     candidates = limit_pairs(candidates, [s.name for s in specs], args.limit)
     root = SplitEntry.from_params(params, args.split).root
-    print(f"source={source} device={device} threads={torch.get_num_threads()} "
-          f"heat={config.rule.heat} min_area={config.rule.min_area} "
-          f"candidates={len(candidates)} pairs={sum(map(len, candidates['models']))}", flush=True)
-    print("pairs per model:", {s.name: sum(s.name in m for m in candidates["models"])
-                               for s in specs}, flush=True)
+    print(
+        f"source={source} device={device} threads={torch.get_num_threads()} "
+        f"heat={config.rule.heat} min_area={config.rule.min_area} "
+        f"candidates={len(candidates)} pairs={sum(map(len, candidates['models']))}",
+        flush=True,
+    )
+    print(
+        "pairs per model:",
+        {s.name: sum(s.name in m for m in candidates["models"]) for s in specs},
+        flush=True,
+    )
     if args.count_only:
         return 0
-    figures: dict[str, Any] = {"source": source, "device": str(device), "models": {},
-                               "min_area": config.rule.min_area, "heat": config.rule.heat}
-    header = f"{'model':<22}{'pairs':>6}{'gradcam s':>11}{'gradcam++ s':>13}{'scorecam s':>12}" \
-             f"{'scorecam runs':>15}{'saved':>8}{'equal':>7}{'early-exit s':>14}"
+    figures: dict[str, Any] = {
+        "source": source,
+        "device": str(device),
+        "models": {},
+        "min_area": config.rule.min_area,
+        "heat": config.rule.heat,
+    }
+    header = (
+        f"{'model':<22}{'pairs':>6}{'gradcam s':>11}{'gradcam++ s':>13}{'scorecam s':>12}"
+        f"{'scorecam runs':>15}{'saved':>8}{'equal':>7}{'early-exit s':>14}"
+    )
     lines = []
     for spec in chosen:
         full, full_stats, _ = run_model(candidates, root, spec, config, exhaustive=True)
         if full.empty:
             continue
-        quick, quick_stats, quick_seconds = run_model(candidates, root, spec, config, exhaustive=False)
+        quick, quick_stats, quick_seconds = run_model(
+            candidates, root, spec, config, exhaustive=False
+        )
         rule = config.rule
         expected = [rule.exempts([r.gradcam, r.gradcampp, r.scorecam]) for r in full.itertuples()]
-        equal = bool((quick["exempted"].tolist() == expected)
-                     and quick["exempted"].equals(full["exempted"]))
-        per = {m: full_stats.seconds.get(m, 0.0) / max(1, full_stats.calls.get(m, 0))
-               for m in cams.METHODS}
+        equal = bool(
+            (quick["exempted"].tolist() == expected) and quick["exempted"].equals(full["exempted"])
+        )
+        per = {
+            m: full_stats.seconds.get(m, 0.0) / max(1, full_stats.calls.get(m, 0))
+            for m in cams.METHODS
+        }
         runs = quick_stats.calls.get("scorecam", 0)
         saved = 1.0 - runs / len(full)
-        figures["models"][spec.name] = {"pairs": len(full), "seconds_per_pair": per,
-                                        "scorecam_runs_early_exit": runs, "scorecam_saved": saved,
-                                        "decisions_equal": equal, "early_exit_seconds": quick_seconds,
-                                        "exempted": int(quick["exempted"].sum())}
-        lines.append(f"{spec.name:<22}{len(full):>6}{per['gradcam']:>11.3f}{per['gradcam++']:>13.3f}"
-                     f"{per['scorecam']:>12.2f}{runs:>15}{saved:>8.1%}{str(equal):>7}"
-                     f"{quick_seconds:>14.1f}")
+        figures["models"][spec.name] = {
+            "pairs": len(full),
+            "seconds_per_pair": per,
+            "scorecam_runs_early_exit": runs,
+            "scorecam_saved": saved,
+            "decisions_equal": equal,
+            "early_exit_seconds": quick_seconds,
+            "exempted": int(quick["exempted"].sum()),
+        }
+        lines.append(
+            f"{spec.name:<22}{len(full):>6}{per['gradcam']:>11.3f}{per['gradcam++']:>13.3f}"
+            f"{per['scorecam']:>12.2f}{runs:>15}{saved:>8.1%}{equal!s:>7}"
+            f"{quick_seconds:>14.1f}"
+        )
         print(lines[-1], flush=True)
     print(header, *lines, sep="\n")
     models = figures["models"].values()
     pairs = sum(m["pairs"] for m in models)
     figures["pairs"] = pairs
-    figures["scorecam_saved"] = 1 - sum(m["scorecam_runs_early_exit"] for m in models) / max(1, pairs)
+    figures["scorecam_saved"] = 1 - sum(m["scorecam_runs_early_exit"] for m in models) / max(
+        1, pairs
+    )
     figures["all_decisions_equal"] = all(m["decisions_equal"] for m in models)
     figures["early_exit_seconds"] = sum(m["early_exit_seconds"] for m in models)
-    print(f"pairs={pairs} scorecam_saved={figures['scorecam_saved']:.1%} "
-          f"decisions_equal={figures['all_decisions_equal']} "
-          f"stage_seconds(early exit, these pairs)={figures['early_exit_seconds']:.1f}")
+    print(
+        f"pairs={pairs} scorecam_saved={figures['scorecam_saved']:.1%} "
+        f"decisions_equal={figures['all_decisions_equal']} "
+        f"stage_seconds(early exit, these pairs)={figures['early_exit_seconds']:.1f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     return 0 if figures["all_decisions_equal"] else 1

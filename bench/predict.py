@@ -11,10 +11,11 @@
     and of its DataLoader worker processes.
 
 Usage (the images are decoded from --root, a Kaggle-layout folder; the manifest is built with
-stages.ingest.build_manifest):
+stages.sources.manifest.build_manifest):
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/predict.py --root ../shared/demo/imagenet-val-1300 \
-        [--limit 500] [--models a b] [--batch-size 64] [--workers 2] [--device auto] [--threads 1]
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/predict.py \
+        --root ../shared/demo/imagenet-val-1300 [--limit 500] [--models a b] [--batch-size 64] \
+        [--workers 2] [--device auto] [--threads 1]
 
 On a shared CPU the figures move with the other load: the load average is printed with them, and
 (b) is also given in CPU seconds. On CPU the forward passes dominate (decode + resize of a 227x227
@@ -31,19 +32,26 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+import pandas as pd
 import torch
 
-from stages.sources.images import open_image
-from stages.sources.manifest import build_manifest
-from stages.sources.layouts import Source
-from stages.modelling.models import resolve_device
-from stages.modelling.specs import model_specs
 from stages.contracts.params import load_params
-from stages.modelling.predictor import PredictConfig, cpu_threads, load_member, predict_split, softmax_batch
+from stages.modelling.models import resolve_device
 from stages.modelling.predict_data import plan_batches
+from stages.modelling.predictor import (
+    PredictConfig,
+    cpu_threads,
+    load_member,
+    predict_split,
+    softmax_batch,
+)
+from stages.modelling.specs import ModelSpec, model_specs
+from stages.sources.images import open_image
+from stages.sources.layouts import Source
+from stages.sources.manifest import build_manifest
 
 
 def _peak_mb(who: int) -> float:
@@ -52,20 +60,37 @@ def _peak_mb(who: int) -> float:
 
 def _cpu_s() -> float:
     """CPU seconds of this process and its reaped children (the DataLoader workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _timed_split(manifest, root, specs, config, out_dir: Path) -> tuple[float, float]:
+def _timed_split(
+    manifest: pd.DataFrame,
+    root: Path,
+    specs: Sequence[ModelSpec],
+    config: PredictConfig,
+    out_dir: Path,
+) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of one `predict_split` run; CPU time barely moves with the
     other jobs on a shared machine, wall time does."""
     start, cpu = time.perf_counter(), _cpu_s()
-    predict_split(manifest, root, specs, config=config,
-                  outs={s.name: out_dir / f"{s.name}.npy" for s in specs}, split="bench")
+    predict_split(
+        manifest,
+        root,
+        specs,
+        config=config,
+        outs={s.name: out_dir / f"{s.name}.npy" for s in specs},
+        split="bench",
+    )
     return time.perf_counter() - start, _cpu_s() - cpu
 
 
-def _bare_forward_s(manifest, root, specs, config: PredictConfig) -> dict[str, float]:
+def _bare_forward_s(
+    manifest: pd.DataFrame, root: Path, specs: Sequence[ModelSpec], config: PredictConfig
+) -> dict[str, float]:
     """Seconds of each model's forward + softmax on pre-decoded inputs, in the stage's batches."""
     device = resolve_device(config.device)
     usable = manifest["skip_reason"].isna().to_numpy()
@@ -77,9 +102,14 @@ def _bare_forward_s(manifest, root, specs, config: PredictConfig) -> dict[str, f
         if transform.key not in inputs:
             inputs.clear()  # one group's tensors at a time
             images = [transform.worker_tensor(open_image(root, p)) for p in manifest["path"]]
-            inputs[transform.key] = [transform.to_device(torch.stack([images[i] for i in rows]), device,
-                                                         channels_last=config.channels_last)
-                                     for rows in batches]
+            inputs[transform.key] = [
+                transform.to_device(
+                    torch.stack([images[i] for i in rows]),
+                    device,
+                    channels_last=config.channels_last,
+                )
+                for rows in batches
+            ]
         with torch.inference_mode():
             softmax_batch(member, inputs[transform.key][0], config=config)  # warm-up, not timed
             if device.type == "cuda":
@@ -100,15 +130,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: predict.threads, else torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: predict.threads, else torch's default)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     params = load_params(args.params)
-    overrides = {k: v for k, v in {"batch_size": args.batch_size, "workers": args.workers,
-                                   "device": args.device, "threads": args.threads}.items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "device": args.device,
+            "threads": args.threads,
+        }.items()
+        if v is not None
+    }
     params["predict"].update(overrides)
     config = PredictConfig.from_params(params)
     specs = model_specs(params, args.models)
@@ -118,21 +159,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = int(manifest["skip_reason"].isna().sum())
     for path in manifest["path"]:  # warm the page cache so no run pays the first disk read
         (root / path).read_bytes()
-    print(f"predict bench: {n} images from {root}, models {[s.name for s in specs]}, "
-          f"batch {config.batch_size}, workers {config.workers}, device "
-          f"{resolve_device(config.device)}, torch threads {config.threads or torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared machine)")
+    print(
+        f"predict bench: {n} images from {root}, models {[s.name for s in specs]}, "
+        f"batch {config.batch_size}, workers {config.workers}, device "
+        f"{resolve_device(config.device)}, "
+        f"torch threads {config.threads or torch.get_num_threads()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared machine)"
+    )
 
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         tmp_path = Path(tmp)
-        ensemble_s, ensemble_cpu = _timed_split(manifest, root, specs, config, tmp_path / "ensemble")
-        single = {s.name: _timed_split(manifest, root, [s], config, tmp_path / "single")
-                  for s in specs}
+        ensemble_s, ensemble_cpu = _timed_split(
+            manifest, root, specs, config, tmp_path / "ensemble"
+        )
+        single = {
+            s.name: _timed_split(manifest, root, [s], config, tmp_path / "single") for s in specs
+        }
         single_s = {name: wall for name, (wall, _) in single.items()}
         single_cpu = sum(cpu for _, cpu in single.values())
-        identical = all((tmp_path / "ensemble" / f"{s.name}{x}").read_bytes()
-                        == (tmp_path / "single" / f"{s.name}{x}").read_bytes()
-                        for s in specs for x in (".npy", ".json"))
+        identical = all(
+            (tmp_path / "ensemble" / f"{s.name}{x}").read_bytes()
+            == (tmp_path / "single" / f"{s.name}{x}").read_bytes()
+            for s in specs
+            for x in (".npy", ".json")
+        )
     rss_self, rss_workers = _peak_mb(resource.RUSAGE_SELF), _peak_mb(resource.RUSAGE_CHILDREN)
     with cpu_threads(config.threads):
         bare_s = _bare_forward_s(manifest, root, specs, config)
@@ -143,15 +193,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         e2e, bare = n / single_s[spec.name], n / bare_s[spec.name]
         print(f"{spec.name:<22}{e2e:>11.1f}{bare:>12.1f}{e2e / bare:>8.2f}")
     total_single, total_bare = sum(single_s.values()), sum(bare_s.values())
-    print(f"{'all models':<22}{n * len(specs) / total_single:>11.1f}"
-          f"{n * len(specs) / total_bare:>12.1f}{total_bare / total_single:>8.2f}")
-    print(f"\n(b) one-pass ensemble {ensemble_s:.1f} s vs sum of per-model runs {total_single:.1f} s:"
-          f" ratio {ensemble_s / total_single:.2f} (goal <= 0.8); CPU time {ensemble_cpu:.1f} s vs "
-          f"{single_cpu:.1f} s: ratio {ensemble_cpu / single_cpu:.2f}; bare forwards / ensemble "
-          f"{total_bare / ensemble_s:.2f}; files byte-identical: {identical}")
-    print(f"\n(c) peak RSS: stage process {rss_self:.0f} MB, largest DataLoader worker "
-          f"{rss_workers:.0f} MB (then {_peak_mb(resource.RUSAGE_SELF):.0f} MB with the bench's "
-          f"pre-decoded tensors); load average now {os.getloadavg()[0]:.2f}")
+    print(
+        f"{'all models':<22}{n * len(specs) / total_single:>11.1f}"
+        f"{n * len(specs) / total_bare:>12.1f}{total_bare / total_single:>8.2f}"
+    )
+    print(
+        f"\n(b) one-pass ensemble {ensemble_s:.1f} s vs sum of per-model runs {total_single:.1f} s:"
+        f" ratio {ensemble_s / total_single:.2f} (goal <= 0.8); CPU time {ensemble_cpu:.1f} s vs "
+        f"{single_cpu:.1f} s: ratio {ensemble_cpu / single_cpu:.2f}; bare forwards / ensemble "
+        f"{total_bare / ensemble_s:.2f}; files byte-identical: {identical}"
+    )
+    print(
+        f"\n(c) peak RSS: stage process {rss_self:.0f} MB, largest DataLoader worker "
+        f"{rss_workers:.0f} MB (then {_peak_mb(resource.RUSAGE_SELF):.0f} MB with the bench's "
+        f"pre-decoded tensors); load average now {os.getloadavg()[0]:.2f}"
+    )
     return 0 if identical else 1
 
 

@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from stages.contracts import formats
+from stages.contracts.params import load_params
 from stages.method import references as reference
 from stages.method.ledger import DecideConfig, decide_split
 from stages.method.merges import load_merges
 from stages.method.scoring import EvaluateConfig
-from stages.contracts.params import load_params
 from stages.method.strategies import STRATEGIES
 
 
@@ -31,15 +32,18 @@ def compare(split: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     base = DecideConfig.from_params(params, split)
     evaluate = EvaluateConfig.from_params(params, split)
     if evaluate.reference is None:
-        raise SystemExit(f"evaluate.reference_labels names no file for {split}: this comparison "
-                         "needs a reference")
+        raise SystemExit(
+            f"evaluate.reference_labels names no file for {split}: this comparison "
+            "needs a reference"
+        )
     manifest = formats.read_manifest(split)
     votes = formats.read_table(formats.votes_path(split), what="votes")
     cams = formats.read_table(formats.cams_path(split), what="CAM scores")
     merges = load_merges(base.merges.table) if base.merges.enabled else {}
     source = evaluate.reference
-    entries = reference.align(reference.load_reference(source), manifest["image_id"],
-                              source=str(source))
+    entries = reference.align(
+        reference.load_reference(source), manifest["image_id"], source=str(source)
+    )
     rows = []
     for strategy in STRATEGIES:
         config = dataclasses.replace(base, strategy=strategy)
@@ -51,19 +55,24 @@ def compare(split: str, params: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]], split: str) -> None:
     """A Markdown table, one line per strategy."""
+
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    print(f"| strategy ({split}) | agreement before -> after | fixes: corrected / neutral / "
-          "broken | removals (% of rows) | removal precision | secondary labels | secondary "
-          "precision |")
+    print(
+        f"| strategy ({split}) | agreement before -> after | fixes: corrected / neutral / "
+        "broken | removals (% of rows) | removal precision | secondary labels | secondary "
+        "precision |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         f = r["fixes"]
-        print(f"| {r['strategy']} | {pct(r['agreement_before'])} -> {pct(r['agreement_after'])} | "
-              f"{f['total']}: {f['corrected']} / {f['neutral']} / {f['broken']} | "
-              f"{r['removals']} ({pct(r['removed_fraction'])} %) | {pct(r['removal_precision'])} | "
-              f"{r['secondary_labels']} | {pct(r['secondary_precision'])} |")
+        print(
+            f"| {r['strategy']} | {pct(r['agreement_before'])} -> {pct(r['agreement_after'])} | "
+            f"{f['total']}: {f['corrected']} / {f['neutral']} / {f['broken']} | "
+            f"{r['removals']} ({pct(r['removed_fraction'])} %) | {pct(r['removal_precision'])} | "
+            f"{r['secondary_labels']} | {pct(r['secondary_precision'])} |"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,15 +30,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
 from stages.contracts import formats
-from stages.sources.manifest import build_manifest
-from stages.sources.layouts import Source
 from stages.contracts.params import load_params
+from stages.sources.layouts import Source
+from stages.sources.manifest import build_manifest
 
 ROOT = Path.cwd()
 
@@ -48,20 +49,38 @@ DEMO = ROOT / "data/demo/imagenet-val"
 def _project(folder: Path, args: argparse.Namespace, processes: int) -> None:
     """A split `bench` of the first --images demo images, 2 folds, the stage's params."""
     params = load_params(ROOT / "params.yaml")
-    params["splits"]["bench"] = {"root": str(DEMO), "layout": "kaggle", "subset": "val",
-                                 "labels": "none.parquet", "predictions": "out-of-fold"}
+    params["splits"]["bench"] = {
+        "root": str(DEMO),
+        "layout": "kaggle",
+        "subset": "val",
+        "labels": "none.parquet",
+        "predictions": "out-of-fold",
+    }
     params["models"][args.model] = {"spec": args.model, "pretrained": False}
     params["train"] = {
-        "splits": ["bench"], "models": [args.model], "folds": [0, 1], "seed": 0,
+        "splits": ["bench"],
+        "models": [args.model],
+        "folds": [0, 1],
+        "seed": 0,
         "launch": {"nproc_per_node": processes},
-        "settings": {"epochs": args.epochs, "batch_size": args.batch_size,
-                     "input_size": args.input_size, "workers": args.workers,
-                     "threads": args.threads, "device": args.device, "checkpoint_every": 10**6}}
+        "settings": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "input_size": args.input_size,
+            "workers": args.workers,
+            "threads": args.threads,
+            "device": args.device,
+            "checkpoint_every": 10**6,
+        },
+    }
     (folder / "data/manifests").mkdir(parents=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     manifest, _ = build_manifest(Source(DEMO, "kaggle", "val"))
-    formats.write_table(manifest.head(args.images), folder / "data/manifests/bench.parquet",
-                        schema=formats.MANIFEST_SCHEMA)
+    formats.write_table(
+        manifest.head(args.images),
+        folder / "data/manifests/bench.parquet",
+        schema=formats.MANIFEST_SCHEMA,
+    )
 
 
 def _run(folder: Path, command: Sequence[str]) -> float:
@@ -79,18 +98,37 @@ def measure(args: argparse.Namespace, processes: int) -> dict[str, Any]:
         folder = Path(tmp)
         _project(folder, args, processes)
         _run(folder, [sys.executable, "-m", "stages.folds", "--split", "bench"])
-        wall = _run(folder, [sys.executable, "-m", "stages.train", "--split", "bench", "--model",
-                             args.model, "--fold", "0", "--timing", str(folder / "timing.json")])
+        wall = _run(
+            folder,
+            [
+                sys.executable,
+                "-m",
+                "stages.train",
+                "--split",
+                "bench",
+                "--model",
+                args.model,
+                "--fold",
+                "0",
+                "--timing",
+                str(folder / "timing.json"),
+            ],
+        )
         log = json.loads((folder / f"data/oof/bench/{args.model}/fold-0/log.json").read_text())
         timing = json.loads((folder / "timing.json").read_text())
     epochs = timing["epochs"][1:] or timing["epochs"]
     images = sum(e["images"] for e in epochs)
     seconds = sum(e["seconds"] for e in epochs)
     rate = images / seconds
-    return {"processes": processes, "images_per_s": round(rate, 1),
-            "images_per_s_per_process": round(rate / processes, 1),
-            "train_rows": log["n_train"], "updates": log["steps"], "wall_s": round(wall, 1),
-            "epochs": [e["images_per_s"] for e in timing["epochs"]]}
+    return {
+        "processes": processes,
+        "images_per_s": round(rate, 1),
+        "images_per_s_per_process": round(rate / processes, 1),
+        "train_rows": log["n_train"],
+        "updates": log["steps"],
+        "wall_s": round(wall, 1),
+        "epochs": [e["images_per_s"] for e in timing["epochs"]],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,14 +148,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(measure(args, processes))
         print(json.dumps(results[-1]), f"load average {os.getloadavg()[0]:.2f}", flush=True)
     base = results[0]["images_per_s"]
-    print(f"\n{args.model} {args.input_size}px, batch {args.batch_size}/process, "
-          f"{args.threads} thread(s) and {args.workers} loader worker(s) per process, "
-          f"{args.device}, {os.cpu_count()} CPUs")
+    print(
+        f"\n{args.model} {args.input_size}px, batch {args.batch_size}/process, "
+        f"{args.threads} thread(s) and {args.workers} loader worker(s) per process, "
+        f"{args.device}, {os.cpu_count()} CPUs"
+    )
     print("| processes | images/s | per process | ratio to first | stage wall s |")
     print("|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['processes']} | {r['images_per_s']} | {r['images_per_s_per_process']} | "
-              f"{r['images_per_s'] / base:.2f} | {r['wall_s']} |")
+        print(
+            f"| {r['processes']} | {r['images_per_s']} | {r['images_per_s_per_process']} | "
+            f"{r['images_per_s'] / base:.2f} | {r['wall_s']} |"
+        )
     return 0
 
 

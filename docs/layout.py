@@ -40,7 +40,7 @@ metrics/     metrics JSON and plot data tracked by DVC (in git)
 bench/       benchmark scripts (below); their tables are in the Benchmarks page
 docs/        this site (mkdocs-material; `make docs` builds it into site/)
 tests/       pytest, mirrors stages/
-.ci/run      CI: installs chromium when missing, then `make test`
+.ci/run      CI: `make lint`, installs chromium when missing, then `make test`
 ```
 
 A stage module in `stages/` is only a door: it parses argv, builds its typed config, calls the

@@ -9,7 +9,8 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stages.contracts.errors import UserError
 
@@ -45,14 +46,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = _strip_debug(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DEPRECATED:
         new = DEPRECATED[argv[0]]
-        print(f"note: `imagenet-clean {argv[0]}` is deprecated and will be removed; it runs "
-              f"`imagenet-clean {new}` (the review report itself is the DVC stage "
-              "`dvc repro review@<split>`)", file=sys.stderr)
+        print(
+            f"note: `imagenet-clean {argv[0]}` is deprecated and will be removed; it runs "
+            f"`imagenet-clean {new}` (the review report itself is the DVC stage "
+            "`dvc repro review@<split>`)",
+            file=sys.stderr,
+        )
         argv = [new, *argv[1:]]
     if not argv or argv[0] not in COMMANDS:
         names = ", ".join(COMMANDS)
-        print(f"usage: imagenet-clean [--debug] {{{names}}} [options]  (each takes --help)",
-              file=sys.stderr)
+        print(
+            f"usage: imagenet-clean [--debug] {{{names}}} [options]  (each takes --help)",
+            file=sys.stderr,
+        )
         return 2
     configure_logging()
     command, rest = argv[0], argv[1:]
@@ -62,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _strip_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
-    """argv without `--debug`, and whether tracebacks of user errors are wanted."""
+    """Argv without `--debug`, and whether tracebacks of user errors are wanted."""
     rest = [a for a in argv if a != "--debug"]
     return rest, len(rest) != len(argv)
 
@@ -85,14 +91,27 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def split_stage_main(argv: Sequence[str] | None, *, stage: str, doc: str,
-                     run: Callable[[str, dict[str, Any]], Any]) -> int:
-    """The CLI of a per-split stage: `--split <name> [--params params.yaml]` -> `run(split, params)`."""
+def split_stage_main(
+    argv: Sequence[str] | None, *, stage: str, doc: str, run: Callable[[str, dict[str, Any]], Any]
+) -> int:
+    """The CLI of a per-split stage: `--split <name> [--params params.yaml]` -> run(split, params).
+
+    Args:
+        argv: the arguments after the stage's name (None: sys.argv's).
+        stage: the command name; doc: the module docstring, whose first line describes the stage.
+        run: the stage's function of (split, params).
+    """
     from stages.contracts.params import load_params
 
-    parser = argparse.ArgumentParser(prog=f"imagenet-clean {stage}", description=doc.splitlines()[0])
-    parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser = argparse.ArgumentParser(
+        prog=f"imagenet-clean {stage}", description=doc.splitlines()[0]
+    )
+    parser.add_argument(
+        "--split", required=True, help="a split configured under params.yaml splits"
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
     args = parser.parse_args(argv)
     run(args.split, load_params(args.params))
     return 0

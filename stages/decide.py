@@ -1,9 +1,9 @@
 """`decide` stage: votes + CAM exemptions -> the decision ledger and the cleaned split.
 
-A decision strategy (`decide.<split>.strategy`, `stages.method.strategies`) decides every active row:
-`consensus` (the default: multi-label aware, from the ensemble's evidence, the CL votes, the top-5
-consensus and the CAM veto; it records secondary labels for images that show several classes) or
-`paper` (the rules of Kertész 2021, exactly). Then the paper's Table A.1 **merges**
+A decision strategy (`decide.<split>.strategy`, `stages.method.strategies`) decides every active
+row: `consensus` (the default: multi-label aware, from the ensemble's evidence, the CL votes, the
+top-5 consensus and the CAM veto; it records secondary labels for images that show several
+classes) or `paper` (the rules of Kertész 2021, exactly). Then the paper's Table A.1 **merges**
 (`decide.merges`): every kept or fixed row whose label is a source class gets the target class
 (`merged` = true; the action stays keep or fix). Then the split's **human overrides**
 (`splits.<split>.overrides`, a CSV image_id,action,new_label,note) win over everything: keep (the
@@ -40,18 +40,38 @@ def run_decide(split: str, params: Params, *, root: str | Path = ".") -> dict[st
     cams = formats.read_table(root / formats.cams_path(split), what=f"CAM scores of {split!r}")
     merges = load_merges(root / config.merges.table) if config.merges.enabled else {}
     overrides = load_overrides(root / config.overrides) if config.overrides else None
-    ledger, clean = decide_split(votes, manifest, config=config, cams=cams, merges=merges,
-                                 overrides=overrides, overrides_source=str(config.overrides))
-    formats.write_table(ledger, root / formats.ledger_path(split), schema=formats.LEDGER_FULL_SCHEMA)
+    ledger, clean = decide_split(
+        votes,
+        manifest,
+        config=config,
+        cams=cams,
+        merges=merges,
+        overrides=overrides,
+        overrides_source=str(config.overrides),
+    )
+    formats.write_table(
+        ledger, root / formats.ledger_path(split), schema=formats.LEDGER_FULL_SCHEMA
+    )
     formats.write_table(clean, root / formats.clean_path(split), schema=formats.CLEAN_SCHEMA)
     counts = reconcile(ledger, manifest)
-    counts.update(merged=int(ledger["merged"].sum()), override=int(ledger["override"].sum()),
-                  exempted=int(ledger["exempted"].sum()),
-                  secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
-                  placeholders=int(clean["placeholder"].sum()))
+    counts.update(
+        merged=int(ledger["merged"].sum()),
+        override=int(ledger["override"].sum()),
+        exempted=int(ledger["exempted"].sum()),
+        secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
+        placeholders=int(clean["placeholder"].sum()),
+    )
     t = config.thresholds
-    logger.info("decide %s (strategy %s, h1=%d h2=%d h3=%d, |M|=%d): %s", split, config.strategy,
-                t.h1, t.h2, t.h3, t.n_models, counts)
+    logger.info(
+        "decide %s (strategy %s, h1=%d h2=%d h3=%d, |M|=%d): %s",
+        split,
+        config.strategy,
+        t.h1,
+        t.h2,
+        t.h3,
+        t.n_models,
+        counts,
+    )
     return counts
 
 

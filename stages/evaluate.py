@@ -11,10 +11,10 @@ Metrics (deterministic JSON, null where a ratio has no rows):
 - `cam`: `vetoed` removals (exempted rows) and a histogram by number of exempting models.
 - `multi_label_estimate`: the share of active rows whose ensemble gives two or more classes at
   least `evaluate.multi_label_threshold` (for splits without a reference; Anzaku et al. 2024).
-- `reference` (with `evaluate.reference_labels`, see `stages.method.references`): agreement before -> after,
-  fix outcomes, removal precision, recall of reference-bad rows, secondary-label precision, the
-  reference's multi-label share, and `worse` (true, with a logged warning, when the cleaned labels
-  agree less with people than the input labels).
+- `reference` (with `evaluate.reference_labels`, see `stages.method.references`): agreement before
+  -> after, fix outcomes, removal precision, recall of reference-bad rows, secondary-label
+  precision, the reference's multi-label share, and `worse` (true, with a logged warning, when the
+  cleaned labels agree less with people than the input labels).
 - `metrics/<split>-classes.csv` / `.png`: this iteration's fixes and removals per class (top
   `evaluate.top_classes`); `metrics/<split>-rounds.csv`: counts and human agreement per iteration
   (the history `imagenet-clean promote` keeps beside the labels file, plus this iteration).
@@ -53,20 +53,35 @@ def run_evaluate(split: str, params: Params, *, root: str | Path = ".") -> dict[
     predictions = {m: root / formats.predictions_path(split, m) for m in config.models}
     entries = None
     if config.reference is not None:
-        entries = references.align(references.load_reference(root / config.reference),
-                                   ledger["image_id"], source=str(config.reference))
+        entries = references.align(
+            references.load_reference(root / config.reference),
+            ledger["image_id"],
+            source=str(config.reference),
+        )
     metrics, classes = evaluate_split(
-        ledger, votes, predictions, cams=cams, clean=clean, entries=entries,
-        multi_label_threshold=config.multi_label_threshold, top_classes=config.top_classes,
-        split=split)
+        ledger,
+        votes,
+        predictions,
+        cams=cams,
+        clean=clean,
+        entries=entries,
+        multi_label_threshold=config.multi_label_threshold,
+        top_classes=config.top_classes,
+        split=split,
+    )
     folder = root / formats.metrics_path(split).parent
     formats.write_json(metrics, root / formats.metrics_path(split))
     with formats.atomic_path(folder / f"{split}-classes.csv") as tmp:
         classes.to_csv(tmp, index=False, lineterminator="\n")
-    plot_classes(classes, folder / f"{split}-classes.png", empty=empty_note(metrics),
-                 title=f"{split}: fixes and removals per class (top {config.top_classes})")
-    write_rounds(rounds_table(root / rounds_history_path(config.labels_file), metrics), folder,
-                 split)
+    plot_classes(
+        classes,
+        folder / f"{split}-classes.png",
+        empty=empty_note(metrics),
+        title=f"{split}: fixes and removals per class (top {config.top_classes})",
+    )
+    write_rounds(
+        rounds_table(root / rounds_history_path(config.labels_file), metrics), folder, split
+    )
     logger.info("evaluate %s: %s", split, metrics["counts"])
     return metrics
 

@@ -25,16 +25,27 @@ from stages.modelling.train_config import FoldsConfig
 logger = logging.getLogger(__name__)
 
 
-def run_folds(split: str, params: Params, *, manifest_path: str | Path | None = None,
-              out: str | Path | None = None) -> dict[str, Any]:
+def run_folds(
+    split: str,
+    params: Params,
+    *,
+    manifest_path: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Write the fold table of `split`; return its per-fold counts."""
     config = FoldsConfig.from_params(params, split)
     manifest = formats.read_manifest(split, path=manifest_path)
     table = fold_table(manifest, k=config.k, seed=config.seed)
     formats.write_table(table, out or folds_path(split), schema=FOLDS_SCHEMA)
     counts = np.bincount(table["fold"].drop_null().to_numpy(), minlength=config.k).tolist()
-    stats = {"split": split, "folds": config.k, "seed": config.seed, "rows": len(manifest),
-             "skipped": int(table["fold"].null_count), "per_fold": counts}
+    stats = {
+        "split": split,
+        "folds": config.k,
+        "seed": config.seed,
+        "rows": len(manifest),
+        "skipped": int(table["fold"].null_count),
+        "per_fold": counts,
+    }
     logger.info("folds %s: %s", split, stats)
     return stats
 

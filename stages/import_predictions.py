@@ -16,7 +16,6 @@ project the import is recorded with `dvc commit -f predict@<split>-<model>`, so 
 `dvc repro` treat the stage as up to date.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -34,9 +33,17 @@ from stages.modelling.imported import ImportConfig, dvc_commit, import_predictio
 logger = logging.getLogger(__name__)
 
 
-def run_import(split: str, model: str, path: str | Path, params: Params, *,
-               image_ids: str | Path | None = None, manifest_path: str | Path | None = None,
-               out: str | Path | None = None, commit: bool = True) -> dict[str, Any]:
+def run_import(
+    split: str,
+    model: str,
+    path: str | Path,
+    params: Params,
+    *,
+    image_ids: str | Path | None = None,
+    manifest_path: str | Path | None = None,
+    out: str | Path | None = None,
+    commit: bool = True,
+) -> dict[str, Any]:
     """Import one model's predictions for a split; write the .npy and its sidecar, record the
     import with DVC when inside a DVC project, return the sidecar."""
     config = ImportConfig.from_params(params, split, model)
@@ -44,30 +51,55 @@ def run_import(split: str, model: str, path: str | Path, params: Params, *,
     manifest = formats.read_manifest(split, path=manifest_path)
     table = open_predictions(path, image_ids=image_ids)
     out = Path(out or formats.predictions_path(split, model))
-    top1, top5, scored, skipped = import_predictions(table, manifest, out, dtype=dtype)
+    top1, top5, scored, _skipped = import_predictions(table, manifest, out, dtype=dtype)
     sidecar = predictions_sidecar(
-        manifest, model=model, split=split, source="imported", dtype=dtype, spec=config.spec,
-        top1=formats.percent(top1, scored), top5=formats.percent(top5, scored),
-        imported_from=Path(path).name, imported_sha256=formats.file_sha256(path))
+        manifest,
+        model=model,
+        split=split,
+        source="imported",
+        dtype=dtype,
+        spec=config.spec,
+        top1=formats.percent(top1, scored),
+        top5=formats.percent(top5, scored),
+        imported_from=Path(path).name,
+        imported_sha256=formats.file_sha256(path),
+    )
     formats.write_json(sidecar, out.with_suffix(".json"))
-    logger.info("imported %s for %s/%s: %d rows, top-1 %s, top-5 %s", path, split, model,
-                len(manifest), sidecar["top1"], sidecar["top5"])
+    logger.info(
+        "imported %s for %s/%s: %d rows, top-1 %s, top-5 %s",
+        path,
+        split,
+        model,
+        len(manifest),
+        sidecar["top1"],
+        sidecar["top5"],
+    )
     stage = f"predict@{split}-{model}"
     in_matrix = config.in_matrix
-    if commit and Path(".dvc").is_dir() and in_matrix and out == formats.predictions_path(split, model):
+    if (
+        commit
+        and Path(".dvc").is_dir()
+        and in_matrix
+        and out == formats.predictions_path(split, model)
+    ):
         dvc_commit(stage)
     elif in_matrix:
         logger.info("record the import for DVC with `dvc commit -f %s`", stage)
     else:
-        logger.warning("%s/%s is not in predict.splits x predict.models, so no DVC stage owns these "
-                       "predictions; add them there for vote to use them", split, model)
+        logger.warning(
+            "%s/%s is not in predict.splits x predict.models, so no DVC stage owns these "
+            "predictions; add them there for vote to use them",
+            split,
+            model,
+        )
     return sidecar
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean import-predictions --split S --model M FILE`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean import-predictions",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="imagenet-clean import-predictions", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("file", help=".npz / .parquet with image_id + probabilities, or .npy")
     parser.add_argument("--split", required=True)
     parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
@@ -75,11 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
     parser.add_argument("--out", default=None, help="default: data/predictions/<split>/<model>.npy")
-    parser.add_argument("--no-dvc-commit", action="store_true",
-                        help="do not run `dvc commit -f predict@<split>-<model>`")
+    parser.add_argument(
+        "--no-dvc-commit",
+        action="store_true",
+        help="do not run `dvc commit -f predict@<split>-<model>`",
+    )
     args = parser.parse_args(argv)
-    run_import(args.split, args.model, args.file, load_params(args.params), image_ids=args.image_ids,
-               manifest_path=args.manifest, out=args.out, commit=not args.no_dvc_commit)
+    run_import(
+        args.split,
+        args.model,
+        args.file,
+        load_params(args.params),
+        image_ids=args.image_ids,
+        manifest_path=args.manifest,
+        out=args.out,
+        commit=not args.no_dvc_commit,
+    )
     return 0
 
 

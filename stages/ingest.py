@@ -26,12 +26,15 @@ from stages.sources.manifest import IngestConfig, build_manifest
 logger = logging.getLogger(__name__)
 
 
-def ingest(split: str, params: Params, *, out: Path | None = None,
-           metrics_out: Path | None = None) -> dict[str, Any]:
+def ingest(
+    split: str, params: Params, *, out: Path | None = None, metrics_out: Path | None = None
+) -> dict[str, Any]:
     """Write one split's manifest and ingest metrics; return the stats."""
     source = split_source(SplitEntry.from_params(params, split))
     manifest, stats = build_manifest(source, config=IngestConfig.from_params(params))
-    formats.write_table(manifest, out or formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
+    formats.write_table(
+        manifest, out or formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA
+    )
     formats.write_json(stats, metrics_out or Path("metrics/ingest") / f"{split}.json")
     # vote depends on this folder: when nothing fills it (the split is in neither predict.splits
     # nor train.splits), vote then stops with the fix instead of DVC's bare "No such file".

@@ -28,15 +28,28 @@ from stages.modelling.out_of_fold import assemble
 from stages.modelling.train_config import OofConfig
 
 
-def run_oof(split: str, model: str, params: Params, *, manifest_path: str | Path | None = None,
-            folds_path: str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
+def run_oof(
+    split: str,
+    model: str,
+    params: Params,
+    *,
+    manifest_path: str | Path | None = None,
+    folds_path: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Assemble one (split, model)'s fold folders into its predictions -> the sidecar."""
     config = OofConfig.from_params(params, split, model)
     manifest = formats.read_manifest(split, path=manifest_path)
     fold_of = read_folds(split, manifest, path=folds_path)
     folders = [fold_dir(split, model, fold) for fold in range(config.k)]
-    return assemble(manifest, fold_of, folders, Path(out or formats.predictions_path(split, model)),
-                    split=split, model=model)
+    return assemble(
+        manifest,
+        fold_of,
+        folders,
+        Path(out or formats.predictions_path(split, model)),
+        split=split,
+        model=model,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`predict` stage: models over a split -> cached softmax probabilities, resumable, in one image pass.
+"""`predict` stage: models over a split -> cached softmax probabilities, resumable, one image pass.
 
 Writes `data/predictions/<split>/<model>.npy`: (N, 1000) probabilities in manifest row order,
 float32 (or float16 by `predict.dtype`), NaN rows for manifest skip rows (never decoded), plus its
@@ -9,8 +9,8 @@ its `fingerprint.json`: a run killed at any point resumes with the missing shard
 final file appears, atomically, only when complete. `main_ensemble` predicts several models in one
 pass over the images (each decoded once) and writes byte-identical files. Under `torchrun` (or
 with `predict.processes` > 1) each process computes a share of the missing shards and rank 0
-assembles the same files (`stages.modelling.distributed`). An image that cannot be decoded although the
-manifest marks it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
+assembles the same files (`stages.modelling.distributed`). An image that cannot be decoded although
+the manifest marks it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
 """
 
 from __future__ import annotations
@@ -29,30 +29,47 @@ from stages.modelling.launch import launch_or_run
 from stages.modelling.predictor import PredictConfig, PredictOptions, predict_split
 
 
-def run_predict(split: str, model: str, params: Params, *,
-                manifest_path: str | Path | None = None, out: str | Path | None = None
-                ) -> dict[str, Any]:
+def run_predict(
+    split: str,
+    model: str,
+    params: Params,
+    *,
+    manifest_path: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar.
     Under torchrun it joins the process group (see stages.modelling.distributed) for the run."""
     config = PredictConfig.from_params(params, split, [model])
     manifest = formats.read_manifest(split, path=manifest_path)
     out = Path(out or formats.predictions_path(split, model))
     with distributed.session(config.options.device):
-        return predict_split(manifest, config.root, config.specs, config=config.options,
-                             outs={model: out}, split=split)[model]
+        return predict_split(
+            manifest,
+            config.root,
+            config.specs,
+            config=config.options,
+            outs={model: out},
+            split=split,
+        )[model]
 
 
-def run_ensemble(split: str, params: Params, *, manifest_path: str | Path | None = None,
-                 out_dir: str | Path | None = None, models: Sequence[str] | None = None
-                 ) -> dict[str, dict[str, Any]]:
-    """All `predict.models` (or `models`) of a split in one image pass; same files as run_predict."""
+def run_ensemble(
+    split: str,
+    params: Params,
+    *,
+    manifest_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    models: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """All `predict.models` (or `models`) of a split in one image pass; the files of run_predict."""
     config = PredictConfig.from_params(params, split, list(models) if models else None)
     manifest = formats.read_manifest(split, path=manifest_path)
     folder = Path(out_dir) if out_dir else formats.predictions_path(split, "x").parent
     outs = {s.name: folder / f"{s.name}.npy" for s in config.specs}
     with distributed.session(config.options.device):
-        return predict_split(manifest, config.root, config.specs, config=config.options, outs=outs,
-                             split=split)
+        return predict_split(
+            manifest, config.root, config.specs, config=config.options, outs=outs, split=split
+        )
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -73,24 +90,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     return launch_or_run(
-        "stages.predict", argv, PredictOptions.from_params(params).processes,
-        lambda: run_predict(args.split, args.model, params, manifest_path=args.manifest,
-                            out=args.out))
+        "stages.predict",
+        argv,
+        PredictOptions.from_params(params).processes,
+        lambda: run_predict(
+            args.split, args.model, params, manifest_path=args.manifest, out=args.out
+        ),
+    )
 
 
 def main_ensemble(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean predict-ensemble --split val`: every model, one pass over the images."""
-    parser = _parser("imagenet-clean predict-ensemble", "Predict all predict.models of a split in "
-                     "one pass")
+    parser = _parser(
+        "imagenet-clean predict-ensemble", "Predict all predict.models of a split in one pass"
+    )
     parser.add_argument("--models", nargs="+", default=None, help="default: predict.models")
     parser.add_argument("--out-dir", default=None, help="default: data/predictions/<split>")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     params = load_params(args.params)
     return launch_or_run(
-        "stages.cli", ["predict-ensemble", *argv], PredictOptions.from_params(params).processes,
-        lambda: run_ensemble(args.split, params, manifest_path=args.manifest, out_dir=args.out_dir,
-                             models=args.models))
+        "stages.cli",
+        ["predict-ensemble", *argv],
+        PredictOptions.from_params(params).processes,
+        lambda: run_ensemble(
+            args.split,
+            params,
+            manifest_path=args.manifest,
+            out_dir=args.out_dir,
+            models=args.models,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -32,28 +32,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="imagenet-clean publish",
         description="Build data/hub (a Hub dataset folder) from the cleaned splits and ledgers; "
-                    "push it when publish.push (or --push) asks.")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        "push it when publish.push (or --push) asks.",
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
     parser.add_argument("--out", default="data/hub", help="the repository folder to write")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="log what a push would upload (files, sizes, repo, tag); no network")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="log what a push would upload (files, sizes, repo, tag); no network",
+    )
     parser.add_argument("--push", action="store_true", help="push even when publish.push is false")
     args = parser.parse_args(argv)
     config = PublishConfig.from_params(load_params(args.params))
     options = config.options
     dry_run = options.dry_run or args.dry_run
     pushing = (options.push or args.push) and not dry_run
-    folder = build_hub_folder(config.inputs, mode=options.mode, out=args.out,
-                              include_placeholders=options.include_placeholders,
-                              max_shard_bytes=options.max_shard_bytes, context=config.context)
+    folder = build_hub_folder(
+        config.inputs,
+        mode=options.mode,
+        out=args.out,
+        include_placeholders=options.include_placeholders,
+        max_shard_bytes=options.max_shard_bytes,
+        context=config.context,
+    )
     if pushing or dry_run:
         try:
-            push(folder.path, repo_id=options.repo_id, iteration=folder.iteration,
-                 token=os.environ.get("HF_TOKEN") or None, dry_run=dry_run,
-                 private=options.private)
+            push(
+                folder.path,
+                repo_id=options.repo_id,
+                iteration=folder.iteration,
+                token=os.environ.get("HF_TOKEN") or None,
+                dry_run=dry_run,
+                private=options.private,
+            )
         except PushError as error:
-            raise PushError(f"{error}. {args.out} is built and kept; push it with `imagenet-clean "
-                            "publish --push` when the Hub can be reached") from error
+            raise PushError(
+                f"{error}. {args.out} is built and kept; push it with `imagenet-clean "
+                "publish --push` when the Hub can be reached"
+            ) from error
     return 0
 
 

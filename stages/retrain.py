@@ -1,4 +1,4 @@
-"""`retrain` stage: the two arms of the paper's Table 2, one architecture on original vs cleaned labels.
+"""`retrain` stage: the paper's Table 2 arms, one architecture on original vs cleaned labels.
 
 `retrain@original` and `retrain@cleaned` train `retrain.model` on the train split `retrain.split`
 with `train.settings` (updated by `retrain.settings`, the same for both arms) and the same seed:
@@ -27,7 +27,9 @@ from stages.modelling.training import train_arm
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.retrain --arm original|cleaned [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean retrain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="imagenet-clean retrain", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--arm", required=True, choices=ARMS)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

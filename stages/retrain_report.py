@@ -3,9 +3,10 @@
 Scores the eval split's predictions of both arms (`data/retrain/original/`, `data/retrain/cleaned/`,
 written by `stages.retrain`) on the eval split's original labels, its cleaned labels (the kept and
 fixed rows of its ledger) and, when `evaluate.reference_labels` is set, the human reference
-(`stages.method.references`; ReaL-style: a prediction is right when it is among the accepted classes;
-images without any accepted class are not scored). Refuses arms trained differently. Imports no
-torch: it starts in seconds and never makes DVC re-run the (costly) arms when only scoring changes.
+(`stages.method.references`; ReaL-style: a prediction is right when it is among the accepted
+classes; images without any accepted class are not scored). Refuses arms trained differently.
+Imports no torch: it starts in seconds and never makes DVC re-run the (costly) arms when only
+scoring changes.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def run_report(params: Params, *, out: Path | None = None) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.retrain_report [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean retrain-report",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="imagenet-clean retrain-report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     run_report(load_params(args.params))

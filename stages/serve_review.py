@@ -21,17 +21,27 @@ logger = logging.getLogger(__name__)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean serve-review --split val [--port 8765] [--host 127.0.0.1]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean serve-review",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--split", required=True, help="a split configured under params.yaml splits")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="imagenet-clean serve-review", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--split", required=True, help="a split configured under params.yaml splits"
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free)")
     args = parser.parse_args(argv)
     config = ServeReviewConfig.from_params(load_params(args.params), args.split)
     server = make_server(config, host=args.host, port=args.port)
-    logger.info("serve-review %s: serving %s on %s (corrections go to %s); Ctrl-C stops",
-                args.split, server.state.report, server.url, server.state.overrides)
+    logger.info(
+        "serve-review %s: serving %s on %s (corrections go to %s); Ctrl-C stops",
+        args.split,
+        server.state.report,
+        server.url,
+        server.state.overrides,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

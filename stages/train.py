@@ -31,7 +31,9 @@ from stages.modelling.training import train_fold
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.train --split S --model M --fold K [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="imagenet-clean train", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--split", required=True)
     parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
     parser.add_argument("--fold", required=True, type=int)
@@ -40,8 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timing", default=None, help="write per-epoch timings here (benchmarks)")
     args = parser.parse_args(argv)
     config = TrainConfig.from_params(load_params(args.params), args.split, args.model, args.fold)
-    return launch_or_run("stages.train", argv, config.launch,
-                         lambda: train_fold(config, out=args.out, timing=args.timing))
+    return launch_or_run(
+        "stages.train",
+        argv,
+        config.launch,
+        lambda: train_fold(config, out=args.out, timing=args.timing),
+    )
 
 
 if __name__ == "__main__":

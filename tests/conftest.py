@@ -64,8 +64,8 @@ def params(_params: dict) -> dict:
 @pytest.fixture(scope="session")
 def demo_manifest() -> pd.DataFrame:
     """Manifest of the embedded demo's 500 val images, built by the real ingest code."""
-    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
+    from stages.sources.manifest import build_manifest
 
     manifest, _ = build_manifest(Source(DEMO_ROOT, "kaggle", "val"))
     return manifest
@@ -77,10 +77,22 @@ def small_manifest(demo_manifest: pd.DataFrame) -> pd.DataFrame:
     return demo_manifest.head(48).reset_index(drop=True)
 
 
-PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", "pyproject.toml", "iterations",
-                 "data/table_a1_merges.csv", "data/overrides", "data/demo/models",
-                 "data/demo/references", ".dvc/config", ".dvc/.gitignore", ".dvc/plots",
-                 ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "stages",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "iterations",
+    "data/table_a1_merges.csv",
+    "data/overrides",
+    "data/demo/models",
+    "data/demo/references",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvc/plots",
+    ".dvcignore",
+    ".gitignore",
+]
 
 
 def copy_project(dest: Path, n_images: int) -> Path:
@@ -101,10 +113,14 @@ def copy_project(dest: Path, n_images: int) -> Path:
     (split / "LOC_val_solution.csv").write_text(lines[0] + "".join(keep))
     for line in keep:
         image_id = line.split(",")[0]
-        shutil.copy(DEMO_ROOT / "ILSVRC/Data/CLS-LOC/val" / f"{image_id}.JPEG",
-                    split / "ILSVRC/Data/CLS-LOC/val")
-        shutil.copy(DEMO_ROOT / "ILSVRC/Annotations/CLS-LOC/val" / f"{image_id}.xml",
-                    split / "ILSVRC/Annotations/CLS-LOC/val")
+        shutil.copy(
+            DEMO_ROOT / "ILSVRC/Data/CLS-LOC/val" / f"{image_id}.JPEG",
+            split / "ILSVRC/Data/CLS-LOC/val",
+        )
+        shutil.copy(
+            DEMO_ROOT / "ILSVRC/Annotations/CLS-LOC/val" / f"{image_id}.xml",
+            split / "ILSVRC/Annotations/CLS-LOC/val",
+        )
     _shrink_train_demo(dest / "params.yaml", n_images)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
@@ -127,19 +143,29 @@ def _shrink_train_demo(params_file: Path, n_images: int) -> None:
 def run_in(project: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command (dvc, git, python, imagenet-clean) in a test project with the venv on PATH."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-           "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "HF_HUB_OFFLINE": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     result = subprocess.run(list(command), cwd=project, env=env, text=True, capture_output=True)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
 @pytest.fixture
 def make_project(tmp_path: Path):
     """Factory: a git-initialised copy of the project on a slice of the demo."""
+
     def make(n_images: int = 24) -> Path:
         return copy_project(tmp_path / "project", n_images)
+
     return make

@@ -20,7 +20,7 @@ from stages.contracts import formats
 from stages.hub.publishing import HubFolder, SplitInputs, build_hub_folder
 
 ROWS = 20
-KEEP, FIX, REMOVE, SKIP, MERGED = range(0, 12), range(12, 15), range(15, 18), 18, 19
+KEEP, FIX, REMOVE, SKIP, MERGED = range(12), range(12, 15), range(15, 18), 18, 19
 EXEMPTED = 5
 ITERATION = 1
 TOKEN = "hf_publishTestSecretToken0123456789"
@@ -30,10 +30,16 @@ LEDGER_SCHEMA = formats.LEDGER_FULL_SCHEMA
 METRICS = {
     "counts": {"keep": 13, "fix": 3, "remove": 3, "skip": 1, "merge": 1},
     "models": {  # evaluate's shape, then the other nesting (the card reads both)
-        "mobilenetv1_025": {"cl_label_errors": 4, "original": {"top1": 41.5, "top5": 66.0, "rows": 19},
-                            "cleaned": {"top1": 44.25, "top5": 69.75, "rows": 16}},
-        "mobilenetv1_050": {"top1": {"original": 50.0, "cleaned": 52.0},
-                            "top5": {"original": 70.0, "cleaned": 72.0}}},
+        "mobilenetv1_025": {
+            "cl_label_errors": 4,
+            "original": {"top1": 41.5, "top5": 66.0, "rows": 19},
+            "cleaned": {"top1": 44.25, "top5": 69.75, "rows": 16},
+        },
+        "mobilenetv1_050": {
+            "top1": {"original": 50.0, "cleaned": 52.0},
+            "top5": {"original": 70.0, "cleaned": 72.0},
+        },
+    },
     "reference": {"agreement_before": 81.25, "agreement_after": 87.5, "fix_precision": 66.7},
 }
 
@@ -57,27 +63,65 @@ def ledger_rows(manifest: list[dict], wnids: list[str]) -> list[dict]:
             misses, exempted, reason = 4, True, "kept: exempted by CAMs"
         elif index == MERGED:
             new_label, reason = keyboard, "kept; merged (Table A.1)"
-        rows.append({"image_id": item["image_id"], "label": label, "action": action,
-                     "new_label": new_label, "cl_candidates": candidates, "top5_misses": misses,
-                     "exempted": exempted, "reason": reason,
-                     "secondary_labels": SECONDARY.get(index, []), "original_label": label,
-                     "iteration": ITERATION, "merged": index == MERGED, "override": False,
-                     "exemptions": int(exempted)})
+        rows.append(
+            {
+                "image_id": item["image_id"],
+                "label": label,
+                "action": action,
+                "new_label": new_label,
+                "cl_candidates": candidates,
+                "top5_misses": misses,
+                "exempted": exempted,
+                "reason": reason,
+                "secondary_labels": SECONDARY.get(index, []),
+                "original_label": label,
+                "iteration": ITERATION,
+                "merged": index == MERGED,
+                "override": False,
+                "exemptions": int(exempted),
+            }
+        )
     return rows
 
 
 def clean_rows(manifest: list[dict], ledger: list[dict], wnids: list[str]) -> list[dict]:
-    rows = [{"image_id": item["image_id"], "path": item["path"], "label": decided["new_label"],
-             "original_label": item["label"], "wnid": wnids[decided["new_label"]],
-             "action": decided["action"], "placeholder": False, "merged": decided["merged"],
-             "boxes": item["boxes"], "width": item["width"], "height": item["height"],
-             "iteration": ITERATION, "secondary_labels": decided["secondary_labels"]}
-            for item, decided in zip(manifest, ledger, strict=True) if decided["action"] in ("keep", "fix")]
+    rows = [
+        {
+            "image_id": item["image_id"],
+            "path": item["path"],
+            "label": decided["new_label"],
+            "original_label": item["label"],
+            "wnid": wnids[decided["new_label"]],
+            "action": decided["action"],
+            "placeholder": False,
+            "merged": decided["merged"],
+            "boxes": item["boxes"],
+            "width": item["width"],
+            "height": item["height"],
+            "iteration": ITERATION,
+            "secondary_labels": decided["secondary_labels"],
+        }
+        for item, decided in zip(manifest, ledger, strict=True)
+        if decided["action"] in ("keep", "fix")
+    ]
     for wnid in ("n04505470", "n04264628"):  # classes emptied by the merges
-        rows.append({"image_id": f"placeholder_{wnid}", "path": None, "label": wnids.index(wnid),
-                     "original_label": None, "wnid": wnid, "action": "placeholder",
-                     "placeholder": True, "merged": False, "boxes": [], "width": 224,
-                     "height": 224, "iteration": ITERATION, "secondary_labels": []})
+        rows.append(
+            {
+                "image_id": f"placeholder_{wnid}",
+                "path": None,
+                "label": wnids.index(wnid),
+                "original_label": None,
+                "wnid": wnid,
+                "action": "placeholder",
+                "placeholder": True,
+                "merged": False,
+                "boxes": [],
+                "width": 224,
+                "height": 224,
+                "iteration": ITERATION,
+                "secondary_labels": [],
+            }
+        )
     return rows
 
 
@@ -90,12 +134,21 @@ def inputs(tmp_path: Path, small_manifest, demo_root: Path) -> SplitInputs:
     manifest[SKIP]["skip_reason"] = "unreadable image: test"
     wnids = formats.class_wnids()
     ledger = ledger_rows(manifest, wnids)
-    split = SplitInputs("val", tmp_path / "manifests/val.parquet", tmp_path / "decisions/val.parquet",
-                        tmp_path / "clean/val.parquet", demo_root, tmp_path / "metrics/val.json")
-    formats.write_table(pa.Table.from_pylist(manifest, schema=formats.MANIFEST_SCHEMA), split.manifest)
+    split = SplitInputs(
+        "val",
+        tmp_path / "manifests/val.parquet",
+        tmp_path / "decisions/val.parquet",
+        tmp_path / "clean/val.parquet",
+        demo_root,
+        tmp_path / "metrics/val.json",
+    )
+    formats.write_table(
+        pa.Table.from_pylist(manifest, schema=formats.MANIFEST_SCHEMA), split.manifest
+    )
     formats.write_table(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), split.ledger)
-    formats.write_table(pa.Table.from_pylist(clean_rows(manifest, ledger, wnids), schema=CLEAN_SCHEMA),
-                        split.clean)
+    formats.write_table(
+        pa.Table.from_pylist(clean_rows(manifest, ledger, wnids), schema=CLEAN_SCHEMA), split.clean
+    )
     formats.write_json(METRICS, split.metrics)
     return split
 
@@ -107,8 +160,12 @@ def cache(tmp_path: Path) -> str:
 
 
 def build(inputs: SplitInputs, out: Path, **options) -> HubFolder:
-    options = {"mode": "labels", "include_placeholders": False, "max_shard_bytes": 500_000_000,
-               **options}
+    options = {
+        "mode": "labels",
+        "include_placeholders": False,
+        "max_shard_bytes": 500_000_000,
+        **options,
+    }
     return build_hub_folder([inputs], out=out, **options)
 
 
@@ -139,7 +196,9 @@ class RecordingHub:
 
     def fake_upload_folder(self, *args, **kwargs):
         folder = Path(kwargs["folder_path"])
-        kwargs["files"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        kwargs["files"] = sorted(
+            p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+        )
         self.calls.append(("upload_folder", args, kwargs))
         return SimpleNamespace(oid="0123abcd" * 5, commit_url="https://hub.invalid/commit")
 
@@ -158,10 +217,12 @@ def online(monkeypatch: pytest.MonkeyPatch) -> None:
 def project_dir(tmp_path: Path, inputs: SplitInputs, params: dict, **publish) -> Path:
     """A project folder laid out as the stage expects (data/..., metrics/, params.yaml)."""
     project = tmp_path / "project"
-    for source, target in [(inputs.manifest, formats.manifest_path("val")),
-                           (inputs.ledger, formats.ledger_path("val")),
-                           (inputs.clean, formats.clean_path("val")),
-                           (inputs.metrics, formats.metrics_path("val"))]:
+    for source, target in [
+        (inputs.manifest, formats.manifest_path("val")),
+        (inputs.ledger, formats.ledger_path("val")),
+        (inputs.clean, formats.clean_path("val")),
+        (inputs.metrics, formats.metrics_path("val")),
+    ]:
         (project / target).parent.mkdir(parents=True, exist_ok=True)
         (project / target).write_bytes(source.read_bytes())
     params["splits"]["val"]["root"] = str(inputs.root)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from stages.contracts.errors import InputError, MissingInputError, UserError
+from stages.contracts.formats import class_wnids
 from stages.sources.annotations import (
     devkit_synsets,
     ground_truth,
@@ -14,8 +16,6 @@ from stages.sources.annotations import (
     parse_voc_xml,
     read_box_xml,
 )
-from stages.contracts.errors import InputError, MissingInputError, UserError
-from stages.contracts.formats import class_wnids
 
 WNID = "n01440764"
 
@@ -24,27 +24,43 @@ def voc(objects: str, size: str = "<size><width>100</width><height>80</height></
     return f"<annotation>{size}{objects}</annotation>"
 
 
-def box(xmin: str = "1", ymin: str = "2", xmax: str = "30", ymax: str = "40", name: str = WNID) -> str:
-    return (f"<object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>")
+def box(
+    xmin: str = "1", ymin: str = "2", xmax: str = "30", ymax: str = "40", name: str = WNID
+) -> str:
+    return (
+        f"<object><name>{name}</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+        f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
+    )
 
 
 def test_good_xml_reads_objects_and_size(tmp_path: Path) -> None:
     (tmp_path / "a.xml").write_text(voc(box() + box("5.7", "6", "7", "8", "n01443537")))
     assert parse_voc_xml(tmp_path / "a.xml") == (
-        [(WNID, [1, 2, 30, 40]), ("n01443537", [5, 6, 7, 8])], (100, 80))
+        [(WNID, [1, 2, 30, 40]), ("n01443537", [5, 6, 7, 8])],
+        (100, 80),
+    )
 
 
-@pytest.mark.parametrize("text, message", [
-    (voc(box(xmin="abc")), r"object 1 \(n01440764\) <xmin> is 'abc', not a number"),
-    (voc(box(ymax="")), r"object 1 \(n01440764\) <ymax> is missing"),   # was: cannot convert float NaN
-    (voc(box(xmax="nan")), r"object 1 \(n01440764\) <xmax> is 'nan', not a finite number"),
-    (voc(box(), size="<size><width>abc</width><height>8</height></size>"),
-     r"<size><width> is 'abc', not a number"),                          # was: invalid literal for int()
-    (voc(box(name="")), r"object 1 has no <name>"),
-    ("<annotation><object>", r"not valid XML"),
-])
-def test_malformed_xml_names_the_file_and_the_object(tmp_path: Path, text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (voc(box(xmin="abc")), r"object 1 \(n01440764\) <xmin> is 'abc', not a number"),
+        (
+            voc(box(ymax="")),
+            r"object 1 \(n01440764\) <ymax> is missing",
+        ),  # was: cannot convert float NaN
+        (voc(box(xmax="nan")), r"object 1 \(n01440764\) <xmax> is 'nan', not a finite number"),
+        (
+            voc(box(), size="<size><width>abc</width><height>8</height></size>"),
+            r"<size><width> is 'abc', not a number",
+        ),  # was: invalid literal for int()
+        (voc(box(name="")), r"object 1 has no <name>"),
+        ("<annotation><object>", r"not valid XML"),
+    ],
+)
+def test_malformed_xml_names_the_file_and_the_object(
+    tmp_path: Path, text: str, message: str
+) -> None:
     path = tmp_path / "bad.xml"
     path.write_text(text)
     with pytest.raises(InputError, match=f"{path}: {message}"):
@@ -66,17 +82,23 @@ def solution(tmp_path: Path, body: str, header: str = "ImageId,PredictionString"
 
 
 def test_bad_csv_rows_become_reasons_naming_file_and_line(tmp_path: Path) -> None:
-    path = solution(tmp_path, f"good,{WNID} 1 2 3 4\n"
-                              f"letters,{WNID} 1 2 abc 4\n"     # was: invalid literal for int()
-                              "nothing\n"                        # was: 'NoneType' has no attribute 'split'
-                              f"short,{WNID} 1 2\n"
-                              f"good,{WNID} 5 6 7 8\n"
-                              f",{WNID} 1 2 3 4\n")
+    path = solution(
+        tmp_path,
+        f"good,{WNID} 1 2 3 4\n"
+        f"letters,{WNID} 1 2 abc 4\n"  # was: invalid literal for int()
+        "nothing\n"  # was: 'NoneType' has no attribute 'split'
+        f"short,{WNID} 1 2\n"
+        f"good,{WNID} 5 6 7 8\n"
+        f",{WNID} 1 2 3 4\n",
+    )
     rows = kaggle_solution(path)
     assert rows["good"] == f"bad annotation: {path}: good is on line 2 and again on {path} line 6"
-    assert rows["letters"] == (f"bad annotation: {path} line 3: {WNID} coordinate is 'abc', "
-                               "not a number")
-    assert rows["nothing"].startswith(f"bad annotation: {path} line 4: PredictionString None is not")
+    assert rows["letters"] == (
+        f"bad annotation: {path} line 3: {WNID} coordinate is 'abc', not a number"
+    )
+    assert rows["nothing"].startswith(
+        f"bad annotation: {path} line 4: PredictionString None is not"
+    )
     assert rows["short"].startswith(f"bad annotation: {path} line 5: PredictionString")
     assert "" not in rows
 
@@ -94,7 +116,9 @@ def test_synset_list_must_be_1000_distinct_known_wnids(tmp_path: Path) -> None:
     wnids = class_wnids()
     path = tmp_path / "synsets.txt"
     path.write_text("\n".join(wnids[:-1]) + "\n")
-    with pytest.raises(InputError, match=r"synsets.txt: expected the 1000 distinct .* got 999 lines"):
+    with pytest.raises(
+        InputError, match=r"synsets.txt: expected the 1000 distinct .* got 999 lines"
+    ):
         devkit_synsets(path)
     path.write_text("\n".join(wnids[:-1] + ["n99999999"]) + "\n")
     with pytest.raises(InputError, match="unknown e.g. 'n99999999'"):

@@ -1,6 +1,6 @@
-"""stages.sources.boxes: ground-truth boxes mapped through timm's eval transform onto the model input
-(`input_geometry`, `boxes_to_input`, `box_mask`), checked by hand-computed geometry and against a
-mask image pushed through timm's own transform steps.
+"""stages.sources.boxes: ground-truth boxes mapped through timm's eval transform onto the model
+input (`input_geometry`, `boxes_to_input`, `box_mask`), checked by hand-computed geometry and
+against a mask image pushed through timm's own transform steps.
 """
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ import pytest
 from PIL import Image
 
 from stages.method import cams
-from stages.sources.boxes import box_mask, boxes_to_input, input_geometry
 from stages.modelling.models import eval_transform
+from stages.sources.boxes import box_mask, boxes_to_input, input_geometry
 
-CONFIG_128 = {"input_size": (3, 128, 128), "interpolation": "bilinear", "mean": (0.5,) * 3,
-              "std": (0.5,) * 3, "crop_pct": 0.875, "crop_mode": "center"}
+CONFIG_128 = {
+    "input_size": (3, 128, 128),
+    "interpolation": "bilinear",
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
 
 
 def test_geometry_square_demo_image_hand_computed() -> None:
@@ -29,7 +35,8 @@ def test_geometry_square_demo_image_hand_computed() -> None:
 def test_geometry_non_square_boxes_inside_partly_and_fully_outside() -> None:
     transform = eval_transform(CONFIG_128)
     geom = input_geometry(transform, 300, 200)
-    # shorter side 200 -> 146, longer int(146 * 300 / 200) = 219; crop left round(91 / 2) = 46, top 9
+    # shorter side 200 -> 146, longer int(146 * 300 / 200) = 219;
+    # crop left round(91 / 2) = 46, top 9
     assert (geom.sx, geom.sy, geom.dx, geom.dy) == (Fraction(73, 100), Fraction(73, 100), -46, -9)
     inside = box_mask([[100, 50, 200, 150]], geom)  # x [27, 100), y [27.5, 100.5) in the input
     expected = np.zeros((128, 128), bool)
@@ -53,13 +60,17 @@ def test_geometry_portrait_image_crops_vertically() -> None:
 @pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
 @pytest.mark.parametrize("size", [(300, 200), (200, 333), (227, 227), (90, 60)])
 def test_box_mask_matches_a_mask_image_pushed_through_the_real_transform(
-        crop_mode: str, size: tuple[int, int]) -> None:
+    crop_mode: str, size: tuple[int, int]
+) -> None:
     """Independent check: draw the boxes into an image, run timm's own transform steps on it
     (nearest-neighbour), compare with the analytic mask."""
     config = {**CONFIG_128, "crop_mode": crop_mode, "interpolation": "nearest"}
     transform = eval_transform(config)
     width, height = size
-    boxes = [[width // 10, height // 5, width // 2, height * 4 // 5], [width * 3 // 4, 0, width, height // 3]]
+    boxes = [
+        [width // 10, height // 5, width // 2, height * 4 // 5],
+        [width * 3 // 4, 0, width, height // 3],
+    ]
     image = Image.new("RGB", size, (0, 0, 0))
     for x0, y0, x1, y1 in boxes:
         image.paste((255, 255, 255), (x0, y0, x1, y1))

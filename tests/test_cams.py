@@ -15,12 +15,14 @@ import timm
 import torch
 
 from stages.method import cams
-from stages.sources.boxes import box_mask, input_geometry
 from stages.method.exemptions import CamModel, cam_model
-from stages.sources.images import open_image
 from stages.modelling.specs import ModelSpec, model_specs
+from stages.sources.boxes import box_mask, input_geometry
+from stages.sources.images import open_image
 
-CONFIDENT_IMAGE = "ILSVRC2012_val_00000890"  # mobilenetv1_025: p(label 25) = 0.92, box [73, 9, 187, 193]
+CONFIDENT_IMAGE = (
+    "ILSVRC2012_val_00000890"  # mobilenetv1_025: p(label 25) = 0.92, box [73, 9, 187, 193]
+)
 
 
 def v1_spec(params: dict) -> ModelSpec:
@@ -32,8 +34,13 @@ def v1_spec(params: dict) -> ModelSpec:
 
 def hook_count(model: torch.nn.Module) -> int:
     """Registered forward/backward (pre-)hooks over all modules."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +96,32 @@ def test_target_layers_by_family_override_fallback_and_error(cam_v1: CamModel, _
     resnet = timm.create_model("resnet18", pretrained=False)
     path, layer = cams.resolve_target_layer(resnet, architecture="resnet18", name="r")
     assert path == "layer4" and layer is resnet.layer4
-    path, layer = cams.resolve_target_layer(v2, architecture="mobilenetv2_100", name="m",
-                                            override="blocks.-2.0")
+    path, layer = cams.resolve_target_layer(
+        v2, architecture="mobilenetv2_100", name="m", override="blocks.-2.0"
+    )
     assert layer is v2.blocks[-2][0]
     convnext = timm.create_model("convnext_atto", pretrained=False)
-    assert cams.resolve_target_layer(convnext, architecture="convnext_atto", name="c")[0] == "stages"
+    assert (
+        cams.resolve_target_layer(convnext, architecture="convnext_atto", name="c")[0] == "stages"
+    )
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
-    with pytest.raises(ValueError, match=r"cannot resolve a target layer for model 'v'.*target_layers\.v"):
+    with pytest.raises(
+        ValueError, match=r"cannot resolve a target layer for model 'v'.*target_layers\.v"
+    ):
         cams.resolve_target_layer(vit, architecture="vit_tiny_patch16_224", name="v")
-    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, embed_dim=16,
-                             depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))  # NHWC features
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        embed_dim=16,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+    )  # NHWC features
     with pytest.raises(ValueError, match="cannot resolve a target layer"):
         cams.resolve_target_layer(swin, architecture="swin_tiny_patch4_window7_224", name="s")
     with pytest.raises(ValueError, match=r"'nope'.*children"):
-        cams.resolve_target_layer(v2, architecture="mobilenetv2_100", name="m", override="blocks.nope")
+        cams.resolve_target_layer(
+            v2, architecture="mobilenetv2_100", name="m", override="blocks.nope"
+        )
 
 
 # ----------------------------------------------------------------------------- real CAMs
@@ -152,16 +171,36 @@ def test_early_exit_decisions_equal_exhaustive(cam_v1, demo_manifest, demo_root)
     inputs, masks = cam_v1.prepare(images, [_boxes(r) for r in rows.itertuples()])
     labels = [int(v) for v in rows.label]
     methods = ["scorecam", "gradcam", "gradcam++"]
-    full = cams.explain_batch(cam_v1.model, cam_v1.layer, inputs, masks, labels, methods=methods,
-                              rule=cams.ExemptionRule(), exhaustive=True, scorecam_batch_size=256)
+    full = cams.explain_batch(
+        cam_v1.model,
+        cam_v1.layer,
+        inputs,
+        masks,
+        labels,
+        methods=methods,
+        rule=cams.ExemptionRule(),
+        exhaustive=True,
+        scorecam_batch_size=256,
+    )
     assert all(r.scores["scorecam"] is not None for r in full)
     saved = ran = 0
-    for rule in (cams.ExemptionRule(), cams.ExemptionRule(min_area=0.3),
-                 cams.ExemptionRule(min_methods=3)):
+    for rule in (
+        cams.ExemptionRule(),
+        cams.ExemptionRule(min_area=0.3),
+        cams.ExemptionRule(min_methods=3),
+    ):
         stats = cams.CamStats()
-        quick = cams.explain_batch(cam_v1.model, cam_v1.layer, inputs, masks, labels,
-                                   methods=methods, rule=rule, stats=stats,
-                                   scorecam_batch_size=256)
+        quick = cams.explain_batch(
+            cam_v1.model,
+            cam_v1.layer,
+            inputs,
+            masks,
+            labels,
+            methods=methods,
+            rule=rule,
+            stats=stats,
+            scorecam_batch_size=256,
+        )
         for f, q in zip(full, quick):
             scores = [f.scores[c] for c in ("gradcam", "gradcampp", "scorecam")]
             assert q.exempted == rule.exempts(scores)
@@ -174,8 +213,8 @@ def test_early_exit_decisions_equal_exhaustive(cam_v1, demo_manifest, demo_root)
 
 
 def test_scorecam_is_silent_batched_as_asked_and_warnings_still_show(
-        cam_v1, demo_rows, demo_root, capfd: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    cam_v1, demo_rows, demo_root, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ScoreCAM's own per-image tqdm bar is hidden; its documented `batch_size` sets the masked
     copies per forward (256 channels / 64 = 4 forwards); a warning raised inside is not lost."""
     row = demo_rows.loc[CONFIDENT_IMAGE]
@@ -187,14 +226,20 @@ def test_scorecam_is_silent_batched_as_asked_and_warnings_still_show(
     def warn_then_weigh(self, *args, **kwargs):
         import warnings
 
-        warnings.warn("raised inside ScoreCAM", UserWarning)
+        warnings.warn("raised inside ScoreCAM", UserWarning, stacklevel=2)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(cams.ScoreCAM, "get_cam_weights", warn_then_weigh)
     try:
         with pytest.warns(UserWarning, match="raised inside ScoreCAM"):
-            cams.heatmaps("scorecam", cam_v1.model, cam_v1.layer, inputs, [int(row.label)],
-                          scorecam_batch_size=64)
+            cams.heatmaps(
+                "scorecam",
+                cam_v1.model,
+                cam_v1.layer,
+                inputs,
+                [int(row.label)],
+                scorecam_batch_size=64,
+            )
     finally:
         hook.remove()
     assert sizes[1:] == [64, 64, 64, 64]  # after the activations forward

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 from datasets import load_dataset_builder
+from hub_inputs import ROWS, build, front_matter
 from huggingface_hub import DatasetCard
 
-from hub_inputs import ROWS, build, front_matter
 from stages.hub.card import card_context
 from stages.hub.shards import default_features, hub_class_names
+
 
 def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params, cache) -> None:
     context = card_context(params, repo_id="someone/imagenet-clean")
@@ -17,7 +18,9 @@ def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params
     data = front_matter(folder)
     assert data["license"] == "other" and data["task_categories"] == ["image-classification"]
     assert {item["config_name"] for item in data["configs"]} == {"default", "ledger"}
-    assert data["configs"][0]["data_files"] == [{"split": "val", "path": "data/default/val-*.parquet"}]
+    assert data["configs"][0]["data_files"] == [
+        {"split": "val", "path": "data/default/val-*.parquet"}
+    ]
     card = DatasetCard.load(folder / "README.md")
     assert card.data.license_name == "imagenet-terms-of-access"
     default = load_dataset_builder(str(folder), cache_dir=cache)  # the card's default config
@@ -26,9 +29,14 @@ def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params
     ledger = load_dataset_builder(str(folder), "ledger", cache_dir=cache)
     assert ledger.info.splits["val"].num_examples == ROWS
     text = card.text
-    assert "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |" in text
-    assert ("| model | top1 original | top1 cleaned | top5 original | top5 cleaned | cl_label_errors "
-            "| cleaned rows | original rows |") in text
+    assert (
+        "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |"
+        in text
+    )
+    assert (
+        "| model | top1 original | top1 cleaned | top5 original | top5 cleaned | cl_label_errors "
+        "| cleaned rows | original rows |"
+    ) in text
     assert "| mobilenetv1_025 | 41.50 | 44.25 | 66.00 | 69.75 | 4 | 16 | 19 |" in text
     assert "| mobilenetv1_050 | 50.00 | 52.00 | 70.00 | 72.00 |  |  |  |" in text
     assert "`local-dir:data/demo/models/mobilenetv1_025.tf_in1k`" in text
@@ -39,14 +47,19 @@ def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params
 def test_card_tolerates_missing_metrics(inputs, tmp_path) -> None:
     inputs.metrics.unlink()
     text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
-    assert "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |" in text
+    assert (
+        "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |"
+        in text
+    )
     assert "no per-model metrics recorded" in text
 
 
 def test_card_headlines_human_agreement_before_and_after(inputs, tmp_path) -> None:
     text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
-    assert ("- **Agreement with human labels** (the evaluate stage's reference labels): `val`: "
-            "81.25 % before -> 87.50 % after cleanup.") in text
+    assert (
+        "- **Agreement with human labels** (the evaluate stage's reference labels): `val`: "
+        "81.25 % before -> 87.50 % after cleanup."
+    ) in text
     assert "Warning" not in text
 
 
@@ -56,8 +69,10 @@ def test_card_warns_when_cleanup_lowers_human_agreement(inputs, tmp_path) -> Non
     inputs.metrics.write_text(json.dumps(metrics))
     text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
     assert "`val`: 84.00 % before -> 79.50 % after cleanup." in text
-    assert ("**Warning**: on `val` the cleanup lowered agreement with the human reference labels "
-            "(84.00 % -> 79.50 %)") in text
+    assert (
+        "**Warning**: on `val` the cleanup lowered agreement with the human reference labels "
+        "(84.00 % -> 79.50 %)"
+    ) in text
 
 
 def test_card_has_no_agreement_line_without_a_reference(inputs, tmp_path) -> None:

@@ -17,8 +17,10 @@ def test_installed_cleanlab_is_a_supported_version() -> None:
 
 @pytest.mark.parametrize("version", ["2.10.0", "3.0.0", "2.8.1"])
 def test_other_versions_are_refused_with_the_fix(version: str) -> None:
-    with pytest.raises(cleanlab_adapter.UnsupportedCleanlab,
-                       match=rf"cleanlab {version} is not supported.*cleanlab>=2.9,<2.10"):
+    with pytest.raises(
+        cleanlab_adapter.UnsupportedCleanlab,
+        match=rf"cleanlab {version} is not supported.*cleanlab>=2.9,<2.10",
+    ):
         cleanlab_adapter.check_version(version)
 
 
@@ -32,4 +34,8 @@ def test_private_functions_exist_with_the_shapes_used() -> None:
     probs = np.array([[0.2, 0.8, 0.0], [0.9, 0.1, 0.0], [0.7, 0.3, 0.0]], dtype=np.float32)
     flags = cleanlab_adapter.prune_by_count(0, probs, prune[:, 0])
     assert flags.tolist() == [True, False, True]
-    assert cleanlab_adapter.reduce_issues(probs, np.array([0, 0, 0])).tolist() == [False, True, True]
+    assert cleanlab_adapter.reduce_issues(probs, np.array([0, 0, 0])).tolist() == [
+        False,
+        True,
+        True,
+    ]

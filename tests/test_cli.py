@@ -28,7 +28,8 @@ def test_subcommand_runs_the_stage(tmp_path, capsys: pytest.CaptureFixture[str])
 
 
 def test_a_user_error_exits_2_with_one_message_and_no_traceback(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     assert cli.main(["decide", "--split", "nosuchsplit"]) == 2
     err = capsys.readouterr().err
@@ -49,7 +50,8 @@ def test_programming_errors_keep_their_traceback() -> None:
 
 
 def test_serve_review_is_not_the_review_stage_and_the_old_name_still_works(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert cli.COMMANDS["serve-review"] == "stages.serve_review"
     assert cli.COMMANDS["review-report"] == "stages.review"  # the DVC stage review@<split>
     assert "review" not in cli.COMMANDS

@@ -1,6 +1,6 @@
-"""stages.method.confident_streaming: `find_label_issues_streaming` gives exactly cleanlab's flags, in
-cleanlab's order, on the real demo predictions (the real predict code and demo models) and on 200k
-synthetic rows with class-conditional label noise, from float16 and float32 memory-maps, with
+"""stages.method.confident_streaming: `find_label_issues_streaming` gives exactly cleanlab's flags,
+in cleanlab's order, on the real demo predictions (the real predict code and demo models) and on
+200k synthetic rows with class-conditional label noise, from float16 and float32 memory-maps, with
 inactive rows; its pieces (thresholds, confident joint) equal cleanlab's, and it holds a few chunks.
 
 The reference is always cleanlab's own in-memory `find_label_issues(labels, pred_probs,
@@ -34,25 +34,32 @@ from stages.method.votes import model_votes
 FN_CASES = [(1.0, "cleanlab"), (0.8, "cleanlab"), (0.8, "ranked")]
 
 
-def cleanlab_flags(labels: np.ndarray, probs: np.ndarray, active: np.ndarray, fn: float
-                   ) -> np.ndarray:
+def cleanlab_flags(
+    labels: np.ndarray, probs: np.ndarray, active: np.ndarray, fn: float
+) -> np.ndarray:
     """cleanlab's exact call on the active rows -> flagged row indices, most severe first."""
     rows = np.flatnonzero(active)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ranked = cleanlab.filter.find_label_issues(
-            labels[rows], np.asarray(probs[rows], dtype=np.float32), filter_by="prune_by_noise_rate",
-            return_indices_ranked_by="normalized_margin", frac_noise=fn, n_jobs=1)
+            labels[rows],
+            np.asarray(probs[rows], dtype=np.float32),
+            filter_by="prune_by_noise_rate",
+            return_indices_ranked_by="normalized_margin",
+            frac_noise=fn,
+            n_jobs=1,
+        )
     cleanlab_adapter.release_globals()
     return rows[ranked]
 
 
-def expected_flags(labels: np.ndarray, probs: np.ndarray, active: np.ndarray, fn: float,
-                   fn_mode: str) -> np.ndarray:
+def expected_flags(
+    labels: np.ndarray, probs: np.ndarray, active: np.ndarray, fn: float, fn_mode: str
+) -> np.ndarray:
     if fn_mode == "cleanlab" or fn == 1:
         return cleanlab_flags(labels, probs, active, fn)
     full = cleanlab_flags(labels, probs, active, 1.0)
-    return full[:math.ceil(fn * len(full))]
+    return full[: math.ceil(fn * len(full))]
 
 
 def memmap(array: np.ndarray, folder: Path, dtype: type) -> np.ndarray:
@@ -61,8 +68,9 @@ def memmap(array: np.ndarray, folder: Path, dtype: type) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def noisy_split(n: int, k: int, *, seed: int, inactive: float = 0.03
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def noisy_split(
+    n: int, k: int, *, seed: int, inactive: float = 0.03
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class-conditional noise: class c is mislabelled as c+1 (rate 2-15 % per class) and as c+7
     (0-5 %); the model is confident on the true class, sometimes torn toward c+1. Inactive rows
     (skipped or removed earlier) have NaN predictions and label -1."""
@@ -89,8 +97,11 @@ def noisy_split(n: int, k: int, *, seed: int, inactive: float = 0.03
 def synthetic_200k(tmp_path_factory: pytest.TempPathFactory) -> dict:
     labels, probs, active = noisy_split(200_000, 100, seed=1)
     folder = tmp_path_factory.mktemp("synthetic")
-    return {"labels": labels, "active": active,
-            "maps": {dtype: memmap(probs, folder, dtype) for dtype in (np.float16, np.float32)}}
+    return {
+        "labels": labels,
+        "active": active,
+        "maps": {dtype: memmap(probs, folder, dtype) for dtype in (np.float16, np.float32)},
+    }
 
 
 @pytest.mark.slow
@@ -100,10 +111,18 @@ def test_streaming_equals_cleanlab_on_200k_noisy_rows(synthetic_200k: dict, dtyp
     probs = synthetic_200k["maps"][dtype]
     references = {fn: cleanlab_flags(labels, probs, active, fn) for fn in (1.0, 0.8)}
     for fn, fn_mode in FN_CASES:
-        want = references[fn] if fn_mode == "cleanlab" else references[1.0][
-            :math.ceil(fn * len(references[1.0]))]
-        got = model_votes(labels, probs, active=active, model="synthetic", config=ConfidentConfig(
-            strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=30_001))
+        want = (
+            references[fn]
+            if fn_mode == "cleanlab"
+            else references[1.0][: math.ceil(fn * len(references[1.0]))]
+        )
+        got = model_votes(
+            labels,
+            probs,
+            active=active,
+            model="synthetic",
+            config=ConfidentConfig(strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=30_001),
+        )
         assert got.strategy == "streaming"
         assert len(want) > 10_000
         np.testing.assert_array_equal(got.flagged, want, err_msg=f"fn={fn} {fn_mode}")
@@ -117,9 +136,15 @@ def test_streaming_equals_cleanlab_with_1000_classes(tmp_path: Path) -> None:
     for fn, fn_mode in FN_CASES:
         config = ConfidentConfig(strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=4096)
         got = model_votes(labels, half, active=active, config=config)
-        exact = model_votes(labels, half, active=active, config=ConfidentConfig(
-            strategy="exact", fn=fn, fn_mode=fn_mode, chunk_rows=4096))
-        np.testing.assert_array_equal(got.flagged, expected_flags(labels, half, active, fn, fn_mode))
+        exact = model_votes(
+            labels,
+            half,
+            active=active,
+            config=ConfidentConfig(strategy="exact", fn=fn, fn_mode=fn_mode, chunk_rows=4096),
+        )
+        np.testing.assert_array_equal(
+            got.flagged, expected_flags(labels, half, active, fn, fn_mode)
+        )
         np.testing.assert_array_equal(got.flagged, exact.flagged)
         np.testing.assert_array_equal(got.candidates, exact.candidates)
         np.testing.assert_array_equal(got.top5_hit, exact.top5_hit)
@@ -128,26 +153,33 @@ def test_streaming_equals_cleanlab_with_1000_classes(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_predictions(demo_manifest: pd.DataFrame, demo_root: Path, _params: dict) -> dict:
     """Two real demo models over the 500 embedded demo images, by the real predict code."""
+    from stages.modelling.predictor import PredictOptions, predict_models
     from stages.modelling.specs import model_specs
-    from stages.modelling.predictor import PredictConfig, predict_models
 
     specs = model_specs(_params, ["mobilenetv1_025", "mobilenetv1_050"])
-    return predict_models(demo_manifest, demo_root, specs,
-                          config=PredictConfig(batch_size=50, workers=0, threads=1))
+    return predict_models(
+        demo_manifest, demo_root, specs, config=PredictOptions(batch_size=50, workers=0, threads=1)
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["float16", "float32"])
 def test_streaming_equals_cleanlab_on_real_demo_predictions(
-        demo_predictions: dict, demo_manifest: pd.DataFrame, tmp_path: Path, dtype: type) -> None:
+    demo_predictions: dict, demo_manifest: pd.DataFrame, tmp_path: Path, dtype: type
+) -> None:
     labels = demo_manifest["label"].to_numpy().astype(np.int64)
     active = np.ones(len(labels), dtype=bool)
     active[::9] = False  # rows an earlier iteration removed take no part
     for name, probs in demo_predictions.items():
         mapped = memmap(probs, tmp_path, dtype)
         for fn, fn_mode in FN_CASES:
-            got = model_votes(labels, mapped, active=active, model=name, config=ConfidentConfig(
-                strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=97))
+            got = model_votes(
+                labels,
+                mapped,
+                active=active,
+                model=name,
+                config=ConfidentConfig(strategy="streaming", fn=fn, fn_mode=fn_mode, chunk_rows=97),
+            )
             want = expected_flags(labels, mapped, active, fn, fn_mode)
             assert fn < 1 or len(want) > 20
             np.testing.assert_array_equal(got.flagged, want, err_msg=f"{name} fn={fn} {fn_mode}")
@@ -156,7 +188,7 @@ def test_streaming_equals_cleanlab_on_real_demo_predictions(
 def test_pieces_equal_cleanlab_thresholds_and_joint() -> None:
     from cleanlab.count import compute_confident_joint, get_confident_thresholds
 
-    labels, probs, active = noisy_split(5000, 40, seed=3, inactive=0)
+    labels, probs, _active = noisy_split(5000, 40, seed=3, inactive=0)
     probs = probs.astype(np.float16).astype(np.float32)
     own = own_probabilities(labels, probs, np.arange(len(labels)), chunk_rows=333)
     thresholds = confident_thresholds(labels, own, 40)
@@ -184,8 +216,9 @@ def test_streaming_holds_a_few_chunks_not_the_predictions(tmp_path: Path) -> Non
 
 def test_streaming_leaves_nothing_in_cleanlab_globals() -> None:
     labels, probs, _ = noisy_split(2000, 20, seed=6)
-    find_label_issues_streaming(labels[labels >= 0], probs,
-                                rows=np.flatnonzero(labels >= 0), chunk_rows=512)
+    find_label_issues_streaming(
+        labels[labels >= 0], probs, rows=np.flatnonzero(labels >= 0), chunk_rows=512
+    )
     assert not getattr(cleanlab.filter, "pred_probs_by_class", {})
 
 

@@ -1,4 +1,4 @@
-"""The shared params loader: unknown, missing and mistyped keys fail the same way for every stage."""
+"""The shared params loader: unknown, missing and mistyped keys fail alike for every stage."""
 
 from __future__ import annotations
 
@@ -29,29 +29,45 @@ def test_builds_the_dataclass_with_defaults_and_tuples() -> None:
 
 
 def test_unknown_key_names_the_section_and_close_matches() -> None:
-    with pytest.raises(ConfigError, match=r"`ingest` has an unknown key 'workrs'; did you mean "
-                                          r"'workers'\?"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`ingest` has an unknown key 'workrs'; did you mean "
+        r"'workers'\?",
+    ):
         from_section(Example, {"root": "x", "workrs": 1}, where="ingest")
 
 
 def test_missing_required_key_names_it() -> None:
-    with pytest.raises(ConfigError, match=r"`splits.val` lacks the key 'root'; add it \(a string\)"):
+    with pytest.raises(
+        ConfigError, match=r"`splits.val` lacks the key 'root'; add it \(a string\)"
+    ):
         from_section(Example, {}, where="splits.val")
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("workers", "2", "an int"), ("workers", True, "an int"), ("heat", "hot", "a number"),
-    ("device", 3, "a string or null"), ("mode", "pixels", "one of 'labels', 'images'"),
-    ("models", "a", "a list of strings"), ("layers", ["x"], "a mapping or null"),
-])
-def test_wrong_type_names_key_expected_type_and_value(key: str, value: object, expected: str
-                                                      ) -> None:
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("workers", "2", "an int"),
+        ("workers", True, "an int"),
+        ("heat", "hot", "a number"),
+        ("device", 3, "a string or null"),
+        ("mode", "pixels", "one of 'labels', 'images'"),
+        ("models", "a", "a list of strings"),
+        ("layers", ["x"], "a mapping or null"),
+    ],
+)
+def test_wrong_type_names_key_expected_type_and_value(
+    key: str, value: object, expected: str
+) -> None:
     with pytest.raises(ConfigError, match=rf"`demo.{key}` must be {expected}, got"):
         from_section(Example, {"root": "x", key: value}, where="demo")
 
 
 def test_ignored_keys_are_left_to_other_readers() -> None:
-    assert from_section(Example, {"root": "x", "splits": []}, where="d", ignore=("splits",)).root == "x"
+    assert (
+        from_section(Example, {"root": "x", "splits": []}, where="d", ignore=("splits",)).root
+        == "x"
+    )
 
 
 def test_config_errors_are_value_errors_for_existing_callers() -> None:
@@ -83,6 +99,9 @@ def test_ignored_keys_are_known_but_not_read() -> None:
     config = from_section(Example, values, where="demo", ignore=("colour",))
     assert (config.root, config.workers, config.heat) == ("x", 4, 0.75)
     assert values.read == ["root", "workers"]
-    with pytest.raises(ConfigError, match=r"unknown key 'colr'; did you mean 'colour'\?.*allowed: "
-                                          r"root, .*, colour\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'colr'; did you mean 'colour'\?.*allowed: "
+        r"root, .*, colour\)",
+    ):
         from_section(Example, {"root": "x", "colr": 1}, where="demo", ignore=("colour",))

@@ -16,9 +16,9 @@ import yaml
 
 from stages import predict
 from stages.contracts import formats
-from stages.modelling import distributed, launch, predictor
 from stages.method.confident import ConfidentConfig
 from stages.method.votes import vote
+from stages.modelling import distributed, launch, predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["mobilenetv1_025", "mobilenetv1_050"]
@@ -54,31 +54,43 @@ def test_one_process_does_not_start_a_process_group() -> None:
 def _run(folder: Path, *command: str) -> subprocess.CompletedProcess[str]:
     """A stage command in `folder`, importing this checkout's `stages`, one torch thread each."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *command], cwd=folder, env=env, text=True,
-                            capture_output=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, *command], cwd=folder, env=env, text=True, capture_output=True, timeout=600
+    )
     if result.returncode != 0:
         raise AssertionError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, demo_manifest: pd.DataFrame, _params: dict,
-            demo_root: Path) -> tuple[Path, dict]:
+def project(
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_manifest: pd.DataFrame,
+    _params: dict,
+    demo_root: Path,
+) -> tuple[Path, dict]:
     """A project folder: 32 demo rows (one a skip row), two demo models, small shards."""
     folder = tmp_path_factory.mktemp("distributed")
     manifest = demo_manifest.head(ROWS).copy()
-    manifest.loc[5, ["path", "skip_reason"]] = ["missing.JPEG", "unreadable image: marked by the test"]
-    formats.write_table(manifest, folder / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA)
+    manifest.loc[5, ["path", "skip_reason"]] = [
+        "missing.JPEG",
+        "unreadable image: marked by the test",
+    ]
+    formats.write_table(
+        manifest, folder / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
+    )
     params = json.loads(json.dumps(_params))
     for name in params["models"]:
         spec = params["models"][name]["spec"]
         params["models"][name]["spec"] = f"local-dir:{ROOT / spec.removeprefix('local-dir:')}"
     params["splits"]["val"].update(root=str(demo_root), labels=None)
-    params["predict"].update(models=MODELS, batch_size=4, shard_size=8, workers=0, threads=1,
-                             device="cpu")
+    params["predict"].update(
+        models=MODELS, batch_size=4, shard_size=8, workers=0, threads=1, device="cpu"
+    )
     params["decide"]["val"]["h3"] = 1
-    params["explain"].update(methods=["gradcam"], min_methods=1, overlays=3, batch_size=2,
-                             device="cpu")
+    params["explain"].update(
+        methods=["gradcam"], min_methods=1, overlays=3, batch_size=2, device="cpu"
+    )
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     return folder, params
 
@@ -87,10 +99,23 @@ def project(tmp_path_factory: pytest.TempPathFactory, demo_manifest: pd.DataFram
 def predicted(project: tuple[Path, dict]) -> Path:
     """Predictions of one process (folder `one`) and of `torchrun --nproc-per-node 2` (`two`)."""
     folder, params = project
-    predict.run_ensemble("val", params, manifest_path=folder / formats.manifest_path("val"),
-                         out_dir=folder / "one")
-    _run(folder, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "stages.cli", "predict-ensemble", "--split", "val", "--out-dir", "two")
+    predict.run_ensemble(
+        "val", params, manifest_path=folder / formats.manifest_path("val"), out_dir=folder / "one"
+    )
+    _run(
+        folder,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "stages.cli",
+        "predict-ensemble",
+        "--split",
+        "val",
+        "--out-dir",
+        "two",
+    )
     return folder
 
 
@@ -102,11 +127,13 @@ def test_predict_under_torchrun_writes_the_one_process_files(predicted: Path) ->
         assert one.shape == two.shape == (ROWS, formats.NUM_CLASSES)
         assert np.isnan(two[5]).all() and not np.isnan(np.delete(two, 5, axis=0)).any()
         np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
-        sidecars = [json.loads((predicted / run / f"{model}.json").read_text())
-                    for run in ("one", "two")]
+        sidecars = [
+            json.loads((predicted / run / f"{model}.json").read_text()) for run in ("one", "two")
+        ]
         assert sidecars[0] == sidecars[1]
     assert sorted(p.name for p in (predicted / "two").iterdir()) == sorted(
-        f"{m}{ext}" for m in MODELS for ext in (".npy", ".json"))  # no work folders, no temp files
+        f"{m}{ext}" for m in MODELS for ext in (".npy", ".json")
+    )  # no work folders, no temp files
 
 
 @pytest.mark.slow
@@ -118,14 +145,21 @@ def test_votes_from_torchrun_predictions_are_identical(predicted: Path) -> None:
     for run in ("one", "two"):
         probs = {m: np.load(predicted / run / f"{m}.npy", mmap_mode="r") for m in MODELS}
         for strategy in ("exact", "streaming"):
-            tables.append(vote(np.where(active, labels, -1), probs, active=active,
-                               config=ConfidentConfig(strategy=strategy)).table)
+            tables.append(
+                vote(
+                    np.where(active, labels, -1),
+                    probs,
+                    active=active,
+                    config=ConfidentConfig(strategy=strategy),
+                ).table
+            )
     assert all(table.equals(tables[0]) for table in tables)
 
 
 @pytest.mark.slow
 def test_explain_with_two_processes_writes_the_one_process_table_and_overlays(
-        predicted: Path, project: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    predicted: Path, project: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from stages.explain import run_explain
     from stages.method.exemptions import ExplainConfig
     from stages.vote import run_vote

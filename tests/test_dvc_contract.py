@@ -12,12 +12,12 @@ from __future__ import annotations
 import ast
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from conftest import ROOT, copy_project, run_in
 
 STAGES = ROOT / "stages"
@@ -64,7 +64,8 @@ def dependency_files(module: str) -> set[str]:
     docstring-only `__init__.py` holds no code and is left out)."""
     files = {module_file(m).relative_to(ROOT).as_posix() for m in project_imports(module)}  # type: ignore[union-attr]
     return {f for f in files if not f.endswith("__init__.py") or f == "stages/__init__.py"} - {
-        "stages/__init__.py"}
+        "stages/__init__.py"
+    }
 
 
 def stage_definitions() -> Iterator[tuple[str, str, list[str]]]:
@@ -75,14 +76,32 @@ def stage_definitions() -> Iterator[tuple[str, str, list[str]]]:
         yield name, module, [d if isinstance(d, str) else next(iter(d)) for d in body["deps"]]
 
 
-@pytest.mark.parametrize("name, module, deps", list(stage_definitions()),
-                         ids=[s[0] for s in stage_definitions()])
+@pytest.mark.parametrize(
+    "name, module, deps", list(stage_definitions()), ids=[s[0] for s in stage_definitions()]
+)
 def test_stage_deps_are_exactly_the_code_it_runs(name: str, module: str, deps: list[str]) -> None:
     assert len(set(deps)) == len(deps), f"dvc.yaml stage {name} lists a dep twice"
     code = {d for d in deps if d.startswith("stages/") and d.endswith(".py")}
     needed = dependency_files(module)
     assert sorted(needed - code) == [], f"dvc.yaml stage {name} lacks these deps"
     assert sorted(code - needed) == [], f"dvc.yaml stage {name} declares code it does not import"
+
+
+DOORS = sorted(p.stem for p in STAGES.glob("*.py") if p.stem not in ("__init__", "cli"))
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_no_door_imports_another_door(door: str) -> None:
+    others = {f"stages.{d}" for d in DOORS} - {f"stages.{door}"}
+    assert sorted(direct_imports(f"stages.{door}") & others) == []
+
+
+def test_library_never_imports_a_door() -> None:
+    doors = {f"stages.{d}" for d in DOORS}
+    library = sorted(p for p in STAGES.glob("*/*.py"))
+    for path in library:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        assert sorted(direct_imports(name) & doors) == [], f"{path} imports a stage door"
 
 
 class Recorder(dict):
@@ -108,14 +127,15 @@ class Recorder(dict):
         self._seen[self._key(key)] = default
         return default
 
-    def __iter__(self) -> Iterator[Any]:  # not dict's own iterator: dict(x) and {**x} use __getitem__
+    def __iter__(self) -> Iterator[Any]:
+        # not dict's own iterator: dict(x) and {**x} use __getitem__
         return iter(list(super().keys()))
 
     def items(self) -> list[tuple[Any, Any]]:  # type: ignore[override]
-        return [(k, self[k]) for k in super().keys()]
+        return [(k, self[k]) for k in super().keys()]  # noqa: SIM118 (dict's own keys)
 
     def values(self) -> list[Any]:  # type: ignore[override]
-        return [self[k] for k in super().keys()]
+        return [self[k] for k in super().keys()]  # noqa: SIM118 (dict's own keys)
 
 
 def declared(lock: dict, stage: str) -> set[str]:
@@ -134,8 +154,12 @@ def through_manifest(key: str, deps: list[str]) -> bool:
     """A split's image root is tracked through the split's manifest (it records every image's
     sha256), so a stage that depends on the manifest need not declare the root itself."""
     parts = key.split(".")
-    return (len(parts) == 3 and parts[0] == "splits" and parts[2] == "root"
-            and inside(f"data/manifests/{parts[1]}.parquet", deps))
+    return (
+        len(parts) == 3
+        and parts[0] == "splits"
+        and parts[2] == "root"
+        and inside(f"data/manifests/{parts[1]}.parquet", deps)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +170,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_stages_read_only_declared_params_and_paths(built: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stages_read_only_declared_params_and_paths(
+    built: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib
 
     import stages.contracts.params
@@ -158,7 +183,7 @@ def test_stages_read_only_declared_params_and_paths(built: Path,
     problems = []
     for stage, entry in lock["stages"].items():
         seen: dict[str, Any] = {}
-        loader = lambda *_a, **_k: Recorder(raw, "", seen)  # noqa: E731
+        loader = lambda *_a, _seen=seen, **_k: Recorder(raw, "", _seen)  # noqa: E731
         argv = shlex.split(entry["cmd"])[3:]
         module = importlib.import_module(shlex.split(entry["cmd"])[2])
         monkeypatch.setattr(stages.contracts.params, "load_params", loader)
@@ -173,8 +198,12 @@ def test_stages_read_only_declared_params_and_paths(built: Path,
                 continue
             if not covered(key, keys):
                 problems.append(f"{stage} reads params {key} that dvc.yaml does not declare")
-            if isinstance(value, str) and value and (built / value).exists() and not inside(
-                    value, deps):
+            if (
+                isinstance(value, str)
+                and value
+                and (built / value).exists()
+                and not inside(value, deps)
+            ):
                 problems.append(f"{stage} reads the path {value} ({key}) that is not a dep")
     assert not problems, "\n".join(sorted(set(problems)))
     assert run_in(built, "dvc", "status").stdout.strip().startswith("Data and pipelines are up")

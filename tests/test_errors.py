@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -14,34 +14,76 @@ import yaml
 from stages import cli
 
 CASES: list[tuple[str, list[str], Callable[[dict], None], str]] = [
-    ("ingest", ["--split", "val"], lambda p: p["ingest"].update(on_bad_imag="skip"),
-     r"`ingest` has an unknown key 'on_bad_imag'; did you mean 'on_bad_image'\?"),
-    ("ingest", ["--split", "val"], lambda p: p["splits"]["val"].pop("root"),
-     r"`splits.val` lacks the key 'root'; add it \(a string\)"),
-    ("evaluate", ["--split", "val"], lambda p: p["evaluate"].update(top_class=5),
-     r"`evaluate` has an unknown key 'top_class'; did you mean 'top_classes'\?"),
-    ("predict", ["--split", "val", "--model", "mobilenetv1_025"],
-     lambda p: p["predict"].update(dtype="bfloat16"),
-     r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'"),
-    ("explain", ["--split", "val"], lambda p: p["explain"].update(heat=1.5),
-     r"`explain.heat` must be a number in \(0.0, 1.0\], got 1.5"),
-    ("decide", ["--split", "val"], lambda p: p["decide"]["val"].update(h3=9),
-     r"`decide.val.h3` = 9 is above the number of models \|M\| = 5"),
-    ("decide", ["--split", "val"], lambda p: p["decide"]["val"].update(strategy="best"),
-     r"`decide.val.strategy` must be one of 'consensus', 'paper', got 'best'"),
-    ("publish", [], lambda p: p["publish"].update(privat=True),
-     r"`publish` has an unknown key 'privat'; did you mean 'private'\?"),
-    ("vote", ["--split", "nosuch"], lambda p: None,
-     r"split 'nosuch' is not configured; params.yaml splits: \['train_demo', 'val'\]"),
+    (
+        "ingest",
+        ["--split", "val"],
+        lambda p: p["ingest"].update(on_bad_imag="skip"),
+        r"`ingest` has an unknown key 'on_bad_imag'; did you mean 'on_bad_image'\?",
+    ),
+    (
+        "ingest",
+        ["--split", "val"],
+        lambda p: p["splits"]["val"].pop("root"),
+        r"`splits.val` lacks the key 'root'; add it \(a string\)",
+    ),
+    (
+        "evaluate",
+        ["--split", "val"],
+        lambda p: p["evaluate"].update(top_class=5),
+        r"`evaluate` has an unknown key 'top_class'; did you mean 'top_classes'\?",
+    ),
+    (
+        "predict",
+        ["--split", "val", "--model", "mobilenetv1_025"],
+        lambda p: p["predict"].update(dtype="bfloat16"),
+        r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'",
+    ),
+    (
+        "explain",
+        ["--split", "val"],
+        lambda p: p["explain"].update(heat=1.5),
+        r"`explain.heat` must be a number in \(0.0, 1.0\], got 1.5",
+    ),
+    (
+        "decide",
+        ["--split", "val"],
+        lambda p: p["decide"]["val"].update(h3=9),
+        r"`decide.val.h3` = 9 is above the number of models \|M\| = 5",
+    ),
+    (
+        "decide",
+        ["--split", "val"],
+        lambda p: p["decide"]["val"].update(strategy="best"),
+        r"`decide.val.strategy` must be one of 'consensus', 'paper', got 'best'",
+    ),
+    (
+        "publish",
+        [],
+        lambda p: p["publish"].update(privat=True),
+        r"`publish` has an unknown key 'privat'; did you mean 'private'\?",
+    ),
+    (
+        "vote",
+        ["--split", "nosuch"],
+        lambda p: None,
+        r"split 'nosuch' is not configured; params.yaml splits: \['train_demo', 'val'\]",
+    ),
 ]
 
 
-@pytest.mark.parametrize("stage, args, edit, message", CASES,
-                         ids=[f"{c[0]}-{c[3][:24]}" for c in CASES])
+@pytest.mark.parametrize(
+    "stage, args, edit, message", CASES, ids=[f"{c[0]}-{c[3][:24]}" for c in CASES]
+)
 def test_a_params_mistake_is_one_line_and_exit_status_2(
-        stage: str, args: list[str], edit: Callable[[dict], None], message: str, params: dict,
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-        ) -> None:
+    stage: str,
+    args: list[str],
+    edit: Callable[[dict], None],
+    message: str,
+    params: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
     broken = copy.deepcopy(params)
     edit(broken)

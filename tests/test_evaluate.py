@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 
 from stages.contracts import formats
-from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.contracts.errors import InputError
+from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.evaluate import run_evaluate
 from stages.method.scoring import class_table, evaluate_split, scan_model
 
@@ -26,20 +26,41 @@ ACTION = ["keep", "fix", "remove", "skip", "keep", "keep"]
 LABEL = [1, 2, 4, None, 5, 7]
 NEW = [1, 3, None, None, 6, 7]
 # Model "a": top-1 per row and the rest of its top-5; row 4 (skip) is NaN.
-TOP_A = [(1, [2, 3, 4, 5]), (3, [2, 10, 11, 12]), (9, [10, 11, 12, 13]), None, (5, [6, 10, 11, 12]),
-         (7, [10, 11, 12, 13])]
+TOP_A = [
+    (1, [2, 3, 4, 5]),
+    (3, [2, 10, 11, 12]),
+    (9, [10, 11, 12, 13]),
+    None,
+    (5, [6, 10, 11, 12]),
+    (7, [10, 11, 12, 13]),
+]
 # Reference: r1 label ok, r2 fix ok, r3 nothing fits, r4 skip, r5 nothing fits, r6 label ok.
 REFERENCE = [[1], [3], [], [0], [], [7, 8]]
 
 
 def ledger_frame() -> pd.DataFrame:
-    return pa.Table.from_pylist([{
-        "image_id": IDS[i], "label": LABEL[i], "action": ACTION[i], "new_label": NEW[i],
-        "cl_candidates": {1: [3, 3], 2: [8, 9, 10]}.get(i, []), "top5_misses": 0,
-        "exempted": i == 5, "reason": "hand-built", "original_label": LABEL[i] or 0, "iteration": 2,
-        "merged": i == 4, "override": False, "exemptions": 2 if i == 5 else 0,
-        "secondary_labels": [8] if i == 5 else [],
-    } for i in range(6)], schema=LEDGER_FULL_SCHEMA).to_pandas()
+    return pa.Table.from_pylist(
+        [
+            {
+                "image_id": IDS[i],
+                "label": LABEL[i],
+                "action": ACTION[i],
+                "new_label": NEW[i],
+                "cl_candidates": {1: [3, 3], 2: [8, 9, 10]}.get(i, []),
+                "top5_misses": 0,
+                "exempted": i == 5,
+                "reason": "hand-built",
+                "original_label": LABEL[i] or 0,
+                "iteration": 2,
+                "merged": i == 4,
+                "override": False,
+                "exemptions": 2 if i == 5 else 0,
+                "secondary_labels": [8] if i == 5 else [],
+            }
+            for i in range(6)
+        ],
+        schema=LEDGER_FULL_SCHEMA,
+    ).to_pandas()
 
 
 def entries(reference: list[list[int]]) -> list[frozenset[int] | None]:
@@ -90,9 +111,19 @@ def test_scan_model_reads_chunks_and_finds_top1_and_top5() -> None:
 def test_counts_percentages_and_table1_accuracies(predictions: dict[str, Path]) -> None:
     metrics, _ = evaluate_split(ledger_frame(), votes_frame(), predictions)
     assert metrics["rows"] == 6 and metrics["iteration"] == 2
-    assert metrics["counts"] == {"keep": 3, "fix": 1, "remove": 1, "skip": 1, "merge": 1,
-                                 "override": 0, "exempted": 1, "placeholders": 0, "secondary": 1,
-                                 "remove_new": 1, "remove_carried": 0}
+    assert metrics["counts"] == {
+        "keep": 3,
+        "fix": 1,
+        "remove": 1,
+        "skip": 1,
+        "merge": 1,
+        "override": 0,
+        "exempted": 1,
+        "placeholders": 0,
+        "secondary": 1,
+        "remove_new": 1,
+        "remove_carried": 0,
+    }
     assert metrics["percent"]["keep"] == 50.0 and metrics["percent"]["fix"] == 16.6667
     a, b = metrics["models"]["a"], metrics["models"]["b"]
     assert (a["cl_label_errors"], b["cl_label_errors"]) == (2, 1)
@@ -101,14 +132,19 @@ def test_counts_percentages_and_table1_accuracies(predictions: dict[str, Path]) 
     assert a["cleaned"] == {"top1": 75.0, "top5": 100.0, "rows": 4}
     assert b["original"] == {"top1": 0.0, "top5": 60.0, "rows": 5}
     assert b["cleaned"] == {"top1": 0.0, "top5": 50.0, "rows": 4}
-    assert metrics["cam"] == {"vetoed": 1, "by_exempting_models": {"2": 1}, "images_examined": 0,
-                              "model_rows": 0}
+    assert metrics["cam"] == {
+        "vetoed": 1,
+        "by_exempting_models": {"2": 1},
+        "images_examined": 0,
+        "model_rows": 0,
+    }
     assert "reference" not in metrics and "multi_label_top1" not in a
 
 
 def test_reference_block_and_multi_label_top1(predictions: dict[str, Path]) -> None:
-    metrics, _ = evaluate_split(ledger_frame(), votes_frame(), predictions,
-                                entries=entries(REFERENCE))
+    metrics, _ = evaluate_split(
+        ledger_frame(), votes_frame(), predictions, entries=entries(REFERENCE)
+    )
     real = metrics["reference"]
     # judged before: rows 1, 2, 6 (rows 3 and 5 accept nothing, row 4 is a skip): labels 1, 2, 7
     assert (real["agreement_before"], real["judged_before"]) == (66.6667, 3)
@@ -122,18 +158,21 @@ def test_reference_block_and_multi_label_top1(predictions: dict[str, Path]) -> N
     assert metrics["models"]["b"]["multi_label_top1"] == 0.0
 
 
-def test_agreement_drop_is_flagged_and_logged(predictions: dict[str, Path],
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_agreement_drop_is_flagged_and_logged(
+    predictions: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     ledger = ledger_frame()
     ledger.loc[0, ["action", "new_label"]] = ["fix", 9]  # breaks a right label
     with caplog.at_level("WARNING"):
-        metrics, _ = evaluate_split(ledger, votes_frame(), predictions,
-                                    entries=entries(REFERENCE), split="val")
+        metrics, _ = evaluate_split(
+            ledger, votes_frame(), predictions, entries=entries(REFERENCE), split="val"
+        )
     assert metrics["reference"]["worse"] is False  # 66.7 -> 66.7: not worse
     ledger.loc[5, ["action", "new_label"]] = ["fix", 9]
     with caplog.at_level("WARNING"):
-        metrics, _ = evaluate_split(ledger, votes_frame(), predictions,
-                                    entries=entries(REFERENCE), split="val")
+        metrics, _ = evaluate_split(
+            ledger, votes_frame(), predictions, entries=entries(REFERENCE), split="val"
+        )
     assert metrics["reference"]["agreement_after"] == 33.3333
     assert metrics["reference"]["worse"] is True
     assert "agree LESS with the human reference" in caplog.text
@@ -143,7 +182,9 @@ def test_logits_or_nan_on_a_usable_row_are_refused(tmp_path: Path) -> None:
     logits = np.log(probs_a())
     logits[3] = np.nan
     formats.write_npy(logits, tmp_path / "a.npy")
-    with pytest.raises(InputError, match=r"a.npy: row 0 has values outside \[0, 1\] .*these look like logits"):
+    with pytest.raises(
+        InputError, match=r"a.npy: row 0 has values outside \[0, 1\] .*these look like logits"
+    ):
         evaluate_split(ledger_frame(), votes_frame(), {"a": tmp_path / "a.npy"})
     nan_row = probs_a()
     nan_row[2] = np.nan
@@ -156,25 +197,34 @@ def test_class_table_ranks_classes_by_fixes_and_removals() -> None:
     ledger = ledger_frame()
     table = class_table(ledger, top=1)
     wnid, name = formats.class_wnids()[2], formats.class_names()[2].split(",")[0]
-    assert table.to_dict("records") == [{"class": f"{wnid} {name}", "action": "fix", "count": 1},
-                                        {"class": f"{wnid} {name}", "action": "remove", "count": 0}]
+    assert table.to_dict("records") == [
+        {"class": f"{wnid} {name}", "action": "fix", "count": 1},
+        {"class": f"{wnid} {name}", "action": "remove", "count": 0},
+    ]
     assert len(class_table(ledger, top=20)) == 4
 
 
 def test_run_evaluate_writes_metrics_plot_data_and_png(tmp_path: Path, params: dict) -> None:
-    formats.write_table(ledger_frame(), tmp_path / formats.ledger_path("val"),
-                        schema=LEDGER_FULL_SCHEMA)
+    formats.write_table(
+        ledger_frame(), tmp_path / formats.ledger_path("val"), schema=LEDGER_FULL_SCHEMA
+    )
     votes = votes_frame()
     formats.write_table(votes, tmp_path / formats.votes_path("val"))
-    formats.write_table(pd.DataFrame({"image_id": [IDS[5]], "model": ["a"], "exempted": [True]}),
-                        tmp_path / formats.cams_path("val"))
-    formats.write_table(CLEAN_SCHEMA.empty_table(), tmp_path / formats.clean_path("val"), schema=CLEAN_SCHEMA)
+    formats.write_table(
+        pd.DataFrame({"image_id": [IDS[5]], "model": ["a"], "exempted": [True]}),
+        tmp_path / formats.cams_path("val"),
+    )
+    formats.write_table(
+        CLEAN_SCHEMA.empty_table(), tmp_path / formats.clean_path("val"), schema=CLEAN_SCHEMA
+    )
     formats.write_npy(probs_a(), tmp_path / formats.predictions_path("val", "a"))
     (tmp_path / "refs").mkdir()
     (tmp_path / "refs/real.json").write_text(json.dumps(dict(zip(IDS[:2], REFERENCE[:2]))))
     params["models"]["a"] = {"spec": "local-dir:a"}
     params["predict"]["models"] = ["a"]
-    params["evaluate"].update(references="refs", reference_labels={"val": "real.json"}, top_classes=5)
+    params["evaluate"].update(
+        references="refs", reference_labels={"val": "real.json"}, top_classes=5
+    )
     run_evaluate("val", params, root=tmp_path)
     text = (tmp_path / "metrics/val.json").read_text()
     metrics = json.loads(text)
@@ -202,12 +252,16 @@ def test_rounds_plot_earlier_iterations_from_the_history_and_this_one(tmp_path: 
 
     history = tmp_path / "iterations/val-rounds.csv"
     history.parent.mkdir()
-    history.write_text("iteration,keep,fix,remove_new,remove,secondary,agreement_before,"
-                       "agreement_after\n0,90,5,5,5,3,92.0,93.0\n1,93,2,1,6,3,93.0,93.5\n"
-                       "2,1,1,1,1,1,1.0,1.0\n")
-    metrics = {"iteration": 2, "counts": {"keep": 94, "fix": 1, "remove_new": 0, "remove": 6,
-                                          "secondary": 4},
-               "reference": {"agreement_before": 93.5, "agreement_after": 93.6}}
+    history.write_text(
+        "iteration,keep,fix,remove_new,remove,secondary,agreement_before,"
+        "agreement_after\n0,90,5,5,5,3,92.0,93.0\n1,93,2,1,6,3,93.0,93.5\n"
+        "2,1,1,1,1,1,1.0,1.0\n"
+    )
+    metrics = {
+        "iteration": 2,
+        "counts": {"keep": 94, "fix": 1, "remove_new": 0, "remove": 6, "secondary": 4},
+        "reference": {"agreement_before": 93.5, "agreement_after": 93.6},
+    }
     table = rounds_table(history, metrics)
     assert table["iteration"].tolist() == [0, 1, 2] and table["keep"].tolist() == [90, 93, 94]
     write_rounds(table, tmp_path, "val")
@@ -215,12 +269,17 @@ def test_rounds_plot_earlier_iterations_from_the_history_and_this_one(tmp_path: 
     assert list(counts.columns) == ["iteration", "series", "value"]
     assert counts[counts["series"] == "fix"]["value"].tolist() == [5, 2, 1]
     agreement = pd.read_csv(tmp_path / "val-rounds-agreement.csv")
-    assert agreement[agreement["series"] == "agreement_after"]["value"].tolist() == [93.0, 93.5, 93.6]
+    assert agreement[agreement["series"] == "agreement_after"]["value"].tolist() == [
+        93.0,
+        93.5,
+        93.6,
+    ]
     assert (tmp_path / "val-rounds.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_empty_class_plot_says_what_was_carried(tmp_path: Path, predictions: dict[str, Path]
-                                                ) -> None:
+def test_empty_class_plot_says_what_was_carried(
+    tmp_path: Path, predictions: dict[str, Path]
+) -> None:
     from stages.reporting.plots import empty_note
 
     ledger = ledger_frame()
@@ -229,5 +288,6 @@ def test_empty_class_plot_says_what_was_carried(tmp_path: Path, predictions: dic
     metrics, table = evaluate_split(ledger, votes_frame(), predictions)
     assert table["count"].sum() == 0
     assert metrics["counts"]["remove_carried"] == 1 and metrics["counts"]["remove_new"] == 0
-    assert empty_note(metrics) == ("no new fixes or removals in iteration 2 (1 removed in "
-                                    "earlier iterations)")
+    assert empty_note(metrics) == (
+        "no new fixes or removals in iteration 2 (1 removed in earlier iterations)"
+    )

@@ -1,5 +1,5 @@
-"""stages.method.evidence: the ensemble's evidence per row (the mean of the models' probabilities, its
-top-5 with their mean probabilities, the mean probability of the label, each model's top-1) from
+"""stages.method.evidence: the ensemble's evidence per row (the mean of the models' probabilities,
+its top-5 with their mean probabilities, the mean probability of the label, each model's top-1) from
 two hand-built 7-class prediction files whose means are exact binary fractions, and the votes
 table's evidence columns with inactive rows (a skip row with NaN predictions, a removed row).
 """
@@ -15,16 +15,20 @@ import pytest
 from stages.contracts import formats
 from stages.method.evidence import ensemble_evidence
 
-A = [[0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125, 0],
-     [0, 0.0625, 0, 0.125, 0.0625, 0.25, 0.5],
-     [np.nan] * 7,  # a skip row: no predictions
-     [0.0625, 0.75, 0.125, 0.03125, 0.015625, 0.0078125, 0.0078125],
-     [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125, 0]]  # removed in an earlier iteration
-B = [[0.25, 0.5, 0.125, 0.03125, 0.0625, 0, 0.03125],
-     [0, 0.125, 0.125, 0, 0, 0.5, 0.25],
-     [np.nan] * 7,
-     [0.0625, 0.75, 0.125, 0.03125, 0.015625, 0.0078125, 0.0078125],
-     [0.25, 0.5, 0.125, 0.03125, 0.0625, 0, 0.03125]]
+A = [
+    [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125, 0],
+    [0, 0.0625, 0, 0.125, 0.0625, 0.25, 0.5],
+    [np.nan] * 7,  # a skip row: no predictions
+    [0.0625, 0.75, 0.125, 0.03125, 0.015625, 0.0078125, 0.0078125],
+    [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125, 0],
+]  # removed in an earlier iteration
+B = [
+    [0.25, 0.5, 0.125, 0.03125, 0.0625, 0, 0.03125],
+    [0, 0.125, 0.125, 0, 0, 0.5, 0.25],
+    [np.nan] * 7,
+    [0.0625, 0.75, 0.125, 0.03125, 0.015625, 0.0078125, 0.0078125],
+    [0.25, 0.5, 0.125, 0.03125, 0.0625, 0, 0.03125],
+]
 LABELS = np.array([1, 2, -1, 6, -1])
 ACTIVE = np.array([True, True, False, True, False])
 EVIDENCE_COLUMNS = ["ensemble_top", "ensemble_probs", "label_prob", "model_top1"]
@@ -41,9 +45,11 @@ def write_predictions(folder: Path, dtype: type = np.float32) -> dict[str, Path]
 @pytest.mark.parametrize("chunk_rows", [2, 8192])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["float16", "float32"])
 def test_top5_of_the_ensemble_mean_label_probability_and_each_models_top1(
-        tmp_path: Path, dtype: type, chunk_rows: int) -> None:
-    evidence = ensemble_evidence(LABELS, write_predictions(tmp_path, dtype), active=ACTIVE,
-                                 chunk_rows=chunk_rows)
+    tmp_path: Path, dtype: type, chunk_rows: int
+) -> None:
+    evidence = ensemble_evidence(
+        LABELS, write_predictions(tmp_path, dtype), active=ACTIVE, chunk_rows=chunk_rows
+    )
     # mean row 0: [.375, .375, .125, .046875, .046875, .015625, .015625]: ties keep class order
     assert evidence.top[0].tolist() == [0, 1, 2, 3, 4]
     assert evidence.probs[0].tolist() == [0.375, 0.375, 0.125, 0.046875, 0.046875]
@@ -55,8 +61,12 @@ def test_top5_of_the_ensemble_mean_label_probability_and_each_models_top1(
     # the label's mean probability, also for a label outside the top-5 (row 3: class 6)
     np.testing.assert_array_equal(evidence.label_prob, [0.375, 0.0625, np.nan, 0.0078125, np.nan])
     assert evidence.model_top1[[0, 1, 3]].tolist() == [[0, 1], [6, 5], [1, 1]]
-    assert (evidence.top.dtype, evidence.probs.dtype, evidence.label_prob.dtype,
-            evidence.model_top1.dtype) == (np.int32, np.float32, np.float32, np.int32)
+    assert (
+        evidence.top.dtype,
+        evidence.probs.dtype,
+        evidence.label_prob.dtype,
+        evidence.model_top1.dtype,
+    ) == (np.int32, np.float32, np.float32, np.int32)
 
 
 def test_ties_at_the_fifth_place_keep_the_smaller_classes(tmp_path: Path) -> None:
@@ -92,7 +102,8 @@ def test_model_top1_columns_follow_the_order_of_the_predictions(tmp_path: Path) 
 
 
 def test_columns_give_inactive_rows_empty_lists_and_a_null_label_probability(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     evidence = ensemble_evidence(LABELS, write_predictions(tmp_path), active=ACTIVE)
     table = evidence.columns(ACTIVE)
     assert table.schema == pa.schema([formats.VOTES_SCHEMA.field(n) for n in EVIDENCE_COLUMNS])

@@ -1,4 +1,5 @@
-"""stages.explain and stages.method.exemptions: config, candidate selection and the stage end to end on a tiny votes table.
+"""stages.explain and stages.method.exemptions: config, candidate selection and the stage end to end
+on a tiny votes table.
 
 The votes table is built here (the vote stage is not used), with the contract's schema; everything
 else is real: demo images, demo models, pytorch-grad-cam.
@@ -17,8 +18,8 @@ import pytest
 
 from stages import explain
 from stages.contracts import formats
-from stages.method import exemptions
 from stages.contracts.errors import ConfigError
+from stages.method import exemptions
 
 VOTES_SCHEMA = formats.VOTES_SCHEMA
 
@@ -26,24 +27,30 @@ MODELS = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075"]
 
 
 def make_votes(manifest: pd.DataFrame, rows: dict[int, tuple[list[str], str | None]]) -> pa.Table:
-    """Votes for `manifest`: row -> (top5_hit_models, inactive_reason); other rows: all models hit."""
+    """Votes for `manifest`: row -> (top5_hit_models, inactive_reason); other rows: all models
+    hit."""
     hits = [rows.get(i, (MODELS, None))[0] for i in range(len(manifest))]
     inactive = [rows.get(i, (MODELS, None))[1] for i in range(len(manifest))]
     labels = [None if r else int(v) for v, r in zip(manifest["label"], inactive)]
-    return pa.table({
-        "image_id": manifest["image_id"].tolist(),
-        "label": labels,
-        "original_label": manifest["label"].astype(int).tolist(),
-        "iteration": [0] * len(manifest),
-        "inactive_reason": inactive,
-        "cl_candidates": [[] for _ in hits],
-        "cl_models": [[] for _ in hits],
-        "top5_misses": [len(MODELS) - len(h) for h in hits],
-        "top5_hit_models": hits,
-        "n_models": [len(MODELS)] * len(manifest),
-        "ensemble_top": [[] for _ in hits], "ensemble_probs": [[] for _ in hits],
-        "label_prob": [None] * len(manifest), "model_top1": [[] for _ in hits],
-    }, schema=VOTES_SCHEMA)
+    return pa.table(
+        {
+            "image_id": manifest["image_id"].tolist(),
+            "label": labels,
+            "original_label": manifest["label"].astype(int).tolist(),
+            "iteration": [0] * len(manifest),
+            "inactive_reason": inactive,
+            "cl_candidates": [[] for _ in hits],
+            "cl_models": [[] for _ in hits],
+            "top5_misses": [len(MODELS) - len(h) for h in hits],
+            "top5_hit_models": hits,
+            "n_models": [len(MODELS)] * len(manifest),
+            "ensemble_top": [[] for _ in hits],
+            "ensemble_probs": [[] for _ in hits],
+            "label_prob": [None] * len(manifest),
+            "model_top1": [[] for _ in hits],
+        },
+        schema=VOTES_SCHEMA,
+    )
 
 
 # ----------------------------------------------------------------------------- config
@@ -54,11 +61,22 @@ def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
     config = exemptions.CamOptions.from_params(params)
     assert config.methods == ("gradcam", "gradcam++", "scorecam")
     assert (config.rule.heat, config.rule.min_area, config.rule.min_methods) == (0.75, 0.01, 2)
-    bad = {"methods": ["gradcam", "layercam"]}, {"min_methods": 4}, {"batch_size": 0}, \
-        {"colour": "red"}, {"target_layers": {"m": 3}}, {"exhaustive": "yes"}
-    messages = "explain.methods.*layercam", "min_methods.*at most the 3 methods", \
-        "explain.batch_size.*>= 1", "unknown key 'colour'", "explain.target_layers", \
-        "explain.exhaustive.*true or false"
+    bad = (
+        {"methods": ["gradcam", "layercam"]},
+        {"min_methods": 4},
+        {"batch_size": 0},
+        {"colour": "red"},
+        {"target_layers": {"m": 3}},
+        {"exhaustive": "yes"},
+    )
+    messages = (
+        "explain.methods.*layercam",
+        "min_methods.*at most the 3 methods",
+        "explain.batch_size.*>= 1",
+        "unknown key 'colour'",
+        "explain.target_layers",
+        "explain.exhaustive.*true or false",
+    )
     for change, message in zip(bad, messages):
         edited = copy.deepcopy(params)
         edited["explain"].update(change)
@@ -69,8 +87,10 @@ def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
 def test_select_candidates_needs_active_rows_with_boxes_and_enough_misses(small_manifest) -> None:
     manifest = small_manifest.head(6).copy()
     manifest.at[3, "boxes"] = []
-    votes = make_votes(manifest, {0: ([MODELS[1]], None), 2: ([], None), 3: ([], None),
-                                  4: ([], "skip: unreadable image")}).to_pandas()
+    votes = make_votes(
+        manifest,
+        {0: ([MODELS[1]], None), 2: ([], None), 3: ([], None), 4: ([], "skip: unreadable image")},
+    ).to_pandas()
     picked = exemptions.select_candidates(manifest, votes, h3=2)
     assert picked["image_id"].tolist() == manifest["image_id"].iloc[[0, 2]].tolist()
     assert picked["models"].tolist() == [[MODELS[1]], []]
@@ -85,14 +105,21 @@ def test_select_candidates_needs_active_rows_with_boxes_and_enough_misses(small_
 
 
 @pytest.fixture
-def stage_dir(tmp_path: Path, params: dict, small_manifest: pd.DataFrame, demo_root: Path,
-              project_root: Path, monkeypatch: pytest.MonkeyPatch):
+def stage_dir(
+    tmp_path: Path,
+    params: dict,
+    small_manifest: pd.DataFrame,
+    demo_root: Path,
+    project_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
     """A project folder with a manifest (8 demo rows, row 3 without boxes) and params that point
     at the demo images and models; the test writes the votes."""
     manifest = small_manifest.head(8).copy()
     manifest.at[3, "boxes"] = []
-    formats.write_table(manifest, tmp_path / formats.manifest_path("val"),
-                        schema=formats.MANIFEST_SCHEMA)
+    formats.write_table(
+        manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
+    )
     for name in params["models"]:
         folder = params["models"][name]["spec"].removeprefix("local-dir:")
         params["models"][name]["spec"] = f"local-dir:{project_root / folder}"
@@ -110,16 +137,26 @@ def stage_dir(tmp_path: Path, params: dict, small_manifest: pd.DataFrame, demo_r
 def test_stage_writes_contract_table_and_overlays_deterministically(stage_dir) -> None:
     folder, manifest = stage_dir
     ids = manifest["image_id"].tolist()
-    votes = make_votes(manifest, {0: (MODELS[:2], None), 2: ([MODELS[0]], None),
-                                  3: ([MODELS[0]], None), 5: ([], None),
-                                  6: ([MODELS[0]], "skip: unreadable image")})
+    votes = make_votes(
+        manifest,
+        {
+            0: (MODELS[:2], None),
+            2: ([MODELS[0]], None),
+            3: ([MODELS[0]], None),
+            5: ([], None),
+            6: ([MODELS[0]], "skip: unreadable image"),
+        },
+    )
     formats.write_table(votes, folder / formats.votes_path("val"))
     assert explain.main(["--split", "val", "--params", "params.yaml"]) == 0
     out = folder / formats.cams_path("val")
     assert pq.read_schema(out).remove_metadata() == formats.CAMS_SCHEMA
     table = pd.read_parquet(out)
     assert list(zip(table["image_id"], table["model"])) == [
-        (ids[0], MODELS[0]), (ids[0], MODELS[1]), (ids[2], MODELS[0])]
+        (ids[0], MODELS[0]),
+        (ids[0], MODELS[1]),
+        (ids[2], MODELS[0]),
+    ]
     for row in table.itertuples():
         computed = [s for s in (row.gradcam, row.gradcampp, row.scorecam) if not np.isnan(s)]
         assert all(0.0 <= s <= 1.0 for s in computed) and len(computed) >= 2
@@ -160,7 +197,9 @@ def test_cam_model_restores_cudnn_flags_when_loading_fails(tmp_path: Path) -> No
     from stages.modelling.specs import ModelSpec
 
     before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    with pytest.raises(FileNotFoundError, match="config.json not found"):
-        with exemptions.cam_model(ModelSpec("m", f"local-dir:{tmp_path}"), device=torch.device("cpu")):
-            pass
+    with (
+        pytest.raises(FileNotFoundError, match="config.json not found"),
+        exemptions.cam_model(ModelSpec("m", f"local-dir:{tmp_path}"), device=torch.device("cpu")),
+    ):
+        pass
     assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before

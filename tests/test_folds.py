@@ -11,8 +11,8 @@ import pytest
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError
 from stages.folds import run_folds
-from stages.modelling.train_config import FoldsConfig, fold_count
 from stages.modelling.folds import assign_folds, fold_table, read_folds
+from stages.modelling.train_config import FoldsConfig, fold_count
 
 
 def _labels(sizes: list[int]) -> np.ndarray:
@@ -48,7 +48,9 @@ def test_too_few_rows_or_folds_are_refused() -> None:
         assign_folds(np.zeros(5), np.ones(5, dtype=bool), k=1, seed=0)
 
 
-def test_the_table_has_manifest_order_and_no_fold_for_skip_rows(small_manifest: pd.DataFrame) -> None:
+def test_the_table_has_manifest_order_and_no_fold_for_skip_rows(
+    small_manifest: pd.DataFrame,
+) -> None:
     manifest = small_manifest.copy()
     manifest.loc[3, "skip_reason"] = "empty file (0 bytes)"
     table = fold_table(manifest, k=2, seed=0).to_pandas()
@@ -63,15 +65,19 @@ def _params(params: dict, split: str = "train_demo", *, folds: list | None = Non
 
 
 def test_the_stage_writes_a_table_that_reads_back_against_its_manifest(
-        tmp_path: Path, params: dict, small_manifest: pd.DataFrame) -> None:
+    tmp_path: Path, params: dict, small_manifest: pd.DataFrame
+) -> None:
     manifest_file = tmp_path / "manifest.parquet"
     formats.write_table(small_manifest, manifest_file, schema=formats.MANIFEST_SCHEMA)
-    stats = run_folds("train_demo", _params(params), manifest_path=manifest_file,
-                      out=tmp_path / "folds.parquet")
+    stats = run_folds(
+        "train_demo", _params(params), manifest_path=manifest_file, out=tmp_path / "folds.parquet"
+    )
     assert stats["folds"] == 3 and sum(stats["per_fold"]) == len(small_manifest)
     fold = read_folds("train_demo", small_manifest, path=tmp_path / "folds.parquet")
-    assert fold.tolist() == assign_folds(small_manifest["label"].to_numpy(), np.ones(48, bool),
-                                         k=3, seed=3).tolist()
+    assert (
+        fold.tolist()
+        == assign_folds(small_manifest["label"].to_numpy(), np.ones(48, bool), k=3, seed=3).tolist()
+    )
     with pytest.raises(InputError, match="does not match the manifest"):
         read_folds("train_demo", small_manifest.iloc[::-1], path=tmp_path / "folds.parquet")
 

@@ -14,35 +14,52 @@ from stages.contracts.errors import InputError, MissingInputError
 
 
 def manifest_rows() -> pd.DataFrame:
-    return pd.DataFrame({
-        "image_id": ["a", "b"], "path": ["a.JPEG", "b.JPEG"], "label": [1, 2],
-        "wnid": [formats.class_wnids()[1], formats.class_wnids()[2]], "boxes": [[], []],
-        "width": [10, 20], "height": [10, 20], "skip_reason": [None, None],
-        "sha256": ["0" * 64, "1" * 64]})
+    return pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "path": ["a.JPEG", "b.JPEG"],
+            "label": [1, 2],
+            "wnid": [formats.class_wnids()[1], formats.class_wnids()[2]],
+            "boxes": [[], []],
+            "width": [10, 20],
+            "height": [10, 20],
+            "skip_reason": [None, None],
+            "sha256": ["0" * 64, "1" * 64],
+        }
+    )
 
 
 def test_a_manifest_written_by_ingest_reads_back(tmp_path: Path) -> None:
     formats.write_table(manifest_rows(), tmp_path / "m.parquet", schema=formats.MANIFEST_SCHEMA)
-    assert formats.read_manifest("val", path=tmp_path / "m.parquet")["image_id"].tolist() == ["a", "b"]
+    assert formats.read_manifest("val", path=tmp_path / "m.parquet")["image_id"].tolist() == [
+        "a",
+        "b",
+    ]
 
 
 def test_hand_edited_manifests_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.parquet"
     text_width = pa.Table.from_pandas(manifest_rows().astype({"width": str}), preserve_index=False)
     pq.write_table(text_width, path)
-    with pytest.raises(InputError, match=r"m.parquet: column 'width' is large_string, the manifest "
-                                         r"contract says int32"):
+    with pytest.raises(
+        InputError,
+        match=r"m.parquet: column 'width' is large_string, the manifest "
+        r"contract says int32",
+    ):
         formats.read_manifest("val", path=path)
-    formats.write_table(manifest_rows().assign(skip_reason=["", None]), path,
-                        schema=formats.MANIFEST_SCHEMA)
+    formats.write_table(
+        manifest_rows().assign(skip_reason=["", None]), path, schema=formats.MANIFEST_SCHEMA
+    )
     with pytest.raises(InputError, match=r"an empty skip_reason .*image_id 'a'"):
         formats.read_manifest("val", path=path)
-    formats.write_table(manifest_rows().assign(image_id=["a", "a"]), path,
-                        schema=formats.MANIFEST_SCHEMA)
+    formats.write_table(
+        manifest_rows().assign(image_id=["a", "a"]), path, schema=formats.MANIFEST_SCHEMA
+    )
     with pytest.raises(InputError, match=r"a repeated image_id"):
         formats.read_manifest("val", path=path)
-    pq.write_table(pa.Table.from_pandas(manifest_rows().drop(columns="boxes"),
-                                        preserve_index=False), path)
+    pq.write_table(
+        pa.Table.from_pandas(manifest_rows().drop(columns="boxes"), preserve_index=False), path
+    )
     with pytest.raises(InputError, match=r"lacks the manifest column 'boxes'"):
         formats.read_manifest("val", path=path)
 

@@ -6,18 +6,27 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hub_inputs import TOKEN, RecordingHub, build
 from huggingface_hub import HfApi
 
-from hub_inputs import TOKEN, RecordingHub, build
 from stages.hub.repo import PushError, push
 
+
 def test_push_uploads_one_commit_and_tags_it_without_writing_the_token(
-        inputs, tmp_path, monkeypatch, online, caplog) -> None:
+    inputs, tmp_path, monkeypatch, online, caplog
+) -> None:
     hub = RecordingHub().install(monkeypatch)
     built = build(inputs, tmp_path / "hub")
     caplog.set_level(logging.DEBUG)
-    result = push(built.path, repo_id="someone/imagenet-clean", iteration=built.iteration, token=TOKEN)
-    assert [call[0] for call in hub.calls] == ["create_repo", "list_repo_refs", "upload_folder", "create_tag"]
+    result = push(
+        built.path, repo_id="someone/imagenet-clean", iteration=built.iteration, token=TOKEN
+    )
+    assert [call[0] for call in hub.calls] == [
+        "create_repo",
+        "list_repo_refs",
+        "upload_folder",
+        "create_tag",
+    ]
     _, args, kwargs = hub.calls[2]
     assert kwargs["repo_id"] == "someone/imagenet-clean" and kwargs["repo_type"] == "dataset"
     assert kwargs["token"] == TOKEN and kwargs["files"] == list(built.files)
@@ -32,7 +41,9 @@ def test_push_uploads_one_commit_and_tags_it_without_writing_the_token(
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
-def test_push_refuses_a_published_iteration_before_uploading(inputs, tmp_path, monkeypatch, online) -> None:
+def test_push_refuses_a_published_iteration_before_uploading(
+    inputs, tmp_path, monkeypatch, online
+) -> None:
     hub = RecordingHub(tags=("iteration-0", "iteration-1")).install(monkeypatch)
     built = build(inputs, tmp_path / "hub")
     with pytest.raises(PushError, match="already has tag iteration-1.*nothing was uploaded"):
@@ -48,8 +59,11 @@ def test_push_names_the_commit_when_tagging_fails(inputs, tmp_path, monkeypatch,
 
     monkeypatch.setattr(HfApi, "create_tag", refuse)
     built = build(inputs, tmp_path / "hub")
-    with pytest.raises(PushError, match=f"uploaded commit {'0123abcd' * 5} .* could not tag it "
-                                        f"iteration-1 \\(OSError\\); tag it with HfApi"):
+    with pytest.raises(
+        PushError,
+        match=f"uploaded commit {'0123abcd' * 5} .* could not tag it "
+        f"iteration-1 \\(OSError\\); tag it with HfApi",
+    ):
         push(built.path, repo_id="someone/imagenet-clean", iteration=1, token=TOKEN)
     assert [call[0] for call in hub.calls] == ["create_repo", "list_repo_refs", "upload_folder"]
 
@@ -58,7 +72,9 @@ def test_push_offline_fails_cleanly(inputs, tmp_path, monkeypatch) -> None:
     hub = RecordingHub().install(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     built = build(inputs, tmp_path / "hub")
-    with pytest.raises(PushError, match="offline mode is on \\(HF_HUB_OFFLINE=1\\).*nothing was uploaded"):
+    with pytest.raises(
+        PushError, match="offline mode is on \\(HF_HUB_OFFLINE=1\\).*nothing was uploaded"
+    ):
         push(built.path, repo_id="someone/imagenet-clean", iteration=1, token=TOKEN)
     assert hub.calls == []
 
@@ -71,11 +87,15 @@ def test_push_without_token_fails_cleanly(inputs, tmp_path, monkeypatch, online)
     assert hub.calls == []
 
 
-def test_dry_run_lists_the_upload_and_touches_nothing(inputs, tmp_path, monkeypatch, caplog) -> None:
+def test_dry_run_lists_the_upload_and_touches_nothing(
+    inputs, tmp_path, monkeypatch, caplog
+) -> None:
     hub = RecordingHub().install(monkeypatch)
     built = build(inputs, tmp_path / "hub")
     caplog.set_level(logging.INFO, logger="stages.hub.repo")
-    result = push(built.path, repo_id="someone/imagenet-clean", iteration=1, token=None, dry_run=True)
+    result = push(
+        built.path, repo_id="someone/imagenet-clean", iteration=1, token=None, dry_run=True
+    )
     assert hub.calls == [] and result.commit is None and result.dry_run
     assert dict(result.files)["README.md"] == (built.path / "README.md").stat().st_size
     assert "would upload README.md" in caplog.text

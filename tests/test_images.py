@@ -22,12 +22,20 @@ def png16(pixels: np.ndarray, path: Path) -> Path:
     raw = b"".join(b"\x00" + pixels[row].astype(">u2").tobytes() for row in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -57,7 +65,7 @@ def test_16bit_png_is_usable_for_ingest_and_predict(tmp_path: Path) -> None:
 def test_float_pixels_are_a_skip_reason_not_a_wrong_picture(tmp_path: Path) -> None:
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "float.tiff")
     buffer = io.BytesIO((tmp_path / "float.tiff").read_bytes())
-    width, height, reason = probe(buffer)
+    _width, _height, reason = probe(buffer)
     assert reason is not None and "pixel mode 'F'" in reason
     with pytest.raises(ValueError, match="pixel mode 'F'"):
         open_rgb(tmp_path / "float.tiff")

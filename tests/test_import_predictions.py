@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import run_in
+
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError, UserError
-from stages.import_predictions import main, run_import
 from stages.contracts.sidecars import topk_hits
+from stages.import_predictions import main, run_import
 
 MODEL = "mobilenetv1_025"
 SKIP = 7  # manifest row made a skip row
@@ -50,8 +50,16 @@ def ids_of(manifest: Path) -> np.ndarray:
 
 
 def run(params: dict, manifest: Path, file: Path, tmp_path: Path, **options) -> dict:
-    return run_import("val", MODEL, file, params, manifest_path=manifest,
-                      out=tmp_path / "out" / f"{MODEL}.npy", commit=False, **options)
+    return run_import(
+        "val",
+        MODEL,
+        file,
+        params,
+        manifest_path=manifest,
+        out=tmp_path / "out" / f"{MODEL}.npy",
+        commit=False,
+        **options,
+    )
 
 
 def test_rows_are_matched_by_image_id_not_position(params, manifest, probs, tmp_path) -> None:
@@ -65,12 +73,21 @@ def test_rows_are_matched_by_image_id_not_position(params, manifest, probs, tmp_
     assert np.array_equal(written[usable], probs[usable]) and np.isnan(written[SKIP]).all()
     labels = pq.read_table(manifest).column("label").to_numpy().astype(np.float64)
     hits, scored = topk_hits(probs, labels, usable)
-    assert sidecar == {**sidecar, "source": "imported", "n": 48, "n_skipped": 1, "dtype": "float32",
-                       "top1": round(100 * hits[0] / scored, 4), "split": "val", "model": MODEL,
-                       "top5": round(100 * hits[1] / scored, 4),
-                       "spec": params["models"][MODEL]["spec"],
-                       "image_ids_sha256": formats.image_ids_sha256(ids_of(manifest)),
-                       "imported_sha256": formats.file_sha256(file), "imported_from": file.name}
+    assert sidecar == {
+        **sidecar,
+        "source": "imported",
+        "n": 48,
+        "n_skipped": 1,
+        "dtype": "float32",
+        "top1": round(100 * hits[0] / scored, 4),
+        "split": "val",
+        "model": MODEL,
+        "top5": round(100 * hits[1] / scored, 4),
+        "spec": params["models"][MODEL]["spec"],
+        "image_ids_sha256": formats.image_ids_sha256(ids_of(manifest)),
+        "imported_sha256": formats.file_sha256(file),
+        "imported_from": file.name,
+    }
     assert json.loads((tmp_path / "out" / f"{MODEL}.json").read_text()) == sidecar
 
 
@@ -86,9 +103,14 @@ def test_reversed_rows_with_their_ids_give_the_same_file(params, manifest, probs
 
 
 def test_parquet_and_float16_storage(params, manifest, probs, tmp_path) -> None:
-    table = pa.table({"image_id": ids_of(manifest)[::-1],
-                      "probabilities": pa.array(list(probs[::-1].astype(np.float64)),
-                                                type=pa.list_(pa.float64()))})
+    table = pa.table(
+        {
+            "image_id": ids_of(manifest)[::-1],
+            "probabilities": pa.array(
+                list(probs[::-1].astype(np.float64)), type=pa.list_(pa.float64())
+            ),
+        }
+    )
     pq.write_table(table, tmp_path / "p.parquet")
     params["predict"]["dtype"] = "float16"
     sidecar = run(params, manifest, tmp_path / "p.parquet", tmp_path)
@@ -103,23 +125,42 @@ def test_a_npy_without_ids_is_refused(params, manifest, probs, tmp_path) -> None
         run(params, manifest, tmp_path / "p.npy", tmp_path)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda ids, p: (np.append(ids, "ILSVRC2012_val_99999999"), np.vstack([p, p[:1]])),
-     r"1 image ids are not in the manifest, e.g. 'ILSVRC2012_val_99999999'; the predictions belong"),
-    (lambda ids, p: (np.append(ids, ids[3]), np.vstack([p, p[3:4]])),
-     r"1 image ids appear more than once, e.g. '{id3}'; keep one row per image"),
-    (lambda ids, p: (ids[2:], p[2:]),
-     r"2 of the manifest's 47 usable images have no row, e.g. '{id0}', '{id1}'; predict every usable"),
-    (lambda ids, p: (ids, np.log(p)),
-     r"row 0 \({id0}\) has values outside \[0, 1\] \(min -[0-9.]+, max -[0-9.]+\): these look like "
-     r"logits; apply a softmax"),
-    (lambda ids, p: (ids, np.where(np.arange(len(p))[:, None] == 4, np.nan, p)),
-     r"row 4 \({id4}\) has NaN or infinite values, but the manifest's image is usable"),
-    (lambda ids, p: (ids, p * 0.5), r"row 0 \({id0}\) sums to 0.5, not 1 \(tolerance 0.001\)"),
-    (lambda ids, p: (ids, p[:, :999]), r"probabilities have shape \(48, 999\); expected \(N, 1000\)"),
-])
-def test_bad_files_are_refused_naming_rows_and_ids(params, manifest, probs, tmp_path, change,
-                                                   message) -> None:
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda ids, p: (np.append(ids, "ILSVRC2012_val_99999999"), np.vstack([p, p[:1]])),
+            r"1 image ids are not in the manifest, e.g. 'ILSVRC2012_val_99999999'; "
+            r"the predictions belong",
+        ),
+        (
+            lambda ids, p: (np.append(ids, ids[3]), np.vstack([p, p[3:4]])),
+            r"1 image ids appear more than once, e.g. '{id3}'; keep one row per image",
+        ),
+        (
+            lambda ids, p: (ids[2:], p[2:]),
+            r"2 of the manifest's 47 usable images have no row, e.g. '{id0}', '{id1}'; "
+            r"predict every usable",
+        ),
+        (
+            lambda ids, p: (ids, np.log(p)),
+            r"row 0 \({id0}\) has values outside \[0, 1\] \(min -[0-9.]+, max -[0-9.]+\): "
+            r"these look like logits; apply a softmax",
+        ),
+        (
+            lambda ids, p: (ids, np.where(np.arange(len(p))[:, None] == 4, np.nan, p)),
+            r"row 4 \({id4}\) has NaN or infinite values, but the manifest's image is usable",
+        ),
+        (lambda ids, p: (ids, p * 0.5), r"row 0 \({id0}\) sums to 0.5, not 1 \(tolerance 0.001\)"),
+        (
+            lambda ids, p: (ids, p[:, :999]),
+            r"probabilities have shape \(48, 999\); expected \(N, 1000\)",
+        ),
+    ],
+)
+def test_bad_files_are_refused_naming_rows_and_ids(
+    params, manifest, probs, tmp_path, change, message
+) -> None:
     ids = ids_of(manifest)
     bad_ids, bad_probs = change(ids, probs)
     np.savez(tmp_path / "bad.npz", image_id=bad_ids, probabilities=bad_probs)
@@ -155,17 +196,31 @@ def test_import_in_a_dvc_project_leaves_predict_up_to_date(make_project) -> None
     project = make_project(6)
     run_in(project, "dvc", "repro", "ingest@val")
     ids = pq.read_table(project / "data/manifests/val.parquet").column("image_id").to_pylist()
-    np.savez(project / "cluster.npz", image_id=np.asarray(ids)[::-1],
-             probabilities=softmax(len(ids))[::-1])
-    run_in(project, "python", "-m", "stages.import_predictions", "--split", "val", "--model", MODEL,
-           "cluster.npz")
+    np.savez(
+        project / "cluster.npz",
+        image_id=np.asarray(ids)[::-1],
+        probabilities=softmax(len(ids))[::-1],
+    )
+    run_in(
+        project,
+        "python",
+        "-m",
+        "stages.import_predictions",
+        "--split",
+        "val",
+        "--model",
+        MODEL,
+        "cluster.npz",
+    )
     stage = f"predict@val-{MODEL}"
     assert "up to date" in run_in(project, "dvc", "status", stage).stdout
     everything = run_in(project, "dvc", "status").stdout
     assert stage not in everything and "predict@val-mobilenetv1_050" in everything
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
-    assert sorted(out["path"] for out in lock["outs"]) == [f"data/predictions/val/{MODEL}.json",
-                                                            f"data/predictions/val/{MODEL}.npy"]
+    assert sorted(out["path"] for out in lock["outs"]) == [
+        f"data/predictions/val/{MODEL}.json",
+        f"data/predictions/val/{MODEL}.npy",
+    ]
     result = run_in(project, "dvc", "repro", "--dry", stage)
     assert f"Stage '{stage}' didn't change" in result.stdout + result.stderr
 
@@ -176,4 +231,6 @@ def test_cli_writes_the_contract_files(params, manifest, probs, tmp_path, monkey
     monkeypatch.chdir(tmp_path)  # not a DVC project: nothing to commit
     assert main(["--split", "val", "--model", MODEL, "p.npz", "--manifest", str(manifest)]) == 0
     assert Path(f"data/predictions/val/{MODEL}.npy").is_file()
-    assert json.loads(Path(f"data/predictions/val/{MODEL}.json").read_text())["source"] == "imported"
+    assert (
+        json.loads(Path(f"data/predictions/val/{MODEL}.json").read_text())["source"] == "imported"
+    )

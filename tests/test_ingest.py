@@ -16,10 +16,10 @@ from PIL import Image
 
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
-from stages.sources.images import open_image
 from stages.ingest import ingest, main
-from stages.sources.manifest import IngestConfig, build_manifest
+from stages.sources.images import open_image
 from stages.sources.layouts import Source
+from stages.sources.manifest import IngestConfig, build_manifest
 
 WNID = "n01440764"  # tench, class 0
 FIRST = "ILSVRC2012_val_00000347"
@@ -76,8 +76,9 @@ def test_header_only_verify_misses_truncation_but_keeps_the_row(folder: Path, jp
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "L"])
-def test_cmyk_and_grayscale_jpegs_are_ingested_and_decode_to_rgb(folder: Path, jpeg: Path,
-                                                                 mode: str) -> None:
+def test_cmyk_and_grayscale_jpegs_are_ingested_and_decode_to_rgb(
+    folder: Path, jpeg: Path, mode: str
+) -> None:
     Image.open(jpeg).convert(mode).save(folder / WNID / f"odd_{mode}.JPEG", format="JPEG")
     manifest, stats = run(folder)
     assert stats["skipped"] == 0 and reason_of(manifest, f"odd_{mode}") is None
@@ -87,10 +88,12 @@ def test_cmyk_and_grayscale_jpegs_are_ingested_and_decode_to_rgb(folder: Path, j
 
 def test_png_bytes_under_jpeg_name_are_ingested(folder: Path, jpeg: Path) -> None:
     Image.open(jpeg).save(folder / WNID / "png_inside.JPEG", format="PNG")
-    manifest, stats = run(folder)
+    _manifest, stats = run(folder)
     assert stats["usable"] == 2
-    assert np.array_equal(np.asarray(open_image(folder, f"{WNID}/png_inside.JPEG")),
-                          np.asarray(Image.open(jpeg).convert("RGB")))
+    assert np.array_equal(
+        np.asarray(open_image(folder, f"{WNID}/png_inside.JPEG")),
+        np.asarray(Image.open(jpeg).convert("RGB")),
+    )
 
 
 def test_unknown_wnid_is_an_error_naming_the_file(folder: Path, jpeg: Path) -> None:
@@ -108,8 +111,10 @@ def test_duplicate_image_ids_are_an_error(folder: Path, jpeg: Path) -> None:
 
 
 def test_missing_root_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(MissingInputError, match="does-not-exist does not exist; set params.yaml "
-                                                "`splits.<split>.root`"):
+    with pytest.raises(
+        MissingInputError,
+        match="does-not-exist does not exist; set params.yaml `splits.<split>.root`",
+    ):
         run(tmp_path / "does-not-exist")
 
 
@@ -123,10 +128,12 @@ def kaggle_val(tmp_path: Path, demo_root: Path, solution: str | None) -> Path:
     return tmp_path
 
 
-def test_box_outside_the_image_is_clipped_or_dropped_and_counted(tmp_path: Path,
-                                                                 demo_root: Path) -> None:
-    root = kaggle_val(tmp_path, demo_root,
-                      f"{FIRST},{WNID} -10 5 100 300 {WNID} 300 300 400 400 {WNID} 1 2 3 4\n")
+def test_box_outside_the_image_is_clipped_or_dropped_and_counted(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    root = kaggle_val(
+        tmp_path, demo_root, f"{FIRST},{WNID} -10 5 100 300 {WNID} 300 300 400 400 {WNID} 1 2 3 4\n"
+    )
     manifest, stats = build_manifest(Source(root, "kaggle", "val"))
     assert [list(b) for b in manifest.loc[0, "boxes"]] == [[0, 5, 100, 227], [1, 2, 3, 4]]
     assert stats["boxes_clipped"] == 1 and stats["boxes_dropped"] == 1
@@ -149,14 +156,17 @@ def test_skip_rows_survive_the_parquet_schema(tmp_path: Path, folder: Path) -> N
 
 
 def test_bad_policy_names_the_options() -> None:
-    with pytest.raises(ConfigError, match="`ingest.on_bad_image` must be one of skip, error, got 'ignore'"):
+    with pytest.raises(
+        ConfigError, match="`ingest.on_bad_image` must be one of skip, error, got 'ignore'"
+    ):
         IngestConfig(on_bad_image="ignore")
 
 
 def test_typo_in_an_ingest_key_names_section_key_and_close_match(params: dict) -> None:
     params["ingest"]["on_bad_imag"] = params["ingest"].pop("on_bad_image")
-    with pytest.raises(ConfigError, match="`ingest` has an unknown key 'on_bad_imag'; did you mean "
-                                          "'on_bad_image'"):
+    with pytest.raises(
+        ConfigError, match="`ingest` has an unknown key 'on_bad_imag'; did you mean 'on_bad_image'"
+    ):
         ingest("val", params)
     params["ingest"]["workers"] = "2"
     with pytest.raises(ConfigError, match="`ingest.workers` must be an int, got '2'"):
@@ -172,11 +182,24 @@ def test_missing_root_key_is_a_config_error_not_a_key_error(params: dict) -> Non
 def test_cli_prints_one_line_for_a_missing_root(tmp_path: Path, params: dict) -> None:
     params["splits"]["val"]["root"] = str(tmp_path / "nowhere")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, "-m", "stages.ingest", "--split", "val", "--params",
-                             str(tmp_path / "params.yaml")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.ingest",
+            "--split",
+            "val",
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"error: split root {tmp_path / 'nowhere'} does not exist; set params.yaml " \
-           "`splits.val.root`" in result.stderr
+    assert (
+        f"error: split root {tmp_path / 'nowhere'} does not exist; set params.yaml "
+        "`splits.val.root`" in result.stderr
+    )
 
 
 def bad_xml_folder(folder: Path, text: str) -> Path:
@@ -187,8 +210,10 @@ def bad_xml_folder(folder: Path, text: str) -> Path:
     return folder.parent / "bbox"
 
 
-XML_ABC = (f"<annotation><object><name>{WNID}</name><bndbox><xmin>abc</xmin><ymin>1</ymin>"
-           "<xmax>2</xmax><ymax>3</ymax></bndbox></object></annotation>")
+XML_ABC = (
+    f"<annotation><object><name>{WNID}</name><bndbox><xmin>abc</xmin><ymin>1</ymin>"
+    "<xmax>2</xmax><ymax>3</ymax></bndbox></object></annotation>"
+)
 
 
 def test_malformed_xml_is_a_skip_row_and_ingest_goes_on(tmp_path: Path, jpeg: Path) -> None:
@@ -198,23 +223,32 @@ def test_malformed_xml_is_a_skip_row_and_ingest_goes_on(tmp_path: Path, jpeg: Pa
     source = Source(tmp_path / "split", "imagefolder", boxes=boxes)
     manifest, stats = build_manifest(source)
     assert stats == {**stats, "files_found": 2, "rows": 2, "usable": 1, "skipped": 1}
-    assert reason_of(manifest, "good") == (f"bad annotation: {boxes / 'good.xml'}: object 1 "
-                                           f"({WNID}) <xmin> is 'abc', not a number")
-    with pytest.raises(InputError, match=r"good.JPEG: bad annotation: .*bbox/good.xml: object 1 "
-                                         r"\(n01440764\) <xmin> is 'abc'.*on_bad_image: error"):
+    assert reason_of(manifest, "good") == (
+        f"bad annotation: {boxes / 'good.xml'}: object 1 ({WNID}) <xmin> is 'abc', not a number"
+    )
+    with pytest.raises(
+        InputError,
+        match=r"good.JPEG: bad annotation: .*bbox/good.xml: object 1 "
+        r"\(n01440764\) <xmin> is 'abc'.*on_bad_image: error",
+    ):
         build_manifest(source, config=IngestConfig(on_bad_image="error"))
 
 
-def test_malformed_csv_row_is_a_skip_row_naming_file_and_line(tmp_path: Path, demo_root: Path) -> None:
+def test_malformed_csv_row_is_a_skip_row_naming_file_and_line(
+    tmp_path: Path, demo_root: Path
+) -> None:
     root = kaggle_val(tmp_path, demo_root, f"{FIRST}\n")  # no PredictionString at all
     manifest, stats = build_manifest(Source(root, "kaggle", "val"))
     assert stats["skipped"] == 1 and reason_of(manifest, FIRST).startswith(
-        f"bad annotation: {root / 'LOC_val_solution.csv'} line 2: PredictionString None")
+        f"bad annotation: {root / 'LOC_val_solution.csv'} line 2: PredictionString None"
+    )
     with pytest.raises(InputError, match=r"LOC_val_solution.csv line 2: PredictionString None"):
         build_manifest(Source(root, "kaggle", "val"), config=IngestConfig(on_bad_image="error"))
 
 
-def test_a_few_labels_their_xml_does_not_name_are_counted_not_fatal(tmp_path: Path, jpeg: Path) -> None:
+def test_a_few_labels_their_xml_does_not_name_are_counted_not_fatal(
+    tmp_path: Path, jpeg: Path
+) -> None:
     (tmp_path / "split" / WNID).mkdir(parents=True)
     (tmp_path / "bbox" / WNID).mkdir(parents=True)
     small = Image.open(jpeg).resize((8, 8))
@@ -223,11 +257,17 @@ def test_a_few_labels_their_xml_does_not_name_are_counted_not_fatal(tmp_path: Pa
         name = WNID if index else "n01443537"  # one XML names another class
         (tmp_path / "bbox" / WNID / f"{WNID}_{index}.xml").write_text(
             f"<annotation><object><name>{name}</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-            "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
-    manifest, stats = build_manifest(Source(tmp_path / "split", "imagefolder", boxes=tmp_path / "bbox"))
-    assert stats["label_box_mismatches"] == 1 and stats["usable"] == 101 and stats["with_boxes"] == 100
+            "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+        )
+    _manifest, stats = build_manifest(
+        Source(tmp_path / "split", "imagefolder", boxes=tmp_path / "bbox")
+    )
+    assert (
+        stats["label_box_mismatches"] == 1 and stats["usable"] == 101 and stats["with_boxes"] == 100
+    )
     (tmp_path / "bbox" / WNID / f"{WNID}_1.xml").write_text(
-        (tmp_path / "bbox" / WNID / f"{WNID}_0.xml").read_text())
+        (tmp_path / "bbox" / WNID / f"{WNID}_0.xml").read_text()
+    )
     with pytest.raises(InputError, match="2 of 101 images with a box XML are labelled with a wnid"):
         build_manifest(Source(tmp_path / "split", "imagefolder", boxes=tmp_path / "bbox"))
 
@@ -244,7 +284,9 @@ def test_limit_keeps_the_first_images_by_id_and_counts_the_rest(folder: Path, jp
 
 def test_limit_from_params_makes_a_demo_split(tmp_path: Path, params: dict) -> None:
     params["splits"]["train_demo"] = {**params["splits"]["val"], "limit": 30}
-    stats = ingest("train_demo", params, out=tmp_path / "m.parquet", metrics_out=tmp_path / "m.json")
+    stats = ingest(
+        "train_demo", params, out=tmp_path / "m.parquet", metrics_out=tmp_path / "m.json"
+    )
     manifest = formats.read_table(tmp_path / "m.parquet")
     assert stats == {**stats, "files_found": 500, "limited_out": 470, "rows": 30}
     assert list(manifest["image_id"]) == sorted(manifest["image_id"])[:30]
@@ -278,12 +320,15 @@ def test_all_1300_shared_demo_images_match_their_sources(shared_demo: Path) -> N
     for row in manifest.itertuples():
         tokens = solution.loc[row.image_id, "PredictionString"].split()
         assert wnids[row.label] == row.wnid == tokens[0]
-        objects, _ = parse_voc_xml(shared_demo / "ILSVRC/Annotations/CLS-LOC/val" / f"{row.image_id}.xml")
+        objects, _ = parse_voc_xml(
+            shared_demo / "ILSVRC/Annotations/CLS-LOC/val" / f"{row.image_id}.xml"
+        )
         assert [list(b) for b in row.boxes] == [box for name, box in objects if name == row.wnid]
 
 
-def test_manifest_records_each_image_digest_so_a_changed_image_changes_it(tmp_path: Path,
-                                                                           folder: Path) -> None:
+def test_manifest_records_each_image_digest_so_a_changed_image_changes_it(
+    tmp_path: Path, folder: Path
+) -> None:
     import hashlib
 
     first, _ = run(folder)

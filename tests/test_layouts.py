@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.contracts.splits import SplitEntry
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.formats import class_wnids
-from stages.sources.manifest import build_manifest
+from stages.contracts.splits import SplitEntry
 from stages.sources.layouts import Source, parse_voc_xml, read_source, split_source
+from stages.sources.manifest import build_manifest
 
 WNIDS = class_wnids()
 
@@ -26,7 +26,7 @@ def demo_rows(demo_root: Path, n: int) -> list[tuple[str, str, list[list[int]]]]
     with open(demo_root / "LOC_val_solution.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             tokens = row["PredictionString"].split()
-            boxes = [[int(v) for v in tokens[i + 1:i + 5]] for i in range(0, len(tokens), 5)]
+            boxes = [[int(v) for v in tokens[i + 1 : i + 5]] for i in range(0, len(tokens), 5)]
             rows.append((row["ImageId"], tokens[0], boxes))
     return sorted(rows)[:n]
 
@@ -63,7 +63,9 @@ def test_kaggle_val_falls_back_to_xml(tmp_path: Path, demo_root: Path) -> None:
     for (image_id, wnid, boxes), row in zip(rows, manifest.itertuples()):
         objects, _ = parse_voc_xml(demo_xml(demo_root, image_id))
         assert row.image_id == image_id and row.wnid == wnid
-        assert [list(b) for b in row.boxes] == [box for name, box in objects if name == wnid] == boxes
+        assert (
+            [list(b) for b in row.boxes] == [box for name, box in objects if name == wnid] == boxes
+        )
 
 
 def test_kaggle_train_synset_folders_with_partial_boxes(tmp_path: Path, demo_root: Path) -> None:
@@ -114,7 +116,9 @@ def test_imagenetv2_rejects_non_index_folder(tmp_path: Path) -> None:
         read_source(Source(tmp_path, "imagenetv2"))
 
 
-def _devkit_tree(tmp_path: Path, demo_root: Path) -> tuple[Path, list[tuple[str, str, list]], list[str]]:
+def _devkit_tree(
+    tmp_path: Path, demo_root: Path
+) -> tuple[Path, list[tuple[str, str, list]], list[str]]:
     """A devkit-style flat val folder whose ground truth uses a shuffled ILSVRC2012_ID order."""
     rows = demo_rows(demo_root, 5)
     order = list(np.random.default_rng(0).permutation(WNIDS))  # ILSVRC2012_ID order != sorted
@@ -136,8 +140,9 @@ def test_devkit_with_synset_list(tmp_path: Path, demo_root: Path) -> None:
     val, rows, order = _devkit_tree(tmp_path, demo_root)
     synsets = val / "synsets.txt"
     synsets.write_text("\n".join(order) + "\n")
-    source = split_source(split_entry(root=str(val), layout="devkit", synsets=str(synsets),
-                                      boxes=str(val / "bbox")))
+    source = split_source(
+        split_entry(root=str(val), layout="devkit", synsets=str(synsets), boxes=str(val / "bbox"))
+    )
     manifest, _ = build_manifest(source)
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
@@ -147,7 +152,9 @@ def test_devkit_with_meta_mat(tmp_path: Path, demo_root: Path) -> None:
     from scipy.io import savemat
 
     val, rows, order = _devkit_tree(tmp_path, demo_root)
-    synsets = np.zeros(len(order), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    synsets = np.zeros(
+        len(order), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")]
+    )
     for k, wnid in enumerate(order):
         synsets[k] = (k + 1, wnid, 0)
     savemat(tmp_path / "meta.mat", {"synsets": synsets})
@@ -163,13 +170,17 @@ def test_devkit_needs_synsets(tmp_path: Path) -> None:
 def test_hf_parquet_shards(tmp_path: Path, demo_root: Path) -> None:
     rows = demo_rows(demo_root, 4)
     (tmp_path / "data").mkdir()
-    images = [{"bytes": demo_image(demo_root, i).read_bytes(), "path": f"{i}.JPEG"} for i, _, _ in rows]
+    images = [
+        {"bytes": demo_image(demo_root, i).read_bytes(), "path": f"{i}.JPEG"} for i, _, _ in rows
+    ]
     table = pa.table({"image": images, "label": [WNIDS.index(w) for _, w, _ in rows]})
     pq.write_table(table, tmp_path / "data" / "validation-00000-of-00001.parquet")
     manifest, stats = build_manifest(Source(tmp_path, "hf-parquet", "validation"))
     assert stats["usable"] == 4
     assert list(manifest["image_id"]) == [i for i, _, _ in rows]
-    assert list(manifest["path"]) == [f"data/validation-00000-of-00001.parquet#{k}" for k in range(4)]
+    assert list(manifest["path"]) == [
+        f"data/validation-00000-of-00001.parquet#{k}" for k in range(4)
+    ]
     assert list(manifest["width"]) == [227] * 4
 
 
@@ -178,9 +189,10 @@ def test_unknown_layout_is_named(tmp_path: Path) -> None:
         read_source(Source(tmp_path, "zip"))
 
 
-def test_broken_symlinks_are_rows_with_a_reason_not_silently_left_out(tmp_path: Path,
-                                                                       demo_root: Path) -> None:
-    (image_id, wnid, _), = demo_rows(demo_root, 1)
+def test_broken_symlinks_are_rows_with_a_reason_not_silently_left_out(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    ((image_id, wnid, _),) = demo_rows(demo_root, 1)
     folder = tmp_path / wnid
     folder.mkdir()
     shutil.copy(demo_image(demo_root, image_id), folder / "good.JPEG")
@@ -190,8 +202,14 @@ def test_broken_symlinks_are_rows_with_a_reason_not_silently_left_out(tmp_path: 
     manifest, stats = build_manifest(Source(tmp_path, "imagefolder"))
     reasons = dict(zip(manifest["image_id"], manifest["skip_reason"]))
     assert stats == {**stats, "files_found": 3, "rows": 3, "usable": 1, "skipped": 2}
-    assert reasons["dangling"] == f"dangling symlink: dangling.JPEG -> {tmp_path / 'gone.JPEG'} does not exist"
-    assert reasons["loop"].startswith("broken symlink: loop.JPEG -> ") and "symbolic links" in reasons["loop"]
+    assert (
+        reasons["dangling"]
+        == f"dangling symlink: dangling.JPEG -> {tmp_path / 'gone.JPEG'} does not exist"
+    )
+    assert (
+        reasons["loop"].startswith("broken symlink: loop.JPEG -> ")
+        and "symbolic links" in reasons["loop"]
+    )
     assert set(manifest.loc[manifest["skip_reason"].notna(), "wnid"]) == {wnid}
 
 
@@ -209,8 +227,13 @@ def _folder_with_boxes(tmp_path: Path, demo_root: Path, n: int, nested: bool) ->
 @pytest.mark.parametrize("nested", [True, False])
 def test_imagefolder_reads_a_boxes_folder(tmp_path: Path, demo_root: Path, nested: bool) -> None:
     rows = _folder_with_boxes(tmp_path, demo_root, 4, nested)
-    source = split_source(split_entry(root=str(tmp_path / "images"), layout="imagefolder",
-                                      boxes=str(tmp_path / "images" / "bbox")))
+    source = split_source(
+        split_entry(
+            root=str(tmp_path / "images"),
+            layout="imagefolder",
+            boxes=str(tmp_path / "images" / "bbox"),
+        )
+    )
     manifest, stats = build_manifest(source)
     assert stats["with_boxes"] == 4
     expected = {image_id: boxes for image_id, _, boxes in rows}
@@ -221,11 +244,14 @@ def test_imagefolder_reads_a_boxes_folder(tmp_path: Path, demo_root: Path, neste
 def test_hf_parquet_reads_a_boxes_folder_by_image_id(tmp_path: Path, demo_root: Path) -> None:
     rows = _folder_with_boxes(tmp_path, demo_root, 3, nested=False)
     (tmp_path / "hub" / "data").mkdir(parents=True)
-    images = [{"bytes": demo_image(demo_root, i).read_bytes(), "path": f"{i}.JPEG"} for i, _, _ in rows]
+    images = [
+        {"bytes": demo_image(demo_root, i).read_bytes(), "path": f"{i}.JPEG"} for i, _, _ in rows
+    ]
     table = pa.table({"image": images, "label": [WNIDS.index(w) for _, w, _ in rows]})
     pq.write_table(table, tmp_path / "hub" / "data" / "validation-00000-of-00001.parquet")
-    manifest, _ = build_manifest(Source(tmp_path / "hub", "hf-parquet", "validation",
-                                        boxes=tmp_path / "images" / "bbox"))
+    manifest, _ = build_manifest(
+        Source(tmp_path / "hub", "hf-parquet", "validation", boxes=tmp_path / "images" / "bbox")
+    )
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
 
 
@@ -234,46 +260,84 @@ def split_entry(name: str = "val", **keys: object) -> SplitEntry:
     return SplitEntry.from_params({"splits": {name: keys}}, name)
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"layout": "imagenetv2", "boxes": "bbox"}, r"`splits.v2.boxes` is set, but layout 'imagenetv2' has no boxes"),
-    ({"layout": "kaggle", "boxes": "bbox"}, r"layout 'kaggle' reads its boxes from LOC_<subset>_solution.csv"),
-    ({"layout": "imagefolder", "synsets": "s.txt"}, r"`splits.v2.synsets` is set, but layout 'imagefolder'"),
-    ({"layout": "hf-parquet", "synsets": "s.txt"}, r"layout 'hf-parquet' does not read a synset list"),
-    ({"layout": "zip"}, r"`splits.v2.layout` must be one of 'kaggle', 'devkit', 'imagefolder'"),
-    ({"layout": "kaggle", "limit": 0}, r"`splits.v2.limit` must be an int >= 1, got 0"),
-    ({"layout": "kaggle", "boxs": "x"}, r"`splits.v2` has an unknown key 'boxs'; did you mean 'boxes'"),
-    ({"layout": "kaggle", "root": None}, r"`splits.v2.root` must be a string, got None"),
-    ({"layout": "devkit", "synsets": "/elsewhere/meta.mat"},
-     r"`splits.v2.synsets` = /elsewhere/meta.mat is outside the split root /data/x; DVC tracks the "
-     r"root as ingest's dependency, so move \(or symlink\) it inside the root, e.g. /data/x/meta.mat"),
-    ({"layout": "imagefolder", "boxes": "../bbox"}, r"`splits.v2.boxes` = ../bbox is outside"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            {"layout": "imagenetv2", "boxes": "bbox"},
+            r"`splits.v2.boxes` is set, but layout 'imagenetv2' has no boxes",
+        ),
+        (
+            {"layout": "kaggle", "boxes": "bbox"},
+            r"layout 'kaggle' reads its boxes from LOC_<subset>_solution.csv",
+        ),
+        (
+            {"layout": "imagefolder", "synsets": "s.txt"},
+            r"`splits.v2.synsets` is set, but layout 'imagefolder'",
+        ),
+        (
+            {"layout": "hf-parquet", "synsets": "s.txt"},
+            r"layout 'hf-parquet' does not read a synset list",
+        ),
+        ({"layout": "zip"}, r"`splits.v2.layout` must be one of 'kaggle', 'devkit', 'imagefolder'"),
+        ({"layout": "kaggle", "limit": 0}, r"`splits.v2.limit` must be an int >= 1, got 0"),
+        (
+            {"layout": "kaggle", "boxs": "x"},
+            r"`splits.v2` has an unknown key 'boxs'; did you mean 'boxes'",
+        ),
+        ({"layout": "kaggle", "root": None}, r"`splits.v2.root` must be a string, got None"),
+        (
+            {"layout": "devkit", "synsets": "/elsewhere/meta.mat"},
+            r"`splits.v2.synsets` = /elsewhere/meta.mat is outside the split root /data/x; "
+            r"DVC tracks the root as ingest's dependency, "
+            r"so move \(or symlink\) it inside the root, e.g. /data/x/meta.mat",
+        ),
+        ({"layout": "imagefolder", "boxes": "../bbox"}, r"`splits.v2.boxes` = ../bbox is outside"),
+    ],
+)
 def test_split_entry_refuses_keys_the_layout_would_ignore(entry: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         split_source(split_entry("v2", **{"root": "/data/x", **entry}))
 
 
 def test_split_entry_without_root_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"`splits.val` lacks the key 'root'; add it \(a string\)"):
+    with pytest.raises(
+        ConfigError, match=r"`splits.val` lacks the key 'root'; add it \(a string\)"
+    ):
         split_entry(layout="kaggle")
 
 
 def test_split_entry_accepts_the_keys_other_stages_read() -> None:
-    source = split_source(split_entry(root="r", layout="kaggle", subset=None, labels="i/v.parquet",
-                                      models=["a", "b"], predictions="out-of-fold", limit=300))
+    source = split_source(
+        split_entry(
+            root="r",
+            layout="kaggle",
+            subset=None,
+            labels="i/v.parquet",
+            models=["a", "b"],
+            predictions="out-of-fold",
+            limit=300,
+        )
+    )
     assert source == Source(Path("r"), "kaggle", "val", limit=300, where="splits.val")
 
 
-def test_devkit_synsets_in_sorted_order_is_caught_by_the_box_xmls(tmp_path: Path,
-                                                                  demo_root: Path) -> None:
-    val, rows, order = _devkit_tree(tmp_path, demo_root)
+def test_devkit_synsets_in_sorted_order_is_caught_by_the_box_xmls(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    val, _rows, order = _devkit_tree(tmp_path, demo_root)
     synsets = tmp_path / "sorted.txt"
-    synsets.write_text("\n".join(sorted(order)) + "\n")  # the classic mistake: sorted, not ILSVRC2012_ID
+    synsets.write_text(
+        "\n".join(sorted(order)) + "\n"
+    )  # the classic mistake: sorted, not ILSVRC2012_ID
     source = Source(val, "devkit", synsets=synsets, boxes=val / "bbox")
-    with pytest.raises(InputError, match=r"5 of 5 images with a box XML are labelled with a wnid their "
-                                         r"XML does not name \(e.g. .*ILSVRC2012_val_\d+.JPEG is "
-                                         r"labelled n\d+ but its box XML .*bbox/ILSVRC2012_val_\d+.xml "
-                                         r"names n\d+\): the synset list .*sorted.txt maps"):
+    with pytest.raises(
+        InputError,
+        match=r"5 of 5 images with a box XML are labelled with a wnid their "
+        r"XML does not name \(e.g. .*ILSVRC2012_val_\d+.JPEG is "
+        r"labelled n\d+ but its box XML .*bbox/ILSVRC2012_val_\d+.xml "
+        r"names n\d+\): the synset list .*sorted.txt maps",
+    ):
         build_manifest(source)
 
 
@@ -281,11 +345,14 @@ def test_devkit_boxes_folder_must_exist(tmp_path: Path, demo_root: Path) -> None
     val, _, order = _devkit_tree(tmp_path, demo_root)
     (tmp_path / "synsets.txt").write_text("\n".join(order) + "\n")
     with pytest.raises(MissingInputError, match="boxes folder .*nowhere does not exist"):
-        read_source(Source(val, "devkit", synsets=tmp_path / "synsets.txt", boxes=tmp_path / "nowhere"))
+        read_source(
+            Source(val, "devkit", synsets=tmp_path / "synsets.txt", boxes=tmp_path / "nowhere")
+        )
 
 
-def test_devkit_ground_truth_line_that_is_not_an_id_is_a_skip_row(tmp_path: Path,
-                                                                  demo_root: Path) -> None:
+def test_devkit_ground_truth_line_that_is_not_an_id_is_a_skip_row(
+    tmp_path: Path, demo_root: Path
+) -> None:
     val, rows, order = _devkit_tree(tmp_path, demo_root)
     (tmp_path / "synsets.txt").write_text("\n".join(order) + "\n")
     truth = val / "ILSVRC2012_validation_ground_truth.txt"
@@ -295,5 +362,6 @@ def test_devkit_ground_truth_line_that_is_not_an_id_is_a_skip_row(tmp_path: Path
     truth.write_text("\n".join(lines) + "\n")
     manifest, stats = build_manifest(Source(val, "devkit", synsets=tmp_path / "synsets.txt"))
     assert stats["skipped"] == 1 and stats["usable"] == 4
-    assert manifest.loc[0, "skip_reason"] == (f"bad annotation: {truth} line {number}: 'abc' is not "
-                                              "an ILSVRC2012_ID 1..1000")
+    assert manifest.loc[0, "skip_reason"] == (
+        f"bad annotation: {truth} line {number}: 'abc' is not an ILSVRC2012_ID 1..1000"
+    )

@@ -27,8 +27,9 @@ def manifest(small_manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fold_of(manifest: pd.DataFrame, k: int = 2) -> np.ndarray:
-    return assign_folds(manifest["label"].to_numpy(), manifest["skip_reason"].isna().to_numpy(),
-                        k=k, seed=0)
+    return assign_folds(
+        manifest["label"].to_numpy(), manifest["skip_reason"].isna().to_numpy(), k=k, seed=0
+    )
 
 
 def _probs(rows: np.ndarray, fold: int) -> np.ndarray:
@@ -39,8 +40,9 @@ def _probs(rows: np.ndarray, fold: int) -> np.ndarray:
     return probs
 
 
-def write_folds(root: Path, manifest: pd.DataFrame, fold_of: np.ndarray, *,
-                leak: dict[int, int] | None = None) -> list[Path]:
+def write_folds(
+    root: Path, manifest: pd.DataFrame, fold_of: np.ndarray, *, leak: dict[int, int] | None = None
+) -> list[Path]:
     """Fold folders as `train` writes them; `leak` {fold: row} marks a held-out row as seen."""
     ids = manifest["image_id"].to_numpy(dtype=str)
     usable = manifest["skip_reason"].isna().to_numpy()
@@ -55,30 +57,47 @@ def write_folds(root: Path, manifest: pd.DataFrame, fold_of: np.ndarray, *,
         np.save(folder / "probs.npy", _probs(rows, fold))
         np.save(folder / "seen.npy", np.packbits(seen))
         trained = np.flatnonzero(usable & (fold_of != fold) & (fold_of >= 0))
-        log = {"split": "train_demo", "model": "m", "fold": fold, "folds": k, "n_rows": len(ids),
-               "trained_folds": [f for f in range(k) if f != fold], "n_train": len(trained),
-               "n_seen": int(seen.sum()), "n_heldout": len(rows), "weights_sha256": f"w{fold}",
-               "seen_sha256": f"s{fold}", "train_image_ids_sha256": formats.image_ids_sha256(
-                   ids[trained]), "heldout_image_ids_sha256": formats.image_ids_sha256(ids[rows]),
-               "spec": "mobilenetv3_small_050", "architecture": "mobilenetv3_small_050",
-               "init": "scratch", "seed": 0, "settings": {"epochs": 1}, "world_size": 1,
-               "preprocessing": {"input_size": [3, 32, 32]}}
+        log = {
+            "split": "train_demo",
+            "model": "m",
+            "fold": fold,
+            "folds": k,
+            "n_rows": len(ids),
+            "trained_folds": [f for f in range(k) if f != fold],
+            "n_train": len(trained),
+            "n_seen": int(seen.sum()),
+            "n_heldout": len(rows),
+            "weights_sha256": f"w{fold}",
+            "seen_sha256": f"s{fold}",
+            "train_image_ids_sha256": formats.image_ids_sha256(ids[trained]),
+            "heldout_image_ids_sha256": formats.image_ids_sha256(ids[rows]),
+            "spec": "mobilenetv3_small_050",
+            "architecture": "mobilenetv3_small_050",
+            "init": "scratch",
+            "seed": 0,
+            "settings": {"epochs": 1},
+            "world_size": 1,
+            "preprocessing": {"input_size": [3, 32, 32]},
+        }
         (folder / "log.json").write_text(json.dumps(log))
         folders.append(folder)
     return folders
 
 
 def test_every_row_gets_its_own_fold_models_prediction_in_manifest_order(
-        tmp_path: Path, manifest: pd.DataFrame) -> None:
+    tmp_path: Path, manifest: pd.DataFrame
+) -> None:
     fold_of = _fold_of(manifest)
     folders = write_folds(tmp_path / "oof", manifest, fold_of)
-    sidecar = assemble(manifest, fold_of, folders, tmp_path / "m.npy", split="train_demo", model="m")
+    sidecar = assemble(
+        manifest, fold_of, folders, tmp_path / "m.npy", split="train_demo", model="m"
+    )
     probs = formats.load_predictions("train_demo", "m", path=tmp_path / "m.npy")
     assert probs.shape == (20, 1000) and probs.dtype == np.float32
     assert np.isnan(probs[5]).all()
     usable = np.flatnonzero(manifest["skip_reason"].isna().to_numpy())
-    assert (probs[usable].argmax(axis=1) == usable).all()            # row order kept
-    assert (probs[usable, 900 + fold_of[usable]] == 0.25).all()      # from the row's own fold
+    assert (probs[usable].argmax(axis=1) == usable).all()  # row order kept
+    assert (probs[usable, 900 + fold_of[usable]] == 0.25).all()  # from the row's own fold
     assert sidecar == json.loads((tmp_path / "m.json").read_text())
     assert sidecar["source"] == "out-of-fold" and sidecar["folds"] == 2
     assert sidecar["n"] == 20 and sidecar["n_skipped"] == 1
@@ -87,24 +106,34 @@ def test_every_row_gets_its_own_fold_models_prediction_in_manifest_order(
 
 
 def test_a_fold_whose_model_saw_a_row_it_predicts_is_refused(
-        tmp_path: Path, manifest: pd.DataFrame) -> None:
+    tmp_path: Path, manifest: pd.DataFrame
+) -> None:
     fold_of = _fold_of(manifest)
     row = int(np.flatnonzero(fold_of == 1)[0])
     folders = write_folds(tmp_path / "oof", manifest, fold_of, leak={1: row})
-    with pytest.raises(InputError, match=rf"trained on 1 rows of fold 1.*{manifest['image_id'][row]}"):
+    with pytest.raises(
+        InputError, match=rf"trained on 1 rows of fold 1.*{manifest['image_id'][row]}"
+    ):
         assemble(manifest, fold_of, folders, tmp_path / "m.npy", split="train_demo", model="m")
     assert not (tmp_path / "m.npy").exists()
 
 
 def test_folds_from_another_fold_table_are_refused(tmp_path: Path, manifest: pd.DataFrame) -> None:
     folders = write_folds(tmp_path / "oof", manifest, _fold_of(manifest))
-    other = assign_folds(manifest["label"].to_numpy(), manifest["skip_reason"].isna().to_numpy(),
-                         k=2, seed=5)
+    other = assign_folds(
+        manifest["label"].to_numpy(), manifest["skip_reason"].isna().to_numpy(), k=2, seed=5
+    )
     with pytest.raises(InputError, match="predicts other rows than fold 0"):
         assemble(manifest, other, folders, tmp_path / "m.npy", split="train_demo", model="m")
     with pytest.raises(InputError, match="has 2 folds.*`train.folds` 3"):
-        assemble(manifest, other, folders + [tmp_path / "x"], tmp_path / "m.npy",
-                 split="train_demo", model="m")
+        assemble(
+            manifest,
+            other,
+            folders + [tmp_path / "x"],
+            tmp_path / "m.npy",
+            split="train_demo",
+            model="m",
+        )
 
 
 def test_a_missing_fold_names_the_stage_to_run(tmp_path: Path, manifest: pd.DataFrame) -> None:

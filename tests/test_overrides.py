@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from test_decide import CONSENSUS_SPLIT, PAPER, overrides, tables, vote
 
 from stages.contracts.errors import InputError
 from stages.method.ledger import decide_split
-from test_decide import CONSENSUS_SPLIT, PAPER, overrides, tables, vote
 
 
 def decided(*rows: dict, table: pd.DataFrame, config=PAPER) -> pd.DataFrame:
     votes, manifest = tables(*rows)
-    ledger, clean = decide_split(votes, manifest, config=config, overrides=table,
-                                 overrides_source="data/overrides/val.csv")
+    ledger, clean = decide_split(
+        votes, manifest, config=config, overrides=table, overrides_source="data/overrides/val.csv"
+    )
     return ledger.set_index("image_id"), clean
 
 
 def test_secondary_rows_set_exactly_the_listed_classes() -> None:
     ledger, clean = decided(
-        vote("a", 10), vote("b", 526, ensemble={526: 0.45, 664: 0.4}), vote("c", 10),
-        table=overrides(("a", "secondary", "11", "also a goldfinch"),
-                        ("a", "secondary", "n01532829", "and a house finch"),
-                        ("b", "secondary", "", "no monitor after all"),
-                        ("c", "fix", "12", "a house finch"), ("c", "secondary", "13", "")),
-        config=CONSENSUS_SPLIT)
+        vote("a", 10),
+        vote("b", 526, ensemble={526: 0.45, 664: 0.4}),
+        vote("c", 10),
+        table=overrides(
+            ("a", "secondary", "11", "also a goldfinch"),
+            ("a", "secondary", "n01532829", "and a house finch"),
+            ("b", "secondary", "", "no monitor after all"),
+            ("c", "fix", "12", "a house finch"),
+            ("c", "secondary", "13", ""),
+        ),
+        config=CONSENSUS_SPLIT,
+    )
     assert list(ledger.loc["a", "secondary_labels"]) == [11, 12]
     assert list(ledger.loc["b", "secondary_labels"]) == []
     assert ledger.loc["c", ["action", "new_label"]].tolist() == ["fix", 12]
@@ -34,14 +41,19 @@ def test_secondary_rows_set_exactly_the_listed_classes() -> None:
     assert list(clean.set_index("image_id").loc["c", "secondary_labels"]) == [13]
 
 
-@pytest.mark.parametrize("rows, match", [
-    ((("a", "remove", "", ""), ("a", "secondary", "11", "")),
-     r"line 3 .*secondary labels only apply to kept or fixed images, this one is remove"),
-    ((("a", "secondary", "11", ""), ("a", "secondary", "11", "")), r"repeated or mixed"),
-    ((("a", "secondary", "", ""), ("a", "secondary", "11", "")), r"repeated or mixed"),
-    ((("a", "secondary", "10", ""),), r"class 10 \(brambling\) is the image's label"),
-    ((("a", "secondary", "n9", ""),), r"new_label 'n9' is not a class index"),
-])
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        (
+            (("a", "remove", "", ""), ("a", "secondary", "11", "")),
+            r"line 3 .*secondary labels only apply to kept or fixed images, this one is remove",
+        ),
+        ((("a", "secondary", "11", ""), ("a", "secondary", "11", "")), r"repeated or mixed"),
+        ((("a", "secondary", "", ""), ("a", "secondary", "11", "")), r"repeated or mixed"),
+        ((("a", "secondary", "10", ""),), r"class 10 \(brambling\) is the image's label"),
+        ((("a", "secondary", "n9", ""),), r"new_label 'n9' is not a class index"),
+    ],
+)
 def test_bad_secondary_rows_name_the_line_and_change_nothing(rows: tuple, match: str) -> None:
     with pytest.raises(InputError, match=match):
         decided(vote("a", 10), table=overrides(*rows))

@@ -13,13 +13,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import copy_project, run_in
 
 pytestmark = pytest.mark.slow
 
-MODELS = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075", "mobilenetv2_100_tf",
-          "mobilenetv2_100_tf2"]
+MODELS = [
+    "mobilenetv1_025",
+    "mobilenetv1_050",
+    "mobilenetv1_075",
+    "mobilenetv2_100_tf",
+    "mobilenetv2_100_tf2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,9 @@ def test_published_folder_loads_with_datasets(project: Path, tmp_path: Path) -> 
 
     ledger = pd.read_parquet(project / "data/decisions/val.parquet")
     clean = load_dataset(str(project / "data/hub"), split="val", cache_dir=str(tmp_path))
-    evidence = load_dataset(str(project / "data/hub"), "ledger", split="val", cache_dir=str(tmp_path))
+    evidence = load_dataset(
+        str(project / "data/hub"), "ledger", split="val", cache_dir=str(tmp_path)
+    )
     assert clean.num_rows == int(ledger["action"].isin(["keep", "fix"]).sum())
     assert evidence.num_rows == len(ledger)
     assert clean.features["label"].num_classes == 1000
@@ -92,8 +98,9 @@ def test_threshold_change_reruns_only_cheap_stages(project: Path) -> None:
 def test_model_change_reruns_only_its_own_predict_stage(project: Path) -> None:
     original = (project / "params.yaml").read_text()
     try:
-        edit_params(project, lambda p: p["models"]["mobilenetv1_025"].update(
-            kwargs={"drop_rate": 0.0}))
+        edit_params(
+            project, lambda p: p["models"]["mobilenetv1_025"].update(kwargs={"drop_rate": 0.0})
+        )
         predicts = {s for s in stale_stages(project) if s.startswith("predict@")}
         assert predicts == {"predict@val-mobilenetv1_025"}
     finally:
@@ -101,7 +108,8 @@ def test_model_change_reruns_only_its_own_predict_stage(project: Path) -> None:
 
 
 def test_outputs_restore_from_a_dvc_remote_and_an_experiment_reverts_cleanly(
-        project: Path, tmp_path: Path) -> None:
+    project: Path, tmp_path: Path
+) -> None:
     """Predictions (npy and sidecar) come back from the DVC cache: a fresh clone + `dvc pull`, and
     reverting an experiment, leave nothing to re-run (no predict ever re-runs for this)."""
     run_in(project, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))

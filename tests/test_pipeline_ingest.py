@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
-import yaml
 import pytest
-
+import yaml
 from conftest import run_in
+
 from stages.contracts import formats
 from stages.sources.layouts import parse_voc_xml
 
@@ -37,8 +37,9 @@ def test_dvc_repro_shows_the_one_line_error(make_project) -> None:
     result = run_in(project, "dvc", "repro", "ingest@val", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in output
-    assert ("error: params.yaml `ingest` has an unknown key 'on_bad_imag'; did you mean "
-            "'on_bad_image'?") in output
+    assert (
+        "error: params.yaml `ingest` has an unknown key 'on_bad_imag'; did you mean 'on_bad_image'?"
+    ) in output
     params["ingest"]["on_bad_image"] = params["ingest"].pop("on_bad_imag")
     params["splits"]["val"]["root"] = "data/nowhere"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -57,6 +58,8 @@ def test_a_split_missing_from_predict_splits_gets_the_fix_not_a_bare_error(make_
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = run_in(project, "dvc", "repro", "vote@v2", check=False)
     assert result.returncode != 0
-    assert ("error: predictions data/predictions/v2/mobilenetv1_025.npy do not exist; run `dvc "
-            "repro predict@v2-mobilenetv1_025` (add 'v2' to params.yaml predict.splits") in result.stderr
+    assert (
+        "error: predictions data/predictions/v2/mobilenetv1_025.npy do not exist; run `dvc "
+        "repro predict@v2-mobilenetv1_025` (add 'v2' to params.yaml predict.splits"
+    ) in result.stderr
     assert "No such file or directory" not in result.stderr

@@ -19,17 +19,31 @@ import pytest
 import torch
 import yaml
 
-from stages.contracts import formats
 from stages import predict
-from stages.modelling import predict_data, predictor
 from stages.cli import main as cli_main
+from stages.contracts import formats
 from stages.contracts.errors import ConfigError
-from stages.sources.images import open_image
+from stages.modelling import predict_data, predictor
 from stages.modelling.models import create_model, data_config, eval_transform
 from stages.modelling.specs import model_specs
+from stages.sources.images import open_image
 
-SIDECAR_KEYS = {"model", "spec", "architecture", "weights_sha256", "preprocessing", "dtype", "n",
-                "n_skipped", "n_unreadable", "top1", "top5", "split", "image_ids_sha256", "source"}
+SIDECAR_KEYS = {
+    "model",
+    "spec",
+    "architecture",
+    "weights_sha256",
+    "preprocessing",
+    "dtype",
+    "n",
+    "n_skipped",
+    "n_unreadable",
+    "top1",
+    "top5",
+    "split",
+    "image_ids_sha256",
+    "source",
+}
 SKIP_ROWS = (3, 10)
 
 
@@ -43,30 +57,41 @@ def _with_skip_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     """Mark rows as ingest's skip rows; their path names no file, so decoding them would fail."""
     manifest = manifest.copy()
     for row in SKIP_ROWS:
-        manifest.loc[row, ["path", "skip_reason"]] = ["missing/never-decoded.JPEG",
-                                                      "unreadable image: marked by the test"]
+        manifest.loc[row, ["path", "skip_reason"]] = [
+            "missing/never-decoded.JPEG",
+            "unreadable image: marked by the test",
+        ]
         manifest.at[row, "label"] = None
     return manifest
 
 
 def _small_params(params: dict, **predict_options: object) -> dict:
-    """Small batches and shards; one torch thread (the test CPU is shared: 2 threads stall there)."""
-    params["predict"].update({"batch_size": 8, "shard_size": 16, "workers": 1, "threads": 1,
-                              **predict_options})
+    """Small batches and shards; one torch thread (the test CPU is shared: 2 threads stall
+    there)."""
+    params["predict"].update(
+        {"batch_size": 8, "shard_size": 16, "workers": 1, "threads": 1, **predict_options}
+    )
     return params
 
 
 def _top5_reference(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     order = np.argsort(-probs, axis=1, kind="stable")[:, :5]
-    return (100.0 * float(np.mean(order[:, 0] == labels)),
-            100.0 * float(np.mean((order == labels[:, None]).any(axis=1))))
+    return (
+        100.0 * float(np.mean(order[:, 0] == labels)),
+        100.0 * float(np.mean((order == labels[:, None]).any(axis=1))),
+    )
 
 
 def test_predictions_rows_dtype_skip_rows_and_sidecar(params, small_manifest, demo_root, tmp_path):
     manifest = _with_skip_rows(small_manifest.head(24))
     out = tmp_path / "preds" / "mobilenetv1_025.npy"
-    sidecar = predict.run_predict("val", "mobilenetv1_025", _small_params(params),
-                                  manifest_path=_write_manifest(manifest, tmp_path), out=out)
+    sidecar = predict.run_predict(
+        "val",
+        "mobilenetv1_025",
+        _small_params(params),
+        manifest_path=_write_manifest(manifest, tmp_path),
+        out=out,
+    )
 
     probs = formats.load_predictions("val", "mobilenetv1_025", path=out)
     assert isinstance(probs, np.memmap) and probs.shape == (24, 1000) and probs.dtype == np.float32
@@ -91,21 +116,37 @@ def test_predictions_rows_dtype_skip_rows_and_sidecar(params, small_manifest, de
     labels = manifest["label"].to_numpy()[~skipped].astype(np.int64)
     top1, top5 = _top5_reference(np.asarray(probs[~skipped]), labels)
     assert sidecar == {
-        "model": "mobilenetv1_025", "spec": spec.spec, "architecture": "mobilenetv1_025",
+        "model": "mobilenetv1_025",
+        "spec": spec.spec,
+        "architecture": "mobilenetv1_025",
         "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "preprocessing": {"input_size": [3, 128, 128], "interpolation": "bilinear",
-                          "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "crop_pct": 0.875,
-                          "crop_mode": "center"},
-        "dtype": "float32", "n": 24, "n_skipped": 2, "n_unreadable": 0, "top1": pytest.approx(top1),
-        "top5": pytest.approx(top5), "split": "val", "source": "predict",
+        "preprocessing": {
+            "input_size": [3, 128, 128],
+            "interpolation": "bilinear",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.5, 0.5, 0.5],
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+        },
+        "dtype": "float32",
+        "n": 24,
+        "n_skipped": 2,
+        "n_unreadable": 0,
+        "top1": pytest.approx(top1),
+        "top5": pytest.approx(top5),
+        "split": "val",
+        "source": "predict",
         "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
     }
-    assert sorted(p.name for p in out.parent.iterdir()) == ["mobilenetv1_025.json",
-                                                            "mobilenetv1_025.npy"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "mobilenetv1_025.json",
+        "mobilenetv1_025.npy",
+    ]
 
 
-def test_a_truncated_image_becomes_a_nan_row_not_a_failed_split(params, small_manifest, demo_root,
-                                                                tmp_path, caplog):
+def test_a_truncated_image_becomes_a_nan_row_not_a_failed_split(
+    params, small_manifest, demo_root, tmp_path, caplog
+):
     """A header-only ingest (`ingest.verify: header`) lets a truncated JPEG through as usable."""
     manifest = small_manifest.head(12).copy()
     root = tmp_path / "root"
@@ -117,8 +158,13 @@ def test_a_truncated_image_becomes_a_nan_row_not_a_failed_split(params, small_ma
     params["splits"]["val"]["root"] = str(root)
     out = tmp_path / "preds" / "m.npy"
     with caplog.at_level(logging.WARNING, logger="stages.predict"):
-        sidecar = predict.run_predict("val", "mobilenetv1_025", _small_params(params, workers=1),
-                                      manifest_path=_write_manifest(manifest, tmp_path), out=out)
+        sidecar = predict.run_predict(
+            "val",
+            "mobilenetv1_025",
+            _small_params(params, workers=1),
+            manifest_path=_write_manifest(manifest, tmp_path),
+            out=out,
+        )
     probs = np.load(out)
     assert np.isnan(probs[4]).all() and not np.isnan(np.delete(probs, 4, axis=0)).any()
     assert sidecar["n_unreadable"] == 1 and sidecar["n_skipped"] == 0
@@ -130,24 +176,41 @@ def test_a_truncated_image_becomes_a_nan_row_not_a_failed_split(params, small_ma
 
 def test_float16_storage(params, small_manifest, tmp_path):
     manifest = _write_manifest(small_manifest.head(16), tmp_path)
-    full = predict.run_predict("val", "mobilenetv1_025", _small_params(params),
-                               manifest_path=manifest, out=tmp_path / "f32.npy")
-    half = predict.run_predict("val", "mobilenetv1_025", _small_params(params, dtype="float16"),
-                               manifest_path=manifest, out=tmp_path / "f16.npy")
+    full = predict.run_predict(
+        "val",
+        "mobilenetv1_025",
+        _small_params(params),
+        manifest_path=manifest,
+        out=tmp_path / "f32.npy",
+    )
+    half = predict.run_predict(
+        "val",
+        "mobilenetv1_025",
+        _small_params(params, dtype="float16"),
+        manifest_path=manifest,
+        out=tmp_path / "f16.npy",
+    )
     probs16 = np.load(tmp_path / "f16.npy", mmap_mode="r")
     assert probs16.dtype == np.float16 and probs16.shape == (16, 1000)
     assert half["dtype"] == "float16" and full["dtype"] == "float32"
     np.testing.assert_allclose(probs16.astype(np.float32), np.load(tmp_path / "f32.npy"), atol=1e-3)
 
 
-def test_ensemble_one_pass_is_byte_identical_and_decodes_once(params, small_manifest, tmp_path,
-                                                             monkeypatch):
+def test_ensemble_one_pass_is_byte_identical_and_decodes_once(
+    params, small_manifest, tmp_path, monkeypatch
+):
     # A second params entry with the same spec: a real model that shares its preprocessing group.
     params["models"]["mobilenetv1_050_again"] = dict(params["models"]["mobilenetv1_050"])
     names = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_050_again"]
     params = _small_params(params, workers=0, models=names)
-    common = ["--split", "val", "--params", _dump(params, tmp_path),
-              "--manifest", str(_write_manifest(_with_skip_rows(small_manifest.head(32)), tmp_path))]
+    common = [
+        "--split",
+        "val",
+        "--params",
+        _dump(params, tmp_path),
+        "--manifest",
+        str(_write_manifest(_with_skip_rows(small_manifest.head(32)), tmp_path)),
+    ]
     for name in names:
         out = tmp_path / "single" / f"{name}.npy"
         assert cli_main(["predict", *common, "--model", name, "--out", str(out)]) == 0
@@ -155,10 +218,14 @@ def test_ensemble_one_pass_is_byte_identical_and_decodes_once(params, small_mani
     decoded: list[str] = []
     shaped: list[str] = []
     real_open, real_shape = predict_data.open_image, predict_data.InputTransform.worker_tensor
-    monkeypatch.setattr(predict_data, "open_image",
-                        lambda root, path: decoded.append(path) or real_open(root, path))
-    monkeypatch.setattr(predict_data.InputTransform, "worker_tensor",
-                        lambda self, image: shaped.append(self.key) or real_shape(self, image))
+    monkeypatch.setattr(
+        predict_data, "open_image", lambda root, path: decoded.append(path) or real_open(root, path)
+    )
+    monkeypatch.setattr(
+        predict_data.InputTransform,
+        "worker_tensor",
+        lambda self, image: shaped.append(self.key) or real_shape(self, image),
+    )
     assert cli_main(["predict-ensemble", *common, "--out-dir", str(tmp_path / "ensemble")]) == 0
 
     assert len(decoded) == len(set(decoded)) == 32 - len(SKIP_ROWS)
@@ -178,17 +245,32 @@ def _dump(params: dict, folder: Path) -> str:
 def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, caplog):
     """Kill the real stage process mid-run, re-run it: only missing shards are computed."""
     params = _small_params(params, batch_size=8, shard_size=8, workers=0, device="cpu")
-    args = ["--split", "val", "--model", "mobilenetv1_050", "--params", _dump(params, tmp_path),
-            "--manifest", str(_write_manifest(demo_manifest.head(64), tmp_path))]
+    args = [
+        "--split",
+        "val",
+        "--model",
+        "mobilenetv1_050",
+        "--params",
+        _dump(params, tmp_path),
+        "--manifest",
+        str(_write_manifest(demo_manifest.head(64), tmp_path)),
+    ]
     out = tmp_path / "killed" / "mobilenetv1_050.npy"
     work = out.parent / ".mobilenetv1_050.partial"
     log = tmp_path / "killed.log"
     with open(log, "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "stages.predict", *args, "--out", str(out)],
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.predict", *args, "--out", str(out)],
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     deadline = time.monotonic() + 120
-    while not list(work.glob("shard-*.npy")) and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not list(work.glob("shard-*.npy"))
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, log.read_text()[-2000:]
@@ -206,49 +288,83 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
     assert sorted(p.name for p in out.parent.iterdir()) == [out.with_suffix(".json").name, out.name]
 
 
-def _plant_zero_shard(params: dict, manifest: pd.DataFrame, out: Path, *, fingerprint_edit: dict
-                      ) -> None:
+def _plant_zero_shard(
+    params: dict, manifest: pd.DataFrame, out: Path, *, fingerprint_edit: dict
+) -> None:
     config = predictor.PredictOptions.from_params(params)
-    member = predictor.load_member(model_specs(params, ["mobilenetv1_025"])[0],
-                                 device=torch.device("cpu"))
+    member = predictor.load_member(
+        model_specs(params, ["mobilenetv1_025"])[0], device=torch.device("cpu")
+    )
     with predictor.cpu_threads(config.threads):
-        fingerprint = predictor.shard_fingerprint(member, predict_data.manifest_sha256(manifest),
-                                                params["splits"]["val"]["root"], config=config,
-                                                device=torch.device("cpu"))
-    store = predict_data.ShardStore(out, {**fingerprint, **fingerprint_edit}, n_rows=len(manifest),
-                                    shard_size=config.shard_size, dtype=np.float32)
+        fingerprint = predictor.shard_fingerprint(
+            member,
+            predict_data.manifest_sha256(manifest),
+            params["splits"]["val"]["root"],
+            config=config,
+            device=torch.device("cpu"),
+        )
+    store = predict_data.ShardStore(
+        out,
+        {**fingerprint, **fingerprint_edit},
+        n_rows=len(manifest),
+        shard_size=config.shard_size,
+        dtype=np.float32,
+    )
     store.open()
     store.write(0, np.zeros((config.shard_size, 1000), dtype=np.float32))
 
 
-@pytest.mark.parametrize("edit, reused", [({}, True), ({"weights": "another model"}, False),
-                                          ({"manifest_sha256": "another manifest"}, False),
-                                          ({"threads": 7}, False)])
-def test_shards_are_reused_only_under_their_fingerprint(params, small_manifest, tmp_path, edit, reused):
+@pytest.mark.parametrize(
+    "edit, reused",
+    [
+        ({}, True),
+        ({"weights": "another model"}, False),
+        ({"manifest_sha256": "another manifest"}, False),
+        ({"threads": 7}, False),
+    ],
+)
+def test_shards_are_reused_only_under_their_fingerprint(
+    params, small_manifest, tmp_path, edit, reused
+):
     params = _small_params(params, workers=0)
     manifest = small_manifest.head(32)
     out = tmp_path / "mobilenetv1_025.npy"
     _plant_zero_shard(params, manifest, out, fingerprint_edit=edit)
-    predict.run_predict("val", "mobilenetv1_025", params,
-                        manifest_path=_write_manifest(manifest, tmp_path), out=out)
+    predict.run_predict(
+        "val", "mobilenetv1_025", params, manifest_path=_write_manifest(manifest, tmp_path), out=out
+    )
     probs = np.load(out)
     assert (probs[:16] == 0).all() == reused
     np.testing.assert_allclose(probs[16:].sum(axis=1), 1.0, atol=1e-4)
 
 
-@pytest.mark.parametrize("change, error, match", [
-    ({"model": "resnet_nope"}, ConfigError, r"not defined under `models:`"),
-    ({"dtype": "bfloat16"}, ConfigError,
-     r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'"),
-    ({"shard_size": 0}, ConfigError, r"`predict.shard_size` must be an int >= 1, got 0"),
-    ({"workers": -1}, ConfigError, r"`predict.workers` must be an int >= 0"),
-    ({"threads": 0}, ConfigError, r"`predict.threads` must be an int >= 1"),
-    ({"batchsize": 8}, ConfigError, r"`predict` has an unknown key 'batchsize'; did you mean 'batch_size'"),
-    ({"amp": "yes"}, ConfigError, r"`predict.amp` must be true or false, got 'yes'"),
-    ({"device": "tpu"}, ConfigError, r"device 'tpu' is not a torch device"),
-    ({"split": "train"}, ConfigError, r"split 'train' is not configured"),
-    ({"manifest": "nowhere.parquet"}, FileNotFoundError, r"manifest of split 'val' nowhere.parquet"),
-])
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        ({"model": "resnet_nope"}, ConfigError, r"not defined under `models:`"),
+        (
+            {"dtype": "bfloat16"},
+            ConfigError,
+            r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'",
+        ),
+        ({"shard_size": 0}, ConfigError, r"`predict.shard_size` must be an int >= 1, got 0"),
+        ({"workers": -1}, ConfigError, r"`predict.workers` must be an int >= 0"),
+        ({"threads": 0}, ConfigError, r"`predict.threads` must be an int >= 1"),
+        (
+            {"batchsize": 8},
+            ConfigError,
+            r"`predict` has an unknown key 'batchsize'; did you mean 'batch_size'",
+        ),
+        ({"amp": "yes"}, ConfigError, r"`predict.amp` must be true or false, got 'yes'"),
+        ({"device": "tpu"}, ConfigError, r"device 'tpu' is not a torch device"),
+        ({"split": "train"}, ConfigError, r"split 'train' is not configured"),
+        (
+            {"manifest": "nowhere.parquet"},
+            FileNotFoundError,
+            r"manifest of split 'val' nowhere.parquet",
+        ),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change, error, match):
     change = dict(change)
     manifest = change.pop("manifest", None) or _write_manifest(small_manifest.head(4), tmp_path)
@@ -262,14 +378,20 @@ def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change,
 def test_manifest_without_required_columns_is_rejected(params, small_manifest, demo_root):
     spec = model_specs(params, ["mobilenetv1_025"])[0]
     with pytest.raises(ValueError, match=r"manifest lacks columns \['skip_reason'\]"):
-        predictor.predict_model(small_manifest.drop(columns="skip_reason"), demo_root, spec,
-                              config=predictor.PredictOptions(workers=0))
+        predictor.predict_model(
+            small_manifest.drop(columns="skip_reason"),
+            demo_root,
+            spec,
+            config=predictor.PredictOptions(workers=0),
+        )
 
 
 def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, float]]:
     """The README table's top-1/top-5 per params model name (rows `| <folder> | ... | a / b |`)."""
-    folders = {Path(entry["spec"].removeprefix("local-dir:")).name: name
-               for name, entry in params["models"].items()}
+    folders = {
+        Path(entry["spec"].removeprefix("local-dir:")).name: name
+        for name, entry in params["models"].items()
+    }
     table = {}
     for line in readme.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -281,21 +403,27 @@ def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, fl
 
 @pytest.mark.slow
 def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_demo, tmp_path):
-    from stages.sources.manifest import build_manifest
     from stages.sources.layouts import Source
+    from stages.sources.manifest import build_manifest
 
     published = _published_accuracy(shared_demo.parent / "README.md", params)
     assert sorted(published) == sorted(params["predict"]["models"])
     manifest, _ = build_manifest(Source(shared_demo, "kaggle", "val"))
     assert len(manifest) == 1300
     specs = model_specs(params)
-    sidecars = predictor.predict_split(manifest, shared_demo, specs,
-                                     config=predictor.PredictOptions.from_params(params),
-                                     outs={s.name: tmp_path / f"{s.name}.npy" for s in specs},
-                                     split="val")
+    sidecars = predictor.predict_split(
+        manifest,
+        shared_demo,
+        specs,
+        config=predictor.PredictOptions.from_params(params),
+        outs={s.name: tmp_path / f"{s.name}.npy" for s in specs},
+        split="val",
+    )
     for name, (top1, top5) in published.items():
-        print(f"{name}: top-1 {sidecars[name]['top1']:.2f} (published {top1}), "
-              f"top-5 {sidecars[name]['top5']:.2f} (published {top5})")
+        print(
+            f"{name}: top-1 {sidecars[name]['top1']:.2f} (published {top1}), "
+            f"top-5 {sidecars[name]['top5']:.2f} (published {top5})"
+        )
     for name, (top1, top5) in published.items():
         assert sidecars[name]["top1"] == pytest.approx(top1, abs=0.5), name
         assert sidecars[name]["top5"] == pytest.approx(top5, abs=0.5), name

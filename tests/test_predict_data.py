@@ -1,6 +1,6 @@
-"""stages.modelling.predict_data: the fast uint8 input path equals timm's own eval transform bit for bit on
-a real demo image for every demo model, batches are planned so that none crosses a shard, and a
-model's shards resume only under their fingerprint and assemble into its predictions file."""
+"""stages.modelling.predict_data: the fast uint8 input path equals timm's own eval transform bit for
+bit on a real demo image for every demo model, batches are planned so that none crosses a shard, and
+a model's shards resume only under their fingerprint and assemble into its predictions file."""
 
 from __future__ import annotations
 
@@ -10,22 +10,24 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.modelling import predict_data
 from stages.contracts.formats import NUM_CLASSES
-from stages.sources.images import open_image
+from stages.modelling import predict_data
 from stages.modelling.models import create_model, data_config, eval_transform
 from stages.modelling.specs import model_specs
+from stages.sources.images import open_image
 
 
-def test_input_path_is_bit_identical_to_timm_transform(params: dict, small_manifest: pd.DataFrame,
-                                                       demo_root: Path) -> None:
+def test_input_path_is_bit_identical_to_timm_transform(
+    params: dict, small_manifest: pd.DataFrame, demo_root: Path
+) -> None:
     image = open_image(demo_root, small_manifest.at[0, "path"])
     for spec in model_specs(params):
         config = data_config(create_model(spec))
         fast = predict_data.input_transform(config)
         assert fast.scaled, f"{spec.name}: fast uint8 path not used"
-        batch = fast.to_device(fast.worker_tensor(image).unsqueeze(0), torch.device("cpu"),
-                               channels_last=True)
+        batch = fast.to_device(
+            fast.worker_tensor(image).unsqueeze(0), torch.device("cpu"), channels_last=True
+        )
         assert torch.equal(batch, eval_transform(config)(image).unsqueeze(0)), spec.name
         assert batch.is_contiguous(memory_format=torch.channels_last)
 
@@ -36,7 +38,11 @@ def test_batches_never_span_shards() -> None:
     batches = predict_data.plan_batches(usable, [0, 2], shard_size=10, batch_size=4)
     assert [b.tolist() for b in batches] == [[0, 1, 3, 4], [5, 6, 7, 8], [20, 21, 22]]
     assert predict_data.plan_batches(usable, [1], shard_size=10, batch_size=4)[0].tolist() == [
-        10, 11, 12, 13]
+        10,
+        11,
+        12,
+        13,
+    ]
 
 
 def _ranked_rows(n: int) -> np.ndarray:

@@ -10,12 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages.contracts import formats
 from stages.cli import main as cli_main
+from stages.contracts import formats
 from stages.contracts.formats import LEDGER_FULL_SCHEMA
-from stages.contracts.labels import LABELS_SCHEMA
+from stages.contracts.labels import LABELS_SCHEMA, promote_labels
 from stages.promote import promote
-from stages.contracts.labels import promote_labels
 
 ROWS = [  # image_id, label, action, new_label, reason
     ("k", 1, "keep", 1, "keep"),
@@ -28,12 +27,28 @@ ROWS = [  # image_id, label, action, new_label, reason
 
 
 def ledger(iteration: int = 1) -> pd.DataFrame:
-    return pa.Table.from_pylist([{
-        "image_id": i, "label": label, "action": action, "new_label": new, "cl_candidates": [],
-        "top5_misses": 0, "exempted": False, "reason": reason, "original_label": label or 0,
-        "iteration": iteration, "merged": i == "m", "override": False, "exemptions": 0,
-        "secondary_labels": [7] if i == "k" else [],
-    } for i, label, action, new, reason in ROWS], schema=LEDGER_FULL_SCHEMA).to_pandas()
+    return pa.Table.from_pylist(
+        [
+            {
+                "image_id": i,
+                "label": label,
+                "action": action,
+                "new_label": new,
+                "cl_candidates": [],
+                "top5_misses": 0,
+                "exempted": False,
+                "reason": reason,
+                "original_label": label or 0,
+                "iteration": iteration,
+                "merged": i == "m",
+                "override": False,
+                "exemptions": 0,
+                "secondary_labels": [7] if i == "k" else [],
+            }
+            for i, label, action, new, reason in ROWS
+        ],
+        schema=LEDGER_FULL_SCHEMA,
+    ).to_pandas()
 
 
 def write_metrics(root: Path, iteration: int, agreement: tuple[float, float] | None) -> None:
@@ -52,14 +67,17 @@ def test_labels_are_the_new_labels_of_active_rows_and_the_next_iteration() -> No
     assert labels["reason"][:3].isna().all()
     assert labels["reason"].tolist()[3:] == [
         "removed in iteration 1: remove: top-5 missed by 4 of 5 models (h3=4), no CAM exemption",
-        "skip: truncated file", "removed in iteration 0: remove: 3 unique candidates"]
+        "skip: truncated file",
+        "removed in iteration 0: remove: 3 unique candidates",
+    ]
 
 
-def test_promote_writes_the_params_labels_file_through_the_cli(tmp_path: Path, params: dict,
-                                                                monkeypatch: pytest.MonkeyPatch
-                                                                ) -> None:
-    formats.write_table(ledger(iteration=0), tmp_path / formats.ledger_path("val"),
-                        schema=LEDGER_FULL_SCHEMA)
+def test_promote_writes_the_params_labels_file_through_the_cli(
+    tmp_path: Path, params: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formats.write_table(
+        ledger(iteration=0), tmp_path / formats.ledger_path("val"), schema=LEDGER_FULL_SCHEMA
+    )
     params["splits"]["val"]["labels"] = "iterations/val.parquet"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -74,15 +92,17 @@ def test_promote_writes_the_params_labels_file_through_the_cli(tmp_path: Path, p
     rounds = (tmp_path / "iterations/val-rounds.csv").read_text()
     assert rounds.splitlines() == [
         "iteration,keep,fix,remove_new,remove,secondary,agreement_before,agreement_after",
-        "0,2,1,1,2,1,92.5,93.9"]
+        "0,2,1,1,2,1,92.5,93.9",
+    ]
     assert promote("val", params, root=tmp_path).read_bytes() == first  # promoting twice: no-op
     assert (tmp_path / "iterations/val-rounds.csv").read_text() == rounds
 
 
 def test_each_promotion_adds_its_round_to_the_history(tmp_path: Path, params: dict) -> None:
     for iteration, agreement in ((0, (92.5, 93.9)), (1, None), (2, (95.0, 95.2))):
-        formats.write_table(ledger(iteration), tmp_path / formats.ledger_path("val"),
-                            schema=LEDGER_FULL_SCHEMA)
+        formats.write_table(
+            ledger(iteration), tmp_path / formats.ledger_path("val"), schema=LEDGER_FULL_SCHEMA
+        )
         write_metrics(tmp_path, iteration, agreement)
         promote("val", params, root=tmp_path)
     rounds = pd.read_csv(tmp_path / "iterations/val-rounds.csv")
@@ -95,10 +115,14 @@ def test_each_promotion_adds_its_round_to_the_history(tmp_path: Path, params: di
 
 
 def test_a_stale_ledger_is_not_promoted_over_newer_labels(tmp_path: Path, params: dict) -> None:
-    formats.write_table(ledger(iteration=0), tmp_path / formats.ledger_path("val"),
-                        schema=LEDGER_FULL_SCHEMA)
-    formats.write_table(promote_labels(ledger(iteration=3)), tmp_path / "iterations/val.parquet",
-                        schema=LABELS_SCHEMA)
+    formats.write_table(
+        ledger(iteration=0), tmp_path / formats.ledger_path("val"), schema=LEDGER_FULL_SCHEMA
+    )
+    formats.write_table(
+        promote_labels(ledger(iteration=3)),
+        tmp_path / "iterations/val.parquet",
+        schema=LABELS_SCHEMA,
+    )
     with pytest.raises(ValueError, match=r"at iteration \[4\] but the ledger is from iteration 0"):
         promote("val", params, root=tmp_path)
 

@@ -19,22 +19,33 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from datasets import ClassLabel, Image, load_dataset
-
 from conftest import ROOT, run_in
-from hub_inputs import (EXEMPTED, FIX, METRICS, ROWS, SECONDARY, TOKEN, RecordingHub, SplitInputs,
-                        build, project_dir)
+from datasets import ClassLabel, Image, load_dataset
+from hub_inputs import (
+    EXEMPTED,
+    FIX,
+    METRICS,
+    ROWS,
+    SECONDARY,
+    TOKEN,
+    RecordingHub,
+    SplitInputs,
+    build,
+    project_dir,
+)
+
 from stages.contracts.errors import ConfigError, InputError, MissingInputError, UserError
-from stages.hub.repo import PushError
-from stages.sources.images import open_image
-from stages.publish import main
 from stages.hub.publishing import PublishOptions, build_hub_folder
+from stages.hub.repo import PushError
 from stages.hub.shards import ListFeature, hub_class_names
+from stages.publish import main
+from stages.sources.images import open_image
 
 
 def child_env() -> dict[str, str]:
     """A subprocess that imports this checkout's `stages`."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
 
 @pytest.mark.parametrize("mode", ["labels", "images"])
 def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mode) -> None:
@@ -45,8 +56,12 @@ def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mod
     assert clean["val"].num_rows == 16  # 12 keep + 3 fix + 1 merged keep; placeholders left out
     assert ledger["val"].num_rows == ROWS
     names = hub_class_names()
-    for features, column in [(clean["val"].features, "label"), (clean["val"].features, "original_label"),
-                             (ledger["val"].features, "label"), (ledger["val"].features, "new_label")]:
+    for features, column in [
+        (clean["val"].features, "label"),
+        (clean["val"].features, "original_label"),
+        (ledger["val"].features, "label"),
+        (ledger["val"].features, "new_label"),
+    ]:
         assert isinstance(features[column], ClassLabel) and features[column].names == names
     assert ("image" in clean["val"].features) == (mode == "images")
     assert "image" not in ledger["val"].features
@@ -61,7 +76,9 @@ def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mod
     assert ledger["val"][EXEMPTED]["exempted"] is True
 
 
-def test_images_mode_embeds_the_source_pixels_and_black_placeholders(inputs, tmp_path, cache) -> None:
+def test_images_mode_embeds_the_source_pixels_and_black_placeholders(
+    inputs, tmp_path, cache
+) -> None:
     folder = build(inputs, tmp_path / "hub", mode="images", include_placeholders=True).path
     clean = load_dataset(str(folder), split="val", cache_dir=cache)
     assert clean.num_rows == 18 and clean.features["image"] == Image()
@@ -70,7 +87,10 @@ def test_images_mode_embeds_the_source_pixels_and_black_placeholders(inputs, tmp
         expected = np.asarray(open_image(inputs.root, row["path"]))
         assert np.array_equal(np.asarray(row["image"].convert("RGB")), expected)
     placeholders = [row for row in clean if row["placeholder"]]
-    assert [row["image_id"] for row in placeholders] == ["placeholder_n04505470", "placeholder_n04264628"]
+    assert [row["image_id"] for row in placeholders] == [
+        "placeholder_n04505470",
+        "placeholder_n04264628",
+    ]
     for row in placeholders:
         pixels = np.asarray(row["image"].convert("RGB"))
         assert pixels.shape == (224, 224, 3) and not pixels.any()
@@ -82,12 +102,15 @@ def test_rebuild_replaces_the_folder_and_a_failed_build_keeps_the_old_one(inputs
     build(inputs, out)
     (out / "stale.txt").write_text("from an older build")
     build(inputs, out, mode="images")
-    assert not (out / "stale.txt").exists() and "image" in pq.read_schema(
-        next((out / "data" / "default").iterdir())).names
+    assert (
+        not (out / "stale.txt").exists()
+        and "image" in pq.read_schema(next((out / "data" / "default").iterdir())).names
+    )
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     inputs.ledger.unlink()
-    with pytest.raises(FileNotFoundError,
-                       match="decision ledger .* does not exist; run `imagenet-clean decide"):
+    with pytest.raises(
+        FileNotFoundError, match="decision ledger .* does not exist; run `imagenet-clean decide"
+    ):
         build(inputs, out)
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".hub")) == []
@@ -98,8 +121,11 @@ def test_bad_options_and_inputs_are_named(inputs, tmp_path) -> None:
         build(inputs, tmp_path / "hub", mode="pixels")
     with pytest.raises(ValueError, match="max_shard_bytes must be a positive int"):
         build(inputs, tmp_path / "hub", max_shard_bytes=0)
-    with pytest.raises(ConfigError, match="max_shard_bytes=50000 leaves no room for rows: every "
-                                          "default shard takes [0-9]+ bytes"):
+    with pytest.raises(
+        ConfigError,
+        match="max_shard_bytes=50000 leaves no room for rows: every "
+        "default shard takes [0-9]+ bytes",
+    ):
         build(inputs, tmp_path / "hub", max_shard_bytes=50_000)
     renamed = SplitInputs("val-v2", inputs.manifest, inputs.ledger, inputs.clean, inputs.root)
     with pytest.raises(ConfigError, match="not a valid Hub split name"):
@@ -107,7 +133,9 @@ def test_bad_options_and_inputs_are_named(inputs, tmp_path) -> None:
     pq.write_table(pq.read_table(inputs.manifest).slice(1), inputs.manifest)
     with pytest.raises(InputError, match="does not align with manifest"):
         build(inputs, tmp_path / "hub")
-    with pytest.raises(ConfigError, match="`publish.mode` must be one of labels, images, got 'pixels'"):
+    with pytest.raises(
+        ConfigError, match="`publish.mode` must be one of labels, images, got 'pixels'"
+    ):
         PublishOptions(mode="pixels")
 
 
@@ -118,7 +146,9 @@ def test_images_mode_names_a_missing_image(inputs, tmp_path) -> None:
     assert not (tmp_path / "hub").exists()
 
 
-def test_main_builds_data_hub_and_dry_runs(inputs, tmp_path, params, monkeypatch, cache, caplog) -> None:
+def test_main_builds_data_hub_and_dry_runs(
+    inputs, tmp_path, params, monkeypatch, cache, caplog
+) -> None:
     hub = RecordingHub().install(monkeypatch)
     monkeypatch.chdir(project_dir(tmp_path, inputs, params, push=True, dry_run=True))
     caplog.set_level(logging.INFO, logger="stages")
@@ -134,9 +164,11 @@ def test_refused_push_keeps_the_built_folder(inputs, tmp_path, params, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.chdir(project_dir(tmp_path, inputs, params))
-    with pytest.raises(PushError, match="cannot push to the Hub: offline mode is on .* data/hub is "
-                                        "built and kept; push it with `imagenet-clean publish --push`"
-                       ) as error:
+    with pytest.raises(
+        PushError,
+        match="cannot push to the Hub: offline mode is on .* data/hub is "
+        "built and kept; push it with `imagenet-clean publish --push`",
+    ) as error:
         main(["--push"])
     assert isinstance(error.value, UserError) and TOKEN not in str(error.value)
     assert hub.calls == [] and load_dataset("data/hub", split="val", cache_dir=cache).num_rows == 16
@@ -148,13 +180,19 @@ def test_empty_cleaned_split_is_a_clear_error_and_data_hub_stays(inputs, tmp_pat
     build(inputs, out)
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     ledger = pq.read_table(inputs.ledger)  # every image removed or skipped
-    ledger = ledger.set_column(ledger.schema.get_field_index("action"), "action",
-                               pa.array(["remove"] * (ROWS - 1) + ["skip"]))
+    ledger = ledger.set_column(
+        ledger.schema.get_field_index("action"),
+        "action",
+        pa.array(["remove"] * (ROWS - 1) + ["skip"]),
+    )
     pq.write_table(ledger, inputs.ledger)
     placeholders_only = pq.read_table(inputs.clean).filter(pc.field("placeholder"))
     pq.write_table(placeholders_only, inputs.clean)
-    with pytest.raises(InputError, match="the cleaned split `val` has no rows to publish .*0 of 20 "
-                                         "images kept or fixed.*include_placeholders"):
+    with pytest.raises(
+        InputError,
+        match="the cleaned split `val` has no rows to publish .*0 of 20 "
+        "images kept or fixed.*include_placeholders",
+    ):
         build(inputs, out)
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".hub")) == []
@@ -179,10 +217,15 @@ build_hub_folder([SplitInputs("val", *paths[:4], paths[4])], mode="images", out=
 def test_leftovers_of_a_killed_build_are_removed_by_the_next_build(inputs, tmp_path) -> None:
     out = tmp_path / "data" / "hub"
     out.parent.mkdir()
-    args = [str(p) for p in (inputs.manifest, inputs.ledger, inputs.clean, inputs.root,
-                             inputs.metrics)]
-    killed = subprocess.run([sys.executable, "-c", KILL_DURING_BUILD, *args[:3], args[3], args[4],
-                             str(out)], capture_output=True, text=True, env=child_env())
+    args = [
+        str(p) for p in (inputs.manifest, inputs.ledger, inputs.clean, inputs.root, inputs.metrics)
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_BUILD, *args[:3], args[3], args[4], str(out)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     leftovers = [path for path in out.parent.iterdir() if path.name.startswith(".hub.")]
     assert len(leftovers) == 1 and leftovers[0].name.endswith(".tmp")
@@ -224,8 +267,9 @@ def test_secondary_labels_published_in_both_configs(inputs, tmp_path, cache) -> 
     assert ledger.features["secondary_labels"].feature.int2str(7) == "cock"
 
 
-def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(inputs, tmp_path,
-                                                                       cache) -> None:
+def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(
+    inputs, tmp_path, cache
+) -> None:
     pq.write_table(pq.read_table(inputs.clean).drop_columns(["secondary_labels"]), inputs.clean)
     clean = load_dataset(str(build(inputs, tmp_path / "hub").path), split="val", cache_dir=cache)
     ids = pq.read_table(inputs.manifest).column("image_id").to_pylist()
@@ -234,7 +278,9 @@ def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(inputs,
 
 
 def test_publish_config_is_checked_like_every_stage() -> None:
-    with pytest.raises(ConfigError, match="`publish` has an unknown key 'privat'; did you mean 'private'"):
+    with pytest.raises(
+        ConfigError, match="`publish` has an unknown key 'privat'; did you mean 'private'"
+    ):
         PublishOptions.from_params({"publish": {"splits": ["val"], "privat": True}})
     with pytest.raises(ConfigError, match="`publish.push` must be true or false, got 'yes'"):
         PublishOptions.from_params({"publish": {"push": "yes"}})
@@ -243,12 +289,15 @@ def test_publish_config_is_checked_like_every_stage() -> None:
 
 
 @pytest.mark.slow
-def test_dvc_repro_with_a_refused_push_keeps_data_hub(inputs, tmp_path, params, cache,
-                                                      monkeypatch) -> None:
+def test_dvc_repro_with_a_refused_push_keeps_data_hub(
+    inputs, tmp_path, params, cache, monkeypatch
+) -> None:
     """Under `dvc repro` (which deletes a stage's outputs before running it) a refused push fails
     the stage with the one-line error, and the data/hub it built stays on disk."""
     project = project_dir(tmp_path, inputs, params, push=True)
-    shutil.copytree(ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__")
+    )
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["publish"]
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"publish": stage}}))
     run_in(project, "git", "init", "-q")

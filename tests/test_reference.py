@@ -32,17 +32,24 @@ def test_real_json_list_maps_entry_i_to_val_image_i_plus_one(tmp_path: Path) -> 
     assert reference["ILSVRC2012_val_00050000"] == frozenset({(REAL_ROWS - 1) % 1000})
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", r"bad.json: not a JSON file"),
-    (json.dumps([[1], [2]]), r"bad.json: a ReaL real.json list has 50000 entries .* has 2"),
-    (json.dumps({"a": [1], "b": [1000]}), r"bad.json: entry 'b' must be a list of class "
-                                          r"indices 0..999, got \[1000\]"),
-    (json.dumps({"a": "1"}), r"entry 'a' must be a list of class indices"),
-    (json.dumps({"a": [True]}), r"entry 'a' must be a list of class indices"),
-    (json.dumps("x"), r"expected a JSON list \(ReaL real.json\) or a mapping"),
-])
-def test_broken_reference_files_name_the_file_and_the_problem(tmp_path: Path, content: str,
-                                                               match: str) -> None:
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", r"bad.json: not a JSON file"),
+        (json.dumps([[1], [2]]), r"bad.json: a ReaL real.json list has 50000 entries .* has 2"),
+        (
+            json.dumps({"a": [1], "b": [1000]}),
+            r"bad.json: entry 'b' must be a list of class "
+            r"indices 0..999, got \[1000\]",
+        ),
+        (json.dumps({"a": "1"}), r"entry 'a' must be a list of class indices"),
+        (json.dumps({"a": [True]}), r"entry 'a' must be a list of class indices"),
+        (json.dumps("x"), r"expected a JSON list \(ReaL real.json\) or a mapping"),
+    ],
+)
+def test_broken_reference_files_name_the_file_and_the_problem(
+    tmp_path: Path, content: str, match: str
+) -> None:
     (tmp_path / "bad.json").write_text(content)
     with pytest.raises(InputError, match=match):
         load_reference(tmp_path / "bad.json")
@@ -52,19 +59,32 @@ def test_missing_file_and_a_reference_of_another_split(tmp_path: Path) -> None:
     with pytest.raises(MissingInputError, match=r"reference labels .*nope.json not found"):
         load_reference(tmp_path / "nope.json")
     with pytest.raises(InputError, match=r"v2.json: none of the split's 2 image ids .*another"):
-        align({"ILSVRC2012_val_00000001": frozenset({1})}, pd.Series(["0/abc", "1/def"]),
-              source="v2.json")
+        align(
+            {"ILSVRC2012_val_00000001": frozenset({1})},
+            pd.Series(["0/abc", "1/def"]),
+            source="v2.json",
+        )
 
 
 def test_agreement_counts_fix_outcomes_removals_and_secondary_labels() -> None:
-    ledger = pd.DataFrame({
-        "label": [1, 2, 3, 4, 5, 6, None, 8],
-        "action": ["keep", "fix", "fix", "fix", "remove", "remove", "remove", "keep"],
-        "new_label": [1, 12, 13, 14, None, None, None, 8],
-        "secondary_labels": [[11], [], [], [], [], [], [], [18]],
-    })
-    reference = [frozenset({1, 11}), frozenset({12}), frozenset({3}), frozenset({4, 14}),
-                 frozenset(), frozenset({6}), frozenset({7}), None]
+    ledger = pd.DataFrame(
+        {
+            "label": [1, 2, 3, 4, 5, 6, None, 8],
+            "action": ["keep", "fix", "fix", "fix", "remove", "remove", "remove", "keep"],
+            "new_label": [1, 12, 13, 14, None, None, None, 8],
+            "secondary_labels": [[11], [], [], [], [], [], [], [18]],
+        }
+    )
+    reference = [
+        frozenset({1, 11}),
+        frozenset({12}),
+        frozenset({3}),
+        frozenset({4, 14}),
+        frozenset(),
+        frozenset({6}),
+        frozenset({7}),
+        None,
+    ]
     block = agreement(ledger, reference)
     # judged before: rows 0-3 and 5 (row 4 accepts nothing, row 6 left earlier, row 7 no entry)
     assert (block["agreement_before"], block["judged_before"]) == (80.0, 5)

@@ -19,8 +19,15 @@ from PIL import Image
 
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError
+from stages.reporting.report import (
+    WHY,
+    build_report,
+    confused_pairs,
+    list_matrix,
+    model_top5,
+    read_data,
+)
 from stages.review import run_review
-from stages.reporting.report import WHY, build_report, confused_pairs, list_matrix, model_top5, read_data
 
 MODELS = ("model_a", "model_b", "model_c")
 
@@ -38,8 +45,9 @@ def _images(folder: Path, count: int = 6, size: tuple[int, int] = (500, 375)) ->
     return names
 
 
-def _predictions(path: Path, labels: np.ndarray, rng: np.random.Generator, *, block: int = 4096
-                 ) -> np.ndarray:
+def _predictions(
+    path: Path, labels: np.ndarray, rng: np.random.Generator, *, block: int = 4096
+) -> np.ndarray:
     """(N, 1000) float16 probabilities, mostly confident on `labels`, some on a neighbour class."""
     path.parent.mkdir(parents=True, exist_ok=True)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(labels), 1000))
@@ -55,8 +63,9 @@ def _predictions(path: Path, labels: np.ndarray, rng: np.random.Generator, *, bl
     return np.load(path, mmap_mode="r")
 
 
-def write_split(root: Path, n: int, *, seed: int = 0, split: str = "val",
-                models: tuple[str, ...] = MODELS) -> dict[str, Any]:
+def write_split(
+    root: Path, n: int, *, seed: int = 0, split: str = "val", models: tuple[str, ...] = MODELS
+) -> dict[str, Any]:
     """A synthetic split under `root` in the project layout: manifest, predictions, votes with the
     evidence columns, a ledger with secondary_labels; returns params for it."""
     rng = np.random.default_rng(seed)
@@ -64,12 +73,22 @@ def write_split(root: Path, n: int, *, seed: int = 0, split: str = "val",
     ids = [f"img_{k:06d}" for k in range(n)]
     labels = rng.integers(0, 1000, n).astype(np.int32)
     inactive = rng.random(n) < 0.01
-    manifest = pd.DataFrame({
-        "image_id": ids, "path": [names[k % len(names)] for k in range(n)], "label": labels,
-        "wnid": np.array(formats.class_wnids())[labels],
-        "boxes": [[[50, 40, 300, 250]] if k % 3 else [] for k in range(n)],
-        "width": 500, "height": 375, "skip_reason": None, "sha256": None})
-    formats.write_table(manifest, root / formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
+    manifest = pd.DataFrame(
+        {
+            "image_id": ids,
+            "path": [names[k % len(names)] for k in range(n)],
+            "label": labels,
+            "wnid": np.array(formats.class_wnids())[labels],
+            "boxes": [[[50, 40, 300, 250]] if k % 3 else [] for k in range(n)],
+            "width": 500,
+            "height": 375,
+            "skip_reason": None,
+            "sha256": None,
+        }
+    )
+    formats.write_table(
+        manifest, root / formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA
+    )
     preds = [_predictions(root / formats.predictions_path(split, m), labels, rng) for m in models]
     mean = np.zeros((n, 1000), np.float32)
     for p in preds:
@@ -85,38 +104,71 @@ def write_split(root: Path, n: int, *, seed: int = 0, split: str = "val",
     new = np.where(kinds == "fix", (labels + 1) % 1000, labels).astype(np.float64)
     new[kinds == "remove"] = np.nan
     candidates = [[int((labels[k] + 1) % 1000)] * 2 if kinds[k] == "fix" else [] for k in range(n)]
-    votes = pa.table({
-        "image_id": ids, "label": pa.array(current, type=pa.int32()), "original_label": labels,
-        "iteration": np.zeros(n, np.int32),
-        "inactive_reason": [("removed in iteration 0: test" if i else None) for i in inactive],
-        "cl_candidates": pa.array(candidates, type=pa.list_(pa.int32())),
-        "cl_models": [list(models[:len(c)]) for c in candidates],
-        "top5_misses": np.zeros(n, np.int32), "top5_hit_models": [list(models)] * n,
-        "n_models": np.full(n, len(models), np.int32),
-        "ensemble_top": pa.array(list(ens_top), type=pa.list_(pa.int32())),
-        "ensemble_probs": pa.array(list(np.take_along_axis(mean, ens_top, 1)), type=pa.list_(pa.float32())),
-        "label_prob": pa.array(label_prob, type=pa.float32(), from_pandas=True),
-        "model_top1": pa.array(list(model_top1), type=pa.list_(pa.int32()))})
+    votes = pa.table(
+        {
+            "image_id": ids,
+            "label": pa.array(current, type=pa.int32()),
+            "original_label": labels,
+            "iteration": np.zeros(n, np.int32),
+            "inactive_reason": [("removed in iteration 0: test" if i else None) for i in inactive],
+            "cl_candidates": pa.array(candidates, type=pa.list_(pa.int32())),
+            "cl_models": [list(models[: len(c)]) for c in candidates],
+            "top5_misses": np.zeros(n, np.int32),
+            "top5_hit_models": [list(models)] * n,
+            "n_models": np.full(n, len(models), np.int32),
+            "ensemble_top": pa.array(list(ens_top), type=pa.list_(pa.int32())),
+            "ensemble_probs": pa.array(
+                list(np.take_along_axis(mean, ens_top, 1)), type=pa.list_(pa.float32())
+            ),
+            "label_prob": pa.array(label_prob, type=pa.float32(), from_pandas=True),
+            "model_top1": pa.array(list(model_top1), type=pa.list_(pa.int32())),
+        }
+    )
     formats.write_table(votes, root / formats.votes_path(split))
-    ledger = pd.DataFrame({
-        "image_id": ids, "label": current, "action": np.where(kinds == "secondary", "keep", kinds),
-        "new_label": pd.array(np.nan_to_num(new), dtype="Int32"), "cl_candidates": candidates,
-        "top5_misses": np.zeros(n, np.int32), "exempted": False,
-        "reason": [f"{k}: synthetic" for k in kinds],
-        "secondary_labels": [[int((labels[k] + 7) % 1000)] if kinds[k] == "secondary" else []
-                             for k in range(n)],
-        "original_label": labels, "iteration": 0, "merged": False, "override": False,
-        "exemptions": 0})
+    ledger = pd.DataFrame(
+        {
+            "image_id": ids,
+            "label": current,
+            "action": np.where(kinds == "secondary", "keep", kinds),
+            "new_label": pd.array(np.nan_to_num(new), dtype="Int32"),
+            "cl_candidates": candidates,
+            "top5_misses": np.zeros(n, np.int32),
+            "exempted": False,
+            "reason": [f"{k}: synthetic" for k in kinds],
+            "secondary_labels": [
+                [int((labels[k] + 7) % 1000)] if kinds[k] == "secondary" else [] for k in range(n)
+            ],
+            "original_label": labels,
+            "iteration": 0,
+            "merged": False,
+            "override": False,
+            "exemptions": 0,
+        }
+    )
     ledger.loc[np.isnan(new), "new_label"] = pd.NA
     ledger.loc[inactive, "label"] = pd.NA
     formats.write_table(ledger, root / formats.ledger_path(split))
-    return {"splits": {split: {"root": str(root / "images"), "layout": "imagefolder",
-                               "overrides": f"data/overrides/{split}.csv"}},
-            "models": {m: {"spec": f"local-dir:{m}"} for m in models},
-            "predict": {"models": list(models)},
-            "decide": {split: {"h1": 2, "h2": 3, "h3": 2}},
-            "review": {"keep_sample": 20, "seed": 0, "chunk_rows": 25, "thumb_size": 96,
-                       "top_pairs": 10, "pair_images": 5, "workers": 2}}
+    return {
+        "splits": {
+            split: {
+                "root": str(root / "images"),
+                "layout": "imagefolder",
+                "overrides": f"data/overrides/{split}.csv",
+            }
+        },
+        "models": {m: {"spec": f"local-dir:{m}"} for m in models},
+        "predict": {"models": list(models)},
+        "decide": {split: {"h1": 2, "h2": 3, "h3": 2}},
+        "review": {
+            "keep_sample": 20,
+            "seed": 0,
+            "chunk_rows": 25,
+            "thumb_size": 96,
+            "top_pairs": 10,
+            "pair_images": 5,
+            "workers": 2,
+        },
+    }
 
 
 def report_rows(folder: Path) -> list[dict[str, Any]]:
@@ -136,11 +188,19 @@ def test_every_fix_removal_and_secondary_label_is_in_the_report(split_root) -> N
     root, params = split_root
     figures = run_review("val", params)
     ledger = pd.read_parquet(root / formats.ledger_path("val"))
-    must = set(ledger.loc[ledger["action"].isin(["fix", "remove"]) |
-                          (ledger["secondary_labels"].map(len) > 0), "image_id"])
+    must = set(
+        ledger.loc[
+            ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0),
+            "image_id",
+        ]
+    )
     rows = report_rows(root / "data/review/val")
     assert must and must <= {r["id"] for r in rows}
-    assert len(rows) == figures["shown"] == len(read_data(root / "data/review/val/data/index.js")["pos"])
+    assert (
+        len(rows)
+        == figures["shown"]
+        == len(read_data(root / "data/review/val/data/index.js")["pos"])
+    )
     for r in rows:
         assert (root / "data/review/val" / r["thumb"]).is_file()
         assert len(r["top5"]) == len(MODELS) and all(len(t) == 5 for t in r["top5"])
@@ -155,9 +215,12 @@ def test_rows_are_ranked_by_label_quality_and_chunks_are_bounded(split_root) -> 
     index = read_data(root / "data/review/val/data/index.js")
     quality = [q for q in index["q"] if q is not None]
     assert quality == sorted(quality)
-    assert all(q is None for q in index["q"][len(quality):])  # rows without a label come last
+    assert all(q is None for q in index["q"][len(quality) :])  # rows without a label come last
     meta = read_data(root / "data/review/val/data/meta.js")
-    sizes = [len(read_data(root / f"data/review/val/data/chunk-{k:05d}.js")) for k in range(meta["chunks"])]
+    sizes = [
+        len(read_data(root / f"data/review/val/data/chunk-{k:05d}.js"))
+        for k in range(meta["chunks"])
+    ]
     assert max(sizes) <= params["review"]["chunk_rows"] and sum(sizes) == meta["shown"]
 
 
@@ -176,9 +239,17 @@ def test_keep_sample_is_seeded(split_root) -> None:
 def test_same_inputs_give_the_same_bytes(split_root) -> None:
     root, params = split_root
     run_review("val", params)
-    first = {p.relative_to(root): p.read_bytes() for p in (root / "data/review").rglob("*") if p.is_file()}
+    first = {
+        p.relative_to(root): p.read_bytes()
+        for p in (root / "data/review").rglob("*")
+        if p.is_file()
+    }
     run_review("val", params)
-    second = {p.relative_to(root): p.read_bytes() for p in (root / "data/review").rglob("*") if p.is_file()}
+    second = {
+        p.relative_to(root): p.read_bytes()
+        for p in (root / "data/review").rglob("*")
+        if p.is_file()
+    }
     assert first == second
 
 
@@ -223,9 +294,14 @@ def test_confused_pairs_count_both_directions_and_rank_by_quality() -> None:
     assert pairs[1]["rows"] == [6, 5]
     ties = confused_pairs(labels, predicted, quality, top=3, per_pair=2)[2]
     assert (ties["a"], ties["b"]) == (2, 9)  # the only other pair
-    tied = confused_pairs(np.array([1, 5, 7]), np.array([2, 6, 8]), np.array([0.4, 0.1, np.nan]),
-                          top=3, per_pair=1)
-    assert [(p["a"], p["b"]) for p in tied] == [(5, 6), (1, 2), (7, 8)]  # one image each: by quality
+    tied = confused_pairs(
+        np.array([1, 5, 7]), np.array([2, 6, 8]), np.array([0.4, 0.1, np.nan]), top=3, per_pair=1
+    )
+    assert [(p["a"], p["b"]) for p in tied] == [
+        (5, 6),
+        (1, 2),
+        (7, 8),
+    ]  # one image each: by quality
 
 
 def test_list_matrix_pads_short_and_null_lists() -> None:
@@ -251,14 +327,21 @@ def test_votes_without_evidence_columns_are_refused(split_root) -> None:
 
 
 def test_predictions_of_another_split_are_refused(split_root) -> None:
-    root, params = split_root
+    root, _params = split_root
     ledger = pd.read_parquet(root / formats.ledger_path("val"))
     votes = pa.Table.from_pandas(pd.read_parquet(root / formats.votes_path("val")))
     manifest = pd.read_parquet(root / formats.manifest_path("val"))
     with pytest.raises(InputError, match=r"predictions of model_a have shape \(10, 1000\)"):
-        build_report(ledger, votes, manifest, split="val", models=["model_a"],
-                     predictions=[np.zeros((10, 1000), np.float32)], image_root=root,
-                     out=root / "out")
+        build_report(
+            ledger,
+            votes,
+            manifest,
+            split="val",
+            models=["model_a"],
+            predictions=[np.zeros((10, 1000), np.float32)],
+            image_root=root,
+            out=root / "out",
+        )
 
 
 def test_unknown_review_key_is_a_config_error(split_root) -> None:
@@ -274,17 +357,28 @@ def test_unknown_review_key_is_a_config_error(split_root) -> None:
 @pytest.mark.slow
 def test_50k_row_ledger_builds_fast_in_bounded_chunks(tmp_path: Path, monkeypatch) -> None:
     params = write_split(tmp_path, 50_000, seed=1, models=MODELS[:2])
-    params["review"] = {"keep_sample": 200, "seed": 0, "chunk_rows": 50, "thumb_size": 224,
-                        "top_pairs": 50, "pair_images": 50, "workers": 2}
+    params["review"] = {
+        "keep_sample": 200,
+        "seed": 0,
+        "chunk_rows": 50,
+        "thumb_size": 224,
+        "top_pairs": 50,
+        "pair_images": 50,
+        "workers": 2,
+    }
     monkeypatch.chdir(tmp_path)
     started = time.perf_counter()
     figures = run_review("val", params)
     seconds = time.perf_counter() - started
     rows = report_rows(tmp_path / "data/review/val")
-    ledger = pd.read_parquet(tmp_path / formats.ledger_path("val"), columns=["action", "secondary_labels"])
-    expected = int((ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0)).sum())
-    print(f"\n50k-row review: {figures}, wall {seconds:.1f} s, "
-          f"{sum(p.stat().st_size for p in (tmp_path / 'data/review/val').rglob('*') if p.is_file()) / 1e6:.1f} MB")
+    ledger = pd.read_parquet(
+        tmp_path / formats.ledger_path("val"), columns=["action", "secondary_labels"]
+    )
+    expected = int(
+        (ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0)).sum()
+    )
+    size = sum(p.stat().st_size for p in (tmp_path / "data/review/val").rglob("*") if p.is_file())
+    print(f"\n50k-row review: {figures}, wall {seconds:.1f} s, {size / 1e6:.1f} MB")
     assert len(rows) >= expected > 6000
     assert figures["max_chunk_bytes"] < 150_000  # one page load stays small
     assert figures["index_bytes"] < 60 * figures["shown"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import pytest
-
 from conftest import copy_project, run_in
+
 from stages.contracts import formats
 from stages.contracts.actions import ACTIONS
 from stages.contracts.params import load_params
@@ -27,9 +28,18 @@ from stages.reporting.server import ServeReviewConfig, make_server
 pytestmark = pytest.mark.slow
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +61,13 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in FLAGS + (f"--user-data-dir={tmp_path / 'profile'}",):
         options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads"),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs",
+        {
+            "download.default_directory": str(tmp_path / "downloads"),
+            "download.prompt_for_download": False,
+        },
+    )
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
     yield driver
@@ -66,7 +81,9 @@ def served(demo: Path, tmp_path: Path) -> Iterator[tuple[Any, Path, dict[str, An
     path = demo / ServeReviewConfig.from_params(params, "val").overrides
     saved = path.read_bytes() if path.exists() else None
     server = make_server(ServeReviewConfig.from_params(params, "val"), port=0, root=demo)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield server, path, params
     server.shutdown()
@@ -81,7 +98,8 @@ def wait_ready(driver: Any) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, 20).until(
-        lambda d: d.execute_script("return document.body.getAttribute('data-ready') === '1'"))
+        lambda d: d.execute_script("return document.body.getAttribute('data-ready') === '1'")
+    )
     errors = driver.find_element("id", "message").text
     assert not errors, errors
 
@@ -111,7 +129,9 @@ def relabel_first(driver: Any, action: str, typed: str, note: str) -> str:
     return image_id
 
 
-def test_filter_relabel_writes_overrides_that_decide_applies(demo, served, browser, tmp_path) -> None:
+def test_filter_relabel_writes_overrides_that_decide_applies(
+    demo, served, browser, tmp_path
+) -> None:
     from stages.decide import run_decide
 
     server, path, params = served
@@ -122,8 +142,14 @@ def test_filter_relabel_writes_overrides_that_decide_applies(demo, served, brows
     action = "fix" if (ledger["action"] == "fix").any() else "remove"
     image_id = relabel_first(browser, action, "1 goldfish", "a goldfish, checked by eye")
     browser.save_screenshot(str(tmp_path / "review.png"))
-    assert read_rows(path) == [{"image_id": image_id, "action": "fix", "new_label": "1",
-                                "note": "a goldfish, checked by eye"}]
+    assert read_rows(path) == [
+        {
+            "image_id": image_id,
+            "action": "fix",
+            "new_label": "1",
+            "note": "a goldfish, checked by eye",
+        }
+    ]
     counts = run_decide("val", params, root=demo)
     after = pd.read_parquet(demo / formats.ledger_path("val")).set_index("image_id")
     assert (after.at[image_id, "action"], after.at[image_id, "new_label"]) == ("fix", 1)
@@ -173,36 +199,63 @@ def test_class_pairs_view_lists_pairs_and_opens_their_images(demo, served, brows
 def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
     from stages.reporting.server import Decision, RequestError, merge_rows
 
-    decisions = {"a": Decision("keep", 3, 3, (8,)), "b": Decision("remove", 4, None, ()),
-                 "c": Decision("fix", 5, 6, (9,))}
-    steps = [("a", "secondary", "7"), ("a", "fix", "8"), ("a", "secondary", ""), ("a", "secondary", "2"),
-             ("a", "secondary", "2"), ("a", "secondary", "8"), ("a", "remove", ""), ("a", "secondary", "1"),
-             ("b", "secondary", "1"), ("b", "keep", ""), ("b", "secondary", "4"), ("b", "secondary", "5"),
-             ("c", "secondary", "6"), ("c", "secondary", "5"), ("c", "fix", "9"), ("c", "keep", ""),
-             ("c", "secondary", "5"), ("c", "remove", ""), ("c", "fix", "1")]
+    decisions = {
+        "a": Decision("keep", 3, 3, (8,)),
+        "b": Decision("remove", 4, None, ()),
+        "c": Decision("fix", 5, 6, (9,)),
+    }
+    steps = [
+        ("a", "secondary", "7"),
+        ("a", "fix", "8"),
+        ("a", "secondary", ""),
+        ("a", "secondary", "2"),
+        ("a", "secondary", "2"),
+        ("a", "secondary", "8"),
+        ("a", "remove", ""),
+        ("a", "secondary", "1"),
+        ("b", "secondary", "1"),
+        ("b", "keep", ""),
+        ("b", "secondary", "4"),
+        ("b", "secondary", "5"),
+        ("c", "secondary", "6"),
+        ("c", "secondary", "5"),
+        ("c", "fix", "9"),
+        ("c", "keep", ""),
+        ("c", "secondary", "5"),
+        ("c", "remove", ""),
+        ("c", "fix", "1"),
+    ]
     rows: list[dict[str, str]] = []
     expected = []
     for image_id, action, label in steps:
         try:
-            rows = merge_rows(rows, [{"image_id": image_id, "action": action, "new_label": label,
-                                      "note": "n"}], decisions=decisions)
+            rows = merge_rows(
+                rows,
+                [{"image_id": image_id, "action": action, "new_label": label, "note": "n"}],
+                decisions=decisions,
+            )
             expected.append(rows)
         except RequestError:
             expected.append("error")
     browser.get((demo / "data/review/val/index.html").as_uri())
     wait_ready(browser)
-    got = browser.execute_script("""
+    got = browser.execute_script(
+        """
         const decisions = {}, out = [];
         Object.entries(arguments[0]).forEach(([id, d]) => {
           decisions[id] = {action: d[0], label: d[1], new: d[2], sec: d[3]}; });
         let rows = [];
         for (const [id, action, label] of arguments[1]) {
           try {
-            rows = window.REVIEW.mergeRows(rows, [{image_id: id, action: action, new_label: label, note: "n"}], decisions);
+            const row = {image_id: id, action: action, new_label: label, note: "n"};
+            rows = window.REVIEW.mergeRows(rows, [row], decisions);
             out.push(rows);
           } catch (e) { out.push("error"); }
         }
-        return out;""", {k: list(v) for k, v in decisions.items()}, steps)
+        return out;""",
+        {k: list(v) for k, v in decisions.items()},
+        steps,
+    )
     assert got == expected
     assert "error" in expected and len({str(e) for e in expected}) > 10
 
@@ -214,6 +267,11 @@ def test_every_fix_removal_and_secondary_label_of_the_demo_is_in_the_report(demo
     decided = ledger["action"].isin(["fix", "remove"]) | (ledger["secondary_labels"].map(len) > 0)
     folder = demo / "data/review/val"
     meta = read_data(folder / "data/meta.js")
-    ids = {r["id"] for k in range(meta["chunks"]) for r in read_data(folder / f"data/chunk-{k:05d}.js")}
+    ids = {
+        r["id"] for k in range(meta["chunks"]) for r in read_data(folder / f"data/chunk-{k:05d}.js")
+    }
     assert decided.any() and set(ledger.loc[decided, "image_id"]) <= ids
-    assert meta["rows"] == len(ledger) and meta["models"] == load_params(demo / "params.yaml")["predict"]["models"]
+    assert (
+        meta["rows"] == len(ledger)
+        and meta["models"] == load_params(demo / "params.yaml")["predict"]["models"]
+    )

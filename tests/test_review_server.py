@@ -21,13 +21,19 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from test_review import write_split
 
 from stages.contracts import formats
-from stages.method.overrides import apply_overrides, load_overrides
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.method.overrides import apply_overrides, load_overrides
+from stages.reporting.server import (
+    Decision,
+    RequestError,
+    ServeReviewConfig,
+    make_server,
+    merge_rows,
+)
 from stages.review import run_review
-from stages.reporting.server import Decision, RequestError, ServeReviewConfig, make_server, merge_rows
-from test_review import write_split
 
 HEADER = "image_id,action,new_label,note\n"
 
@@ -48,10 +54,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 def served(built, tmp_path: Path):
     """A running server on a free port whose overrides file is fresh for each test."""
     root, params = built
-    params = {**params, "splits": {"val": {**params["splits"]["val"],
-                                           "overrides": str(tmp_path / "overrides/val.csv")}}}
+    params = {
+        **params,
+        "splits": {
+            "val": {**params["splits"]["val"], "overrides": str(tmp_path / "overrides/val.csv")}
+        },
+    }
     server = make_server(ServeReviewConfig.from_params(params, "val"), port=0, root=root)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     ledger = pd.read_parquet(root / formats.ledger_path("val"))
     yield server, ledger, tmp_path / "overrides/val.csv"
@@ -59,8 +71,15 @@ def served(built, tmp_path: Path):
     server.server_close()
 
 
-def request(server, method: str, path: str, body: Any = None, *, headers: dict | None = None,
-            raw: bytes | None = None) -> tuple[int, Any]:
+def request(
+    server,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: dict | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
     host, port = server.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=10)
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -89,12 +108,26 @@ def test_serves_the_report_and_lists_no_overrides_yet(served) -> None:
 def test_relabel_writes_a_row_that_decide_applies(served) -> None:
     server, ledger, path = served
     image_id = first(ledger, ledger["action"] == "remove")
-    status, listing = request(server, "POST", "/api/overrides", {"rows": [
-        {"image_id": image_id, "action": "fix", "new_label": "n01440764", "note": "a tench,\n really"}]})
+    status, listing = request(
+        server,
+        "POST",
+        "/api/overrides",
+        {
+            "rows": [
+                {
+                    "image_id": image_id,
+                    "action": "fix",
+                    "new_label": "n01440764",
+                    "note": "a tench,\n really",
+                }
+            ]
+        },
+    )
     assert status == 200
     assert path.read_text() == HEADER + f'{image_id},fix,0,"a tench, really"\n'
-    assert listing["rows"] == [{"image_id": image_id, "action": "fix", "new_label": "0",
-                                "note": "a tench, really"}]
+    assert listing["rows"] == [
+        {"image_id": image_id, "action": "fix", "new_label": "0", "note": "a tench, really"}
+    ]
     as_decide_builds_it = ledger.astype({"label": "Int32", "new_label": "Int32"})
     applied = apply_overrides(as_decide_builds_it, load_overrides(path))
     row = applied.loc[applied["image_id"] == image_id].iloc[0]
@@ -103,7 +136,9 @@ def test_relabel_writes_a_row_that_decide_applies(served) -> None:
 
 
 def listed(server) -> list[tuple[str, str]]:
-    return [(r["action"], r["new_label"]) for r in request(server, "GET", "/api/overrides")[1]["rows"]]
+    return [
+        (r["action"], r["new_label"]) for r in request(server, "GET", "/api/overrides")[1]["rows"]
+    ]
 
 
 def post(server, image_id: str, **row: Any) -> tuple[int, Any]:
@@ -119,50 +154,87 @@ def test_a_new_decision_replaces_the_last_and_secondary_labels_add_up(served) ->
     assert post(server, image_id, action="fix", new_label=5)[0] == 200
     assert post(server, image_id, action="secondary", new_label="7")[0] == 200
     assert post(server, image_id, action="secondary", new_label=9)[0] == 200
-    assert listed(server) == [("fix", "5"), ("secondary", extra), ("secondary", "7"), ("secondary", "9")]
+    assert listed(server) == [
+        ("fix", "5"),
+        ("secondary", extra),
+        ("secondary", "7"),
+        ("secondary", "9"),
+    ]
     assert post(server, image_id, action="fix", new_label=7)[0] == 200  # 7 is now the label
     assert listed(server) == [("fix", "7"), ("secondary", extra), ("secondary", "9")]
     status, answer = post(server, image_id, action="secondary", new_label="7")
     assert status == 400 and "is the label of" in answer["error"]
-    assert post(server, image_id, action="remove")[0] == 200  # a removed image has no secondary labels
+    assert (
+        post(server, image_id, action="remove")[0] == 200
+    )  # a removed image has no secondary labels
     assert listed(server) == [("remove", "")]
     status, answer = post(server, image_id, action="secondary", new_label="3")
-    assert status == 400 and "secondary labels only apply to kept or fixed images" in answer["error"]
+    assert (
+        status == 400 and "secondary labels only apply to kept or fixed images" in answer["error"]
+    )
     assert post(server, image_id, action="keep")[0] == 200
     assert post(server, image_id, action="secondary")[0] == 200
     assert post(server, image_id, action="secondary", new_label=label)[0] == 400
     assert post(server, image_id, action="secondary", new_label=3)[0] == 200
-    assert listed(server) == [("keep", ""), ("secondary", "3")]  # "none", then one: exactly that one
+    assert listed(server) == [
+        ("keep", ""),
+        ("secondary", "3"),
+    ]  # "none", then one: exactly that one
     status, listing = request(server, "POST", "/api/undo", {"image_id": image_id})
     assert status == 200 and listing["rows"] == [] and path.read_text() == HEADER
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"rows": [{"image_id": "nope", "action": "remove"}]}, 400, "unknown image_id 'nope'"),
-    ({"rows": [{"image_id": "{id}", "action": "fix", "new_label": 1000}]}, 400, "not a class index"),
-    ({"rows": [{"image_id": "{id}", "action": "fix", "new_label": "n00000000"}]}, 400, "not a class"),
-    ({"rows": [{"image_id": "{id}", "action": "fix", "new_label": True}]}, 400, "not a class"),
-    ({"rows": [{"image_id": "{id}", "action": "fix"}]}, 400, "fix needs a new_label"),
-    ({"rows": [{"image_id": "{id}", "action": "delete"}]}, 400, "action 'delete' is not one of"),
-    ({"rows": [{"image_id": "{id}", "action": "keep", "new_label": 3}]}, 400, "takes no new_label"),
-    ({"rows": [{"image_id": "{id}", "action": "keep", "note": "x" * 501}]}, 400, "at most 500"),
-    ({"rows": [{"image_id": "{id}", "action": "keep", "colour": 1}]}, 400, "each row must be"),
-    ({"rows": [{"image_id": "{id}", "action": "keep"}, {"image_id": "x", "action": "keep"}]}, 400,
-     "unknown image_id 'x'"),
-    ({"rows": []}, 400, "1 to 1000 rows"),
-    ([1, 2], 400, "body must be"),
-    (b"{not json", 400, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"rows": [{"image_id": "nope", "action": "remove"}]}, 400, "unknown image_id 'nope'"),
+        (
+            {"rows": [{"image_id": "{id}", "action": "fix", "new_label": 1000}]},
+            400,
+            "not a class index",
+        ),
+        (
+            {"rows": [{"image_id": "{id}", "action": "fix", "new_label": "n00000000"}]},
+            400,
+            "not a class",
+        ),
+        ({"rows": [{"image_id": "{id}", "action": "fix", "new_label": True}]}, 400, "not a class"),
+        ({"rows": [{"image_id": "{id}", "action": "fix"}]}, 400, "fix needs a new_label"),
+        (
+            {"rows": [{"image_id": "{id}", "action": "delete"}]},
+            400,
+            "action 'delete' is not one of",
+        ),
+        (
+            {"rows": [{"image_id": "{id}", "action": "keep", "new_label": 3}]},
+            400,
+            "takes no new_label",
+        ),
+        ({"rows": [{"image_id": "{id}", "action": "keep", "note": "x" * 501}]}, 400, "at most 500"),
+        ({"rows": [{"image_id": "{id}", "action": "keep", "colour": 1}]}, 400, "each row must be"),
+        (
+            {"rows": [{"image_id": "{id}", "action": "keep"}, {"image_id": "x", "action": "keep"}]},
+            400,
+            "unknown image_id 'x'",
+        ),
+        ({"rows": []}, 400, "1 to 1000 rows"),
+        ([1, 2], 400, "body must be"),
+        (b"{not json", 400, "not valid JSON"),
+    ],
+)
 def test_bad_requests_get_a_clear_error_and_change_nothing(served, body, status, message) -> None:
     server, ledger, path = served
     image_id = first(ledger, ledger["action"] == "keep")
-    request(server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, "action": "remove"}]})
+    request(
+        server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, "action": "remove"}]}
+    )
     before = path.read_bytes()
     if isinstance(body, bytes):
         got = request(server, "POST", "/api/overrides", raw=body)
     else:
-        got = request(server, "POST", "/api/overrides",
-                      json.loads(json.dumps(body).replace("{id}", image_id)))
+        got = request(
+            server, "POST", "/api/overrides", json.loads(json.dumps(body).replace("{id}", image_id))
+        )
     assert got[0] == status and message in got[1]["error"]
     assert path.read_bytes() == before
 
@@ -181,18 +253,25 @@ def test_a_hand_edited_mistake_in_the_file_is_reported_and_kept(served) -> None:
 def test_keep_of_an_image_removed_earlier_is_refused(served) -> None:
     server, ledger, path = served
     image_id = first(ledger, ledger["label"].isna())
-    status, answer = request(server, "POST", "/api/overrides",
-                             {"rows": [{"image_id": image_id, "action": "keep"}]})
+    status, answer = request(
+        server, "POST", "/api/overrides", {"rows": [{"image_id": image_id, "action": "keep"}]}
+    )
     assert status == 400 and "has no label to keep" in answer["error"] and not path.exists()
 
 
 def test_other_origins_hosts_and_content_types_are_refused(served) -> None:
     server, ledger, path = served
     body = {"rows": [{"image_id": first(ledger, ledger["action"] == "fix"), "action": "remove"}]}
-    assert request(server, "POST", "/api/overrides", body,
-                   headers={"Origin": "http://evil.example"})[0] == 403
+    assert (
+        request(server, "POST", "/api/overrides", body, headers={"Origin": "http://evil.example"})[
+            0
+        ]
+        == 403
+    )
     assert request(server, "GET", "/api/overrides", headers={"Host": "evil.example:80"})[0] == 403
-    status, answer = request(server, "POST", "/api/overrides", body, headers={"Content-Type": "text/plain"})
+    status, answer = request(
+        server, "POST", "/api/overrides", body, headers={"Content-Type": "text/plain"}
+    )
     assert status == 415 and "application/json" in answer["error"]
     assert request(server, "POST", "/api/nothing", body)[0] == 404
     assert not path.exists()
@@ -202,17 +281,31 @@ def test_concurrent_corrections_all_land(served) -> None:
     server, ledger, path = served
     ids = list(ledger.loc[ledger["action"] == "keep", "image_id"][:16])
     with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(lambda i: request(server, "POST", "/api/overrides", {
-            "rows": [{"image_id": i, "action": "remove", "note": "blurry"}]})[0], ids))
+        statuses = list(
+            pool.map(
+                lambda i: request(
+                    server,
+                    "POST",
+                    "/api/overrides",
+                    {"rows": [{"image_id": i, "action": "remove", "note": "blurry"}]},
+                )[0],
+                ids,
+            )
+        )
     assert statuses == [200] * len(ids)
     assert sorted(load_overrides(path)["image_id"]) == sorted(ids)
 
 
 def test_merge_rows_keeps_one_decision_per_image() -> None:
-    rows = [{"image_id": "a", "action": "fix", "new_label": "3", "note": ""},
-            {"image_id": "b", "action": "keep", "new_label": "", "note": ""}]
-    merged = merge_rows(rows, [{"image_id": "a", "action": "keep", "new_label": "", "note": "n"}],
-                        decisions={"a": Decision("fix", 2, 3, (4,))})
+    rows = [
+        {"image_id": "a", "action": "fix", "new_label": "3", "note": ""},
+        {"image_id": "b", "action": "keep", "new_label": "", "note": ""},
+    ]
+    merged = merge_rows(
+        rows,
+        [{"image_id": "a", "action": "keep", "new_label": "", "note": "n"}],
+        decisions={"a": Decision("fix", 2, 3, (4,))},
+    )
     assert merged == [{"image_id": "a", "action": "keep", "new_label": "", "note": "n"}, rows[1]]
     assert rows[0]["action"] == "fix"  # the input is not changed
 
@@ -232,7 +325,8 @@ def test_server_needs_a_built_report_and_a_sane_overrides_file(tmp_path: Path, m
 def test_overrides_path_is_per_split() -> None:
     entry = {"root": "x", "layout": "kaggle"}
     config = ServeReviewConfig.from_params(
-        {"splits": {"val": {**entry, "overrides": "o/val.csv"}}}, "val")
+        {"splits": {"val": {**entry, "overrides": "o/val.csv"}}}, "val"
+    )
     assert config.overrides == Path("o/val.csv")
     with pytest.raises(ConfigError, match=r"splits.v2.overrides"):
         ServeReviewConfig.from_params({"splits": {"v2": entry}}, "v2")
@@ -240,11 +334,22 @@ def test_overrides_path_is_per_split() -> None:
 
 def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, tmp_path) -> None:
     root, params = built
-    params = {**params, "splits": {"val": {**params["splits"]["val"],
-                                           "overrides": str(tmp_path / "val.csv")}}}
+    params = {
+        **params,
+        "splits": {"val": {**params["splits"]["val"], "overrides": str(tmp_path / "val.csv")}},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "stages.serve_review", "--split", "val", "--params",
-               str(tmp_path / "params.yaml"), "--port", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "stages.serve_review",
+        "--split",
+        "val",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--port",
+        "0",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -262,7 +367,10 @@ def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, 
         process.stderr.close()
     other = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert other.returncode == 2
-    assert "error: no review report in data/review/val; build it with `dvc repro review@val`" in other.stderr
+    assert (
+        "error: no review report in data/review/val; build it with `dvc repro review@val`"
+        in other.stderr
+    )
 
 
 def test_a_rewritten_ledger_is_read_again(tmp_path: Path, monkeypatch) -> None:

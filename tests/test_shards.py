@@ -6,10 +6,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import ClassLabel, Value, load_dataset
-
 from hub_inputs import build
+
 from stages.contracts import formats
 from stages.hub.shards import hub_class_names, plan_shards
+
 
 def test_class_names_are_imagenet_names_made_unique() -> None:
     names, plain = hub_class_names(), formats.class_names()
@@ -30,7 +31,9 @@ def test_yaml_features_alone_give_classlabels(inputs, tmp_path, cache) -> None:
     assert isinstance(ledger.features["new_label"], ClassLabel)
     assert ledger.features["new_label"].names == hub_class_names()
     (folder / "README.md").unlink()
-    bare = load_dataset(str(folder), data_files="data/ledger/*.parquet", split="train", cache_dir=cache)
+    bare = load_dataset(
+        str(folder), data_files="data/ledger/*.parquet", split="train", cache_dir=cache
+    )
     assert bare.features["new_label"] == Value("int64")  # no names without the card
 
 
@@ -39,8 +42,9 @@ def test_tiny_shard_limit_gives_several_shards_that_still_load(inputs, tmp_path,
     folder = build(inputs, tmp_path / "hub", mode="images", max_shard_bytes=limit).path
     shards = sorted((folder / "data" / "default").iterdir())
     assert len(shards) >= 3
-    assert [shard.name for shard in shards] == [f"val-{index:05d}-of-{len(shards):05d}.parquet"
-                                                for index in range(len(shards))]
+    assert [shard.name for shard in shards] == [
+        f"val-{index:05d}-of-{len(shards):05d}.parquet" for index in range(len(shards))
+    ]
     for shard in shards:
         assert shard.stat().st_size <= limit, shard
         meta = pq.read_schema(shard).metadata

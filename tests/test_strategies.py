@@ -4,7 +4,7 @@ multi-label-aware consensus strategy's secondary labels, fixes, removals, veto a
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ C = ConsensusConfig(clear=0.5, support=0.15, secondary=0.3, max_remove=1.0)
 
 def rows(*specs: dict) -> Rows:
     """Rows from dicts: label, ensemble {class: mean prob}, candidates, misses, exemptions."""
+
     def top(spec: dict) -> list[int]:
         return sorted(spec["ensemble"], key=lambda c: (-spec["ensemble"][c], c))[:5]
 
@@ -33,7 +34,8 @@ def rows(*specs: dict) -> Rows:
         ensemble_top=np.array([padded(top(s), 999) for s in specs]),
         ensemble_probs=np.array([padded([s["ensemble"][c] for c in top(s)], 0.0) for s in specs]),
         label_prob=np.array([s["ensemble"].get(s["label"], 0.0) for s in specs]),
-        model_top1=_objects([np.array([top(s)[0]] * 5) for s in specs]))
+        model_top1=_objects([np.array([top(s)[0]] * 5) for s in specs]),
+    )
 
 
 def _objects(items: list) -> np.ndarray:
@@ -44,66 +46,103 @@ def _objects(items: list) -> np.ndarray:
 
 def test_two_right_classes_keep_the_label_and_record_a_secondary_label() -> None:
     # a desk with a monitor on it: the ensemble splits between the two
-    out = consensus(rows({"label": 526, "ensemble": {526: 0.45, 664: 0.40, 527: 0.05},
-                          "candidates": (664, 664, 664), "misses": 0}), thresholds=T, consensus=C)
+    out = consensus(
+        rows(
+            {
+                "label": 526,
+                "ensemble": {526: 0.45, 664: 0.40, 527: 0.05},
+                "candidates": (664, 664, 664),
+                "misses": 0,
+            }
+        ),
+        thresholds=T,
+        consensus=C,
+    )
     assert out.action.tolist() == ["keep"] and out.new_label.tolist() == [526]
     assert out.secondary == [[664]]
-    assert out.reason[0].startswith("keep + secondary: the image shows both: the label 526 (desk) "
-                                    "0.45 and 664 (monitor) 0.40")
+    assert out.reason[0].startswith(
+        "keep + secondary: the image shows both: the label 526 (desk) 0.45 and 664 (monitor) 0.40"
+    )
 
 
 def test_a_confident_wrong_label_is_fixed_to_the_clearly_right_class() -> None:
-    out = consensus(rows({"label": 397, "ensemble": {396: 0.93, 397: 0.001},
-                          "candidates": (396, 396, 396, 396), "misses": 4}),
-                    thresholds=T, consensus=C)
+    out = consensus(
+        rows(
+            {
+                "label": 397,
+                "ensemble": {396: 0.93, 397: 0.001},
+                "candidates": (396, 396, 396, 396),
+                "misses": 4,
+            }
+        ),
+        thresholds=T,
+        consensus=C,
+    )
     assert out.action.tolist() == ["fix"] and out.new_label.tolist() == [396]
     assert out.secondary == [[]]
-    assert out.reason[0] == ("fix: the ensemble gives 396 (lionfish) 0.93 (>= clear 0.5) and the "
-                             "label 397 (puffer) 0.00 (< support 0.15); 4 of 5 CL votes "
-                             "{396 (lionfish): 4} -> 396 (lionfish)")
+    assert out.reason[0] == (
+        "fix: the ensemble gives 396 (lionfish) 0.93 (>= clear 0.5) and the "
+        "label 397 (puffer) 0.00 (< support 0.15); 4 of 5 CL votes "
+        "{396 (lionfish): 4} -> 396 (lionfish)"
+    )
 
 
 def test_nothing_fits_is_removed_with_what_the_models_predicted() -> None:
     spread = {611: 0.2, 612: 0.18, 444: 0.1, 665: 0.08, 10: 0.01}
-    out = consensus(rows({"label": 10, "ensemble": spread, "candidates": (611, 612, 444, 665),
-                          "misses": 5}), thresholds=T, consensus=C)
+    out = consensus(
+        rows({"label": 10, "ensemble": spread, "candidates": (611, 612, 444, 665), "misses": 5}),
+        thresholds=T,
+        consensus=C,
+    )
     assert out.action.tolist() == ["remove"] and out.new_label.tolist() == [-1]
     assert "no class clearly right" in out.reason[0]
     assert out.reason[0].endswith("models predicted 611 (jigsaw puzzle) x5")
 
 
 def test_a_supported_label_is_kept_even_when_questioned() -> None:
-    out = consensus(rows({"label": 10, "ensemble": {10: 0.6, 11: 0.2}, "candidates": (11, 11, 11)},
-                         {"label": 10, "ensemble": {10: 0.2, 11: 0.25}, "misses": 5}),
-                    thresholds=T, consensus=C)
+    out = consensus(
+        rows(
+            {"label": 10, "ensemble": {10: 0.6, 11: 0.2}, "candidates": (11, 11, 11)},
+            {"label": 10, "ensemble": {10: 0.2, 11: 0.25}, "misses": 5},
+        ),
+        thresholds=T,
+        consensus=C,
+    )
     assert out.action.tolist() == ["keep", "keep"] and out.secondary == [[], []]
 
 
 def test_the_cam_veto_keeps_a_removal_candidate() -> None:
-    out = consensus(rows({"label": 10, "ensemble": {20: 0.3, 10: 0.05}, "misses": 4,
-                          "exemptions": 1}), thresholds=T, consensus=C)
+    out = consensus(
+        rows({"label": 10, "ensemble": {20: 0.3, 10: 0.05}, "misses": 4, "exemptions": 1}),
+        thresholds=T,
+        consensus=C,
+    )
     assert out.action.tolist() == ["keep"] and out.exempted.tolist() == [True]
     assert "exempted by the CAMs of 1 model(s)" in out.reason[0]
 
 
 def test_removals_stay_within_the_budget_weakest_labels_first() -> None:
-    weak = [{"label": 10, "ensemble": {20 + k: 0.3, 10: 0.01 * k}, "candidates": (20 + k,) * 3}
-            for k in range(4)]
+    weak = [
+        {"label": 10, "ensemble": {20 + k: 0.3, 10: 0.01 * k}, "candidates": (20 + k,) * 3}
+        for k in range(4)
+    ]
     plain = [{"label": 10, "ensemble": {10: 0.9}}] * 46
-    out = consensus(rows(*weak, *plain), thresholds=T,
-                    consensus=ConsensusConfig(max_remove=0.04))
+    out = consensus(rows(*weak, *plain), thresholds=T, consensus=ConsensusConfig(max_remove=0.04))
     assert out.action.tolist()[:4] == ["remove", "remove", "keep", "keep"]  # 4 % of 50 rows = 2
     assert "beyond the removal budget (max_remove 0.04: 2 of 50 active rows)" in out.reason[2]
     assert (out.action[4:] == "keep").all()
 
 
 def test_strategies_are_picked_from_a_dict() -> None:
-    assert STRATEGIES == {"paper": paper, "consensus": consensus}
+    assert {"paper": paper, "consensus": consensus} == STRATEGIES
 
 
 def test_consensus_knobs_are_fractions() -> None:
-    with pytest.raises(ConfigError, match=r"decide.consensus.clear` must be a number in \[0.0, "
-                                          r"1.0\], got 1.5"):
+    with pytest.raises(
+        ConfigError,
+        match=r"decide.consensus.clear` must be a number in \[0.0, "
+        r"1.0\], got 1.5",
+    ):
         ConsensusConfig(clear=1.5)
 
 
@@ -111,8 +150,10 @@ def test_consensus_knobs_are_fractions() -> None:
 # The paper preset: the rules as they were before strategies existed, kept verbatim here as the
 # reference implementation; the strategy must give the same action, new label and exemption.
 
-def reference_verdict(label: int, candidates: Sequence[int], misses: int, exemptions: int,
-                      t: Thresholds) -> tuple[str, int | None, bool]:
+
+def reference_verdict(
+    label: int, candidates: Sequence[int], misses: int, exemptions: int, t: Thresholds
+) -> tuple[str, int | None, bool]:
     counts = Counter(int(c) for c in candidates)
     if len(candidates) >= t.h1 and len(counts) < 3:
         best = min(counts, key=lambda c: (-counts[c], c))
@@ -131,23 +172,32 @@ def reference_verdict(label: int, candidates: Sequence[int], misses: int, exempt
     return "keep", label, False
 
 
-@pytest.mark.parametrize("t", [T, Thresholds(h1=2, h2=2, h3=3, n_models=5),
-                               Thresholds(h1=8, h2=4, h3=8, n_models=8)])
+@pytest.mark.parametrize(
+    "t", [T, Thresholds(h1=2, h2=2, h3=3, n_models=5), Thresholds(h1=8, h2=4, h3=8, n_models=8)]
+)
 def test_paper_preset_decides_exactly_as_the_paper_rules(t: Thresholds) -> None:
     rng = np.random.default_rng(7)
     specs = []
     for _ in range(3000):
         n_votes = int(rng.integers(0, t.n_models + 1))
         label = int(rng.integers(0, 6))
-        specs.append({"label": label, "candidates": tuple(int(c) for c in
-                                                          rng.integers(0, 6, size=n_votes)),
-                      "misses": int(rng.integers(0, t.n_models + 1)),
-                      "exemptions": int(rng.integers(0, 2)) * int(rng.integers(0, 3)),
-                      "ensemble": {label: float(rng.random())}})
+        specs.append(
+            {
+                "label": label,
+                "candidates": tuple(int(c) for c in rng.integers(0, 6, size=n_votes)),
+                "misses": int(rng.integers(0, t.n_models + 1)),
+                "exemptions": int(rng.integers(0, 2)) * int(rng.integers(0, 3)),
+                "ensemble": {label: float(rng.random())},
+            }
+        )
     out = paper(rows(*specs), thresholds=t, consensus=ConsensusConfig())
     for i, spec in enumerate(specs):
-        action, new, exempted = reference_verdict(spec["label"], spec["candidates"],
-                                                  spec["misses"], spec["exemptions"], t)
+        action, new, exempted = reference_verdict(
+            spec["label"], spec["candidates"], spec["misses"], spec["exemptions"], t
+        )
         assert (out.action[i], out.new_label[i], out.exempted[i]) == (
-            action, -1 if new is None else new, exempted), spec
+            action,
+            -1 if new is None else new,
+            exempted,
+        ), spec
         assert out.secondary[i] == []

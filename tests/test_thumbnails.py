@@ -36,14 +36,19 @@ def test_write_thumbnails_of_the_given_rows_and_report_unreadable_ones(tmp_path:
     Image.new("RGB", (300, 150), "white").save(images / "wide.jpg")
     Image.new("RGB", (120, 240), "white").save(images / "tall.png")
     (images / "broken.jpg").write_bytes(b"not a jpeg")
-    manifest = pd.DataFrame({
-        "path": ["wide.jpg", "broken.jpg", "tall.png", "wide.jpg", "missing.jpg"],
-        "boxes": [[[0, 0, 150, 75]], [], None, [], []]})
+    manifest = pd.DataFrame(
+        {
+            "path": ["wide.jpg", "broken.jpg", "tall.png", "wide.jpg", "missing.jpg"],
+            "boxes": [[[0, 0, 150, 75]], [], None, [], []],
+        }
+    )
     out = tmp_path / "report"
     failed = write_thumbnails(out, manifest, np.array([4, 2, 1, 0]), images, size=60, workers=2)
     assert failed == {1, 4}
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
-        thumb_name(0), thumb_name(2)]                             # row 3 was not asked for
+        thumb_name(0),
+        thumb_name(2),
+    ]  # row 3 was not asked for
     assert Image.open(out / thumb_name(0)).size == (60, 30)
     assert Image.open(out / thumb_name(2)).size == (30, 60)
     boxed = np.asarray(Image.open(out / thumb_name(0))).astype(int)

@@ -1,15 +1,21 @@
 """train_config: params.yaml `train.settings`, `train.launch`, `train.seed` and `retrain:` checked
-into TrainSettings, LaunchConfig and RetrainSection, and the eval rows the retrain comparison scores."""
+into TrainSettings, LaunchConfig and RetrainSection, and the eval rows the retrain comparison
+scores."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
+from test_train import merge, train_sections
 
 from stages.contracts.errors import ConfigError
-from stages.modelling.train_config import RetrainSection, TrainSettings, eval_rows, settings_from_params
 from stages.modelling.launch import LaunchConfig
-from test_train import merge, train_sections
+from stages.modelling.train_config import (
+    RetrainSection,
+    TrainSettings,
+    eval_rows,
+    settings_from_params,
+)
 
 
 @pytest.fixture
@@ -35,9 +41,9 @@ def test_overrides_win_over_train_settings_and_launch_and_seed_are_read(params: 
     params["train"]["launch"] = {"nproc_per_node": 4, "nnodes": 2, "rdzv_endpoint": "node0:29400"}
     params["train"]["seed"] = 7
     settings, launch, seed = settings_from_params(params, {"epochs": 9})
-    assert settings.epochs == 9 and settings.lr == 0.05          # the override, the params value
+    assert settings.epochs == 9 and settings.lr == 0.05  # the override, the params value
     assert launch.world == 8 and launch.rdzv_endpoint == "node0:29400" and seed == 7
-    assert params["train"]["settings"]["epochs"] == 3             # params left as they were
+    assert params["train"]["settings"]["epochs"] == 3  # params left as they were
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
@@ -61,9 +67,12 @@ def test_numeric_settings_leave_out_what_does_not_change_the_weights() -> None:
 
 def test_retrain_section_must_name_configured_splits_and_model(params: dict) -> None:
     config = RetrainSection.from_params(params)
-    assert config == RetrainSection(split=params["retrain"]["split"],
-                                   eval_split=params["retrain"]["eval_split"],
-                                   model=params["retrain"]["model"], settings={})
+    assert config == RetrainSection(
+        split=params["retrain"]["split"],
+        eval_split=params["retrain"]["eval_split"],
+        model=params["retrain"]["model"],
+        settings={},
+    )
     params["retrain"]["model"] = "no_such_model"
     with pytest.raises(ConfigError, match="retrain.model.*no_such_model"):
         RetrainSection.from_params(params)
@@ -74,4 +83,4 @@ def test_retrain_section_must_name_configured_splits_and_model(params: dict) -> 
 
 def test_images_of_the_train_split_are_never_scored(manifest: pd.DataFrame) -> None:
     rows, excluded = eval_rows(manifest, manifest["image_id"].iloc[[0, 2, 6]])
-    assert rows.tolist() == [1, 3, 4, 5, 7] and excluded == 2     # row 2 is a skip row anyway
+    assert rows.tolist() == [1, 3, 4, 5, 7] and excluded == 2  # row 2 is a skip row anyway

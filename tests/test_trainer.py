@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from stages.modelling.distributed import Dist
 from stages.contracts.errors import ConfigError
-from stages.sources.images import open_image
+from stages.modelling.distributed import Dist
 from stages.modelling.models import eval_transform
 from stages.modelling.specs import ModelSpec
 from stages.modelling.train_config import TrainSettings
@@ -30,18 +29,21 @@ from stages.modelling.trainer import (
     imagenet_weights,
     predict_rows,
 )
+from stages.sources.images import open_image
 
 MODEL = "mobilenetv3_small_050"
-TINY = TrainSettings(epochs=1, batch_size=4, eval_batch_size=3, input_size=32, workers=0,
-                     device="cpu")
+TINY = TrainSettings(
+    epochs=1, batch_size=4, eval_batch_size=3, input_size=32, workers=0, device="cpu"
+)
 
 
 def test_imagenet_weights_are_refused_unless_allowed(project_root: Path) -> None:
     spec = ModelSpec("demo", f"local-dir:{project_root}/data/demo/models/mobilenetv1_025.tf_in1k")
     with pytest.raises(ConfigError, match="leak the very labels being checked"):
         build_model(spec, TrainSettings(init="pretrained"), torch.device("cpu"))
-    model = build_model(spec, TrainSettings(init="pretrained", allow_imagenet_weights=True),
-                        torch.device("cpu"))
+    model = build_model(
+        spec, TrainSettings(init="pretrained", allow_imagenet_weights=True), torch.device("cpu")
+    )
     assert imagenet_weights(model) and model.training
 
 
@@ -49,22 +51,32 @@ def _job(tmp_path: Path, root: Path, manifest: pd.DataFrame, train_rows: list[in
     """A job training on `train_rows` of `manifest` (labels -1 elsewhere)."""
     labels = np.full(len(manifest), -1, dtype=np.int64)
     labels[train_rows] = manifest["label"].to_numpy()[train_rows]
-    return Job("test", ModelSpec(MODEL, MODEL, pretrained=False), root,
-               manifest["path"].tolist(), labels, np.array(train_rows), 0, tmp_path / "work")
+    return Job(
+        "test",
+        ModelSpec(MODEL, MODEL, pretrained=False),
+        root,
+        manifest["path"].tolist(),
+        labels,
+        np.array(train_rows),
+        0,
+        tmp_path / "work",
+    )
 
 
 def test_fingerprint_changes_with_what_the_weights_depend_on_only(
-        tmp_path: Path, small_manifest: pd.DataFrame, demo_root: Path) -> None:
+    tmp_path: Path, small_manifest: pd.DataFrame, demo_root: Path
+) -> None:
     job = _job(tmp_path, demo_root, small_manifest.head(12), [0, 2, 4, 6, 8])
     settings = TrainSettings()
     base = fingerprint(job, settings, 1)
-    same = dataclasses.replace(settings, workers=7, checkpoint_every=3, eval_batch_size=5,
-                               dtype="float16")
+    same = dataclasses.replace(
+        settings, workers=7, checkpoint_every=3, eval_batch_size=5, dtype="float16"
+    )
     assert fingerprint(job, same, 1) == base
     other_labels = job.labels.copy()
-    other_labels[1] = 5                                           # row 1 is not trained on
+    other_labels[1] = 5  # row 1 is not trained on
     assert fingerprint(dataclasses.replace(job, labels=other_labels), settings, 1) == base
-    other_labels[2] = (other_labels[2] + 1) % 1000                # row 2 is
+    other_labels[2] = (other_labels[2] + 1) % 1000  # row 2 is
     changed = [
         fingerprint(job, dataclasses.replace(settings, lr=0.05), 1),
         fingerprint(job, dataclasses.replace(settings, epochs=3), 1),
@@ -77,7 +89,8 @@ def test_fingerprint_changes_with_what_the_weights_depend_on_only(
 
 
 def test_fit_feeds_only_the_training_rows_and_resumes_from_its_checkpoint(
-        tmp_path: Path, small_manifest: pd.DataFrame, demo_root: Path) -> None:
+    tmp_path: Path, small_manifest: pd.DataFrame, demo_root: Path
+) -> None:
     manifest = small_manifest.head(12)
     train_rows = [0, 1, 3, 5, 6, 8, 9, 11]
     job = _job(tmp_path, demo_root, manifest, train_rows)
@@ -87,10 +100,12 @@ def test_fit_feeds_only_the_training_rows_and_resumes_from_its_checkpoint(
     assert trained.steps == 2 and trained.resumed_at is None and not trained.model.training
     assert [epoch["images"] for epoch in trained.history] == [8]
     assert (job.work / CHECKPOINT).is_file()
-    again = fit(job, TINY, ctx)                                   # finished: nothing left to train
+    again = fit(job, TINY, ctx)  # finished: nothing left to train
     assert again.resumed_at == 2 and again.history == trained.history
-    assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
-                                                 trained.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.model.state_dict().values(), trained.model.state_dict().values())
+    )
     retrained = fit(job, dataclasses.replace(TINY, lr=0.05), ctx)  # another run: starts over
     assert retrained.resumed_at is None
 
@@ -103,4 +118,4 @@ def test_fit_feeds_only_the_training_rows_and_resumes_from_its_checkpoint(
     batch = torch.stack([transform(open_image(demo_root, manifest["path"][r])) for r in heldout])
     with torch.inference_mode():
         direct = torch.softmax(trained.model(batch), dim=1).numpy()
-    assert np.abs(direct - probs).max() < 1e-4                     # row k of out is heldout[k]
+    assert np.abs(direct - probs).max() < 1e-4  # row k of out is heldout[k]

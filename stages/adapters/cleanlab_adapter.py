@@ -38,7 +38,8 @@ def check_version(version: str | None = None) -> None:
             f"cleanlab {version} is not supported by the streaming vote strategy (tested: "
             f"{', '.join(s + '.x' for s in SUPPORTED)}); install a tested version "
             f"(pip install 'cleanlab>={SUPPORTED[0]},<{_next_minor(SUPPORTED[-1])}') or set "
-            "vote strategy: exact (in memory) for small splits")
+            "vote strategy: exact (in memory) for small splits"
+        )
     missing = [name for module, name in _PRIVATE if not hasattr(module, name)]
     if missing:
         raise UnsupportedCleanlab(f"cleanlab {version} lacks {missing}; install a tested version")
@@ -49,33 +50,43 @@ def _next_minor(version: str) -> str:
     return f"{major}.{int(minor) + 1}"
 
 
-_PRIVATE = ((cleanlab.filter, "_keep_at_least_n_per_class"), (cleanlab.filter, "_prune_by_count"),
-            (cleanlab.count, "_reduce_issues"))
+_PRIVATE = (
+    (cleanlab.filter, "_keep_at_least_n_per_class"),
+    (cleanlab.filter, "_prune_by_count"),
+    (cleanlab.count, "_reduce_issues"),
+)
 
 
-def prune_count_matrix(confident_joint: np.ndarray, *, frac_noise: float,
-                       min_examples_per_class: int = 1) -> np.ndarray:
+def prune_count_matrix(
+    confident_joint: np.ndarray, *, frac_noise: float, min_examples_per_class: int = 1
+) -> np.ndarray:
     """(K, K) calibrated confident joint -> (K, K) int prune counts, transposed like cleanlab's
     (column k = how many rows labelled k to flag for each true class j)."""
     check_version()
-    return cleanlab.filter._keep_at_least_n_per_class(confident_joint.T, n=min_examples_per_class,
-                                                      frac_noise=frac_noise)
+    counts: np.ndarray = cleanlab.filter._keep_at_least_n_per_class(
+        confident_joint.T, n=min_examples_per_class, frac_noise=frac_noise
+    )
+    return counts
 
 
-def prune_by_count(k: int, pred_probs_k: np.ndarray, prune_counts_k: np.ndarray, *,
-                   min_examples_per_class: int = 1) -> np.ndarray:
+def prune_by_count(
+    k: int, pred_probs_k: np.ndarray, prune_counts_k: np.ndarray, *, min_examples_per_class: int = 1
+) -> np.ndarray:
     """Flags among the rows labelled k: pred_probs_k (n_k, K) float32 in row order,
     prune_counts_k (K,) = column k of `prune_count_matrix` -> (n_k,) bool."""
     check_version()
-    return cleanlab.filter._prune_by_count([k, min_examples_per_class,
-                                            [pred_probs_k, prune_counts_k]])
+    flags: np.ndarray = cleanlab.filter._prune_by_count(
+        [k, min_examples_per_class, [pred_probs_k, prune_counts_k]]
+    )
+    return flags
 
 
 def reduce_issues(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(B, K), (B,) -> (B,) bool: the label is (within 1e-6) the most probable class, so cleanlab
     never reports the row."""
     check_version()
-    return cleanlab.count._reduce_issues(pred_probs, labels)
+    reduced: np.ndarray = cleanlab.count._reduce_issues(pred_probs, labels)
+    return reduced
 
 
 def release_globals() -> None:
@@ -90,5 +101,13 @@ def private_names() -> list[str]:
     return [f"{module.__name__}.{name}" for module, name in _PRIVATE]
 
 
-__all__ = ["SUPPORTED", "UnsupportedCleanlab", "check_version", "prune_count_matrix",
-                      "prune_by_count", "reduce_issues", "release_globals", "private_names"]
+__all__ = [
+    "SUPPORTED",
+    "UnsupportedCleanlab",
+    "check_version",
+    "private_names",
+    "prune_by_count",
+    "prune_count_matrix",
+    "reduce_issues",
+    "release_globals",
+]

@@ -38,7 +38,8 @@ def check_version(version: str | None = None) -> None:
             f"grad-cam {version} is not supported by the explain stage (tested: "
             f"{', '.join(s + '.x' for s in SUPPORTED)}); install a tested version "
             f"(pip install 'grad-cam>={SUPPORTED[0]},<{SUPPORTED[-1].split('.')[0]}."
-            f"{int(SUPPORTED[-1].split('.')[1]) + 1}')")
+            f"{int(SUPPORTED[-1].split('.')[1]) + 1}')"
+        )
 
 
 @contextlib.contextmanager
@@ -53,14 +54,19 @@ def quiet_progress() -> Iterator[None]:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-
 @contextlib.contextmanager
-def open_cam(cam_class: type, model: torch.nn.Module, layer: torch.nn.Module, *,
-             scorecam_batch_size: int = 128) -> Iterator[Any]:
+def open_cam(
+    cam_class: type,
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    *,
+    scorecam_batch_size: int = 128,
+) -> Iterator[Any]:
     """A pytorch-grad-cam CAM object whose hooks are released on exit.
 
     The CAM object is entered and exited as a context manager, but its `__exit__` is not handed
-    the exception: pytorch-grad-cam's would swallow an IndexError; this lets every exception through.
+    the exception: pytorch-grad-cam's would swallow an IndexError; this lets every exception
+    through.
     """
     check_version()
     cam = cam_class(model=model, target_layers=[layer])
@@ -72,4 +78,3 @@ def open_cam(cam_class: type, model: torch.nn.Module, layer: torch.nn.Module, *,
         yield cam.__enter__()
     finally:
         cam.__exit__(None, None, None)
-

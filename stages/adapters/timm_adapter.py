@@ -23,8 +23,13 @@ SUPPORTED = ("1.0",)
 
 MOBILENET_V1_WIDTHS = {"mobilenetv1_025": 0.25, "mobilenetv1_050": 0.5, "mobilenetv1_075": 0.75}
 
-__all__ = ["SUPPORTED", "MOBILENET_V1_WIDTHS", "UnsupportedTimm", "check_version",
-           "register_mobilenet_v1"]
+__all__ = [
+    "MOBILENET_V1_WIDTHS",
+    "SUPPORTED",
+    "UnsupportedTimm",
+    "check_version",
+    "register_mobilenet_v1",
+]
 
 
 class UnsupportedTimm(UserError, ImportError):
@@ -34,12 +39,14 @@ class UnsupportedTimm(UserError, ImportError):
 def check_version(version: str | None = None) -> None:
     """Raise UnsupportedTimm unless `version` (default: the installed one) is supported."""
     version = version or timm.__version__
-    if ".".join(version.split(".")[:2]) not in SUPPORTED or not hasattr(efficientnet,
-                                                                         "_gen_mobilenet_v1"):
+    if ".".join(version.split(".")[:2]) not in SUPPORTED or not hasattr(
+        efficientnet, "_gen_mobilenet_v1"
+    ):
         raise UnsupportedTimm(
             f"timm {version} is not supported for the MobileNet-V1 width variants "
             f"{sorted(MOBILENET_V1_WIDTHS)} (tested: {', '.join(s + '.x' for s in SUPPORTED)}); "
-            "install a tested version (pip install 'timm>=1.0.9,<1.1')")
+            "install a tested version (pip install 'timm>=1.0.9,<1.1')"
+        )
 
 
 def register_mobilenet_v1() -> None:
@@ -49,8 +56,9 @@ def register_mobilenet_v1() -> None:
             continue
         check_version()
 
-        def build(pretrained: bool = False, _variant: str = variant, _width: float = width,
-                  **kwargs: Any) -> torch.nn.Module:
+        def build(
+            pretrained: bool = False, _variant: str = variant, _width: float = width, **kwargs: Any
+        ) -> torch.nn.Module:
             return efficientnet._gen_mobilenet_v1(_variant, _width, pretrained=pretrained, **kwargs)
 
         build.__name__ = build.__qualname__ = variant

@@ -13,7 +13,8 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Literal, Mapping, TypeVar, Union
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, Union
 
 from stages.contracts.errors import ConfigError
 
@@ -22,8 +23,9 @@ T = TypeVar("T")
 _MISSING = object()
 
 
-def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
-                 ignore: tuple[str, ...] = ()) -> T:
+def from_section(
+    cls: type[T], values: Mapping[str, Any] | None, *, where: str, ignore: tuple[str, ...] = ()
+) -> T:
     """Build the frozen dataclass `cls` from a params section.
 
     Args:
@@ -42,6 +44,8 @@ def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
         values = {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"params.yaml `{where}` must be a mapping of keys, got {values!r}")
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"from_section builds dataclasses, not {cls!r}")
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in values if k not in known and k not in ignore]
     if unknown:
@@ -49,17 +53,23 @@ def from_section(cls: type[T], values: Mapping[str, Any] | None, *, where: str,
         allowed = [*known, *ignore]
         close = difflib.get_close_matches(str(key), allowed, n=3)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"params.yaml `{where}` has an unknown key {key!r}{hint} "
-                          f"(allowed: {', '.join(allowed)})")
+        raise ConfigError(
+            f"params.yaml `{where}` has an unknown key {key!r}{hint} "
+            f"(allowed: {', '.join(allowed)})"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, field in known.items():
-        has_default = (field.default is not dataclasses.MISSING
-                       or field.default_factory is not dataclasses.MISSING)
+        has_default = (
+            field.default is not dataclasses.MISSING
+            or field.default_factory is not dataclasses.MISSING
+        )
         if name not in values:
             if not has_default:
-                raise ConfigError(f"params.yaml `{where}` lacks the key {name!r}; add it "
-                                  f"({describe(hints[name])})")
+                raise ConfigError(
+                    f"params.yaml `{where}` lacks the key {name!r}; add it "
+                    f"({describe(hints[name])})"
+                )
             continue
         kwargs[name] = coerce(values[name], hints[name], where=f"{where}.{name}")
     return cls(**kwargs)
@@ -130,8 +140,13 @@ def describe(kind: Any) -> str:
         return f"a list of {_plural(args[0]) if args else 'values'}"
     if origin in (dict, typing.Mapping) or kind is dict:
         return "a mapping"
-    names = {type(None): "null", bool: "true or false", int: "an int", float: "a number",
-             str: "a string"}
+    names = {
+        type(None): "null",
+        bool: "true or false",
+        int: "an int",
+        float: "a number",
+        str: "a string",
+    }
     return names.get(kind, getattr(kind, "__name__", str(kind)))
 
 
@@ -140,13 +155,18 @@ def _plural(kind: Any) -> str:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (Union, types.UnionType):
         return " or ".join(_plural(a) for a in args)
-    names = {type(None): "null", bool: "true/false values", int: "ints", float: "numbers",
-             str: "strings"}
+    names = {
+        type(None): "null",
+        bool: "true/false values",
+        int: "ints",
+        float: "numbers",
+        str: "strings",
+    }
     return names.get(kind, describe(kind))
 
 
 def require(condition: bool, where: str, expected: str, value: Any) -> None:
-    """Raise ConfigError `params.yaml `where` must be <expected>, got <value>` unless `condition`."""
+    """Unless `condition`, raise ConfigError "params.yaml `where` must be <expected>, got <v>"."""
     if not condition:
         raise ConfigError(f"params.yaml `{where}` must be {expected}, got {value!r}")
 
@@ -156,8 +176,9 @@ def positive(where: str, value: int | None, *, minimum: int = 1) -> None:
     require(value is None or value >= minimum, where, f"an int >= {minimum}", value)
 
 
-def fraction(where: str, value: float, *, low: float = 0.0, high: float = 1.0,
-             low_open: bool = False) -> None:
+def fraction(
+    where: str, value: float, *, low: float = 0.0, high: float = 1.0, low_open: bool = False
+) -> None:
     """A number in [low, high] (or (low, high] with `low_open`)."""
     inside = (low < value if low_open else low <= value) and value <= high
     bracket = "(" if low_open else "["

@@ -15,8 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from stages.contracts.errors import InputError, MissingInputError
 NUM_CLASSES = 1000
 
 CHUNK_ROWS = 16_384
-"""Rows of an (N, 1000) predictions file read at a time by the streaming readers (64 MB of float32)."""
+"""Rows of an (N, 1000) predictions file the streaming readers read at a time (64 MB of float32)."""
 
 BOX = pa.list_(pa.list_(pa.int32(), 4))
 
@@ -67,22 +68,24 @@ LEDGER_SCHEMA = pa.schema(
 `secondary_labels` (added in the multi-label-aware release) lists other classes the evidence
 supports for an image that shows several (empty for most rows)."""
 
-VOTES_SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("label", pa.int32()),
-    ("original_label", pa.int32()),
-    ("iteration", pa.int32()),
-    ("inactive_reason", pa.string()),
-    ("cl_candidates", pa.list_(pa.int32())),
-    ("cl_models", pa.list_(pa.string())),
-    ("top5_misses", pa.int32()),
-    ("top5_hit_models", pa.list_(pa.string())),
-    ("n_models", pa.int32()),
-    ("ensemble_top", pa.list_(pa.int32())),
-    ("ensemble_probs", pa.list_(pa.float32())),
-    ("label_prob", pa.float32()),
-    ("model_top1", pa.list_(pa.int32())),
-])
+VOTES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("label", pa.int32()),
+        ("original_label", pa.int32()),
+        ("iteration", pa.int32()),
+        ("inactive_reason", pa.string()),
+        ("cl_candidates", pa.list_(pa.int32())),
+        ("cl_models", pa.list_(pa.string())),
+        ("top5_misses", pa.int32()),
+        ("top5_hit_models", pa.list_(pa.string())),
+        ("n_models", pa.int32()),
+        ("ensemble_top", pa.list_(pa.int32())),
+        ("ensemble_probs", pa.list_(pa.float32())),
+        ("label_prob", pa.float32()),
+        ("model_top1", pa.list_(pa.int32())),
+    ]
+)
 """`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts). The last four
 columns are the ensemble's evidence (mean of the split's models' probabilities): its five most
 probable classes, best first, with their mean probabilities; the mean probability of the current
@@ -101,20 +104,35 @@ CAMS_SCHEMA = pa.schema(
 )
 """`data/cams/<split>.parquet`: one row per (candidate, model whose top-5 holds the label)."""
 
-LEDGER_EXTRAS = [("original_label", pa.int32()), ("iteration", pa.int32()), ("merged", pa.bool_()),
-                 ("override", pa.bool_()), ("exemptions", pa.int32())]
+LEDGER_EXTRAS = [
+    ("original_label", pa.int32()),
+    ("iteration", pa.int32()),
+    ("merged", pa.bool_()),
+    ("override", pa.bool_()),
+    ("exemptions", pa.int32()),
+]
 LEDGER_FULL_SCHEMA = pa.schema(list(LEDGER_SCHEMA) + [pa.field(n, t) for n, t in LEDGER_EXTRAS])
 """The ledger as written: the contract columns, then original_label, iteration, merged, override,
 exemptions (number of models whose CAMs exempted the row)."""
 
-CLEAN_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("path", pa.string()), ("label", pa.int32()),
-    ("original_label", pa.int32()), ("secondary_labels", pa.list_(pa.int32())),
-    ("wnid", pa.string()), ("action", pa.string()),
-    ("placeholder", pa.bool_()), ("merged", pa.bool_()), ("boxes", BOX),
-    ("width", pa.int32()), ("height", pa.int32()), ("iteration", pa.int32()),
-])
-"""`data/clean/<split>.parquet`: kept and fixed rows, then one placeholder per emptied merge class."""
+CLEAN_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.int32()),
+        ("original_label", pa.int32()),
+        ("secondary_labels", pa.list_(pa.int32())),
+        ("wnid", pa.string()),
+        ("action", pa.string()),
+        ("placeholder", pa.bool_()),
+        ("merged", pa.bool_()),
+        ("boxes", BOX),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("iteration", pa.int32()),
+    ]
+)
+"""`data/clean/<split>.parquet`: kept and fixed rows, then a placeholder per emptied merge class."""
 
 PLACEHOLDER_SIZE = 224
 """Side of the black RGB placeholder image of a class emptied by the merges."""
@@ -140,28 +158,33 @@ def sidecar_path(split: str, model: str) -> Path:
 
 
 def votes_path(split: str) -> Path:
+    """Where `vote` writes a split's votes table."""
     return Path("data/votes") / f"{split}.parquet"
 
 
 def cams_path(split: str) -> Path:
+    """Where `explain` writes a split's CAM rows."""
     return Path("data/cams") / f"{split}.parquet"
 
 
 def ledger_path(split: str) -> Path:
+    """Where `decide` writes a split's decision ledger."""
     return Path("data/decisions") / f"{split}.parquet"
 
 
 def clean_path(split: str) -> Path:
+    """Where `decide` writes a split's clean label table."""
     return Path("data/clean") / f"{split}.parquet"
 
 
 def metrics_path(split: str) -> Path:
+    """Where `evaluate` writes a split's metrics JSON."""
     return Path("metrics") / f"{split}.json"
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; it becomes `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -176,8 +199,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_table(table: pa.Table | pd.DataFrame, target: str | os.PathLike[str], *,
-                schema: pa.Schema | None = None) -> None:
+def write_table(
+    table: pa.Table | pd.DataFrame,
+    target: str | os.PathLike[str],
+    *,
+    schema: pa.Schema | None = None,
+) -> None:
     """Atomically write a parquet file with a fixed schema and no pandas index metadata."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
@@ -193,7 +220,8 @@ def read_table(path: str | os.PathLike[str], *, what: str = "table") -> pd.DataF
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{what} {path} does not exist; run the stage that writes it first")
-    return pq.read_table(path).to_pandas()
+    frame: pd.DataFrame = pq.read_table(path).to_pandas()
+    return frame
 
 
 def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
@@ -207,17 +235,21 @@ def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> 
     """
     path = Path(path or manifest_path(split))
     if not path.is_file():
-        raise MissingInputError(f"manifest of split {split!r} {path} does not exist; run "
-                                f"`dvc repro ingest@{split}` first")
+        raise MissingInputError(
+            f"manifest of split {split!r} {path} does not exist; run "
+            f"`dvc repro ingest@{split}` first"
+        )
     schema = pq.read_schema(path)
     for field in MANIFEST_SCHEMA:
         if field.name not in schema.names:
             raise InputError(f"{path}: lacks the manifest column {field.name!r}; re-run ingest")
         if not _compatible(schema.field(field.name).type, field.type):
-            raise InputError(f"{path}: column {field.name!r} is {schema.field(field.name).type}, "
-                             f"the manifest contract says {field.type}; re-run ingest instead of "
-                             "editing the file")
-    manifest = pq.read_table(path).to_pandas()
+            raise InputError(
+                f"{path}: column {field.name!r} is {schema.field(field.name).type}, "
+                f"the manifest contract says {field.type}; re-run ingest instead of "
+                "editing the file"
+            )
+    manifest: pd.DataFrame = pq.read_table(path).to_pandas()
     problems = {
         "an empty skip_reason (usable rows have null)": manifest["skip_reason"].eq(""),
         "a usable row without a label": manifest["skip_reason"].isna() & manifest["label"].isna(),
@@ -226,8 +258,10 @@ def read_manifest(split: str, *, path: str | os.PathLike[str] | None = None) -> 
     for what, rows in problems.items():
         if rows.any():
             first = manifest["image_id"].iloc[int(rows.to_numpy().argmax())]
-            raise InputError(f"{path}: {what} ({int(rows.sum())} rows, e.g. image_id {first!r}); "
-                             "re-run ingest instead of editing the file")
+            raise InputError(
+                f"{path}: {what} ({int(rows.sum())} rows, e.g. image_id {first!r}); "
+                "re-run ingest instead of editing the file"
+            )
     return manifest
 
 
@@ -238,12 +272,13 @@ def _compatible(found: pa.DataType, wanted: pa.DataType) -> bool:
         return True
     lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
     if any(is_list(wanted) for is_list in lists):
-        return (any(is_list(found) for is_list in lists)
-                and _compatible(found.value_type, wanted.value_type))
+        return any(is_list(found) for is_list in lists) and _compatible(
+            found.value_type, wanted.value_type
+        )
     for family in ((pa.types.is_string, pa.types.is_large_string), (pa.types.is_integer,)):
         if any(test(wanted) for test in family):
             return any(test(found) for test in family)
-    return found.equals(wanted)
+    return bool(found.equals(wanted))
 
 
 def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
@@ -252,10 +287,13 @@ def check_votes(votes: pd.DataFrame, manifest: pd.DataFrame) -> None:
     missing = [c for c in VOTES_SCHEMA.names if c not in votes.columns]
     if missing:
         raise InputError(f"votes table lacks columns {missing}; re-run `dvc repro vote`")
-    if len(votes) != len(manifest) or not np.array_equal(votes["image_id"].to_numpy(),
-                                                          manifest["image_id"].to_numpy()):
-        raise InputError(f"votes ({len(votes)} rows) do not align with the manifest "
-                         f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`")
+    if len(votes) != len(manifest) or not np.array_equal(
+        votes["image_id"].to_numpy(), manifest["image_id"].to_numpy()
+    ):
+        raise InputError(
+            f"votes ({len(votes)} rows) do not align with the manifest "
+            f"({len(manifest)} rows, same image_id order); re-run `dvc repro vote`"
+        )
 
 
 def image_ids_sha256(image_ids: Any) -> str:
@@ -268,7 +306,7 @@ def image_ids_sha256(image_ids: Any) -> str:
 
 
 def percent(hits: int, total: int) -> float | None:
-    """hits / total in percent, rounded to 4 places (None when nothing was counted)."""
+    """Hits / total in percent, rounded to 4 places (None when nothing was counted)."""
     return None if total == 0 else round(100.0 * hits / total, 4)
 
 
@@ -289,19 +327,22 @@ def write_json(data: Any, target: str | os.PathLike[str]) -> None:
 
 def write_npy(array: np.ndarray, target: str | os.PathLike[str]) -> None:
     """Atomically write a .npy file."""
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
-def load_predictions(split: str, model: str, *, path: str | os.PathLike[str] | None = None
-                     ) -> np.ndarray:
+def load_predictions(
+    split: str, model: str, *, path: str | os.PathLike[str] | None = None
+) -> np.ndarray:
     """Memory-map a model's predictions for a split: (N, 1000), float32 or float16."""
     path = Path(path or predictions_path(split, model))
     if not path.is_file():
-        raise MissingInputError(f"predictions {path} do not exist; run `imagenet-clean predict "
-                                f"--split {split} --model {model}` first")
-    return np.load(path, mmap_mode="r")
+        raise MissingInputError(
+            f"predictions {path} do not exist; run `imagenet-clean predict "
+            f"--split {split} --model {model}` first"
+        )
+    predictions: np.ndarray = np.load(path, mmap_mode="r")
+    return predictions
 
 
 def read_synsets(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
@@ -332,7 +373,7 @@ def _short_names() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def wnid_index() -> dict[str, int]:
-    """wnid -> class index."""
+    """Wnid -> class index."""
     return {wnid: i for i, wnid in enumerate(class_wnids())}
 
 
@@ -370,8 +411,11 @@ def atomic_leftovers(target: str | os.PathLike[str]) -> list[Path]:
     (tempfile.mkdtemp's names). Only safe to remove while no other build of `target` runs."""
     target = Path(target)
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
-    return [path for path in sorted(target.parent.iterdir())
-            if pattern.match(path.name) and path.is_dir() and not path.is_symlink()]
+    return [
+        path
+        for path in sorted(target.parent.iterdir())
+        if pattern.match(path.name) and path.is_dir() and not path.is_symlink()
+    ]
 
 
 @contextlib.contextmanager
@@ -380,10 +424,12 @@ def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     (the previous folder stays untouched on failure)."""
     target = Path(target)
     if target.exists() and not target.is_dir():
-        raise ValueError(f"output {target} exists and is not a folder; remove it or pass another --out")
+        raise ValueError(
+            f"output {target} exists and is not a folder; remove it or pass another --out"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    old = tmp.with_name(tmp.name[:-len(".tmp")] + ".old")
+    old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
     try:
         yield tmp
         os.chmod(tmp, 0o755)

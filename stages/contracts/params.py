@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,17 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     return data
 
 
-def section(params: dict[str, Any], stage: str, split: str | None = None) -> dict[str, Any]:
+def section(params: Mapping[str, Any], stage: str, split: str | None = None) -> dict[str, Any]:
     """`params[stage]` or, with a split, `params[stage][split]`, with a clear error when absent."""
     value = params.get(stage)
     if not isinstance(value, dict):
         raise ConfigError(f"params.yaml has no `{stage}:` section")
     if split is None:
         return value
-    if not isinstance(value.get(split), dict):
+    inner = value.get(split)
+    if not isinstance(inner, dict):
         raise ConfigError(f"params.yaml has no `{stage}.{split}:` section; add one (see docs/)")
-    return value[split]
+    return inner
 
 
 def resolve_threshold(value: int | str, n_models: int, *, name: str = "threshold") -> int:
@@ -62,5 +64,7 @@ def resolve_threshold(value: int | str, n_models: int, *, name: str = "threshold
             denominator = int(match.group(2) or 1)
             if numerator and denominator:
                 return max(1, math.ceil(Fraction(numerator * n_models, denominator)))
-    raise ValueError(f"{name}: expected a count (int) or a fraction of the number of models such "
-                     f"as 'M', 'M/2' or '2M/3', got {value!r}")
+    raise ValueError(
+        f"{name}: expected a count (int) or a fraction of the number of models such "
+        f"as 'M', 'M/2' or '2M/3', got {value!r}"
+    )

@@ -39,10 +39,21 @@ def topk_hits(probs: np.ndarray, labels: np.ndarray, usable: np.ndarray) -> tupl
     return np.array([(above < 1).sum(), (above < 5).sum()], dtype=np.int64), len(rows)
 
 
-def predictions_sidecar(manifest: pd.DataFrame, *, model: str, split: str, source: str,
-                        dtype: str, spec: str | None, top1: float | None, top5: float | None,
-                        architecture: str | None = None, weights_sha256: str | None = None,
-                        preprocessing: Any = None, **extra: Any) -> dict[str, Any]:
+def predictions_sidecar(
+    manifest: pd.DataFrame,
+    *,
+    model: str,
+    split: str,
+    source: str,
+    dtype: str,
+    spec: str | None,
+    top1: float | None,
+    top5: float | None,
+    architecture: str | None = None,
+    weights_sha256: str | None = None,
+    preprocessing: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
     """The keys every predictions sidecar has whatever made it (vote, evaluate and DVC read them),
     for the manifest's rows, plus `extra` keys of its source.
 
@@ -51,8 +62,19 @@ def predictions_sidecar(manifest: pd.DataFrame, *, model: str, split: str, sourc
     """
     if source not in SIDECAR_SOURCES:
         raise ValueError(f"sidecar source {source!r} is not one of {SIDECAR_SOURCES}")
-    return {"model": model, "spec": spec, "architecture": architecture,
-            "weights_sha256": weights_sha256, "preprocessing": preprocessing, "dtype": dtype,
-            "n": len(manifest), "n_skipped": int(manifest["skip_reason"].notna().sum()),
-            "top1": top1, "top5": top5, "split": split, "source": source,
-            "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]), **extra}
+    return {
+        "model": model,
+        "spec": spec,
+        "architecture": architecture,
+        "weights_sha256": weights_sha256,
+        "preprocessing": preprocessing,
+        "dtype": dtype,
+        "n": len(manifest),
+        "n_skipped": int(manifest["skip_reason"].notna().sum()),
+        "top1": top1,
+        "top5": top5,
+        "split": split,
+        "source": source,
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
+        **extra,
+    }

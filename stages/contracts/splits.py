@@ -66,8 +66,9 @@ class SplitEntry:
         """
         splits = params.get("splits") or {}
         if name not in splits:
-            raise ConfigError(f"split {name!r} is not configured; params.yaml splits: "
-                              f"{sorted(splits)}")
+            raise ConfigError(
+                f"split {name!r} is not configured; params.yaml splits: {sorted(splits)}"
+            )
         raw = splits[name]
         where = f"splits.{name}"
         if not isinstance(raw, Mapping):
@@ -76,17 +77,22 @@ class SplitEntry:
             if key not in SPLIT_KEYS:
                 close = difflib.get_close_matches(str(key), list(SPLIT_KEYS), n=3)
                 hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-                raise ConfigError(f"params.yaml `{where}` has an unknown key {key!r}{hint} "
-                                  f"(allowed: {', '.join(SPLIT_KEYS)})")
+                raise ConfigError(
+                    f"params.yaml `{where}` has an unknown key {key!r}{hint} "
+                    f"(allowed: {', '.join(SPLIT_KEYS)})"
+                )
         for key in REQUIRED:
             if key not in raw:
-                raise ConfigError(f"params.yaml `{where}` lacks the key {key!r}; add it "
-                                  f"({describe(SPLIT_KEYS[key])})")
+                raise ConfigError(
+                    f"params.yaml `{where}` lacks the key {key!r}; add it "
+                    f"({describe(SPLIT_KEYS[key])})"
+                )
         return cls(name, raw)
 
     def _value(self, key: str) -> Any:
         default = DEFAULTS.get(key)
-        value = self.raw[key] if key in self.raw else default
+        # raw[key], not raw.get: a read through __getitem__ is what DVC's params tracking records
+        value = self.raw[key] if key in self.raw else default  # noqa: SIM401
         return coerce(value, SPLIT_KEYS[key], where=f"splits.{self.name}.{key}")
 
     @property
@@ -107,7 +113,7 @@ class SplitEntry:
 
     @property
     def subset(self) -> str | None:
-        """kaggle / hf-parquet: `val` or `train`."""
+        """Kaggle / hf-parquet: `val` or `train`."""
         value: str | None = self._value("subset")
         return value
 
@@ -119,7 +125,7 @@ class SplitEntry:
 
     @property
     def boxes(self) -> str | None:
-        """devkit / imagefolder / hf-parquet: the folder of bbox XMLs."""
+        """Devkit / imagefolder / hf-parquet: the folder of bbox XMLs."""
         value: str | None = self._value("boxes")
         return value
 
@@ -161,9 +167,11 @@ class SplitEntry:
         """Raise ConfigError unless the split is marked `predictions: out-of-fold` (its DVC
         stages come from the matrix over `train.splits`)."""
         if not self.out_of_fold:
-            raise ConfigError(f"split {self.name!r} is not an out-of-fold split: set "
-                              f"`{self.where}.predictions: {OUT_OF_FOLD}` and list it in "
-                              "`train.splits`")
+            raise ConfigError(
+                f"split {self.name!r} is not an out-of-fold split: set "
+                f"`{self.where}.predictions: {OUT_OF_FOLD}` and list it in "
+                "`train.splits`"
+            )
 
     def models(self, params: Params) -> tuple[str, ...]:
         """The models whose predictions the split's votes use: `splits.<name>.models` when given
@@ -177,12 +185,15 @@ class SplitEntry:
         where = f"{self.where}.models" if own is not None else "predict.models"
         names = list(own) if own is not None else (params.get("predict") or {}).get("models")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ConfigError(f"params.yaml `{where}` must be a non-empty list of model names, "
-                              f"got {names!r}")
+            raise ConfigError(
+                f"params.yaml `{where}` must be a non-empty list of model names, got {names!r}"
+            )
         if len(set(names)) != len(names):
             raise ConfigError(f"params.yaml `{where}` lists a model twice: {names}")
         undefined = [n for n in names if n not in (params.get("models") or {})]
         if undefined:
-            raise ConfigError(f"params.yaml `{where}` names {undefined}, which `models:` does not "
-                              "define; add a `models.<name>.spec` entry for each")
+            raise ConfigError(
+                f"params.yaml `{where}` names {undefined}, which `models:` does not "
+                "define; add a `models.<name>.spec` entry for each"
+            )
         return tuple(names)

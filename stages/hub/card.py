@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,26 +28,40 @@ from stages.hub.shards import metadata_yaml
 
 logger = logging.getLogger(__name__)
 
-PAPER = ("Kertész, C. (2021). Automated Cleanup of the ImageNet Dataset by Model Consensus, "
-         "Explainability and Confident Learning. arXiv:2103.16324.")
-BIBTEX = """@article{kertesz2021imagenetclean,
-  title   = {Automated Cleanup of the ImageNet Dataset by Model Consensus, Explainability and Confident Learning},
-  author  = {Kert{\\'e}sz, Csaba},
-  journal = {arXiv preprint arXiv:2103.16324},
-  year    = {2021},
-  url     = {https://arxiv.org/abs/2103.16324}
-}"""
+PAPER = (
+    "Kertész, C. (2021). Automated Cleanup of the ImageNet Dataset by Model Consensus, "
+    "Explainability and Confident Learning. arXiv:2103.16324."
+)
+BIBTEX = (
+    "@article{kertesz2021imagenetclean,\n"
+    "  title   = {Automated Cleanup of the ImageNet Dataset by Model Consensus, Explainability"
+    " and Confident Learning},\n"
+    "  author  = {Kert{\\'e}sz, Csaba},\n"
+    "  journal = {arXiv preprint arXiv:2103.16324},\n"
+    "  year    = {2021},\n"
+    "  url     = {https://arxiv.org/abs/2103.16324}\n"
+    "}"
+)
 COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge")
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
-SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                   (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M"))
+SIZE_CATEGORIES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+)
 MODE_TEXT = {
-    "labels": ("**labels** (an overlay): no pixels. Every row is keyed by `image_id` and `path` (the "
-               "file's path relative to the split's ImageNet root), so it joins onto your own copy of "
-               "ImageNet, obtained under ImageNet's terms of access."),
-    "images": ("**images**: the original image bytes are embedded as a `datasets.Image` column "
-               "(`image`), unchanged. Only for users who may redistribute ImageNet images."),
+    "labels": (
+        "**labels** (an overlay): no pixels. Every row is keyed by `image_id` and `path` (the "
+        "file's path relative to the split's ImageNet root), so it joins onto your own copy of "
+        "ImageNet, obtained under ImageNet's terms of access."
+    ),
+    "images": (
+        "**images**: the original image bytes are embedded as a `datasets.Image` column "
+        "(`image`), unchanged. Only for users who may redistribute ImageNet images."
+    ),
 }
 
 
@@ -83,8 +98,9 @@ def read_metrics(path: Path | None) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
-        logger.warning("metrics file %s is unreadable (%s); the card counts from the ledger",
-                       path, error)
+        logger.warning(
+            "metrics file %s is unreadable (%s); the card counts from the ledger", path, error
+        )
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -93,8 +109,15 @@ def _true_count(column: pa.ChunkedArray) -> int:
     return int(pc.sum(pc.fill_null(column, False).cast(pa.int64())).as_py() or 0)
 
 
-def summarize_split(name: str, default: pa.Table, ledger: pa.Table, *, clean: Path,
-                    metrics: Path | None, sources: Mapping[str, Path]) -> SplitSummary:
+def summarize_split(
+    name: str,
+    default: pa.Table,
+    ledger: pa.Table,
+    *,
+    clean: Path,
+    metrics: Path | None,
+    sources: Mapping[str, Path],
+) -> SplitSummary:
     """What the card reports of a split: counts, iteration, metrics and input checksums.
 
     default / ledger: the published tables; clean: the cleaned split file (placeholders counted
@@ -108,10 +131,15 @@ def summarize_split(name: str, default: pa.Table, ledger: pa.Table, *, clean: Pa
     iteration = pc.max(ledger.column("iteration")).as_py() if "iteration" in columns else None
     placeholders = pq.read_table(clean, columns=["placeholder"]).column("placeholder")
     return SplitSummary(
-        name=name, iteration=int(iteration or 0), manifest_rows=ledger.num_rows,
-        ledger_counts=counts, default_rows=default.num_rows,
-        placeholders=_true_count(placeholders), metrics=read_metrics(metrics),
-        sha256={label: formats.file_sha256(path) for label, path in sources.items()})
+        name=name,
+        iteration=int(iteration or 0),
+        manifest_rows=ledger.num_rows,
+        ledger_counts=counts,
+        default_rows=default.num_rows,
+        placeholders=_true_count(placeholders),
+        metrics=read_metrics(metrics),
+        sha256={label: formats.file_sha256(path) for label, path in sources.items()},
+    )
 
 
 def card_context(params: Mapping[str, Any], *, repo_id: str) -> CardContext:
@@ -128,8 +156,13 @@ def card_context(params: Mapping[str, Any], *, repo_id: str) -> CardContext:
             row[key] = _threshold_text(decide.get(key), len(names), key)
         methods[split] = row
     merges = ((params.get("decide") or {}).get("merges") or {}).get("enabled")
-    return CardContext(repo_id=repo_id, models=specs, methods=methods,
-                       explain=dict(params.get("explain") or {}), merges=merges)
+    return CardContext(
+        repo_id=repo_id,
+        models=specs,
+        methods=methods,
+        explain=dict(params.get("explain") or {}),
+        merges=merges,
+    )
 
 
 def _threshold_text(value: Any, n_models: int, name: str) -> str:
@@ -142,8 +175,14 @@ def _threshold_text(value: Any, n_models: int, name: str) -> str:
     return str(value) if str(value) == str(count) else f"{value} (= {count})"
 
 
-def render_card(*, context: CardContext, splits: Sequence[SplitSummary],
-                infos: Mapping[str, DatasetInfo], mode: str, include_placeholders: bool) -> str:
+def render_card(
+    *,
+    context: CardContext,
+    splits: Sequence[SplitSummary],
+    infos: Mapping[str, DatasetInfo],
+    mode: str,
+    include_placeholders: bool,
+) -> str:
     """The whole README.md: YAML front matter, then the markdown body."""
     body = [
         _intro(context, splits, mode, include_placeholders),
@@ -156,34 +195,50 @@ def render_card(*, context: CardContext, splits: Sequence[SplitSummary],
         "## Citation\n\nPlease cite the paper this dataset reproduces:\n\n"
         f"> {PAPER}\n\n```bibtex\n{BIBTEX}\n```\n",
     ]
-    metadata = yaml.dump(front_matter(splits, infos).to_dict(), Dumper=YAML_DUMPER, sort_keys=False,
-                         allow_unicode=True)  # what DatasetCardData.to_yaml writes, with libyaml
+    metadata = yaml.dump(
+        front_matter(splits, infos).to_dict(),
+        Dumper=YAML_DUMPER,
+        sort_keys=False,
+        allow_unicode=True,
+    )  # what DatasetCardData.to_yaml writes, with libyaml
     return "---\n" + metadata + "---\n\n" + "\n".join(body)
 
 
-def front_matter(splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo]
-                 ) -> DatasetCardData:
+def front_matter(
+    splits: Sequence[SplitSummary], infos: Mapping[str, DatasetInfo]
+) -> DatasetCardData:
     """The YAML metadata: the Hub's card fields, then `configs` and `dataset_info` in the format
     `datasets` reads back (`shards.metadata_yaml`)."""
     total = sum(split.default_rows for split in splits)
     size = next((label for bound, label in SIZE_CATEGORIES if total < bound), "10M<n<100M")
     data = DatasetCardData(
-        pretty_name="ImageNet-Clean", license="other", license_name="imagenet-terms-of-access",
-        license_link="https://image-net.org/download.php", task_categories=["image-classification"],
-        task_ids=["multi-class-image-classification"], size_categories=[size],
+        pretty_name="ImageNet-Clean",
+        license="other",
+        license_name="imagenet-terms-of-access",
+        license_link="https://image-net.org/download.php",
+        task_categories=["image-classification"],
+        task_ids=["multi-class-image-classification"],
+        size_categories=[size],
         annotations_creators=["crowdsourced", "machine-generated"],
         source_datasets=["extended|imagenet-1k"],
-        tags=["imagenet", "label-noise", "confident-learning", "data-cleaning"])
-    for key, value in metadata_yaml(infos, [split.name for split in splits], default="default").items():
+        tags=["imagenet", "label-noise", "confident-learning", "data-cleaning"],
+    )
+    for key, value in metadata_yaml(
+        infos, [split.name for split in splits], default="default"
+    ).items():
         data[key] = value
     return data
 
 
-def _intro(context: CardContext, splits: Sequence[SplitSummary], mode: str,
-           include_placeholders: bool) -> str:
+def _intro(
+    context: CardContext, splits: Sequence[SplitSummary], mode: str, include_placeholders: bool
+) -> str:
     iterations = ", ".join(f"`{split.name}`: {split.iteration}" for split in splits)
-    placeholder = ("included (`placeholder` = true, a black 224x224 image in `images` mode)"
-                   if include_placeholders else "left out")
+    placeholder = (
+        "included (`placeholder` = true, a black 224x224 image in `images` mode)"
+        if include_placeholders
+        else "left out"
+    )
     return f"""# ImageNet-Clean
 
 ImageNet-Clean is ILSVRC2012 ImageNet with its labelling mistakes corrected and its ambiguous images
@@ -210,14 +265,30 @@ def _agreement(splits: Sequence[SplitSummary]) -> str:
     pairs = {split.name: _reference_pair(split.metrics) for split in splits}
     if not any(pairs.values()):
         return ""
-    cells = "; ".join(f"`{name}`: {pair[0]:.2f} % before -> {pair[1]:.2f} % after cleanup"
-                      if pair else f"`{name}`: not measured" for name, pair in pairs.items())
-    warnings = [f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
-                f"labels ({pair[0]:.2f} % -> {pair[1]:.2f} %): its fixes and removals disagree "
-                "with people more often than the original labels do; check the ledger's decisions "
-                "before relying on them." for name, pair in pairs.items() if pair and pair[1] < pair[0]]
-    return "\n".join([f"- **Agreement with human labels** (the evaluate stage's reference labels): "
-                      f"{cells}.", *warnings]) + "\n"
+    cells = "; ".join(
+        f"`{name}`: {pair[0]:.2f} % before -> {pair[1]:.2f} % after cleanup"
+        if pair
+        else f"`{name}`: not measured"
+        for name, pair in pairs.items()
+    )
+    warnings = [
+        f"\n**Warning**: on `{name}` the cleanup lowered agreement with the human reference "
+        f"labels ({pair[0]:.2f} % -> {pair[1]:.2f} %): its fixes and removals disagree "
+        "with people more often than the original labels do; check the ledger's decisions "
+        "before relying on them."
+        for name, pair in pairs.items()
+        if pair and pair[1] < pair[0]
+    ]
+    return (
+        "\n".join(
+            [
+                f"- **Agreement with human labels** (the evaluate stage's reference labels): "
+                f"{cells}.",
+                *warnings,
+            ]
+        )
+        + "\n"
+    )
 
 
 def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -228,14 +299,18 @@ def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
 
 
 def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
-    lines = ["## How it was made", "",
-             "Per split, each model's softmax predictions vote: confident learning (cleanlab, "
-             "`prune_by_noise_rate`) flags samples and proposes candidates L'; a sample is **fixed** "
-             "when |L'| >= h1 with fewer than 3 distinct candidates, **removed** when it has >= h2 "
-             "distinct candidates, or when >= h3 models miss its label in their top-5, unless "
-             "GradCAM / GradCAM++ / ScoreCAM heatmaps of a model that does hit the label show it "
-             "inside the ground-truth boxes (**exemption**). Then the paper's Table A.1 category "
-             "merges apply.", ""]
+    lines = [
+        "## How it was made",
+        "",
+        "Per split, each model's softmax predictions vote: confident learning (cleanlab, "
+        "`prune_by_noise_rate`) flags samples and proposes candidates L'; a sample is **fixed** "
+        "when |L'| >= h1 with fewer than 3 distinct candidates, **removed** when it has >= h2 "
+        "distinct candidates, or when >= h3 models miss its label in their top-5, unless "
+        "GradCAM / GradCAM++ / ScoreCAM heatmaps of a model that does hit the label show it "
+        "inside the ground-truth boxes (**exemption**). Then the paper's Table A.1 category "
+        "merges apply.",
+        "",
+    ]
     if context.models:
         lines += ["| model | timm spec |", "|---|---|"]
         lines += [f"| {name} | `{spec}` |" for name, spec in context.models]
@@ -243,10 +318,16 @@ def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
     lines += ["| split | source layout | fn | h1 | h2 | h3 |", "|---|---|---|---|---|---|"]
     for split in splits:
         row = context.methods.get(split.name, {})
-        lines.append(f"| {split.name} | " + " | ".join(
-            str(row.get(key, "?")) for key in ("layout", "fn", "h1", "h2", "h3")) + " |")
-    explain = ", ".join(f"{key}={context.explain[key]}" for key in
-                        ("methods", "heat", "min_area", "min_methods") if key in context.explain)
+        lines.append(
+            f"| {split.name} | "
+            + " | ".join(str(row.get(key, "?")) for key in ("layout", "fn", "h1", "h2", "h3"))
+            + " |"
+        )
+    explain = ", ".join(
+        f"{key}={context.explain[key]}"
+        for key in ("methods", "heat", "min_area", "min_methods")
+        if key in context.explain
+    )
     if explain:
         lines += ["", f"Explainability: {explain}."]
     if context.merges is not None:
@@ -263,11 +344,15 @@ def _count(metrics: Mapping[str, Any], key: str) -> float | None:
 
 
 def _counts(splits: Sequence[SplitSummary]) -> str:
-    lines = ["## Counts", "",
-             "From `metrics/<split>.json` (evaluate stage) where present, else counted from the "
-             "ledger; percentages of the split's images.", "",
-             "| split | images | keep | fix | remove | skip | merge | placeholders | published rows |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Counts",
+        "",
+        "From `metrics/<split>.json` (evaluate stage) where present, else counted from the "
+        "ledger; percentages of the split's images.",
+        "",
+        "| split | images | keep | fix | remove | skip | merge | placeholders | published rows |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for split in splits:
         cells = []
         for key in COUNT_KEYS:
@@ -275,8 +360,11 @@ def _counts(splits: Sequence[SplitSummary]) -> str:
             value = split.ledger_counts.get(key, 0) if value is None else value
             share = f" ({100 * value / split.manifest_rows:.2f} %)" if split.manifest_rows else ""
             cells.append(f"{value:,}{share}" if isinstance(value, int) else f"{value}{share}")
-        lines.append(f"| {split.name} | {split.manifest_rows:,} | " + " | ".join(cells)
-                     + f" | {split.placeholders:,} | {split.default_rows:,} |")
+        lines.append(
+            f"| {split.name} | {split.manifest_rows:,} | "
+            + " | ".join(cells)
+            + f" | {split.placeholders:,} | {split.default_rows:,} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -297,30 +385,53 @@ def _table1_row(flat: Mapping[str, float]) -> dict[str, float]:
     named = {}
     for key, value in flat.items():
         parts = key.split(".")
-        pair = next((f"{metric} {variant}" for metric, variant in TABLE1
-                     if sorted(parts) == sorted([metric, variant])), None)
+        pair = next(
+            (
+                f"{metric} {variant}"
+                for metric, variant in TABLE1
+                if sorted(parts) == sorted([metric, variant])
+            ),
+            None,
+        )
         named[pair or " ".join(parts)] = value
     return named
 
 
 def _table1(splits: Sequence[SplitSummary]) -> str:
-    lines = ["## Model accuracy on original vs cleaned labels (the paper's Table 1)", "",
-             "Top-1/top-5 (percent) of each model on the original labels and on the cleaned ones "
-             "(kept and fixed images), as recorded by the evaluate stage.", ""]
+    lines = [
+        "## Model accuracy on original vs cleaned labels (the paper's Table 1)",
+        "",
+        "Top-1/top-5 (percent) of each model on the original labels and on the cleaned ones "
+        "(kept and fixed images), as recorded by the evaluate stage.",
+        "",
+    ]
     for split in splits:
         models = split.metrics.get("models")
-        rows = {str(name): _table1_row(_flatten(entry))
-                for name, entry in (models.items() if isinstance(models, Mapping) else ())}
+        rows = {
+            str(name): _table1_row(_flatten(entry))
+            for name, entry in (models.items() if isinstance(models, Mapping) else ())
+        }
         found = {key for row in rows.values() for key in row}
-        first = [f"{metric} {variant}" for metric, variant in TABLE1 if f"{metric} {variant}" in found]
+        first = [
+            f"{metric} {variant}" for metric, variant in TABLE1 if f"{metric} {variant}" in found
+        ]
         columns = first + sorted(found - set(first))
         if not columns:
-            lines += [f"`{split.name}`: no per-model metrics recorded (metrics/{split.name}.json).", ""]
+            lines += [
+                f"`{split.name}`: no per-model metrics recorded (metrics/{split.name}.json).",
+                "",
+            ]
             continue
-        lines += [f"`{split.name}`:", "", "| model | " + " | ".join(columns) + " |",
-                  "|---" * (len(columns) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(_number(row.get(key)) for key in columns) + " |"
-                  for name, row in rows.items()]
+        lines += [
+            f"`{split.name}`:",
+            "",
+            "| model | " + " | ".join(columns) + " |",
+            "|---" * (len(columns) + 1) + "|",
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(_number(row.get(key)) for key in columns) + " |"
+            for name, row in rows.items()
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -332,26 +443,34 @@ def _number(value: float | None) -> str:
 def _fields(infos: Mapping[str, DatasetInfo]) -> str:
     lines = ["## Fields", ""]
     for config, info in infos.items():
-        described = ", ".join(f"`{name}` ({type(feature).__name__})"
-                              for name, feature in (info.features or {}).items())
+        described = ", ".join(
+            f"`{name}` ({type(feature).__name__})"
+            for name, feature in (info.features or {}).items()
+        )
         lines.append(f"- `{config}`: {described}.")
-    lines += ["", "`label` is the label after fixes and merges; `original_label` the ImageNet label "
-              "(null for placeholders). `secondary_labels` are other classes the evidence supports "
-              "for an image that shows several (a list of ClassLabel, usually empty). In the ledger, "
-              "`new_label` is null for removed and skipped images, `cl_candidates` are class "
-              "indices (one per model that flagged the image), "
-              "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
-              "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "
-              "original annotation.", ""]
+    lines += [
+        "",
+        "`label` is the label after fixes and merges; `original_label` the ImageNet label "
+        "(null for placeholders). `secondary_labels` are other classes the evidence supports "
+        "for an image that shows several (a list of ClassLabel, usually empty). In the ledger, "
+        "`new_label` is null for removed and skipped images, `cl_candidates` are class "
+        "indices (one per model that flagged the image), "
+        "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
+        "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "
+        "original annotation.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _loading(context: CardContext, splits: Sequence[SplitSummary], mode: str) -> str:
     split = splits[0].name if splits else "val"
     repo = context.repo_id
-    images = ('clean[0]["image"]  # a PIL image; the ledger has no pixels: join it on image_id'
-              if mode == "images" else
-              "# this revision is a labels overlay: join it onto your ImageNet copy (below)")
+    images = (
+        'clean[0]["image"]  # a PIL image; the ledger has no pixels: join it on image_id'
+        if mode == "images"
+        else "# this revision is a labels overlay: join it onto your ImageNet copy (below)"
+    )
     return f"""## How to load
 
 ```python
@@ -386,14 +505,25 @@ clean = clean.map(lambda row: {{"image": files[row["image_id"]]}}).cast_column("
 
 
 def _provenance(splits: Sequence[SplitSummary]) -> str:
-    lines = ["## Provenance and licence", "",
-             "Produced by the `publish` stage of the ImageNet-Clean pipeline (a reproduction of "
-             "Kertész 2021 as a DVC pipeline) from these inputs:", "",
-             "| split | input | sha256 |", "|---|---|---|"]
+    lines = [
+        "## Provenance and licence",
+        "",
+        "Produced by the `publish` stage of the ImageNet-Clean pipeline (a reproduction of "
+        "Kertész 2021 as a DVC pipeline) from these inputs:",
+        "",
+        "| split | input | sha256 |",
+        "|---|---|---|",
+    ]
     for split in splits:
-        lines += [f"| {split.name} | `{name}` | `{digest}` |" for name, digest in split.sha256.items()]
-    lines += ["", "The images and the original labels are ImageNet's (ILSVRC2012): use them under the "
-              "ImageNet terms of access (non-commercial research and education, "
-              "https://image-net.org/download.php). The corrections (labels, ledger) are derived "
-              "data published with this repository under the same terms (licence: other).", ""]
+        lines += [
+            f"| {split.name} | `{name}` | `{digest}` |" for name, digest in split.sha256.items()
+        ]
+    lines += [
+        "",
+        "The images and the original labels are ImageNet's (ILSVRC2012): use them under the "
+        "ImageNet terms of access (non-commercial research and education, "
+        "https://image-net.org/download.php). The corrections (labels, ledger) are derived "
+        "data published with this repository under the same terms (licence: other).",
+        "",
+    ]
     return "\n".join(lines)

@@ -13,9 +13,9 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
@@ -26,7 +26,9 @@ from stages.contracts.errors import UserError
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no locking, no leftover cleanup
-    fcntl = None  # type: ignore[assignment]
+    LOCKING = False
+else:
+    LOCKING = True
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def exclusive_build(out: str | os.PathLike[str]) -> Iterator[None]:
     touched: other outputs' leftovers and files of other names stay."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
+    if not LOCKING:  # pragma: no cover
         yield
         return
     fd = os.open(out.parent, os.O_RDONLY)
@@ -66,7 +68,9 @@ def exclusive_build(out: str | os.PathLike[str]) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("another build in %s is running; its work folders are left alone", out.parent)
+            logger.info(
+                "another build in %s is running; its work folders are left alone", out.parent
+            )
         else:
             for path in formats.atomic_leftovers(out):
                 logger.warning("removing %s, left by a build that was killed", path)
@@ -79,33 +83,53 @@ def exclusive_build(out: str | os.PathLike[str]) -> Iterator[None]:
 
 def hub_offline() -> bool:
     """Whether Hub access is switched off (HF_HUB_OFFLINE now, or when huggingface_hub loaded)."""
-    now = any(os.environ.get(name, "").strip().lower() in TRUE_VALUES
-              for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    now = any(
+        os.environ.get(name, "").strip().lower() in TRUE_VALUES
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     return now or bool(hub_constants.HF_HUB_OFFLINE)
 
 
 def ensure_push_ready(token: str | None) -> None:
     """Raise PushError, before anything is uploaded, when a push cannot work."""
     if hub_offline():
-        raise PushError("cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE=1). Unset "
-                        "HF_HUB_OFFLINE to push, or use --dry-run to list what would be uploaded; "
-                        "nothing was uploaded")
+        raise PushError(
+            "cannot push to the Hub: offline mode is on (HF_HUB_OFFLINE=1). Unset "
+            "HF_HUB_OFFLINE to push, or use --dry-run to list what would be uploaded; "
+            "nothing was uploaded"
+        )
     if not token:
-        raise PushError("cannot push to the Hub: no token. Export HF_TOKEN=<a write token> (the "
-                        "token is read from the environment only, never from a file); nothing was "
-                        "uploaded")
+        raise PushError(
+            "cannot push to the Hub: no token. Export HF_TOKEN=<a write token> (the "
+            "token is read from the environment only, never from a file); nothing was "
+            "uploaded"
+        )
 
 
 def _folder_files(folder: Path) -> tuple[tuple[str, int], ...]:
     if not (folder / "README.md").is_file() or not (folder / "data").is_dir():
-        raise FileNotFoundError(f"{folder} is not a built Hub folder (no README.md or data/); run "
-                                f"`imagenet-clean publish` first")
-    return tuple(sorted((path.relative_to(folder).as_posix(), path.stat().st_size)
-                        for path in folder.rglob("*") if path.is_file()))
+        raise FileNotFoundError(
+            f"{folder} is not a built Hub folder (no README.md or data/); run "
+            f"`imagenet-clean publish` first"
+        )
+    return tuple(
+        sorted(
+            (path.relative_to(folder).as_posix(), path.stat().st_size)
+            for path in folder.rglob("*")
+            if path.is_file()
+        )
+    )
 
 
-def push(folder: str | os.PathLike[str], *, repo_id: str, iteration: int, token: str | None,
-         dry_run: bool = False, private: bool = True) -> PushResult:
+def push(
+    folder: str | os.PathLike[str],
+    *,
+    repo_id: str,
+    iteration: int,
+    token: str | None,
+    dry_run: bool = False,
+    private: bool = True,
+) -> PushResult:
     """Upload a built folder to the Hub dataset `repo_id` in one commit and tag it `iteration-<k>`.
 
     Creates the repo (private by default) when absent; replaces the repo's previous `data/` shards.
@@ -124,27 +148,48 @@ def push(folder: str | os.PathLike[str], *, repo_id: str, iteration: int, token:
     if dry_run:
         for name, size in files:
             logger.info("dry run: would upload %s (%d bytes)", name, size)
-        logger.info("dry run: %d files, %d bytes to dataset %s, tagged %s; nothing uploaded",
-                    len(files), sum(size for _, size in files), repo_id, tag)
+        logger.info(
+            "dry run: %d files, %d bytes to dataset %s, tagged %s; nothing uploaded",
+            len(files),
+            sum(size for _, size in files),
+            repo_id,
+            tag,
+        )
         return PushResult(repo_id, tag, files, None, True)
     ensure_push_ready(token)
     api = HfApi()
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
     tags = {ref.name for ref in api.list_repo_refs(repo_id, repo_type="dataset", token=token).tags}
     if tag in tags:
-        raise PushError(f"dataset {repo_id} already has tag {tag}: this iteration was published. "
-                        f"Promote the next iteration, or delete the tag (HfApi().delete_tag) to "
-                        f"republish it; nothing was uploaded")
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
-                               commit_message=f"ImageNet-Clean iteration {iteration}",
-                               delete_patterns=["data/**"], token=token)
+        raise PushError(
+            f"dataset {repo_id} already has tag {tag}: this iteration was published. "
+            f"Promote the next iteration, or delete the tag (HfApi().delete_tag) to "
+            f"republish it; nothing was uploaded"
+        )
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        repo_type="dataset",
+        commit_message=f"ImageNet-Clean iteration {iteration}",
+        delete_patterns=["data/**"],
+        token=token,
+    )
     try:
-        api.create_tag(repo_id, tag=tag, revision=commit.oid, repo_type="dataset", token=token,
-                       tag_message=f"ImageNet-Clean iteration {iteration}")
+        api.create_tag(
+            repo_id,
+            tag=tag,
+            revision=commit.oid,
+            repo_type="dataset",
+            token=token,
+            tag_message=f"ImageNet-Clean iteration {iteration}",
+        )
     except Exception as error:  # the upload is in: say exactly what is left to do
-        raise PushError(f"uploaded commit {commit.oid} to {repo_id} but could not tag it {tag} "
-                        f"({type(error).__name__}); tag it with HfApi().create_tag({repo_id!r}, "
-                        f"tag={tag!r}, revision={commit.oid!r}, repo_type='dataset')") from error
-    logger.info("pushed %d files to dataset %s: commit %s, tag %s", len(files), repo_id,
-                commit.oid, tag)
+        raise PushError(
+            f"uploaded commit {commit.oid} to {repo_id} but could not tag it {tag} "
+            f"({type(error).__name__}); tag it with HfApi().create_tag({repo_id!r}, "
+            f"tag={tag!r}, revision={commit.oid!r}, repo_type='dataset')"
+        ) from error
+    logger.info(
+        "pushed %d files to dataset %s: commit %s, tag %s", len(files), repo_id, commit.oid, tag
+    )
     return PushResult(repo_id, tag, files, commit.oid, False)

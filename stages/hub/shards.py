@@ -11,8 +11,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
@@ -39,31 +40,48 @@ def hub_class_names() -> list[str]:
     a name shared by two wnids (ImageNet's two "crane" classes) gets its wnid appended."""
     names, wnids = formats.class_names(), formats.class_wnids()
     counts = collections.Counter(names)
-    return [f"{name} ({wnid})" if counts[name] > 1 else name
-            for name, wnid in zip(names, wnids, strict=True)]
+    return [
+        f"{name} ({wnid})" if counts[name] > 1 else name
+        for name, wnid in zip(names, wnids, strict=True)
+    ]
 
 
 def default_features(names: Sequence[str], *, images: bool) -> Features:
     """Features of the `default` config (the cleaned split), with an `image` column or without."""
-    return Features({
-        **({"image": Image()} if images else {}),
-        "image_id": Value("string"), "path": Value("string"),
-        "label": ClassLabel(names=list(names)), "original_label": ClassLabel(names=list(names)),
-        "wnid": Value("string"), "action": Value("string"), "placeholder": Value("bool"),
-        "merged": Value("bool"), "boxes": ListFeature(ListFeature(Value("int32"), length=4)),
-        "width": Value("int32"), "height": Value("int32"), "iteration": Value("int32"),
-        "secondary_labels": ListFeature(ClassLabel(names=list(names))),
-    })
+    return Features(
+        {
+            **({"image": Image()} if images else {}),
+            "image_id": Value("string"),
+            "path": Value("string"),
+            "label": ClassLabel(names=list(names)),
+            "original_label": ClassLabel(names=list(names)),
+            "wnid": Value("string"),
+            "action": Value("string"),
+            "placeholder": Value("bool"),
+            "merged": Value("bool"),
+            "boxes": ListFeature(ListFeature(Value("int32"), length=4)),
+            "width": Value("int32"),
+            "height": Value("int32"),
+            "iteration": Value("int32"),
+            "secondary_labels": ListFeature(ClassLabel(names=list(names))),
+        }
+    )
 
 
 def ledger_features(schema: pa.Schema, names: Sequence[str]) -> Features:
     """Features of the `ledger` config: its label columns as ClassLabel (`secondary_labels` as a
     list of ClassLabel), the rest as stored."""
     stored = Features.from_arrow_schema(schema)
-    return Features({
-        name: ClassLabel(names=list(names)) if name in LEDGER_LABELS else
-        ListFeature(ClassLabel(names=list(names))) if name in LEDGER_LABEL_LISTS else feature
-        for name, feature in stored.items()})
+    return Features(
+        {
+            name: ClassLabel(names=list(names))
+            if name in LEDGER_LABELS
+            else ListFeature(ClassLabel(names=list(names)))
+            if name in LEDGER_LABEL_LISTS
+            else feature
+            for name, feature in stored.items()
+        }
+    )
 
 
 def _feature_yaml(feature: Any) -> dict[str, Any]:
@@ -71,7 +89,9 @@ def _feature_yaml(feature: Any) -> dict[str, Any]:
     if isinstance(feature, Value):
         return {"dtype": feature.dtype}
     if isinstance(feature, ClassLabel):
-        return {"dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feature.names)}}}}
+        return {
+            "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feature.names)}}}
+        }
     if isinstance(feature, Image):
         return {"dtype": "image"}
     if isinstance(feature, ListFeature):
@@ -87,22 +107,34 @@ def features_yaml(features: Features) -> list[dict[str, Any]]:
     return [{"name": name, **_feature_yaml(feature)} for name, feature in features.items()]
 
 
-def metadata_yaml(infos: Mapping[str, DatasetInfo], splits: Sequence[str], *, default: str
-                  ) -> dict[str, list[dict[str, Any]]]:
+def metadata_yaml(
+    infos: Mapping[str, DatasetInfo], splits: Sequence[str], *, default: str
+) -> dict[str, list[dict[str, Any]]]:
     """The card's `configs` (data files per split, `default` marked) and `dataset_info` (features,
     split sizes, download and dataset sizes) for every config in `infos`."""
     configs = []
     for config in infos:
-        entry: dict[str, Any] = {"config_name": config, "data_files": [
-            {"split": split, "path": f"data/{config}/{split}-*.parquet"} for split in splits]}
+        entry: dict[str, Any] = {
+            "config_name": config,
+            "data_files": [
+                {"split": split, "path": f"data/{config}/{split}-*.parquet"} for split in splits
+            ],
+        }
         configs.append({**entry, "default": True} if config == default else entry)
     dataset_info = []
     for config, info in infos.items():
-        dataset_info.append({
-            "config_name": config, "features": features_yaml(info.features),
-            "splits": [{"name": name, "num_bytes": split.num_bytes,
-                        "num_examples": split.num_examples} for name, split in info.splits.items()],
-            "download_size": info.download_size, "dataset_size": info.dataset_size})
+        dataset_info.append(
+            {
+                "config_name": config,
+                "features": features_yaml(info.features),
+                "splits": [
+                    {"name": name, "num_bytes": split.num_bytes, "num_examples": split.num_examples}
+                    for name, split in info.splits.items()
+                ],
+                "download_size": info.download_size,
+                "dataset_size": info.dataset_size,
+            }
+        )
     return {"configs": configs, "dataset_info": dataset_info}
 
 
@@ -128,8 +160,9 @@ def write_shard(table: pa.Table, features: Features, target: Path | io.BytesIO) 
     if isinstance(target, Path):
         target.parent.mkdir(parents=True, exist_ok=True)
     table = table.select(list(features)).cast(features.arrow_schema)
-    dataset = Dataset(table, info=DatasetInfo(features=features),
-                      fingerprint="publish")  # never transformed: skip hashing the table
+    dataset = Dataset(
+        table, info=DatasetInfo(features=features), fingerprint="publish"
+    )  # never transformed: skip hashing the table
     dataset.to_parquet(target if isinstance(target, io.BytesIO) else str(target))
     return int(table.nbytes)
 

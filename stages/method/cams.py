@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,10 @@ def explainability_score(heatmap: np.ndarray, mask: np.ndarray, *, heat: float) 
         mask: (H, W) bool, the union of the label's boxes at input resolution.
     """
     if heatmap.shape != mask.shape:
-        raise ValueError(f"heatmap {heatmap.shape} and box mask {mask.shape} differ in shape; map "
-                         "the boxes with the model's own input_geometry")
+        raise ValueError(
+            f"heatmap {heatmap.shape} and box mask {mask.shape} differ in shape; map "
+            "the boxes with the model's own input_geometry"
+        )
     inside = int(mask.sum())
     if inside == 0:
         return 0.0
@@ -52,11 +54,19 @@ class ExemptionRule:
     def __post_init__(self) -> None:
         for name in ("heat", "min_area"):
             value = getattr(self, name)
-            require(isinstance(value, (int, float)) and not isinstance(value, bool),
-                    f"explain.{name}", "a number", value)
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                f"explain.{name}",
+                "a number",
+                value,
+            )
             fraction(f"explain.{name}", value, low_open=True)
-        require(isinstance(self.min_methods, int) and not isinstance(self.min_methods, bool),
-                "explain.min_methods", "an int", self.min_methods)
+        require(
+            isinstance(self.min_methods, int) and not isinstance(self.min_methods, bool),
+            "explain.min_methods",
+            "an int",
+            self.min_methods,
+        )
         positive("explain.min_methods", self.min_methods)
 
     def passes(self, score: float | None) -> bool:
@@ -64,6 +74,7 @@ class ExemptionRule:
         return score is not None and score >= self.min_area
 
     def methods_passed(self, scores: Sequence[float | None]) -> int:
+        """How many of one model's per-method scores pass."""
         return sum(self.passes(s) for s in scores)
 
     def exempts(self, scores: Sequence[float | None]) -> bool:
@@ -91,15 +102,21 @@ def module_at(model: torch.nn.Module, path: str) -> torch.nn.Module:
     for part in path.split("."):
         try:
             if re.fullmatch(r"-?\d+", part):
+                # torch's stubs give Module no __getitem__; Sequential and ModuleList have one
+                # (on any other module this raises TypeError, caught below)
                 module = module[int(part)]  # type: ignore[index]
             else:
                 module = getattr(module, part)
         except (AttributeError, IndexError, TypeError, KeyError) as error:
             children = [name for name, _ in module.named_children()]
-            raise ValueError(f"target layer path {path!r}: no {part!r} under "
-                             f"{type(module).__name__} (children: {children})") from error
+            raise ValueError(
+                f"target layer path {path!r}: no {part!r} under "
+                f"{type(module).__name__} (children: {children})"
+            ) from error
     if not isinstance(module, torch.nn.Module):
-        raise ValueError(f"target layer path {path!r} names a {type(module).__name__}, not a module")
+        raise ValueError(
+            f"target layer path {path!r} names a {type(module).__name__}, not a module"
+        )
     return module
 
 
@@ -112,14 +129,19 @@ def _last_spatial_child(model: torch.nn.Module, input_size: Sequence[int]) -> st
     for name, child in model.named_children():
         if isinstance(child, torch.nn.Identity):
             continue
-        handles.append(child.register_forward_hook(
-            lambda _m, _i, out, _n=name: seen.append((_n, tuple(out.shape)))
-            if isinstance(out, torch.Tensor) else None))
+        handles.append(
+            child.register_forward_hook(
+                lambda _m, _i, out, _n=name: (
+                    seen.append((_n, tuple(out.shape))) if isinstance(out, torch.Tensor) else None
+                )
+            )
+        )
     try:
         device = next(model.parameters()).device
         with torch.no_grad():
             dummy = torch.zeros(1, *input_size, device=device)
-            out = model.forward_features(dummy) if hasattr(model, "forward_features") else model(dummy)
+            features = getattr(model, "forward_features", None)
+            out = features(dummy) if features is not None else model(dummy)
     finally:
         for handle in handles:
             handle.remove()
@@ -130,13 +152,19 @@ def _last_spatial_child(model: torch.nn.Module, input_size: Sequence[int]) -> st
     return matches[-1] if matches else None
 
 
-def resolve_target_layer(model: torch.nn.Module, *, architecture: str, name: str,
-                         override: str | None = None,
-                         input_size: Sequence[int] = (3, 224, 224)) -> tuple[str, torch.nn.Module]:
+def resolve_target_layer(
+    model: torch.nn.Module,
+    *,
+    architecture: str,
+    name: str,
+    override: str | None = None,
+    input_size: Sequence[int] = (3, 224, 224),
+) -> tuple[str, torch.nn.Module]:
     """The CAM target layer of a model -> (dotted path, module).
 
-    Order: the params override (`explain.target_layers.<name>`), the first FAMILY_LAYERS pattern that
-    matches `architecture` (when that module exists and is not Identity), then the generic rule.
+    Order: the params override (`explain.target_layers.<name>`), the first FAMILY_LAYERS pattern
+    that matches `architecture` (when that module exists and is not Identity), then the generic
+    rule.
 
     Raises:
         ValueError: an override path that does not resolve, or an architecture with no rule whose
@@ -153,12 +181,14 @@ def resolve_target_layer(model: torch.nn.Module, *, architecture: str, name: str
             if not isinstance(module, torch.nn.Identity):
                 return path, module
             break
-    path = _last_spatial_child(model, input_size)
-    if path is None:
-        raise ValueError(f"cannot resolve a target layer for model {name!r} (architecture "
-                         f"{architecture!r}): no family rule and its features are not a spatial "
-                         f"map; set explain.target_layers.{name} to a module path like 'blocks.-1'")
-    return path, module_at(model, path)
+    child = _last_spatial_child(model, input_size)
+    if child is None:
+        raise ValueError(
+            f"cannot resolve a target layer for model {name!r} (architecture "
+            f"{architecture!r}): no family rule and its features are not a spatial "
+            f"map; set explain.target_layers.{name} to a module path like 'blocks.-1'"
+        )
+    return child, module_at(model, child)
 
 
 # ----------------------------------------------------------------------------- heatmaps
@@ -183,8 +213,15 @@ METHODS: dict[str, CamMethod] = {
 """The methods `explain.methods` may name, cheapest first by `cost`."""
 
 
-def heatmaps(method: str, model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor,
-             labels: Sequence[int], *, scorecam_batch_size: int = 128) -> np.ndarray:
+def heatmaps(
+    method: str,
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: Sequence[int],
+    *,
+    scorecam_batch_size: int = 128,
+) -> np.ndarray:
     """CAM heatmaps for each input's label -> (B, H, W) float32 in [0, 1] at input resolution.
 
     Args:
@@ -198,13 +235,22 @@ def heatmaps(method: str, model: torch.nn.Module, layer: torch.nn.Module, inputs
         # Gradients flow from the input, so a frozen model (see cam_model) still gets its
         # target layer's gradients without computing any weight gradients.
         inputs = inputs.detach().requires_grad_(True)
-        with torch.enable_grad(), gradcam_adapter.open_cam(METHODS[method].cam_class, model, layer) as cam:
-            return cam(input_tensor=inputs, targets=targets)
+        with (
+            torch.enable_grad(),
+            gradcam_adapter.open_cam(METHODS[method].cam_class, model, layer) as cam,
+        ):
+            heatmaps: np.ndarray = cam(input_tensor=inputs, targets=targets)
+            return heatmaps
     maps = []
-    with torch.no_grad(), gradcam_adapter.quiet_progress(), gradcam_adapter.open_cam(
-            METHODS[method].cam_class, model, layer, scorecam_batch_size=scorecam_batch_size) as cam:
+    with (
+        torch.no_grad(),
+        gradcam_adapter.quiet_progress(),
+        gradcam_adapter.open_cam(
+            METHODS[method].cam_class, model, layer, scorecam_batch_size=scorecam_batch_size
+        ) as cam,
+    ):
         for i, target in enumerate(targets):  # one image at a time: (C, 3, H, W) masked copies
-            maps.append(cam(input_tensor=inputs[i:i + 1], targets=[target]))
+            maps.append(cam(input_tensor=inputs[i : i + 1], targets=[target]))
     return np.concatenate(maps).astype(np.float32, copy=False)
 
 
@@ -228,15 +274,25 @@ class CamStats:
     pairs: int = 0
 
     def add(self, method: str, calls: int, seconds: float) -> None:
+        """Count `calls` heatmaps and `seconds` spent on `method`."""
         self.calls[method] = self.calls.get(method, 0) + calls
         self.seconds[method] = self.seconds.get(method, 0.0) + seconds
 
 
-def explain_batch(model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.Tensor,
-                  masks: Sequence[np.ndarray], labels: Sequence[int], *, methods: Sequence[str],
-                  rule: ExemptionRule, exhaustive: bool = False, keep_heatmaps: bool = False,
-                  scorecam_batch_size: int = 128, stats: CamStats | None = None
-                  ) -> list[Explanation]:
+def explain_batch(
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    inputs: torch.Tensor,
+    masks: Sequence[np.ndarray],
+    labels: Sequence[int],
+    *,
+    methods: Sequence[str],
+    rule: ExemptionRule,
+    exhaustive: bool = False,
+    keep_heatmaps: bool = False,
+    scorecam_batch_size: int = 128,
+    stats: CamStats | None = None,
+) -> list[Explanation]:
     """Score a batch with each method, cheapest first; without `exhaustive`, a method runs only
     for the samples whose exemption it can still change.
 
@@ -247,13 +303,22 @@ def explain_batch(model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
     results = [Explanation({METHODS[m].column: None for m in METHODS}, 0, False) for _ in labels]
     for position, method in enumerate(ordered):
         remaining = len(ordered) - position
-        todo = [b for b, r in enumerate(results)
-                if exhaustive or rule.undecided(r.methods_passed, remaining)]
+        todo = [
+            b
+            for b, r in enumerate(results)
+            if exhaustive or rule.undecided(r.methods_passed, remaining)
+        ]
         if not todo:
             continue
         started = time.perf_counter()
-        maps = heatmaps(method, model, layer, inputs[todo], [labels[b] for b in todo],
-                        scorecam_batch_size=scorecam_batch_size)
+        maps = heatmaps(
+            method,
+            model,
+            layer,
+            inputs[todo],
+            [labels[b] for b in todo],
+            scorecam_batch_size=scorecam_batch_size,
+        )
         if stats is not None:
             stats.add(method, len(todo), time.perf_counter() - started)
         for heat_map, b in zip(maps, todo):
@@ -267,4 +332,3 @@ def explain_batch(model: torch.nn.Module, layer: torch.nn.Module, inputs: torch.
     if stats is not None:
         stats.pairs += len(results)
     return results
-

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from cleanlab.count import compute_confident_joint
@@ -29,9 +30,9 @@ from tqdm import tqdm
 from stages.adapters import cleanlab_adapter
 from stages.contracts import formats
 from stages.contracts.config import from_section
-from stages.method.confident_streaming import find_label_issues_streaming, read_float32_rows
 from stages.contracts.errors import ConfigError
 from stages.contracts.params import section
+from stages.method.confident_streaming import find_label_issues_streaming, read_float32_rows
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +68,30 @@ class ConfidentConfig:
     n_jobs: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.fn, bool) or not isinstance(self.fn, (int, float)) or not 0 < self.fn <= 1:
-            raise ConfigError(f"vote fn (cleanlab frac_noise) must be a number in (0, 1], got "
-                              f"{self.fn!r}")
+        if (
+            isinstance(self.fn, bool)
+            or not isinstance(self.fn, (int, float))
+            or not 0 < self.fn <= 1
+        ):
+            raise ConfigError(
+                f"vote fn (cleanlab frac_noise) must be a number in (0, 1], got {self.fn!r}"
+            )
         if self.fn_mode not in FN_MODES:
-            raise ConfigError(f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}")
+            raise ConfigError(
+                f"vote fn_mode must be one of {sorted(FN_MODES)}, got {self.fn_mode!r}"
+            )
         if self.strategy != "auto" and self.strategy not in CL_STRATEGIES:
-            raise ConfigError(f"vote strategy must be 'auto' or one of {sorted(CL_STRATEGIES)}, "
-                              f"got {self.strategy!r}")
+            raise ConfigError(
+                f"vote strategy must be 'auto' or one of {sorted(CL_STRATEGIES)}, "
+                f"got {self.strategy!r}"
+            )
         for name in ("exact_max_rows", "chunk_rows", "n_jobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"vote {name} must be a positive int, got {value!r}")
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], split: str) -> "ConfidentConfig":
+    def from_params(cls, params: Mapping[str, Any], split: str) -> ConfidentConfig:
         """The vote options of one split: params `vote.<split>` (any field above), with
         `vote.exact_max_rows` as the default of `exact_max_rows`.
 
@@ -90,12 +100,14 @@ class ConfidentConfig:
                 (named with its section, e.g. `vote.val.fn_mode`).
         """
         top = section(params, "vote")
-        splits = tuple(k for k, v in top.items()
-                       if isinstance(v, Mapping) or k in (params.get("splits") or {}))
+        splits = tuple(
+            k for k, v in top.items() if isinstance(v, Mapping) or k in (params.get("splits") or {})
+        )
         shared = from_section(_ConfidentShared, top, where="vote", ignore=splits)
         own = section(params, "vote", split)
-        return from_section(cls, {"exact_max_rows": shared.exact_max_rows, **own},
-                            where=f"vote.{split}")
+        return from_section(
+            cls, {"exact_max_rows": shared.exact_max_rows, **own}, where=f"vote.{split}"
+        )
 
     def resolve_strategy(self, n_active: int) -> str:
         """The strategy used for `n_active` rows."""
@@ -113,32 +125,36 @@ class _ConfidentShared:
 
 @dataclass(frozen=True, eq=False)
 class _Flags:
-    ranked: np.ndarray      # (F,) positions into the active rows, most severe first
+    ranked: np.ndarray  # (F,) positions into the active rows, most severe first
     candidates: np.ndarray  # (A,) int32 top other class of every active row
-    top5_hit: np.ndarray    # (A,) bool
+    top5_hit: np.ndarray  # (A,) bool
     flagged_at_fn_1: int | None = None
 
 
-def _chunks(pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: int, model: str,
-            desc: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def _chunks(
+    pred_probs: Any, rows: np.ndarray, labels: np.ndarray, chunk_rows: int, model: str, desc: str
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield (start, labels, float32 probabilities) for consecutive chunks of the active `rows`."""
-    with tqdm(total=len(rows), desc=f"vote {model} {desc}", unit="row", mininterval=2.0,
-              leave=False) as bar:
+    with tqdm(
+        total=len(rows), desc=f"vote {model} {desc}", unit="row", mininterval=2.0, leave=False
+    ) as bar:
         for start in range(0, len(rows), chunk_rows):
-            index = rows[start:start + chunk_rows]
+            index = rows[start : start + chunk_rows]
             chunk = read_float32_rows(pred_probs, index)
             _check_chunk(chunk, index, model)
             bar.update(len(index))
-            yield start, labels[start:start + chunk_rows], chunk
+            yield start, labels[start : start + chunk_rows], chunk
 
 
 def _check_chunk(chunk: np.ndarray, index: np.ndarray, model: str) -> None:
     bad = ~np.isfinite(chunk).all(axis=1) | (chunk.min(axis=1) < 0) | (chunk.max(axis=1) > 1)
     if bad.any():
         row = int(index[np.argmax(bad)])
-        raise ValueError(f"{model}: predictions of active row {row} are not probabilities in [0, 1] "
-                         f"({int(bad.sum())} such rows in rows {index[0]}..{index[-1]}); only "
-                         "manifest skip rows may be NaN: re-run predict for this model")
+        raise ValueError(
+            f"{model}: predictions of active row {row} are not probabilities in [0, 1] "
+            f"({int(bad.sum())} such rows in rows {index[0]}..{index[-1]}); only "
+            "manifest skip rows may be NaN: re-run predict for this model"
+        )
 
 
 def _chunk_stats(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,20 +170,35 @@ def _chunk_stats(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
     return others.argmax(axis=1).astype(np.int32), hit
 
 
-def _cleanlab_issues(labels: np.ndarray, probs: np.ndarray, fn: float, n_jobs: int,
-                     confident_joint: np.ndarray | None = None) -> np.ndarray:
-    """cleanlab's find_label_issues as the paper calls it; per-class warnings summarised once."""
+def _cleanlab_issues(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    fn: float,
+    n_jobs: int,
+    confident_joint: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cleanlab's find_label_issues as the paper calls it; per-class warnings summarised once."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            ranked = find_label_issues(labels, probs, filter_by=FILTER_BY, return_indices_ranked_by=RANK_BY,
-                                       frac_noise=fn, confident_joint=confident_joint, n_jobs=n_jobs)
+            ranked = find_label_issues(
+                labels,
+                probs,
+                filter_by=FILTER_BY,
+                return_indices_ranked_by=RANK_BY,
+                frac_noise=fn,
+                confident_joint=confident_joint,
+                n_jobs=n_jobs,
+            )
         finally:  # cleanlab keeps a per-class copy of pred_probs in module globals: drop it
             cleanlab_adapter.release_globals()
     few = [w for w in caught if "too few examples" in str(w.message)]
     if few:
-        logger.info("cleanlab cannot flag rows of %d classes that have <= 1 active example "
-                    "(min_examples_per_class)", len(few))
+        logger.info(
+            "cleanlab cannot flag rows of %d classes that have <= 1 active example "
+            "(min_examples_per_class)",
+            len(few),
+        )
     for other in (w for w in caught if w not in few):
         logger.warning("cleanlab: %s", other.message)
     return np.asarray(ranked, dtype=np.int64)
@@ -177,16 +208,24 @@ Finder = Callable[[Sequence[float]], list[np.ndarray]]
 """find(frac_noise values) -> each value's ranked flags (positions into the active rows)."""
 
 
-def _fn_cleanlab(find: Finder, config: ConfidentConfig, model: str) -> tuple[np.ndarray, int | None]:
+def _fn_cleanlab(
+    find: Finder, config: ConfidentConfig, model: str
+) -> tuple[np.ndarray, int | None]:
     if config.fn == 1:
         return find([1.0])[0], None
     ranked, full = find([config.fn, 1.0])
     kept = len(ranked) / max(len(full), 1)
-    logger.log(logging.WARNING if kept < 0.9 * config.fn else logging.INFO,
-               "%s: cleanlab frac_noise=%s kept %d of the %d flags at frac_noise=1 (%.1f %%): cleanlab "
-               "truncates each class-pair prune count, so pairs seen once or twice lose all their "
-               "flags; vote fn_mode: ranked keeps the top fn fraction instead", model, config.fn,
-               len(ranked), len(full), 100 * kept)
+    logger.log(
+        logging.WARNING if kept < 0.9 * config.fn else logging.INFO,
+        "%s: cleanlab frac_noise=%s kept %d of the %d flags at frac_noise=1 (%.1f %%): cleanlab "
+        "truncates each class-pair prune count, so pairs seen once or twice lose all their "
+        "flags; vote fn_mode: ranked keeps the top fn fraction instead",
+        model,
+        config.fn,
+        len(ranked),
+        len(full),
+        100 * kept,
+    )
     return ranked, len(full)
 
 
@@ -194,7 +233,7 @@ def _fn_ranked(find: Finder, config: ConfidentConfig, model: str) -> tuple[np.nd
     ranked = find([1.0])[0]
     if config.fn == 1:
         return ranked, None
-    return ranked[:math.ceil(config.fn * len(ranked))], len(ranked)
+    return ranked[: math.ceil(config.fn * len(ranked))], len(ranked)
 
 
 FN_MODES: dict[str, Callable[[Finder, ConfidentConfig, str], tuple[np.ndarray, int | None]]] = {
@@ -203,13 +242,16 @@ FN_MODES: dict[str, Callable[[Finder, ConfidentConfig, str], tuple[np.ndarray, i
 }
 
 
-def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig,
-           model: str) -> _Flags:
+def _exact(
+    labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig, model: str
+) -> _Flags:
     """cleanlab.filter.find_label_issues on the active rows held in memory as float32."""
     probs = np.empty((len(rows), pred_probs.shape[1]), dtype=np.float32)
     candidates = np.empty(len(rows), dtype=np.int32)
     hit = np.empty(len(rows), dtype=bool)
-    for start, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model, "read"):
+    for start, chunk_labels, chunk in _chunks(
+        pred_probs, rows, labels, config.chunk_rows, model, "read"
+    ):
         end = start + len(chunk)
         probs[start:end] = chunk
         candidates[start:end], hit[start:end] = _chunk_stats(chunk_labels, chunk)
@@ -222,39 +264,55 @@ def _exact(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: Confid
     return _Flags(ranked, candidates, hit, full)
 
 
-def _streaming(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig,
-               model: str) -> _Flags:
-    """The flags of `exact`, streamed (stages.method.confident_streaming): chunks and one class at a time."""
+def _streaming(
+    labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig, model: str
+) -> _Flags:
+    """The flags of `exact`, streamed (stages.method.confident_streaming): chunks, one class at a
+    time."""
     candidates = np.empty(len(rows), dtype=np.int32)
     hit = np.empty(len(rows), dtype=bool)
 
     def stats(start: int, chunk_labels: np.ndarray, chunk: np.ndarray) -> None:
-        _check_chunk(chunk, rows[start:start + len(chunk)], model)
-        candidates[start:start + len(chunk)], hit[start:start + len(chunk)] = _chunk_stats(
-            chunk_labels, chunk)
+        _check_chunk(chunk, rows[start : start + len(chunk)], model)
+        candidates[start : start + len(chunk)], hit[start : start + len(chunk)] = _chunk_stats(
+            chunk_labels, chunk
+        )
 
     def find(fractions: Sequence[float]) -> list[np.ndarray]:
-        return find_label_issues_streaming(labels, pred_probs, rows=rows, frac_noise=fractions,
-                                           chunk_rows=config.chunk_rows, on_chunk=stats,
-                                           desc=f"vote {model}")
+        return find_label_issues_streaming(
+            labels,
+            pred_probs,
+            rows=rows,
+            frac_noise=fractions,
+            chunk_rows=config.chunk_rows,
+            on_chunk=stats,
+            desc=f"vote {model}",
+        )
 
     ranked, full = FN_MODES[config.fn_mode](find, config, model)
     return _Flags(ranked, candidates, hit, full)
 
 
-def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig,
-             model: str) -> _Flags:
-    """cleanlab's LabelInspector: thresholds pass, then scores pass; never more than a chunk."""
-    inspector = LabelInspector(num_class=pred_probs.shape[1], verbose=False, n_jobs=1,
-                               quality_score_kwargs={"method": RANK_BY})
-    for _, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model,
-                                          "thresholds"):
+def _batched(
+    labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: ConfidentConfig, model: str
+) -> _Flags:
+    """Cleanlab's LabelInspector: thresholds pass, then scores pass; never more than a chunk."""
+    inspector = LabelInspector(
+        num_class=pred_probs.shape[1],
+        verbose=False,
+        n_jobs=1,
+        quality_score_kwargs={"method": RANK_BY},
+    )
+    for _, chunk_labels, chunk in _chunks(
+        pred_probs, rows, labels, config.chunk_rows, model, "thresholds"
+    ):
         inspector.update_confident_thresholds(chunk_labels, chunk)
     candidates = np.empty(len(rows), dtype=np.int32)
     hit = np.empty(len(rows), dtype=bool)
     correct = np.empty(len(rows), dtype=bool)
-    for start, chunk_labels, chunk in _chunks(pred_probs, rows, labels, config.chunk_rows, model,
-                                              "scores"):
+    for start, chunk_labels, chunk in _chunks(
+        pred_probs, rows, labels, config.chunk_rows, model, "scores"
+    ):
         end = start + len(chunk)
         inspector.score_label_quality(chunk_labels, chunk)
         correct[start:end] = cleanlab_adapter.reduce_issues(chunk, chunk_labels)
@@ -264,8 +322,12 @@ def _batched(labels: np.ndarray, pred_probs: Any, rows: np.ndarray, config: Conf
     ranked = find_top_issues(inspector.get_quality_scores(), top=top).astype(np.int64)
     ranked = ranked[~correct[ranked]]
     if config.fn != 1:
-        logger.info("%s: batched path applies fn=%s as the top fn fraction of %d estimated issues",
-                    model, config.fn, n_issues)
+        logger.info(
+            "%s: batched path applies fn=%s as the top fn fraction of %d estimated issues",
+            model,
+            config.fn,
+            n_issues,
+        )
     return _Flags(ranked, candidates, hit, n_issues if config.fn != 1 else None)
 
 
@@ -274,6 +336,3 @@ CL_STRATEGIES: dict[str, Callable[[np.ndarray, Any, np.ndarray, ConfidentConfig,
     "streaming": _streaming,
     "batched": _batched,
 }
-
-
-

@@ -30,7 +30,7 @@ from stages.contracts.formats import CAMS_SCHEMA
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
 from stages.method import cams
-from stages.method.thresholds import resolve_thresholds
+from stages.method.thresholds import consensus_threshold
 from stages.modelling import distributed
 from stages.modelling.models import architecture, create_model, data_config, eval_transform
 from stages.modelling.specs import ModelSpec, model_specs
@@ -38,6 +38,12 @@ from stages.sources.boxes import box_mask, boxes_to_input, input_geometry
 from stages.sources.images import open_image
 
 logger = logging.getLogger(__name__)
+
+Results = dict[tuple[int, int], cams.Explanation]
+"""(candidate position, model index) -> its explanation."""
+Pngs = dict[tuple[int, int], bytes]
+"""(candidate position, model index) -> its overlay PNG bytes."""
+
 
 @dataclass(frozen=True)
 class CamOptions:
@@ -55,7 +61,10 @@ class CamOptions:
     """
 
     methods: tuple[Literal["gradcam", "gradcam++", "scorecam"], ...] = (
-        "gradcam", "gradcam++", "scorecam")
+        "gradcam",
+        "gradcam++",
+        "scorecam",
+    )
     heat: float = 0.75
     min_area: float = 0.01
     min_methods: int = 2
@@ -68,23 +77,32 @@ class CamOptions:
     processes: int = 1
 
     def __post_init__(self) -> None:
-        require(bool(self.methods) and len(set(self.methods)) == len(self.methods),
-                "explain.methods", f"distinct names from {list(cams.METHODS)}", list(self.methods))
-        require(self.min_methods <= len(self.methods), "explain.min_methods",
-                f"at most the {len(self.methods)} methods configured (else no model could exempt)",
-                self.min_methods)
-        self.rule  # checks heat, min_area, min_methods
+        require(
+            bool(self.methods) and len(set(self.methods)) == len(self.methods),
+            "explain.methods",
+            f"distinct names from {list(cams.METHODS)}",
+            list(self.methods),
+        )
+        require(
+            self.min_methods <= len(self.methods),
+            "explain.min_methods",
+            f"at most the {len(self.methods)} methods configured (else no model could exempt)",
+            self.min_methods,
+        )
+        _ = self.rule  # building the rule checks heat, min_area and min_methods
         for key in ("batch_size", "scorecam_batch_size", "processes"):
             positive(f"explain.{key}", getattr(self, key))
         positive("explain.overlays", self.overlays, minimum=0)
-        object.__setattr__(self, "methods", tuple(sorted(self.methods,
-                                                         key=lambda m: cams.METHODS[m].cost)))
+        object.__setattr__(
+            self, "methods", tuple(sorted(self.methods, key=lambda m: cams.METHODS[m].cost))
+        )
 
     @property
     def rule(self) -> cams.ExemptionRule:
         """The exemption rule: heat, min_area, min_methods."""
-        return cams.ExemptionRule(heat=self.heat, min_area=self.min_area,
-                                  min_methods=self.min_methods)
+        return cams.ExemptionRule(
+            heat=self.heat, min_area=self.min_area, min_methods=self.min_methods
+        )
 
     @classmethod
     def from_params(cls, params: Params) -> CamOptions:
@@ -117,9 +135,13 @@ class ExplainConfig:
         """Raises ConfigError for a bad `explain:` section, split entry or `decide.<split>`."""
         entry = SplitEntry.from_params(params, split)
         specs = tuple(model_specs(params, entry.models(params)))
-        thresholds, _ = resolve_thresholds(params, split)
-        return cls(split, specs, entry.root, thresholds.h3, CamOptions.from_params(params))
-
+        return cls(
+            split,
+            specs,
+            entry.root,
+            consensus_threshold(params, split),
+            CamOptions.from_params(params),
+        )
 
 
 @dataclass(frozen=True)
@@ -134,19 +156,22 @@ class CamModel:
     config: dict[str, Any]
     device: torch.device
 
-    def prepare(self, images: Sequence[Any], boxes: Sequence[Sequence[Sequence[float]]]
-                ) -> tuple[torch.Tensor, list[np.ndarray]]:
+    def prepare(
+        self, images: Sequence[Any], boxes: Sequence[Sequence[Sequence[float]]]
+    ) -> tuple[torch.Tensor, list[np.ndarray]]:
         """RGB PIL images and their boxes -> (B, 3, H, W) inputs on the device and B box masks."""
         inputs = torch.stack([self.transform(image) for image in images]).to(self.device)
-        masks = [box_mask(b, input_geometry(self.transform, *image.size))
-                 for image, b in zip(images, boxes)]
+        masks = [
+            box_mask(b, input_geometry(self.transform, *image.size))
+            for image, b in zip(images, boxes)
+        ]
         return inputs, masks
 
 
-
 @contextlib.contextmanager
-def cam_model(spec: ModelSpec, *, device: torch.device, target_layer: str | None = None
-              ) -> Iterator[CamModel]:
+def cam_model(
+    spec: ModelSpec, *, device: torch.device, target_layer: str | None = None
+) -> Iterator[CamModel]:
     """Load one model for CAMs; on exit drop it and restore cuDNN's settings (deterministic
     kernels are used inside, so the same inputs give the same heatmaps). Exceptions pass through."""
     spec.require_weights()
@@ -156,9 +181,13 @@ def cam_model(spec: ModelSpec, *, device: torch.device, target_layer: str | None
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         model = create_model(spec, device=device).requires_grad_(False)
         config = data_config(model)
-        path, layer = cams.resolve_target_layer(model, architecture=architecture(model),
-                                                name=spec.name, override=target_layer,
-                                                input_size=config["input_size"])
+        path, layer = cams.resolve_target_layer(
+            model,
+            architecture=architecture(model),
+            name=spec.name,
+            override=target_layer,
+            input_size=config["input_size"],
+        )
         logger.info("%s: CAM target layer %s (%s)", spec.name, path, type(layer).__name__)
         yield CamModel(spec.name, model, path, layer, eval_transform(config), config, device)
     finally:
@@ -166,7 +195,6 @@ def cam_model(spec: ModelSpec, *, device: torch.device, target_layer: str | None
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
         if device.type == "cuda":
             torch.cuda.empty_cache()
-
 
 
 def select_candidates(manifest: pd.DataFrame, votes: pd.DataFrame, *, h3: int) -> pd.DataFrame:
@@ -182,75 +210,111 @@ def select_candidates(manifest: pd.DataFrame, votes: pd.DataFrame, *, h3: int) -
     """
     formats.check_votes(votes, manifest)
     has_boxes = manifest["boxes"].map(lambda b: b is not None and len(b) > 0).to_numpy(bool)
-    chosen = (votes["inactive_reason"].isna().to_numpy() & has_boxes
-              & (votes["top5_misses"].fillna(0).to_numpy() >= h3) & votes["label"].notna().to_numpy())
+    chosen = (
+        votes["inactive_reason"].isna().to_numpy()
+        & has_boxes
+        & (votes["top5_misses"].fillna(0).to_numpy() >= h3)
+        & votes["label"].notna().to_numpy()
+    )
     picked = manifest.loc[chosen]
     labels = votes.loc[chosen, "label"].astype("int64")
     if ((labels < 0) | (labels >= formats.NUM_CLASSES)).any():
         raise ValueError(f"votes hold labels outside 0..{formats.NUM_CLASSES - 1}")
-    return pd.DataFrame({
-        "image_id": picked["image_id"].to_numpy(),
-        "path": picked["path"].to_numpy(),
-        "label": labels.to_numpy(),
-        "boxes": [[[int(v) for v in box] for box in boxes] for boxes in picked["boxes"]],
-        "models": [list(m) for m in votes.loc[chosen, "top5_hit_models"]],
-    })
-
+    return pd.DataFrame(
+        {
+            "image_id": picked["image_id"].to_numpy(),
+            "path": picked["path"].to_numpy(),
+            "label": labels.to_numpy(),
+            "boxes": [[[int(v) for v in box] for box in boxes] for boxes in picked["boxes"]],
+            "models": [list(m) for m in votes.loc[chosen, "top5_hit_models"]],
+        }
+    )
 
 
 def _pairs_by_model(candidates: pd.DataFrame, names: Sequence[str]) -> dict[str, list[int]]:
-    """model -> candidate positions it explains (those whose top-5 hit it)."""
+    """Model -> candidate positions it explains (those whose top-5 hit it)."""
     unknown = sorted({m for models in candidates["models"] for m in models} - set(names))
     if unknown:
-        raise ValueError(f"votes name models {unknown} that are not in predict.models {list(names)}; "
-                         "re-run `imagenet-clean vote` after changing the ensemble")
-    return {name: [i for i, models in enumerate(candidates["models"]) if name in models]
-            for name in names}
+        raise ValueError(
+            f"votes name models {unknown} that are not in predict.models {list(names)}; "
+            "re-run `imagenet-clean vote` after changing the ensemble"
+        )
+    return {
+        name: [i for i, models in enumerate(candidates["models"]) if name in models]
+        for name in names
+    }
 
 
-
-def _overlay(cm: CamModel, inputs: torch.Tensor, b: int, boxes: list[list[int]],
-             result: cams.Explanation, size: tuple[int, int]) -> Image.Image:
+def _overlay(
+    cm: CamModel,
+    inputs: torch.Tensor,
+    b: int,
+    boxes: list[list[int]],
+    result: cams.Explanation,
+    size: tuple[int, int],
+) -> Image.Image:
     """Input crop, then one heatmap overlay per computed method; the boxes outlined in each."""
     mean = torch.tensor(cm.config["mean"]).view(3, 1, 1)
     std = torch.tensor(cm.config["std"]).view(3, 1, 1)
     rgb = (inputs[b].detach().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     panels = [(rgb * 255).round().astype(np.uint8)]
-    panels += [show_cam_on_image(rgb.astype(np.float32), heat_map, use_rgb=True)
-               for heat_map in result.heatmaps.values()]
+    panels += [
+        show_cam_on_image(rgb.astype(np.float32), heat_map, use_rgb=True)
+        for heat_map in result.heatmaps.values()
+    ]
     canvas = Image.fromarray(np.concatenate(panels, axis=1))
     draw = ImageDraw.Draw(canvas)
     geom = input_geometry(cm.transform, *size)
-    names = ["input"] + [f"{m} {result.scores[cams.METHODS[m].column]:.3f}" for m in result.heatmaps]
+    names = ["input"] + [
+        f"{m} {result.scores[cams.METHODS[m].column]:.3f}" for m in result.heatmaps
+    ]
     for k, name in enumerate(names):
         offset = k * geom.width
         for x0, y0, x1, y1 in boxes_to_input(boxes, geom):
-            draw.rectangle([offset + float(x0), float(y0), offset + float(x1) - 1, float(y1) - 1],
-                           outline=(255, 255, 255))
+            draw.rectangle(
+                [offset + float(x0), float(y0), offset + float(x1) - 1, float(y1) - 1],
+                outline=(255, 255, 255),
+            )
         draw.text((offset + 2, 2), name, fill=(255, 255, 255))
     return canvas
 
 
-
-def _explain_model(cm: CamModel, m_idx: int, candidates: pd.DataFrame, positions: list[int],
-                   root: str | Path, config: CamOptions, overlays: dict[tuple[int, int], Path],
-                   stats: cams.CamStats | None
-                   ) -> tuple[dict[tuple[int, int], cams.Explanation], dict[tuple[int, int], bytes]]:
+def _explain_model(
+    cm: CamModel,
+    m_idx: int,
+    candidates: pd.DataFrame,
+    positions: list[int],
+    root: str | Path,
+    config: CamOptions,
+    overlays: dict[tuple[int, int], Path],
+    stats: cams.CamStats | None,
+) -> tuple[Results, Pngs]:
     """Explain one model's candidates in batches -> ({(candidate position, model index): result},
     {(position, model index): overlay PNG bytes} for the pairs in `overlays`)."""
-    results: dict[tuple[int, int], cams.Explanation] = {}
-    pngs: dict[tuple[int, int], bytes] = {}
-    with tqdm(total=len(positions), desc=f"explain {cm.name}", unit="img", dynamic_ncols=True) as bar:
+    results: Results = {}
+    pngs: Pngs = {}
+    with tqdm(
+        total=len(positions), desc=f"explain {cm.name}", unit="img", dynamic_ncols=True
+    ) as bar:
         for start in range(0, len(positions), config.batch_size):
-            batch = positions[start:start + config.batch_size]
-            images = [open_image(root, candidates.at[pos, "path"]) for pos in batch]
-            boxes = [candidates.at[pos, "boxes"] for pos in batch]
+            batch = positions[start : start + config.batch_size]
+            images = [open_image(root, str(candidates["path"][pos])) for pos in batch]
+            boxes: list[list[list[int]]] = [candidates["boxes"][pos] for pos in batch]
             inputs, masks = cm.prepare(images, boxes)
             keep = any((pos, m_idx) in overlays for pos in batch)
             explained = cams.explain_batch(
-                cm.model, cm.layer, inputs, masks, [int(candidates.at[p, "label"]) for p in batch],
-                methods=config.methods, rule=config.rule, exhaustive=config.exhaustive,
-                keep_heatmaps=keep, scorecam_batch_size=config.scorecam_batch_size, stats=stats)
+                cm.model,
+                cm.layer,
+                inputs,
+                masks,
+                [int(candidates["label"][p]) for p in batch],
+                methods=config.methods,
+                rule=config.rule,
+                exhaustive=config.exhaustive,
+                keep_heatmaps=keep,
+                scorecam_batch_size=config.scorecam_batch_size,
+                stats=stats,
+            )
             for b, (pos, result) in enumerate(zip(batch, explained)):
                 if (pos, m_idx) in overlays:
                     buffer = io.BytesIO()
@@ -262,20 +326,19 @@ def _explain_model(cm: CamModel, m_idx: int, candidates: pd.DataFrame, positions
     return results, pngs
 
 
-
 def _rank_positions(positions: list[int], batch_size: int, ctx: distributed.Context) -> list[int]:
     """This rank's share of a model's candidates, whole batches at a time, so every batch holds the
     candidates it holds in one process (CAM arithmetic can depend on the batch it runs in)."""
-    batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
+    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
     return [pos for batch in ctx.share(batches) for pos in batch]
 
 
-
-def _merge(parts: list[tuple[dict, dict, cams.CamStats]], stats: cams.CamStats | None
-           ) -> tuple[dict[tuple[int, int], cams.Explanation], dict[tuple[int, int], bytes]]:
+def _merge(
+    parts: list[tuple[Results, Pngs, cams.CamStats]], stats: cams.CamStats | None
+) -> tuple[Results, Pngs]:
     """Every rank's (results, overlay PNGs, work done) -> one results dict and one PNG dict."""
-    results: dict[tuple[int, int], cams.Explanation] = {}
-    pngs: dict[tuple[int, int], bytes] = {}
+    results: Results = {}
+    pngs: Pngs = {}
     for part_results, part_pngs, part_stats in parts:
         results.update(part_results)
         pngs.update(part_pngs)
@@ -286,10 +349,15 @@ def _merge(parts: list[tuple[dict, dict, cams.CamStats]], stats: cams.CamStats |
     return results, pngs
 
 
-
-def explain_candidates(candidates: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *,
-                       config: CamOptions = CamOptions(), overlay_dir: Path | None = None,
-                       stats: cams.CamStats | None = None) -> pa.Table:
+def explain_candidates(
+    candidates: pd.DataFrame,
+    root: str | Path,
+    specs: Sequence[ModelSpec],
+    *,
+    config: CamOptions = CamOptions(),
+    overlay_dir: Path | None = None,
+    stats: cams.CamStats | None = None,
+) -> pa.Table:
     """CAM scores for each (candidate, model whose top-5 holds its label), streaming model by model.
 
     Under torchrun each rank explains a share of each model's batches of candidates; every rank
@@ -306,19 +374,26 @@ def explain_candidates(candidates: pd.DataFrame, root: str | Path, specs: Sequen
     names = [spec.name for spec in specs]
     by_model = _pairs_by_model(candidates, names)
     order = sorted((pos, m_idx) for m_idx, name in enumerate(names) for pos in by_model[name])
-    overlays = {} if overlay_dir is None else {
-        (pos, m): Path(overlay_dir) / f"{candidates.at[pos, 'image_id']}__{names[m]}.png"
-        for pos, m in order[:config.overlays]}
+    overlays = (
+        {}
+        if overlay_dir is None
+        else {
+            (pos, m): Path(overlay_dir) / f"{candidates['image_id'][pos]}__{names[m]}.png"
+            for pos, m in order[: config.overlays]
+        }
+    )
     ctx = distributed.context()
     device = distributed.device_for(config.device, ctx)
-    own: tuple[dict, dict, cams.CamStats] = ({}, {}, cams.CamStats())
+    own: tuple[Results, Pngs, cams.CamStats] = ({}, {}, cams.CamStats())
     for m_idx, spec in enumerate(specs):
         positions = _rank_positions(by_model[spec.name], config.batch_size, ctx)
         if positions:
-            with cam_model(spec, device=device,
-                           target_layer=config.target_layers.get(spec.name)) as cm:
-                done, pngs = _explain_model(cm, m_idx, candidates, positions, root, config,
-                                            overlays, own[2])
+            with cam_model(
+                spec, device=device, target_layer=config.target_layers.get(spec.name)
+            ) as cm:
+                done, pngs = _explain_model(
+                    cm, m_idx, candidates, positions, root, config, overlays, own[2]
+                )
                 own[0].update(done)
                 own[1].update(pngs)
     results, pngs = _merge(distributed.gather(own, ctx), stats)
@@ -327,14 +402,19 @@ def explain_candidates(candidates: pd.DataFrame, root: str | Path, specs: Sequen
             with formats.atomic_path(overlays[key]) as tmp:
                 tmp.write_bytes(data)
     rows = [results[key] for key in order]
-    return pa.table({
-        "image_id": [candidates.at[pos, "image_id"] for pos, _ in order],
-        "model": [names[m] for _, m in order],
-        **{column: [r.scores[column] for r in rows] for column in ("gradcam", "gradcampp", "scorecam")},
-        "methods_passed": [r.methods_passed for r in rows],
-        "exempted": [r.exempted for r in rows],
-    }, schema=CAMS_SCHEMA)
-
+    return pa.table(
+        {
+            "image_id": [candidates.at[pos, "image_id"] for pos, _ in order],
+            "model": [names[m] for _, m in order],
+            **{
+                column: [r.scores[column] for r in rows]
+                for column in ("gradcam", "gradcampp", "scorecam")
+            },
+            "methods_passed": [r.methods_passed for r in rows],
+            "exempted": [r.exempted for r in rows],
+        },
+        schema=CAMS_SCHEMA,
+    )
 
 
 def overlays_dir(split: str) -> Path:

@@ -24,6 +24,7 @@ from stages.method.thresholds import Thresholds, resolve_thresholds
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class DecideConfig:
     """Everything decide reads for one split, resolved."""
@@ -45,10 +46,13 @@ class DecideConfig:
         """
         thresholds, own = resolve_thresholds(params, split)
         shared = section(params, "decide")
-        return cls(own.strategy, thresholds,
-                   from_section(ConsensusConfig, shared.get("consensus"), where="decide.consensus"),
-                   from_section(MergesConfig, shared.get("merges"), where="decide.merges"),
-                   SplitEntry.from_params(params, split).overrides)
+        return cls(
+            own.strategy,
+            thresholds,
+            from_section(ConsensusConfig, shared.get("consensus"), where="decide.consensus"),
+            from_section(MergesConfig, shared.get("merges"), where="decide.merges"),
+            SplitEntry.from_params(params, split).overrides,
+        )
 
 
 def count_exemptions(cams: pd.DataFrame | None) -> dict[str, int]:
@@ -67,8 +71,10 @@ def _check_votes(votes: pd.DataFrame, manifest: pd.DataFrame, t: Thresholds) -> 
     active = votes["inactive_reason"].isna()
     stale = sorted(set(votes.loc[active, "n_models"].dropna().astype(int)) - {t.n_models})
     if stale:
-        raise InputError(f"votes were computed with {stale} models but the split lists "
-                         f"{t.n_models}; re-run `dvc repro vote`")
+        raise InputError(
+            f"votes were computed with {stale} models but the split lists "
+            f"{t.n_models}; re-run `dvc repro vote`"
+        )
     if votes.loc[active, "label"].isna().any():
         raise InputError("votes table has active rows without a label; re-run `dvc repro vote`")
     if (votes["top5_misses"].fillna(0) > t.n_models).any():
@@ -85,10 +91,10 @@ def _lists(column: pd.Series, rows: np.ndarray) -> np.ndarray:
 
 def _matrix(column: pd.Series, rows: np.ndarray, width: int, dtype: type) -> np.ndarray:
     """(A, width) from a list column (rows without the list get zeros)."""
-    out = np.zeros((len(rows), width), dtype=dtype)
+    out: np.ndarray = np.zeros((len(rows), width), dtype=dtype)
     for k, value in enumerate(column.to_numpy(dtype=object)[rows]):
         if value is not None and len(value):
-            out[k, :len(value)] = value
+            out[k, : len(value)] = value
     return out
 
 
@@ -102,11 +108,17 @@ def evidence_rows(votes: pd.DataFrame, rows: np.ndarray, exemptions: np.ndarray)
         ensemble_top=_matrix(votes["ensemble_top"], rows, 5, np.int64),
         ensemble_probs=_matrix(votes["ensemble_probs"], rows, 5, np.float64),
         label_prob=votes["label_prob"].to_numpy(dtype=np.float64, na_value=np.nan)[rows],
-        model_top1=_lists(votes["model_top1"], rows))
+        model_top1=_lists(votes["model_top1"], rows),
+    )
 
 
-def apply_rules(votes: pd.DataFrame, manifest: pd.DataFrame, *, config: DecideConfig,
-                exemptions: dict[str, int] | None = None) -> pd.DataFrame:
+def apply_rules(
+    votes: pd.DataFrame,
+    manifest: pd.DataFrame,
+    *,
+    config: DecideConfig,
+    exemptions: dict[str, int] | None = None,
+) -> pd.DataFrame:
     """The strategy's decisions, before merges and overrides.
 
     Args:
@@ -124,37 +136,61 @@ def apply_rules(votes: pd.DataFrame, manifest: pd.DataFrame, *, config: DecideCo
     skip = manifest["skip_reason"].notna().to_numpy()
     inactive = votes["inactive_reason"].notna().to_numpy() & ~skip
     labels = votes["label"].to_numpy(dtype=np.float64, na_value=np.nan)
-    action = np.where(skip, Action.SKIP, np.where(inactive, Action.REMOVE, Action.KEEP)).astype(object)
-    reason = np.where(skip, "skip: " + manifest["skip_reason"].fillna("").astype(str),
-                      np.where(inactive, votes["inactive_reason"].fillna("").astype(str), Action.KEEP.value)
-                      ).astype(object)
+    action = np.where(skip, Action.SKIP, np.where(inactive, Action.REMOVE, Action.KEEP)).astype(
+        object
+    )
+    reason = np.where(
+        skip,
+        "skip: " + manifest["skip_reason"].fillna("").astype(str),
+        np.where(inactive, votes["inactive_reason"].fillna("").astype(str), Action.KEEP.value),
+    ).astype(object)
     new_label = np.where(skip | inactive, np.nan, labels)
     exempted = np.zeros(n, dtype=bool)
     secondary: list[list[int]] = [[] for _ in range(n)]
     active = np.flatnonzero(~skip & ~inactive)
-    decided = STRATEGIES[config.strategy](evidence_rows(votes, active, n_exempt),
-                                          thresholds=config.thresholds, consensus=config.consensus)
-    action[active], reason[active], exempted[active] = decided.action, decided.reason, decided.exempted
+    decided = STRATEGIES[config.strategy](
+        evidence_rows(votes, active, n_exempt),
+        thresholds=config.thresholds,
+        consensus=config.consensus,
+    )
+    action[active], reason[active], exempted[active] = (
+        decided.action,
+        decided.reason,
+        decided.exempted,
+    )
     new_label[active] = np.where(decided.new_label < 0, np.nan, decided.new_label)
     for k, i in enumerate(active):
         secondary[i] = decided.secondary[k]
-    return pd.DataFrame({
-        "image_id": votes["image_id"].to_numpy(), "label": formats.nullable_ints(labels), "action": action,
-        "new_label": formats.nullable_ints(new_label), "cl_candidates": _lists(votes["cl_candidates"], np.arange(n)),
-        "top5_misses": votes["top5_misses"].fillna(0).to_numpy(dtype=np.int32), "exempted": exempted,
-        "reason": reason, "secondary_labels": secondary,
-        "original_label": votes["original_label"].astype("Int32").to_numpy(),
-        "iteration": votes["iteration"].astype("int32").to_numpy(), "merged": False,
-        "override": False, "exemptions": n_exempt})
+    return pd.DataFrame(
+        {
+            "image_id": votes["image_id"].to_numpy(),
+            "label": formats.nullable_ints(labels),
+            "action": action,
+            "new_label": formats.nullable_ints(new_label),
+            "cl_candidates": _lists(votes["cl_candidates"], np.arange(n)),
+            "top5_misses": votes["top5_misses"].fillna(0).to_numpy(dtype=np.int32),
+            "exempted": exempted,
+            "reason": reason,
+            "secondary_labels": secondary,
+            "original_label": votes["original_label"].astype("Int32").to_numpy(),
+            "iteration": votes["iteration"].astype("int32").to_numpy(),
+            "merged": False,
+            "override": False,
+            "exemptions": n_exempt,
+        }
+    )
 
 
-def build_clean(ledger: pd.DataFrame, manifest: pd.DataFrame, *,
-                placeholder_classes: Iterable[int] = ()) -> pd.DataFrame:
+def build_clean(
+    ledger: pd.DataFrame, manifest: pd.DataFrame, *, placeholder_classes: Iterable[int] = ()
+) -> pd.DataFrame:
     """The cleaned split: kept and fixed rows (manifest order), then one placeholder row for each
     class of `placeholder_classes` that no kept or fixed row carries (class index order)."""
     wnids = formats.class_wnids()
     kept = ledger["action"].isin(KEPT).to_numpy()
-    rows = manifest.loc[kept, ["image_id", "path", "boxes", "width", "height"]].reset_index(drop=True)
+    rows = manifest.loc[kept, ["image_id", "path", "boxes", "width", "height"]].reset_index(
+        drop=True
+    )
     part = ledger.loc[kept].reset_index(drop=True)
     rows["label"] = part["new_label"].astype("Int32")
     rows["original_label"] = part["original_label"].astype("Int32")
@@ -163,14 +199,25 @@ def build_clean(ledger: pd.DataFrame, manifest: pd.DataFrame, *,
     rows["action"], rows["placeholder"], rows["merged"] = part["action"], False, part["merged"]
     rows["iteration"] = part["iteration"]
     iteration = int(ledger["iteration"].iloc[0]) if len(ledger) else 0
-    present = set(int(c) for c in rows["label"])
-    empty = sorted(set(int(c) for c in placeholder_classes) - present)
-    holders = pd.DataFrame({
-        "image_id": [f"placeholder_{wnids[c]}" for c in empty], "path": None, "label": empty,
-        "original_label": pd.array([pd.NA] * len(empty), dtype="Int32"),
-        "secondary_labels": [[] for _ in empty], "wnid": [wnids[c] for c in empty], "action": "placeholder", "placeholder": True,
-        "merged": False, "boxes": [[] for _ in empty], "width": formats.PLACEHOLDER_SIZE,
-        "height": formats.PLACEHOLDER_SIZE, "iteration": iteration})
+    present = {int(c) for c in rows["label"]}
+    empty = sorted({int(c) for c in placeholder_classes} - present)
+    holders = pd.DataFrame(
+        {
+            "image_id": [f"placeholder_{wnids[c]}" for c in empty],
+            "path": None,
+            "label": empty,
+            "original_label": pd.array([pd.NA] * len(empty), dtype="Int32"),
+            "secondary_labels": [[] for _ in empty],
+            "wnid": [wnids[c] for c in empty],
+            "action": "placeholder",
+            "placeholder": True,
+            "merged": False,
+            "boxes": [[] for _ in empty],
+            "width": formats.PLACEHOLDER_SIZE,
+            "height": formats.PLACEHOLDER_SIZE,
+            "iteration": iteration,
+        }
+    )
     frames = [f for f in (rows, holders) if len(f)]
     clean = pd.concat(frames, ignore_index=True) if frames else rows
     return clean.reindex(columns=formats.CLEAN_SCHEMA.names)
@@ -180,15 +227,23 @@ def reconcile(ledger: pd.DataFrame, manifest: pd.DataFrame) -> dict[str, int]:
     """Counts per action; raises when keep + fix + remove + skip != manifest rows."""
     counts = {str(a): int((ledger["action"] == a).sum()) for a in ACTIONS}
     if sum(counts.values()) != len(manifest) or len(ledger) != len(manifest):
-        raise ValueError(f"ledger does not reconcile: {counts} over {len(ledger)} rows, manifest has "
-                         f"{len(manifest)} rows; this is a bug in decide, please report it")
+        raise ValueError(
+            f"ledger does not reconcile: {counts} over {len(ledger)} rows, manifest has "
+            f"{len(manifest)} rows; this is a bug in decide, please report it"
+        )
     return counts
 
 
-def decide_split(votes: pd.DataFrame, manifest: pd.DataFrame, *, config: DecideConfig,
-                 cams: pd.DataFrame | None = None, merges: dict[int, int] | None = None,
-                 overrides: pd.DataFrame | None = None, overrides_source: str = "overrides"
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def decide_split(
+    votes: pd.DataFrame,
+    manifest: pd.DataFrame,
+    *,
+    config: DecideConfig,
+    cams: pd.DataFrame | None = None,
+    merges: dict[int, int] | None = None,
+    overrides: pd.DataFrame | None = None,
+    overrides_source: str = "overrides",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Strategy, then merges, then overrides, then placeholders -> (ledger, cleaned split)."""
     ledger = apply_rules(votes, manifest, config=config, exemptions=count_exemptions(cams))
     ledger = apply_merges(ledger, merges or {})

@@ -13,6 +13,7 @@ from stages.contracts import formats
 from stages.contracts.actions import KEPT
 from stages.contracts.errors import InputError, MissingInputError
 
+
 @dataclass(frozen=True)
 class MergesConfig:
     """params.yaml `decide.merges`."""
@@ -21,16 +22,19 @@ class MergesConfig:
     table: str = "data/table_a1_merges.csv"
 
 
-
 def load_merges(path: str | Path) -> dict[int, int]:
     """Table A.1 (source_wnid,...,target_wnid,...) -> {source class index: target class index}."""
     if not Path(path).is_file():
-        raise MissingInputError(f"merge table {path} not found; fix decide.merges.table or set "
-                                "decide.merges.enabled: false")
+        raise MissingInputError(
+            f"merge table {path} not found; fix decide.merges.table or set "
+            "decide.merges.enabled: false"
+        )
     table = pd.read_csv(path, dtype=str)
     missing = {"source_wnid", "target_wnid"} - set(table.columns)
     if missing:
-        raise InputError(f"{path}: needs columns source_wnid and target_wnid, lacks {sorted(missing)}")
+        raise InputError(
+            f"{path}: needs columns source_wnid and target_wnid, lacks {sorted(missing)}"
+        )
     index = formats.wnid_index()
     merges: dict[int, int] = {}
     for line, (source, target) in enumerate(zip(table["source_wnid"], table["target_wnid"]), 2):
@@ -43,10 +47,11 @@ def load_merges(path: str | Path) -> dict[int, int]:
     chained = sorted(set(merges.values()) & set(merges))
     if chained:
         wnids = formats.class_wnids()
-        raise InputError(f"{path}: {[wnids[c] for c in chained]} are both a source and a target; "
-                         "merge straight to the final class")
+        raise InputError(
+            f"{path}: {[wnids[c] for c in chained]} are both a source and a target; "
+            "merge straight to the final class"
+        )
     return merges
-
 
 
 def apply_merges(ledger: pd.DataFrame, merges: dict[int, int]) -> pd.DataFrame:
@@ -63,10 +68,19 @@ def apply_merges(ledger: pd.DataFrame, merges: dict[int, int]) -> pd.DataFrame:
         source = int(new_label[i])
         target = merges[source]
         new_label[i], merged[i] = target, True
-        reason[i] += (f"; merged {wnids[source]} {names[source].split(',')[0]} -> "
-                      f"{wnids[target]} {names[target].split(',')[0]}")
-    secondary = [sorted({merges.get(int(c), int(c)) for c in extra} - {int(new_label[i])})
-                 if len(extra) else [] for i, extra in enumerate(ledger["secondary_labels"])]
-    return ledger.assign(new_label=formats.nullable_ints(new_label), merged=merged, reason=reason,
-                         secondary_labels=secondary)
-
+        reason[i] += (
+            f"; merged {wnids[source]} {names[source].split(',')[0]} -> "
+            f"{wnids[target]} {names[target].split(',')[0]}"
+        )
+    secondary = [
+        sorted({merges.get(int(c), int(c)) for c in extra} - {int(new_label[i])})
+        if len(extra)
+        else []
+        for i, extra in enumerate(ledger["secondary_labels"])
+    ]
+    return ledger.assign(
+        new_label=formats.nullable_ints(new_label),
+        merged=merged,
+        reason=reason,
+        secondary_labels=pd.Series(secondary, index=ledger.index, dtype=object),
+    )

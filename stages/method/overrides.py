@@ -1,4 +1,5 @@
-"""Human overrides of a split's decisions: `splits.<split>.overrides`, a CSV that `decide` applies last.
+"""Human overrides of a split's decisions: `splits.<split>.overrides`, a CSV that `decide` applies
+last.
 
 Columns `image_id,action,new_label,note`. Actions: `keep` (the label the image had before this
 iteration: rejects a fix or removal), `fix` (new_label = class index 0..999 or wnid), `remove`,
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Hashable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,8 +52,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if list(reader.fieldnames or []) != list(OVERRIDE_COLUMNS):
-            raise InputError(f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
-                             f"{','.join(reader.fieldnames or [])}; fix the file first")
+            raise InputError(
+                f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
+                f"{','.join(reader.fieldnames or [])}; fix the file first"
+            )
         return [{c: (row.get(c) or "") for c in OVERRIDE_COLUMNS} for row in reader]
 
 
@@ -73,13 +77,19 @@ def load_overrides(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingInputError(f"overrides file {path} not found; create it with the header "
-                                f"{','.join(OVERRIDE_COLUMNS)} (no rows = no overrides)")
+        raise MissingInputError(
+            f"overrides file {path} not found; create it with the header "
+            f"{','.join(OVERRIDE_COLUMNS)} (no rows = no overrides)"
+        )
     return pd.DataFrame(read_rows(path), columns=list(OVERRIDE_COLUMNS))
 
 
-def _override_error(row: dict[str, Any], position: int | None, action_now: np.ndarray,
-                    label_now: np.ndarray) -> str | None:
+def _override_error(
+    row: Mapping[Hashable, Any],
+    position: int | None,
+    action_now: np.ndarray,
+    label_now: np.ndarray,
+) -> str | None:
     """Why an override row cannot apply (with the fix), or None."""
     action, new_label = row["action"].strip(), row["new_label"].strip()
     if position is None:
@@ -90,8 +100,11 @@ def _override_error(row: dict[str, Any], position: int | None, action_now: np.nd
         return "action fix needs a new_label (class index 0..999 or wnid); add it"
     if action in (OverrideAction.KEEP, OverrideAction.REMOVE) and new_label:
         return "new_label is only read for actions fix and secondary; clear it or use fix"
-    if action in (OverrideAction.FIX, OverrideAction.SECONDARY) and new_label \
-            and formats.parse_class(new_label) is None:
+    if (
+        action in (OverrideAction.FIX, OverrideAction.SECONDARY)
+        and new_label
+        and formats.parse_class(new_label) is None
+    ):
         return f"new_label {new_label!r} is not a class index 0..999 or an ILSVRC2012 wnid"
     if action_now[position] == Action.SKIP:
         return "the image is unreadable (a skip row); overrides cannot apply to it; drop the row"
@@ -100,8 +113,9 @@ def _override_error(row: dict[str, Any], position: int | None, action_now: np.nd
     return None
 
 
-def apply_overrides(ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: str = "overrides"
-                    ) -> pd.DataFrame:
+def apply_overrides(
+    ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: str = "overrides"
+) -> pd.DataFrame:
     """Human overrides win over every rule and merge; `override` = true, reason "override: <note>".
     keep/fix/remove rows set the decision (one per image); `secondary` rows set the image's
     secondary labels to exactly their classes (an empty new_label: none).
@@ -127,12 +141,18 @@ def apply_overrides(ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: st
             raise InputError(f"{source} line {line} (image_id {image_id!r}): {problem}")
         i = positions[image_id]
         if action == OverrideAction.SECONDARY:
-            secondary.setdefault(i, []).append((line, formats.parse_class(row["new_label"])
-                                                if row["new_label"].strip() else None))
+            secondary.setdefault(i, []).append(
+                (line, formats.parse_class(row["new_label"]) if row["new_label"].strip() else None)
+            )
             continue
         decided.add(image_id)
-        new_label[i] = (formats.parse_class(row["new_label"]) if action == OverrideAction.FIX
-                        else label[i] if action == OverrideAction.KEEP else np.nan)
+        new_label[i] = (
+            formats.parse_class(row["new_label"])
+            if action == OverrideAction.FIX
+            else label[i]
+            if action == OverrideAction.KEEP
+            else np.nan
+        )
         if action == OverrideAction.FIX and new_label[i] == label[i]:
             action = Action.KEEP.value  # an override "fix" to the current label (a later iteration)
         cols["action"][i], merged[i], override[i] = action, False, True
@@ -142,28 +162,43 @@ def apply_overrides(ledger: pd.DataFrame, overrides: pd.DataFrame, *, source: st
         override[i] = True
         if ledger["image_id"].iloc[i] not in decided:
             cols["reason"][i] += "; secondary labels set by override"
-    return ledger.assign(action=cols["action"], reason=cols["reason"], new_label=formats.nullable_ints(new_label),
-                         merged=merged, override=ledger["override"].to_numpy(bool) | override,
-                         secondary_labels=extra)
+    return ledger.assign(
+        action=cols["action"],
+        reason=cols["reason"],
+        new_label=formats.nullable_ints(new_label),
+        merged=merged,
+        override=ledger["override"].to_numpy(bool) | override,
+        secondary_labels=pd.Series(extra, index=ledger.index, dtype=object),
+    )
 
 
-def _override_secondary(ledger: pd.DataFrame, secondary: dict[int, list[tuple[int, int | None]]],
-                        action: np.ndarray, new_label: np.ndarray, source: str) -> list[list[int]]:
+def _override_secondary(
+    ledger: pd.DataFrame,
+    secondary: dict[int, list[tuple[int, int | None]]],
+    action: np.ndarray,
+    new_label: np.ndarray,
+    source: str,
+) -> list[list[int]]:
     """The secondary labels after `secondary` override rows (grouped by row position)."""
     out = [list(v) for v in ledger["secondary_labels"]]
     for i, entries in secondary.items():
         line = entries[0][0]
         where = f"{source} line {line} (image_id {ledger['image_id'].iloc[i]!r})"
         if action[i] not in KEPT:
-            raise InputError(f"{where}: secondary labels only apply to kept or fixed images, this "
-                             f"one is {action[i]}; drop the secondary rows or keep the image")
+            raise InputError(
+                f"{where}: secondary labels only apply to kept or fixed images, this "
+                f"one is {action[i]}; drop the secondary rows or keep the image"
+            )
         classes = [c for _, c in entries if c is not None]
         if len(set(classes)) != len(classes) or (classes and len(classes) != len(entries)):
-            raise InputError(f"{where}: repeated or mixed (empty and non-empty) secondary rows; "
-                             "list each secondary class once, or one empty row for none")
+            raise InputError(
+                f"{where}: repeated or mixed (empty and non-empty) secondary rows; "
+                "list each secondary class once, or one empty row for none"
+            )
         if int(new_label[i]) in classes:
-            raise InputError(f"{where}: class {formats.class_label(int(new_label[i]))} is the "
-                             "image's label, not a secondary label; drop that row")
+            raise InputError(
+                f"{where}: class {formats.class_label(int(new_label[i]))} is the "
+                "image's label, not a secondary label; drop that row"
+            )
         out[i] = sorted(classes)
     return out
-

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,11 +42,14 @@ def reference_file(params: Params, split: str) -> Path | None:
     files = section.get("reference_labels")
     if files is None:
         return None
-    if not isinstance(files, Mapping) or not all(isinstance(v, str) or v is None
-                                                 for v in files.values()):
-        raise ConfigError("params.yaml `evaluate.reference_labels` must map split names to "
-                          f"reference files in `evaluate.references` (or be null), got {files!r}; "
-                          "e.g. {val: real.json}")
+    if not isinstance(files, Mapping) or not all(
+        isinstance(v, str) or v is None for v in files.values()
+    ):
+        raise ConfigError(
+            "params.yaml `evaluate.reference_labels` must map split names to "
+            f"reference files in `evaluate.references` (or be null), got {files!r}; "
+            "e.g. {val: real.json}"
+        )
     name = files.get(split)
     return Path(section.get("references") or ".") / name if name else None
 
@@ -56,11 +60,14 @@ def _real_id(index: int) -> str:
 
 def _classes(value: Any, path: Path, where: str) -> frozenset[int]:
     if not isinstance(value, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < formats.NUM_CLASSES
-            for c in value):
-        raise InputError(f"{path}: {where} must be a list of class indices 0..999, got "
-                         f"{str(value)[:80]}; fix the file (ImageNet-ReaL real.json or "
-                         "{image_id: [classes]})")
+        isinstance(c, int) and not isinstance(c, bool) and 0 <= c < formats.NUM_CLASSES
+        for c in value
+    ):
+        raise InputError(
+            f"{path}: {where} must be a list of class indices 0..999, got "
+            f"{str(value)[:80]}; fix the file (ImageNet-ReaL real.json or "
+            "{image_id: [classes]})"
+        )
     return frozenset(value)
 
 
@@ -74,28 +81,38 @@ def load_reference(path: str | Path) -> dict[str, frozenset[int]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingInputError(f"reference labels {path} not found; fix evaluate.references / "
-                                "evaluate.reference_labels or set reference_labels to null")
+        raise MissingInputError(
+            f"reference labels {path} not found; fix evaluate.references / "
+            "evaluate.reference_labels or set reference_labels to null"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a JSON file ({error}); expected ImageNet-ReaL real.json "
-                         "or a mapping {image_id: [classes]}") from None
+        raise InputError(
+            f"{path}: not a JSON file ({error}); expected ImageNet-ReaL real.json "
+            "or a mapping {image_id: [classes]}"
+        ) from None
     if isinstance(data, list):
         if len(data) != REAL_ROWS:
-            raise InputError(f"{path}: a ReaL real.json list has {REAL_ROWS} entries (one per "
-                             f"ILSVRC2012 val image), this one has {len(data)}; use the published "
-                             "file or a mapping {image_id: [classes]}")
-        return {_real_id(i): _classes(v, path, f"entry {i} ({_real_id(i)})")
-                for i, v in enumerate(data)}
+            raise InputError(
+                f"{path}: a ReaL real.json list has {REAL_ROWS} entries (one per "
+                f"ILSVRC2012 val image), this one has {len(data)}; use the published "
+                "file or a mapping {image_id: [classes]}"
+            )
+        return {
+            _real_id(i): _classes(v, path, f"entry {i} ({_real_id(i)})") for i, v in enumerate(data)
+        }
     if isinstance(data, dict):
         return {str(k): _classes(v, path, f"entry {k!r}") for k, v in data.items()}
-    raise InputError(f"{path}: expected a JSON list (ReaL real.json) or a mapping {{image_id: "
-                     f"[classes]}}, got a {type(data).__name__}")
+    raise InputError(
+        f"{path}: expected a JSON list (ReaL real.json) or a mapping {{image_id: "
+        f"[classes]}}, got a {type(data).__name__}"
+    )
 
 
-def align(reference: Mapping[str, frozenset[int]], image_ids: pd.Series, *, source: str
-          ) -> list[frozenset[int] | None]:
+def align(
+    reference: Mapping[str, frozenset[int]], image_ids: pd.Series, *, source: str
+) -> list[frozenset[int] | None]:
     """Per row: the accepted classes, or None where the reference has no entry.
 
     Raises:
@@ -103,9 +120,11 @@ def align(reference: Mapping[str, frozenset[int]], image_ids: pd.Series, *, sour
     """
     entries = [reference.get(str(i)) for i in image_ids]
     if len(image_ids) and all(e is None for e in entries):
-        raise InputError(f"{source}: none of the split's {len(image_ids)} image ids (e.g. "
-                         f"{image_ids.iloc[0]!r}) has an entry; is it the reference of another "
-                         "split? Point evaluate.reference_labels at this split's file or null")
+        raise InputError(
+            f"{source}: none of the split's {len(image_ids)} image ids (e.g. "
+            f"{image_ids.iloc[0]!r}) has an entry; is it the reference of another "
+            "split? Point evaluate.reference_labels at this split's file or null"
+        )
     return entries
 
 
@@ -117,9 +136,26 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
     without a reference entry are not counted.
     """
     t: dict[str, int] = dict.fromkeys(
-        ("judged_before", "agree_before", "judged_after", "agree_after", "corrected", "neutral",
-         "broken", "fixes", "removed", "removed_bad", "bad", "bad_removed", "secondary",
-         "secondary_ok", "active", "multi"), 0)
+        (
+            "judged_before",
+            "agree_before",
+            "judged_after",
+            "agree_after",
+            "corrected",
+            "neutral",
+            "broken",
+            "fixes",
+            "removed",
+            "removed_bad",
+            "bad",
+            "bad_removed",
+            "secondary",
+            "secondary_ok",
+            "active",
+            "multi",
+        ),
+        0,
+    )
     for row, ok in enumerate(entries):
         label, action = ledger["label"].iloc[row], ledger["action"].iloc[row]
         if ok is None or pd.isna(label) or action == Action.SKIP:
@@ -137,8 +173,13 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
             t["agree_after"] += int(new) in ok
         if action == Action.FIX:
             t["fixes"] += 1
-            t["corrected" if not right and int(new) in ok else
-              "broken" if right and int(new) not in ok else "neutral"] += 1
+            t[
+                "corrected"
+                if not right and int(new) in ok
+                else "broken"
+                if right and int(new) not in ok
+                else "neutral"
+            ] += 1
         if action == Action.REMOVE:
             t["removed"] += 1
             t["removed_bad"] += not right
@@ -149,11 +190,18 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
     return {
         "agreement_before": formats.percent(t["agree_before"], t["judged_before"]),
         "agreement_after": formats.percent(t["agree_after"], t["judged_after"]),
-        "judged_before": t["judged_before"], "judged_after": t["judged_after"],
-        "rows": t["active"], "removed_fraction": formats.percent(t["removed"], t["active"]),
-        "fixes": {"corrected": t["corrected"], "neutral": t["neutral"], "broken": t["broken"],
-                  "total": t["fixes"]},
-        "removal_precision": formats.percent(t["removed_bad"], t["removed"]), "removals": t["removed"],
+        "judged_before": t["judged_before"],
+        "judged_after": t["judged_after"],
+        "rows": t["active"],
+        "removed_fraction": formats.percent(t["removed"], t["active"]),
+        "fixes": {
+            "corrected": t["corrected"],
+            "neutral": t["neutral"],
+            "broken": t["broken"],
+            "total": t["fixes"],
+        },
+        "removal_precision": formats.percent(t["removed_bad"], t["removed"]),
+        "removals": t["removed"],
         "recall_of_bad": formats.percent(t["bad_removed"] + t["corrected"], t["bad"]),
         "bad_rows": t["bad"],
         "secondary_precision": formats.percent(t["secondary_ok"], t["secondary"]),
@@ -162,11 +210,12 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
     }
 
 
-def multi_label_top1(top1: np.ndarray, entries: list[frozenset[int] | None],
-                     rows: np.ndarray) -> float | None:
+def multi_label_top1(
+    top1: np.ndarray, entries: Sequence[Collection[int] | None], rows: np.ndarray
+) -> float | None:
     """A model's multi-label top-1 (ReaL accuracy): its top-1 is among the accepted classes, over
     the given rows that have a non-empty entry."""
-    hits = [int(top1[i]) in entries[i] for i in np.flatnonzero(rows) if entries[i]]
+    hits = [int(top1[i]) in entry for i in np.flatnonzero(rows).tolist() if (entry := entries[i])]
     return formats.percent(sum(hits), len(hits))
 
 
@@ -175,7 +224,11 @@ def warn_if_worse(block: Mapping[str, Any], split: str) -> bool:
     before, after = block.get("agreement_before"), block.get("agreement_after")
     worse = before is not None and after is not None and after < before
     if worse:
-        logger.warning("%s: the cleaned labels agree LESS with the human reference than the input "
-                       "labels (%.2f %% -> %.2f %%); do not publish them as an improvement",
-                       split, before, after)
+        logger.warning(
+            "%s: the cleaned labels agree LESS with the human reference than the input "
+            "labels (%.2f %% -> %.2f %%); do not publish them as an improvement",
+            split,
+            before,
+            after,
+        )
     return worse

@@ -30,6 +30,7 @@ from stages.method import references
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class EvaluateSection:
     """params.yaml `evaluate:`.
@@ -75,8 +76,14 @@ class EvaluateConfig:
         """Raises ConfigError for a bad `evaluate:` section or split entry."""
         own = from_section(EvaluateSection, section(params, "evaluate"), where="evaluate")
         entry = SplitEntry.from_params(params, split)
-        return cls(split, entry.models(params), references.reference_file(params, split),
-                   own.multi_label_threshold, own.top_classes, entry.labels_file)
+        return cls(
+            split,
+            entry.models(params),
+            references.reference_file(params, split),
+            own.multi_label_threshold,
+            own.top_classes,
+            entry.labels_file,
+        )
 
 
 def action_counts(ledger: pd.DataFrame, clean: pd.DataFrame | None = None) -> dict[str, Any]:
@@ -84,18 +91,29 @@ def action_counts(ledger: pd.DataFrame, clean: pd.DataFrame | None = None) -> di
     this iteration's (`remove_new`) and earlier iterations' (`remove_carried`)."""
     counts = {str(a): int((ledger["action"] == a).sum()) for a in ACTIONS}
     carried = int(((ledger["action"] == Action.REMOVE) & ledger["label"].isna()).sum())
-    counts.update(remove_new=counts["remove"] - carried, remove_carried=carried,
-                  merge=int(ledger["merged"].sum()), override=int(ledger["override"].sum()),
-                  exempted=int(ledger["exempted"].sum()),
-                  secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
-                  placeholders=0 if clean is None else int(clean["placeholder"].sum()))
-    return {"counts": counts, "percent": {k: formats.percent(v, len(ledger)) for k, v in counts.items()}}
+    counts.update(
+        remove_new=counts["remove"] - carried,
+        remove_carried=carried,
+        merge=int(ledger["merged"].sum()),
+        override=int(ledger["override"].sum()),
+        exempted=int(ledger["exempted"].sum()),
+        secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
+        placeholders=0 if clean is None else int(clean["placeholder"].sum()),
+    )
+    return {
+        "counts": counts,
+        "percent": {k: formats.percent(v, len(ledger)) for k, v in counts.items()},
+    }
 
 
-
-def scan_model(probs: np.ndarray, *, chunk_rows: int = formats.CHUNK_ROWS, desc: str = "scan",
-               usable: np.ndarray | None = None, source: str = "predictions"
-               ) -> tuple[np.ndarray, np.ndarray]:
+def scan_model(
+    probs: np.ndarray,
+    *,
+    chunk_rows: int = formats.CHUNK_ROWS,
+    desc: str = "scan",
+    usable: np.ndarray | None = None,
+    source: str = "predictions",
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 and top-5 classes of every row, reading `probs` (N, K) chunk by chunk.
 
     Args:
@@ -115,21 +133,21 @@ def scan_model(probs: np.ndarray, *, chunk_rows: int = formats.CHUNK_ROWS, desc:
     top5 = np.empty((n, 5), dtype=np.int32)
     with tqdm(total=n, desc=desc, unit="row", unit_scale=True, mininterval=2.0) as bar:
         for start in range(0, n, chunk_rows):
-            raw = np.asarray(probs[start:start + chunk_rows], dtype=np.float32)
+            raw = np.asarray(probs[start : start + chunk_rows], dtype=np.float32)
             rows = np.arange(start, start + len(raw))
             if usable is not None:
-                rows = rows[usable[start:start + len(raw)]]
+                rows = rows[usable[start : start + len(raw)]]
             check_probabilities(raw[rows - start], rows=rows, where=source, dtype=probs.dtype)
             chunk = np.nan_to_num(raw, nan=-1.0)
-            top1[start:start + len(chunk)] = chunk.argmax(axis=1)
-            top5[start:start + len(chunk)] = np.argpartition(-chunk, 4, axis=1)[:, :5]
+            top1[start : start + len(chunk)] = chunk.argmax(axis=1)
+            top5[start : start + len(chunk)] = np.argpartition(-chunk, 4, axis=1)[:, :5]
             bar.update(len(chunk))
     return top1, top5
 
 
-
-def accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray, rows: np.ndarray
-             ) -> dict[str, Any]:
+def accuracy(
+    top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray, rows: np.ndarray
+) -> dict[str, Any]:
     """Top-1/top-5 (%) over `rows` (N,) bool that have a label, and their count.
 
     top1: (N,), top5: (N, 5) from `scan_model`; labels: (N,) numbers, NaN/None = no label.
@@ -138,14 +156,22 @@ def accuracy(top1: np.ndarray, top5: np.ndarray, labels: pd.Series | np.ndarray,
     rows = np.asarray(rows, dtype=bool) & ~np.isnan(wanted)
     target = wanted[rows].astype(np.int64)
     n = int(rows.sum())
-    return {"top1": formats.percent(int((top1[rows] == target).sum()), n),
-            "top5": formats.percent(int((top5[rows] == target[:, None]).any(axis=1).sum()), n), "rows": n}
+    return {
+        "top1": formats.percent(int((top1[rows] == target).sum()), n),
+        "top5": formats.percent(int((top5[rows] == target[:, None]).any(axis=1).sum()), n),
+        "rows": n,
+    }
 
 
-
-def model_metrics(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mapping[str, Path], *,
-                  entries: list[frozenset[int] | None] | None = None,
-                  chunk_rows: int = formats.CHUNK_ROWS, split: str = "<split>") -> dict[str, dict[str, Any]]:
+def model_metrics(
+    ledger: pd.DataFrame,
+    votes: pd.DataFrame,
+    predictions: Mapping[str, Path],
+    *,
+    entries: list[frozenset[int] | None] | None = None,
+    chunk_rows: int = formats.CHUNK_ROWS,
+    split: str = "<split>",
+) -> dict[str, dict[str, Any]]:
     """Per model: CL label errors, top-1/top-5 on original vs cleaned labels, multi-label top-1.
 
     Args:
@@ -160,18 +186,22 @@ def model_metrics(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mappin
     for name, path in predictions.items():
         probs = formats.load_predictions(split, name, path=path)
         if probs.shape != (len(ledger), formats.NUM_CLASSES):
-            raise InputError(f"{path}: shape {probs.shape}, expected ({len(ledger)}, "
-                             f"{formats.NUM_CLASSES}) to match the ledger; re-run predict")
-        top1, top5 = scan_model(probs, chunk_rows=chunk_rows, desc=f"evaluate {name}",
-                                usable=not_skip, source=str(path))
+            raise InputError(
+                f"{path}: shape {probs.shape}, expected ({len(ledger)}, "
+                f"{formats.NUM_CLASSES}) to match the ledger; re-run predict"
+            )
+        top1, top5 = scan_model(
+            probs, chunk_rows=chunk_rows, desc=f"evaluate {name}", usable=not_skip, source=str(path)
+        )
         del probs
-        metrics[name] = {"cl_label_errors": int(flagged.get(name, 0)),
-                         "original": accuracy(top1, top5, ledger["label"], not_skip),
-                         "cleaned": accuracy(top1, top5, ledger["new_label"], cleaned)}
+        metrics[name] = {
+            "cl_label_errors": int(flagged.get(name, 0)),
+            "original": accuracy(top1, top5, ledger["label"], not_skip),
+            "cleaned": accuracy(top1, top5, ledger["new_label"], cleaned),
+        }
         if entries is not None:
             metrics[name]["multi_label_top1"] = references.multi_label_top1(top1, entries, not_skip)
     return metrics
-
 
 
 def multi_label_estimate(votes: pd.DataFrame, *, threshold: float) -> dict[str, Any]:
@@ -181,15 +211,17 @@ def multi_label_estimate(votes: pd.DataFrame, *, threshold: float) -> dict[str, 
     return {"share": formats.percent(multi, len(probs)), "rows": len(probs), "threshold": threshold}
 
 
-
 def cam_metrics(ledger: pd.DataFrame, cams: pd.DataFrame | None) -> dict[str, Any]:
     """Removals vetoed by CAMs and their histogram by number of exempting models."""
     vetoed = ledger.loc[ledger["exempted"].astype(bool), "exemptions"].astype(int)
     histogram = {str(k): int(v) for k, v in sorted(vetoed.value_counts().items())}
     examined = 0 if cams is None or len(cams) == 0 else int(cams["image_id"].nunique())
-    return {"vetoed": int(len(vetoed)), "by_exempting_models": histogram,
-            "images_examined": examined, "model_rows": 0 if cams is None else int(len(cams))}
-
+    return {
+        "vetoed": len(vetoed),
+        "by_exempting_models": histogram,
+        "images_examined": examined,
+        "model_rows": 0 if cams is None else len(cams),
+    }
 
 
 def class_table(ledger: pd.DataFrame, *, top: int) -> pd.DataFrame:
@@ -198,19 +230,34 @@ def class_table(ledger: pd.DataFrame, *, top: int) -> pd.DataFrame:
     wnids, names = formats.class_wnids(), formats.class_names()
     acted = ledger[ledger["action"].isin([Action.FIX, Action.REMOVE]) & ledger["label"].notna()]
     counts = pd.crosstab(acted["label"].astype(int), acted["action"]).reindex(
-        columns=["fix", "remove"], fill_value=0)
-    order = sorted(counts.index, key=lambda c: (-int(counts.loc[c].sum()), c))[:top]
-    rows = [{"class": f"{wnids[c]} {names[c].split(',')[0]}", "action": action,
-             "count": int(counts.at[c, action])} for c in order for action in ("fix", "remove")]
+        columns=["fix", "remove"], fill_value=0
+    )
+    totals = counts.sum(axis=1)
+    order = sorted(counts.index, key=lambda c: (-int(totals[c]), c))[:top]
+    rows = [
+        {
+            "class": f"{wnids[c]} {names[c].split(',')[0]}",
+            "action": action,
+            "count": int(counts[action][c]),
+        }
+        for c in order
+        for action in ("fix", "remove")
+    ]
     return pd.DataFrame(rows, columns=["class", "action", "count"])
 
 
-
-def evaluate_split(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mapping[str, Path], *,
-                   cams: pd.DataFrame | None = None, clean: pd.DataFrame | None = None,
-                   entries: list[frozenset[int] | None] | None = None,
-                   multi_label_threshold: float = 0.3, top_classes: int = 20,
-                   split: str = "<split>") -> tuple[dict[str, Any], pd.DataFrame]:
+def evaluate_split(
+    ledger: pd.DataFrame,
+    votes: pd.DataFrame,
+    predictions: Mapping[str, Path],
+    *,
+    cams: pd.DataFrame | None = None,
+    clean: pd.DataFrame | None = None,
+    entries: list[frozenset[int] | None] | None = None,
+    multi_label_threshold: float = 0.3,
+    top_classes: int = 20,
+    split: str = "<split>",
+) -> tuple[dict[str, Any], pd.DataFrame]:
     """All metrics of a split -> (metrics dict, class table).
 
     Args:
@@ -218,19 +265,24 @@ def evaluate_split(ledger: pd.DataFrame, votes: pd.DataFrame, predictions: Mappi
             when no reference is configured (see `stages.method.references`).
     """
     if len(votes) != len(ledger):
-        raise InputError(f"votes ({len(votes)} rows) and ledger ({len(ledger)} rows) differ; "
-                         "re-run `dvc repro decide`")
+        raise InputError(
+            f"votes ({len(votes)} rows) and ledger ({len(ledger)} rows) differ; "
+            "re-run `dvc repro decide`"
+        )
     iterations = sorted(set(ledger["iteration"].astype(int)))
-    metrics: dict[str, Any] = {"rows": len(ledger), "iteration": iterations[0] if iterations else 0,
-                               **action_counts(ledger, clean)}
+    metrics: dict[str, Any] = {
+        "rows": len(ledger),
+        "iteration": iterations[0] if iterations else 0,
+        **action_counts(ledger, clean),
+    }
     metrics["models"] = model_metrics(ledger, votes, predictions, entries=entries, split=split)
     metrics["cam"] = cam_metrics(ledger, cams)
     if "ensemble_probs" in votes:
-        metrics["multi_label_estimate"] = multi_label_estimate(votes,
-                                                               threshold=multi_label_threshold)
+        metrics["multi_label_estimate"] = multi_label_estimate(
+            votes, threshold=multi_label_threshold
+        )
     if entries is not None:
         block = references.agreement(ledger, entries)
         block["worse"] = references.warn_if_worse(block, split)
         metrics["reference"] = block
     return metrics, class_table(ledger, top=top_classes)
-

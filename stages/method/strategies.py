@@ -1,10 +1,11 @@
-"""Decision strategies: the evidence of every active row -> keep / fix / remove (+ secondary labels).
+"""Decision strategies: the evidence of every active row -> keep / fix / remove (+ secondary
+labels).
 
 `decide.<split>.strategy` picks one from `STRATEGIES`:
 
 - `paper`: the rules of Kertész (2021), exactly (see `paper`).
-- `consensus` (default): multi-label aware, from the ensemble's evidence (mean of the split's models'
-  probabilities), the CL votes, the top-5 consensus and the CAM veto (see `consensus`).
+- `consensus` (default): multi-label aware, from the ensemble's evidence (mean of the split's
+  models' probabilities), the CL votes, the top-5 consensus and the CAM veto (see `consensus`).
 
 A strategy sees only the pipeline's evidence, never reference labels.
 """
@@ -13,15 +14,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from stages.contracts.actions import Action
 from stages.contracts.config import fraction
 from stages.contracts.formats import class_label
-from stages.contracts.actions import Action
 from stages.method.thresholds import Thresholds
 
 
@@ -85,13 +86,19 @@ class Decisions:
     secondary: list[list[int]]
 
     @classmethod
-    def keep_all(cls, rows: Rows) -> "Decisions":
+    def keep_all(cls, rows: Rows) -> Decisions:
+        """Every row kept with its current label (no secondary labels)."""
         n = len(rows.label)
-        return cls(np.full(n, Action.KEEP.value, dtype=object), rows.label.astype(np.int64).copy(),
-                   np.zeros(n, dtype=bool), np.full(n, "keep", dtype=object), [[] for _ in range(n)])
+        return cls(
+            np.full(n, Action.KEEP.value, dtype=object),
+            rows.label.astype(np.int64).copy(),
+            np.zeros(n, dtype=bool),
+            np.full(n, "keep", dtype=object),
+            [[] for _ in range(n)],
+        )
 
 
-def _describe(counts: Counter) -> str:
+def _describe(counts: Counter[int]) -> str:
     """`{12 (name): 3, 7 (name): 1}`: candidates by frequency, then class index."""
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return "{" + ", ".join(f"{class_label(c)}: {n}" for c, n in items) + "}"
@@ -104,8 +111,14 @@ def _predicted(model_top1: Sequence[int]) -> str:
     return "models predicted " + ", ".join(f"{class_label(c)} x{n}" for c, n in items)
 
 
-def _paper_verdict(label: int, candidates: Sequence[int], misses: int, exemptions: int,
-                   model_top1: Sequence[int], t: Thresholds) -> tuple[Action, int, bool, str]:
+def _paper_verdict(
+    label: int,
+    candidates: Sequence[int],
+    misses: int,
+    exemptions: int,
+    model_top1: Sequence[int],
+    t: Thresholds,
+) -> tuple[Action, int, bool, str]:
     """One active row under the paper's rules -> (action, new_label or -1, exempted, reason)."""
     counts = Counter(int(c) for c in candidates)
     flagged = f"{len(candidates)} of {t.n_models} models flagged it, candidates {_describe(counts)}"
@@ -113,7 +126,12 @@ def _paper_verdict(label: int, candidates: Sequence[int], misses: int, exemption
         best = min(counts, key=lambda c: (-counts[c], c))
         if best != label:
             return Action.FIX, best, False, f"fix: {flagged} (h1={t.h1}) -> {class_label(best)}"
-        return Action.KEEP, label, False, f"keep: {flagged} (h1={t.h1}); the winner is the current label"
+        return (
+            Action.KEEP,
+            label,
+            False,
+            f"keep: {flagged} (h1={t.h1}); the winner is the current label",
+        )
     missed = f"top-5 missed by {misses} of {t.n_models} models (h3={t.h3})"
     why = []
     if len(counts) >= t.h2:
@@ -123,7 +141,12 @@ def _paper_verdict(label: int, candidates: Sequence[int], misses: int, exemption
     if why:
         return Action.REMOVE, -1, False, "remove: " + "; ".join(why)
     if misses >= t.h3:
-        return Action.KEEP, label, True, f"keep: {missed}, exempted by the CAMs of {exemptions} model(s)"
+        return (
+            Action.KEEP,
+            label,
+            True,
+            f"keep: {missed}, exempted by the CAMs of {exemptions} model(s)",
+        )
     if counts:
         return Action.KEEP, label, False, f"keep: {flagged}; below h1={t.h1} and < h2={t.h2} unique"
     return Action.KEEP, label, False, "keep"
@@ -135,12 +158,19 @@ def paper(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig) -> 
     |unique(L')| >= h2, or when C_s >= h3 and no model's CAMs exempt it; a fix is never removed.
     Single-label: no secondary labels."""
     out = Decisions.keep_all(rows)
-    busy = np.flatnonzero((np.fromiter(map(len, rows.candidates), np.int64, len(rows.label)) > 0)
-                          | (rows.misses >= thresholds.h3))
+    busy = np.flatnonzero(
+        (np.fromiter(map(len, rows.candidates), np.int64, len(rows.label)) > 0)
+        | (rows.misses >= thresholds.h3)
+    )
     for i in busy:
         action, out.new_label[i], out.exempted[i], out.reason[i] = _paper_verdict(
-            int(rows.label[i]), rows.candidates[i], int(rows.misses[i]), int(rows.exemptions[i]),
-            rows.model_top1[i], thresholds)
+            int(rows.label[i]),
+            rows.candidates[i],
+            int(rows.misses[i]),
+            int(rows.exemptions[i]),
+            rows.model_top1[i],
+            thresholds,
+        )
         out.action[i] = action.value
     return out
 
@@ -150,8 +180,9 @@ def _best_other(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     other = rows.ensemble_top != rows.label[:, None]
     first = other.argmax(axis=1)
     at = np.arange(len(rows.label))
-    return rows.ensemble_top[at, first], np.where(other.any(axis=1),
-                                                   rows.ensemble_probs[at, first], 0.0)
+    return rows.ensemble_top[at, first], np.where(
+        other.any(axis=1), rows.ensemble_probs[at, first], 0.0
+    )
 
 
 def consensus(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig) -> Decisions:
@@ -182,35 +213,49 @@ def consensus(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig)
     candidate &= ~vetoed
     for i in np.flatnonzero(fix):
         out.action[i], out.new_label[i] = Action.FIX.value, int(other[i])
-        out.reason[i] = (f"fix: the ensemble gives {class_label(other[i])} {other_prob[i]:.2f} "
-                         f"(>= clear {c.clear}) and the label {class_label(rows.label[i])} "
-                         f"{p_label[i]:.2f} (< support {c.support}); {_votes(rows, i, thresholds)}"
-                         f" -> {class_label(other[i])}")
+        out.reason[i] = (
+            f"fix: the ensemble gives {class_label(other[i])} {other_prob[i]:.2f} "
+            f"(>= clear {c.clear}) and the label {class_label(rows.label[i])} "
+            f"{p_label[i]:.2f} (< support {c.support}); {_votes(rows, i, thresholds)}"
+            f" -> {class_label(other[i])}"
+        )
     for i in np.flatnonzero(shared):
         top, probs = rows.ensemble_top[i], rows.ensemble_probs[i]
-        out.secondary[i] = [int(k) for k, p in zip(top, probs)
-                            if k != rows.label[i] and p >= c.secondary]
-        shown = ", ".join(f"{class_label(k)} {p:.2f}" for k, p in zip(top, probs)
-                          if k != rows.label[i] and p >= c.secondary)
-        out.reason[i] = (f"keep + secondary: the image shows both: the label "
-                         f"{class_label(rows.label[i])} {p_label[i]:.2f} and {shown} "
-                         f"(each >= secondary {c.secondary})")
+        out.secondary[i] = [
+            int(k) for k, p in zip(top, probs) if k != rows.label[i] and p >= c.secondary
+        ]
+        shown = ", ".join(
+            f"{class_label(k)} {p:.2f}"
+            for k, p in zip(top, probs)
+            if k != rows.label[i] and p >= c.secondary
+        )
+        out.reason[i] = (
+            f"keep + secondary: the image shows both: the label "
+            f"{class_label(rows.label[i])} {p_label[i]:.2f} and {shown} "
+            f"(each >= secondary {c.secondary})"
+        )
     for i in np.flatnonzero(vetoed):
         out.exempted[i] = True
-        out.reason[i] = (f"keep: questioned ({_why(rows, i, p_label, thresholds, c)}) but "
-                         f"exempted by the CAMs of {int(rows.exemptions[i])} model(s)")
-    _remove_within_budget(rows, out, np.flatnonzero(candidate), p_label - other_prob,
-                          p_label, thresholds, c)
+        out.reason[i] = (
+            f"keep: questioned ({_why(rows, i, p_label, thresholds, c)}) but "
+            f"exempted by the CAMs of {int(rows.exemptions[i])} model(s)"
+        )
+    _remove_within_budget(
+        rows, out, np.flatnonzero(candidate), p_label - other_prob, p_label, thresholds, c
+    )
     return out
 
 
-def _votes(rows: Rows, i: int, t: Thresholds) -> str:
+def _votes(rows: Rows, i: int | np.intp, t: Thresholds) -> str:
     n = len(rows.candidates[i])
     return f"{n} of {t.n_models} CL votes" + (
-        f" {_describe(Counter(int(k) for k in rows.candidates[i]))}" if n else "")
+        f" {_describe(Counter(int(k) for k in rows.candidates[i]))}" if n else ""
+    )
 
 
-def _why(rows: Rows, i: int, p_label: np.ndarray, t: Thresholds, c: ConsensusConfig) -> str:
+def _why(
+    rows: Rows, i: int | np.intp, p_label: np.ndarray, t: Thresholds, c: ConsensusConfig
+) -> str:
     parts = []
     if len(rows.candidates[i]) >= t.h1:
         parts.append(f"{_votes(rows, i, t)} (h1={t.h1})")
@@ -219,29 +264,43 @@ def _why(rows: Rows, i: int, p_label: np.ndarray, t: Thresholds, c: ConsensusCon
     return "; ".join(parts)
 
 
-def _remove_within_budget(rows: Rows, out: Decisions, candidates: np.ndarray, margin: np.ndarray,
-                          p_label: np.ndarray, t: Thresholds, c: ConsensusConfig) -> None:
+def _remove_within_budget(
+    rows: Rows,
+    out: Decisions,
+    candidates: np.ndarray,
+    margin: np.ndarray,
+    p_label: np.ndarray,
+    t: Thresholds,
+    c: ConsensusConfig,
+) -> None:
     """Remove the weakest candidates (lowest margin, then row order) up to the budget."""
     budget = math.floor(c.max_remove * len(rows.label) + 1e-9)
     order = candidates[np.lexsort((candidates, margin[candidates]))]
     for rank, i in enumerate(order):
-        why = (f"questioned ({_why(rows, i, p_label, t, c)}), no class clearly right, label "
-               f"{class_label(rows.label[i])} {p_label[i]:.2f} (< clear {c.clear}); "
-               f"{_predicted(rows.model_top1[i])}")
+        why = (
+            f"questioned ({_why(rows, i, p_label, t, c)}), no class clearly right, label "
+            f"{class_label(rows.label[i])} {p_label[i]:.2f} (< clear {c.clear}); "
+            f"{_predicted(rows.model_top1[i])}"
+        )
         if rank < budget:
             out.action[i], out.new_label[i] = Action.REMOVE.value, -1
             out.reason[i] = f"remove: {why}"
         else:
-            out.reason[i] = (f"keep: {why}; beyond the removal budget (max_remove {c.max_remove}: "
-                             f"{budget} of {len(rows.label)} active rows)")
+            out.reason[i] = (
+                f"keep: {why}; beyond the removal budget (max_remove {c.max_remove}: "
+                f"{budget} of {len(rows.label)} active rows)"
+            )
 
 
 class Strategy(Protocol):
     """A decision strategy: the evidence of the active rows -> their decisions. It reads only the
     pipeline's evidence, never reference labels."""
 
-    def __call__(self, rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig
-                 ) -> Decisions: ...
+    def __call__(
+        self, rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig
+    ) -> Decisions:
+        """Decide every active row from its evidence."""
+        ...
 
 
 STRATEGIES: dict[str, Strategy] = {"paper": paper, "consensus": consensus}

@@ -14,6 +14,7 @@ from stages.contracts.errors import ConfigError
 from stages.contracts.params import resolve_threshold, section
 from stages.contracts.splits import Params, SplitEntry
 
+
 @dataclass(frozen=True)
 class Thresholds:
     """Resolved vote counts: fix at >= h1 candidates, remove at >= h2 unique candidates or at
@@ -36,6 +37,23 @@ class SplitDecideConfig:
     strategy: Literal["consensus", "paper"] = "consensus"
 
 
+def count_threshold(value: int | str, n_models: int, *, where: str) -> int:
+    """One threshold of `decide.<split>` as a count of models (ConfigError naming `where`).
+
+    Raises:
+        ConfigError: not a count or a fraction of |M|, or above |M| (its rule could never fire).
+    """
+    try:
+        count = resolve_threshold(value, n_models, name=where)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"params.yaml `{where}`: {error}") from None
+    if count > n_models:
+        raise ConfigError(
+            f"params.yaml `{where}` = {count} is above the number of models |M| = {n_models}, "
+            f"so its rule could never fire; use at most {n_models} (or a fraction such as 'M/2')"
+        )
+    return count
+
 
 def resolve_thresholds(params: Params, split: str) -> tuple[Thresholds, SplitDecideConfig]:
     """The split's thresholds (|M| = the split's models) and its `decide.<split>` section.
@@ -46,15 +64,22 @@ def resolve_thresholds(params: Params, split: str) -> tuple[Thresholds, SplitDec
     """
     own = from_section(SplitDecideConfig, section(params, "decide", split), where=f"decide.{split}")
     n_models = len(SplitEntry.from_params(params, split).models(params))
-    counts = {}
-    for name in ("h1", "h2", "h3"):
-        where = f"decide.{split}.{name}"
-        try:
-            counts[name] = resolve_threshold(getattr(own, name), n_models, name=where)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"params.yaml `{where}`: {error}") from None
-        if counts[name] > n_models:
-            raise ConfigError(f"params.yaml `{where}` = {counts[name]} is above the number of "
-                              f"models |M| = {n_models}, so its rule could never fire; use at "
-                              f"most {n_models} (or a fraction such as 'M/2')")
+    counts = {
+        name: count_threshold(getattr(own, name), n_models, where=f"decide.{split}.{name}")
+        for name in ("h1", "h2", "h3")
+    }
     return Thresholds(n_models=n_models, **counts), own
+
+
+def consensus_threshold(params: Params, split: str) -> int:
+    """Only h3 (`decide.<split>.h3`, the top-5 misses at which the consensus removes a row), for
+    explain, which reads no other key of the section (DVC re-runs it only when h3 changes).
+
+    Raises:
+        ConfigError: no such key, or a bad h3.
+    """
+    value = section(params, "decide", split).get("h3")
+    if value is None:
+        raise ConfigError(f"params.yaml has no decide.{split}.h3 (the top-5 consensus threshold)")
+    n_models = len(SplitEntry.from_params(params, split).models(params))
+    return count_threshold(value, n_models, where=f"decide.{split}.h3")

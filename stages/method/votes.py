@@ -27,10 +27,13 @@ from stages.contracts.errors import InputError, MissingInputError
 from stages.contracts.formats import VOTES_SCHEMA
 from stages.contracts.labels import CurrentLabels, current_labels
 from stages.contracts.splits import Params, SplitEntry
-from stages.method.confident import FILTER_BY, RANK_BY, CL_STRATEGIES, ConfidentConfig
+from stages.method.confident import CL_STRATEGIES, FILTER_BY, RANK_BY, ConfidentConfig
 from stages.method.evidence import Evidence, ensemble_evidence
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = ConfidentConfig()
+"""The vote options when a caller passes none (cleanlab's defaults)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,13 @@ class VoteConfig:
     def from_params(cls, params: Params, split: str) -> VoteConfig:
         """Raises ConfigError for a bad split entry or `vote:` section."""
         entry = SplitEntry.from_params(params, split)
-        return cls(split, entry.models(params), entry.labels_file, entry.out_of_fold,
-                   ConfidentConfig.from_params(params, split))
+        return cls(
+            split,
+            entry.models(params),
+            entry.labels_file,
+            entry.out_of_fold,
+            ConfidentConfig.from_params(params, split),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +87,6 @@ class ModelVotes:
     flagged_at_fn_1: int | None = None
 
 
-
 @dataclass(frozen=True, eq=False)
 class VoteResult:
     """`vote`'s output: the per-row vote columns (a pyarrow table, N rows) and per-model votes."""
@@ -88,25 +95,34 @@ class VoteResult:
     models: tuple[ModelVotes, ...]
 
 
-
 def _check_inputs(labels: np.ndarray, pred_probs: Any, active: np.ndarray, model: str) -> None:
     shape = getattr(pred_probs, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] != len(labels) or shape[1] < 2:
-        raise ValueError(f"{model}: pred_probs must have shape (N, K) = ({len(labels)}, K>=2) to "
-                         f"match the labels, got {shape}")
+        raise ValueError(
+            f"{model}: pred_probs must have shape (N, K) = ({len(labels)}, K>=2) to "
+            f"match the labels, got {shape}"
+        )
     if active.shape != labels.shape:
-        raise ValueError(f"active mask has shape {active.shape}, labels {labels.shape}; they must match")
+        raise ValueError(
+            f"active mask has shape {active.shape}, labels {labels.shape}; they must match"
+        )
     used = labels[active]
     if used.size and (used.min() < 0 or used.max() >= shape[1]):
         bad = int(used[(used < 0) | (used >= shape[1])][0])
-        raise ValueError(f"{model}: active label {bad} is outside 0..{shape[1] - 1}; mark rows "
-                         "without a label inactive")
+        raise ValueError(
+            f"{model}: active label {bad} is outside 0..{shape[1] - 1}; mark rows "
+            "without a label inactive"
+        )
 
 
-
-def model_votes(labels: Sequence[int] | np.ndarray, pred_probs: Any, *,
-                config: ConfidentConfig = ConfidentConfig(), active: np.ndarray | None = None,
-                model: str = "model") -> ModelVotes:
+def model_votes(
+    labels: Sequence[int] | np.ndarray,
+    pred_probs: Any,
+    *,
+    config: ConfidentConfig = DEFAULT_CONFIG,
+    active: np.ndarray | None = None,
+    model: str = "model",
+) -> ModelVotes:
     """One model's CL flags with candidates, and its top-5 hits.
 
     Args:
@@ -130,9 +146,15 @@ def model_votes(labels: Sequence[int] | np.ndarray, pred_probs: Any, *,
         return ModelVotes(model, strategy, empty, empty.astype(np.int32), hit, 0)
     flags = CL_STRATEGIES[strategy](labels[rows], pred_probs, rows, config, model)
     hit[rows] = flags.top5_hit
-    return ModelVotes(model, strategy, rows[flags.ranked], flags.candidates[flags.ranked], hit,
-                      len(rows), flags.flagged_at_fn_1)
-
+    return ModelVotes(
+        model,
+        strategy,
+        rows[flags.ranked],
+        flags.candidates[flags.ranked],
+        hit,
+        len(rows),
+        flags.flagged_at_fn_1,
+    )
 
 
 def _lists(matrix: np.ndarray, values: pa.Array | None = None) -> pa.ListArray:
@@ -140,14 +162,17 @@ def _lists(matrix: np.ndarray, values: pa.Array | None = None) -> pa.ListArray:
     rows, cols = np.nonzero(matrix >= 0)
     offsets = np.zeros(len(matrix) + 1, dtype=np.int32)
     np.cumsum(np.bincount(rows, minlength=len(matrix)), out=offsets[1:])
-    items = pa.array(matrix[rows, cols], pa.int32()) if values is None else values.take(
-        pa.array(matrix[rows, cols], pa.int32()))
+    items = (
+        pa.array(matrix[rows, cols], pa.int32())
+        if values is None
+        else values.take(pa.array(matrix[rows, cols], pa.int32()))
+    )
     return pa.ListArray.from_arrays(pa.array(offsets), items)
 
 
-
-def vote_columns(results: Sequence[ModelVotes], n_rows: int, active: np.ndarray | None = None
-                 ) -> pa.Table:
+def vote_columns(
+    results: Sequence[ModelVotes], n_rows: int, active: np.ndarray | None = None
+) -> pa.Table:
     """Per-model votes -> the per-row columns cl_candidates, cl_models, top5_misses,
     top5_hit_models, n_models (N rows; models in `results` order)."""
     names = pa.array([r.model for r in results], pa.string())
@@ -159,17 +184,24 @@ def vote_columns(results: Sequence[ModelVotes], n_rows: int, active: np.ndarray 
     model_of = np.where(cand >= 0, np.arange(len(results), dtype=np.int32), -1)
     used = np.ones(n_rows, dtype=bool) if active is None else np.asarray(active, dtype=bool)
     misses = np.where(used, (hits < 0).sum(axis=1), 0).astype(np.int32)
-    return pa.table({
-        "cl_candidates": _lists(cand), "cl_models": _lists(model_of, names),
-        "top5_misses": pa.array(misses, pa.int32()), "top5_hit_models": _lists(hits, names),
-        "n_models": pa.array(np.full(n_rows, len(results), dtype=np.int32), pa.int32()),
-    })
+    return pa.table(
+        {
+            "cl_candidates": _lists(cand),
+            "cl_models": _lists(model_of, names),
+            "top5_misses": pa.array(misses, pa.int32()),
+            "top5_hit_models": _lists(hits, names),
+            "n_models": pa.array(np.full(n_rows, len(results), dtype=np.int32), pa.int32()),
+        }
+    )
 
 
-
-def vote(labels: Sequence[int] | np.ndarray,
-         pred_probs_by_model: Mapping[str, Any] | Iterable[tuple[str, Any]], *,
-         config: ConfidentConfig = ConfidentConfig(), active: np.ndarray | None = None) -> VoteResult:
+def vote(
+    labels: Sequence[int] | np.ndarray,
+    pred_probs_by_model: Mapping[str, Any] | Iterable[tuple[str, Any]],
+    *,
+    config: ConfidentConfig = DEFAULT_CONFIG,
+    active: np.ndarray | None = None,
+) -> VoteResult:
     """Votes of every model, streamed: one model's predictions at a time.
 
     Args:
@@ -180,9 +212,15 @@ def vote(labels: Sequence[int] | np.ndarray,
         config: see ConfidentConfig.
         active: (N,) bool rows that take part (default: all).
     """
-    items = pred_probs_by_model.items() if isinstance(pred_probs_by_model, Mapping) else pred_probs_by_model
-    results = tuple(model_votes(labels, probs, config=config, active=active, model=name)
-                    for name, probs in items)
+    items = (
+        pred_probs_by_model.items()
+        if isinstance(pred_probs_by_model, Mapping)
+        else pred_probs_by_model
+    )
+    results = tuple(
+        model_votes(labels, probs, config=config, active=active, model=name)
+        for name, probs in items
+    )
     if not results:
         raise ValueError("vote needs at least one model's predictions (params predict.models)")
     names = [r.model for r in results]
@@ -191,9 +229,14 @@ def vote(labels: Sequence[int] | np.ndarray,
     return VoteResult(vote_columns(results, len(np.asarray(labels)), active), results)
 
 
-
-def prediction_files(split: str, models: list[str], manifest: pd.DataFrame,
-                     folder: Path | None = None, *, out_of_fold: bool = False) -> dict[str, Path]:
+def prediction_files(
+    split: str,
+    models: list[str],
+    manifest: pd.DataFrame,
+    folder: Path | None = None,
+    *,
+    out_of_fold: bool = False,
+) -> dict[str, Path]:
     """Every model's predictions file for the split, checked against the manifest before any is
     read: it exists, has shape (N, 1000), and its sidecar's row-order digest is the manifest's.
 
@@ -207,42 +250,51 @@ def prediction_files(split: str, models: list[str], manifest: pd.DataFrame,
     paths = {}
     for model in models:
         path = folder / f"{model}.npy"
-        make = (f"run `dvc repro oof@{split}-{model}` (out-of-fold training; the split and "
-                "model must be in params.yaml train.splits and train.models)" if out_of_fold else
-                f"run `dvc repro predict@{split}-{model}` (add {split!r} to params.yaml "
-                "predict.splits if it is missing there)") + (
+        make = (
+            f"run `dvc repro oof@{split}-{model}` (out-of-fold training; the split and "
+            "model must be in params.yaml train.splits and train.models)"
+            if out_of_fold
+            else f"run `dvc repro predict@{split}-{model}` (add {split!r} to params.yaml "
+            "predict.splits if it is missing there)"
+        ) + (
             ", or bring predictions made elsewhere with "
-            f"`imagenet-clean import-predictions --split {split} --model {model} FILE`")
+            f"`imagenet-clean import-predictions --split {split} --model {model} FILE`"
+        )
         if not path.is_file():
             raise MissingInputError(f"predictions {path} do not exist; {make}")
         shape = formats.load_predictions(split, model, path=path).shape
         if len(shape) != 2 or shape != (len(manifest), formats.NUM_CLASSES):
-            raise InputError(f"predictions {path} have shape {shape}, expected ({len(manifest)}, "
-                             f"{formats.NUM_CLASSES}) for the {len(manifest)}-row manifest of split "
-                             f"{split!r}; re-run predict for model {model}")
+            raise InputError(
+                f"predictions {path} have shape {shape}, expected ({len(manifest)}, "
+                f"{formats.NUM_CLASSES}) for the {len(manifest)}-row manifest of split "
+                f"{split!r}; re-run predict for model {model}"
+            )
         _check_row_order(path.with_suffix(".json"), digest, make)
         paths[model] = path
     return paths
 
 
-
 def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
     if not sidecar.is_file():
-        raise MissingInputError(f"predictions sidecar {sidecar} does not exist, so the row order "
-                                f"of {sidecar.with_suffix('.npy')} cannot be checked; {make}")
+        raise MissingInputError(
+            f"predictions sidecar {sidecar} does not exist, so the row order "
+            f"of {sidecar.with_suffix('.npy')} cannot be checked; {make}"
+        )
     recorded = json.loads(sidecar.read_text()).get("image_ids_sha256")
     if recorded is None:
-        raise InputError(f"{sidecar} records no image_ids_sha256 (written by an older version), "
-                         f"so the row order of its predictions cannot be checked; {make}")
+        raise InputError(
+            f"{sidecar} records no image_ids_sha256 (written by an older version), "
+            f"so the row order of its predictions cannot be checked; {make}"
+        )
     if recorded != digest:
-        raise InputError(f"{sidecar.with_suffix('.npy')}: its rows are not in the manifest's "
-                         f"image_id order (row-order digest {recorded[:12]}... != manifest "
-                         f"{digest[:12]}...); {make}")
-
+        raise InputError(
+            f"{sidecar.with_suffix('.npy')}: its rows are not in the manifest's "
+            f"image_id order (row-order digest {recorded[:12]}... != manifest "
+            f"{digest[:12]}...); {make}"
+        )
 
 
 UNREADABLE = "unreadable image: predict could not decode it (re-ingest with ingest.verify: full)"
-
 
 
 def without_unreadable(current: CurrentLabels, split: str, nan_rows: np.ndarray) -> CurrentLabels:
@@ -252,33 +304,42 @@ def without_unreadable(current: CurrentLabels, split: str, nan_rows: np.ndarray)
     unreadable = nan_rows & current.active
     if not unreadable.any():
         return current
-    logger.warning("%s: %d images predict could not decode take no part in the vote",
-                   split, int(unreadable.sum()))
+    logger.warning(
+        "%s: %d images predict could not decode take no part in the vote",
+        split,
+        int(unreadable.sum()),
+    )
     reason = current.inactive_reason.copy()
     reason[unreadable] = UNREADABLE
-    return dataclasses.replace(current, label=np.where(unreadable, -1, current.label),
-                               active=current.active & ~unreadable, inactive_reason=reason)
+    return dataclasses.replace(
+        current,
+        label=np.where(unreadable, -1, current.label),
+        active=current.active & ~unreadable,
+        inactive_reason=reason,
+    )
 
 
-
-def votes_table(manifest: pd.DataFrame, current: CurrentLabels, result: VoteResult,
-                evidence: Evidence) -> pa.Table:
+def votes_table(
+    manifest: pd.DataFrame, current: CurrentLabels, result: VoteResult, evidence: Evidence
+) -> pa.Table:
     """The votes file: manifest identity and labels, the vote columns, the ensemble's evidence."""
     n = len(manifest)
-    front = pa.table({
-        "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
-        "label": pa.array(current.label, pa.int32(), mask=~current.active),
-        "original_label": pa.array(manifest["label"].astype("Int64"), pa.int32()),
-        "iteration": pa.array(np.full(n, current.iteration, dtype=np.int32)),
-        "inactive_reason": pa.array(current.inactive_reason.tolist(), pa.string()),
-    })
+    front = pa.table(
+        {
+            "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
+            "label": pa.array(current.label, pa.int32(), mask=~current.active),
+            "original_label": pa.array(manifest["label"].astype("Int64"), pa.int32()),
+            "iteration": pa.array(np.full(n, current.iteration, dtype=np.int32)),
+            "inactive_reason": pa.array(current.inactive_reason.tolist(), pa.string()),
+        }
+    )
     columns = front.columns + result.table.columns + evidence.columns(current.active).columns
     return pa.Table.from_arrays(columns, schema=VOTES_SCHEMA)
 
 
-
-def split_votes(config: VoteConfig, manifest: pd.DataFrame, *, predictions: Path | None = None
-                ) -> tuple[pa.Table, dict[str, Any]]:
+def split_votes(
+    config: VoteConfig, manifest: pd.DataFrame, *, predictions: Path | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
     """The votes table of a split (manifest order) and its figures (metrics/vote/<split>.json).
 
     Args:
@@ -287,26 +348,49 @@ def split_votes(config: VoteConfig, manifest: pd.DataFrame, *, predictions: Path
         predictions: the folder of the models' predictions (default: the split's).
     """
     split, confident = config.split, config.confident
-    files = prediction_files(split, list(config.models), manifest, predictions,
-                             out_of_fold=config.out_of_fold)
+    files = prediction_files(
+        split, list(config.models), manifest, predictions, out_of_fold=config.out_of_fold
+    )
     labelled = current_labels(manifest, config.labels)
     # One pass over every model gives the evidence and the rows predict could not decode; the
     # evidence does not depend on which active rows those are (label_prob is masked per row).
     evidence = ensemble_evidence(labelled.label, files, active=labelled.active)
     current = without_unreadable(labelled, split, evidence.nan_rows)
     strategy = confident.resolve_strategy(int(current.active.sum()))
-    logger.info("vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
-                "%d), fn %s", split, len(manifest), current.active.sum(), current.iteration,
-                len(files), strategy, confident.exact_max_rows, confident.fn)
+    logger.info(
+        "vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
+        "%d), fn %s",
+        split,
+        len(manifest),
+        current.active.sum(),
+        current.iteration,
+        len(files),
+        strategy,
+        confident.exact_max_rows,
+        confident.fn,
+    )
     pairs = ((m, formats.load_predictions(split, m, path=path)) for m, path in files.items())
     result = vote(current.label, pairs, config=confident, active=current.active)
     stats = {
-        "split": split, "rows": len(manifest), "active": int(current.active.sum()),
-        "inactive": int((~current.active).sum()), "iteration": current.iteration,
-        "strategy": strategy, "fn": confident.fn, "fn_mode": confident.fn_mode,
-        "cleanlab": cleanlab.__version__, "filter_by": FILTER_BY, "ranked_by": RANK_BY,
+        "split": split,
+        "rows": len(manifest),
+        "active": int(current.active.sum()),
+        "inactive": int((~current.active).sum()),
+        "iteration": current.iteration,
+        "strategy": strategy,
+        "fn": confident.fn,
+        "fn_mode": confident.fn_mode,
+        "cleanlab": cleanlab.__version__,
+        "filter_by": FILTER_BY,
+        "ranked_by": RANK_BY,
         "rows_with_candidates": len(np.unique(np.concatenate([r.flagged for r in result.models]))),
-        "models": {r.model: {"flagged": len(r.flagged), "flagged_at_fn_1": r.flagged_at_fn_1,
-                             "top5_hits": int(r.top5_hit.sum())} for r in result.models},
+        "models": {
+            r.model: {
+                "flagged": len(r.flagged),
+                "flagged_at_fn_1": r.flagged_at_fn_1,
+                "top5_hits": int(r.top5_hit.sum()),
+            }
+            for r in result.models
+        },
     }
     return votes_table(manifest, current, result, evidence), stats

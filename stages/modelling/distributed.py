@@ -16,15 +16,16 @@ import contextlib
 import datetime
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, TypeVar
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from stages.contracts.errors import ConfigError
-from stages.modelling.models import cpu_threads, resolve_device
 from stages.modelling.launch import LaunchConfig
+from stages.modelling.models import cpu_threads, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,12 @@ class Context:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes the outputs."""
         return self.rank == 0
 
     def share(self, items: Sequence[T]) -> list[T]:
         """This rank's items: every world-th one from position rank (balanced within one item)."""
-        return list(items[self.rank::self.world])
+        return list(items[self.rank :: self.world])
 
 
 def launched() -> bool:
@@ -69,8 +71,10 @@ def device_for(name: str, ctx: Context) -> torch.device:
     device = resolve_device(name)
     if ctx.world > 1 and device.type == "cuda":
         if name not in ("auto", "cuda"):
-            raise ConfigError(f"device {name!r} pins one GPU, but torchrun started {ctx.world} "
-                              "processes; use device: auto or cuda (each rank takes cuda:LOCAL_RANK)")
+            raise ConfigError(
+                f"device {name!r} pins one GPU, but torchrun started {ctx.world} "
+                "processes; use device: auto or cuda (each rank takes cuda:LOCAL_RANK)"
+            )
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     return device
@@ -128,9 +132,10 @@ def broadcast(value: Any, ctx: Context) -> Any:
 class Dist(Context):
     """A training process's place in the run: its rank and device, and the collectives it needs."""
 
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def barrier(self) -> None:
+        """Wait until every process reaches this point."""
         barrier(self)
 
     def all_reduce(self, tensor: torch.Tensor, op: Any = None) -> torch.Tensor:
@@ -143,8 +148,9 @@ class Dist(Context):
 
 
 @contextlib.contextmanager
-def distributed(launch: LaunchConfig, *, device: str = "auto", threads: int | None = None
-                ) -> Iterator[Dist]:
+def distributed(
+    launch: LaunchConfig, *, device: str = "auto", threads: int | None = None
+) -> Iterator[Dist]:
     """A training run's process: joins torchrun's group when there is one (`session`, with
     `train.launch.backend`), takes this rank's device (`train.settings.device`), sets
     `train.settings.threads` for the block.
@@ -154,7 +160,9 @@ def distributed(launch: LaunchConfig, *, device: str = "auto", threads: int | No
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != 1 and world != launch.world:
-        raise ConfigError(f"running under torchrun with WORLD_SIZE={world}, but params.yaml "
-                          f"`train.launch` asks for {launch.world} processes; make them agree")
+        raise ConfigError(
+            f"running under torchrun with WORLD_SIZE={world}, but params.yaml "
+            f"`train.launch` asks for {launch.world} processes; make them agree"
+        )
     with cpu_threads(threads), session(device, backend=launch.backend) as ctx:
         yield Dist(ctx.rank, ctx.world, ctx.local_rank, device_for(device, ctx))

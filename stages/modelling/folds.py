@@ -24,15 +24,12 @@ FOLDS_SCHEMA = pa.schema([("image_id", pa.string()), ("fold", pa.int32())])
 """`data/folds/<split>.parquet`: one row per manifest row, manifest order; fold null = skip row."""
 
 
-
 OOF_ROOT = Path("data/oof")
-
 
 
 def folds_path(split: str) -> Path:
     """Where the `folds` stage writes a split's fold table."""
     return Path("data/folds") / f"{split}.parquet"
-
 
 
 def fold_dir(split: str, model: str, fold: int) -> Path:
@@ -41,11 +38,9 @@ def fold_dir(split: str, model: str, fold: int) -> Path:
     return OOF_ROOT / split / model / f"fold-{fold}"
 
 
-
 def read_seen(path: str | Path, n_rows: int) -> np.ndarray:
     """A `seen.npy` (np.packbits of the rows a training loop fed its model) -> (n_rows,) bool."""
     return np.unpackbits(np.load(path), count=n_rows).astype(bool)
-
 
 
 def read_fold_log(folder: str | Path) -> dict[str, Any]:
@@ -54,7 +49,6 @@ def read_fold_log(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run the train stage that writes it")
     return json.loads(path.read_text())
-
 
 
 def assign_folds(labels: np.ndarray, usable: np.ndarray, *, k: int, seed: int) -> np.ndarray:
@@ -71,7 +65,9 @@ def assign_folds(labels: np.ndarray, usable: np.ndarray, *, k: int, seed: int) -
     """
     labels, usable = np.asarray(labels), np.asarray(usable, dtype=bool)
     if labels.shape != usable.shape or labels.ndim != 1:
-        raise ValueError(f"labels {labels.shape} and usable {usable.shape} must be equal 1-d shapes")
+        raise ValueError(
+            f"labels {labels.shape} and usable {usable.shape} must be equal 1-d shapes"
+        )
     if k < 2:
         raise ValueError(f"k-fold needs k >= 2, got {k}")
     rows = np.flatnonzero(usable)
@@ -87,18 +83,22 @@ def assign_folds(labels: np.ndarray, usable: np.ndarray, *, k: int, seed: int) -
     return fold
 
 
-
 def fold_table(manifest: pd.DataFrame, *, k: int, seed: int) -> pa.Table:
-    """The fold table of a manifest (formats.MANIFEST_SCHEMA columns image_id, label, skip_reason)."""
+    """The fold table of a manifest (its formats.MANIFEST_SCHEMA columns image_id, label and
+    skip_reason)."""
     usable = manifest["skip_reason"].isna().to_numpy()
     labels = pd.to_numeric(manifest["label"], errors="coerce").fillna(-1).to_numpy(np.int64)
     try:
         fold = assign_folds(labels, usable, k=k, seed=seed)
     except ValueError as error:
         raise InputError(f"cannot assign folds: {error}") from error
-    return pa.table({"image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
-                     "fold": pa.array(fold, pa.int32(), mask=fold < 0)}, schema=FOLDS_SCHEMA)
-
+    return pa.table(
+        {
+            "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
+            "fold": pa.array(fold, pa.int32(), mask=fold < 0),
+        },
+        schema=FOLDS_SCHEMA,
+    )
 
 
 def read_folds(split: str, manifest: pd.DataFrame, *, path: str | Path | None = None) -> np.ndarray:
@@ -109,10 +109,12 @@ def read_folds(split: str, manifest: pd.DataFrame, *, path: str | Path | None = 
     """
     path = Path(path or folds_path(split))
     table = formats.read_table(path, what=f"fold table of split {split!r}")
-    if len(table) != len(manifest) or not np.array_equal(table["image_id"].to_numpy(dtype=str),
-                                                          manifest["image_id"].to_numpy(dtype=str)):
-        raise InputError(f"fold table {path} ({len(table)} rows) does not match the manifest of "
-                         f"split {split!r} ({len(manifest)} rows, same image_id order); re-run "
-                         f"`dvc repro folds@{split}`")
+    if len(table) != len(manifest) or not np.array_equal(
+        table["image_id"].to_numpy(dtype=str), manifest["image_id"].to_numpy(dtype=str)
+    ):
+        raise InputError(
+            f"fold table {path} ({len(table)} rows) does not match the manifest of "
+            f"split {split!r} ({len(manifest)} rows, same image_id order); re-run "
+            f"`dvc repro folds@{split}`"
+        )
     return table["fold"].fillna(-1).to_numpy(dtype=np.int32)
-

@@ -1,5 +1,6 @@
 """Predictions made elsewhere -> the predictions contract: checked row by row against the manifest
-(ids, shape, dtype, probabilities), streamed into manifest order (docs/import-predictions.md). Torch-free, so importing starts in seconds."""
+(ids, shape, dtype, probabilities), streamed into manifest order (docs/import-predictions.md).
+Torch-free, so importing starts in seconds."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +23,8 @@ import pyarrow.parquet as pq
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.params import section
-from stages.contracts.splits import Params, SplitEntry
 from stages.contracts.sidecars import topk_hits
+from stages.contracts.splits import Params, SplitEntry
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,15 @@ class Table:
 
 def _check_shape(path: Path, shape: tuple[int, ...], n_ids: int) -> None:
     if len(shape) != 2 or shape[1] != formats.NUM_CLASSES:
-        raise InputError(f"{path}: probabilities have shape {shape}; expected (N, "
-                         f"{formats.NUM_CLASSES}), one row of the 1000 ImageNet classes per image")
+        raise InputError(
+            f"{path}: probabilities have shape {shape}; expected (N, "
+            f"{formats.NUM_CLASSES}), one row of the 1000 ImageNet classes per image"
+        )
     if shape[0] != n_ids:
-        raise InputError(f"{path}: {shape[0]} probability rows but {n_ids} image ids; they must "
-                         "pair up row by row")
+        raise InputError(
+            f"{path}: {shape[0]} probability rows but {n_ids} image ids; they must "
+            "pair up row by row"
+        )
 
 
 def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
@@ -60,9 +66,12 @@ def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
 def _ids(values: Any, where: str) -> np.ndarray:
     ids = np.asarray(values)
     if ids.ndim != 1 or not (ids.dtype.kind in "UO" or ids.dtype.kind == "S"):
-        raise InputError(f"{where}: image_id must be a 1-D array of strings, got {ids.dtype} "
-                         f"{ids.shape}")
-    return np.asarray([i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()], dtype=object)
+        raise InputError(
+            f"{where}: image_id must be a 1-D array of strings, got {ids.dtype} {ids.shape}"
+        )
+    return np.asarray(
+        [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()], dtype=object
+    )
 
 
 def _npz_array(path: Path, key: str) -> tuple[zipfile.ZipFile, Any, tuple[int, ...], np.dtype]:
@@ -71,13 +80,18 @@ def _npz_array(path: Path, key: str) -> tuple[zipfile.ZipFile, Any, tuple[int, .
     archive = zipfile.ZipFile(path)
     member = archive.open(f"{key}.npy")
     version = np.lib.format.read_magic(member)
-    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-              else np.lib.format.read_array_header_2_0)
+    reader = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
     shape, fortran, dtype = reader(member)
     if fortran:
         archive.close()
-        raise InputError(f"{path}: {key} is stored in Fortran order; save a C-ordered array "
-                         "(np.ascontiguousarray)")
+        raise InputError(
+            f"{path}: {key} is stored in Fortran order; save a C-ordered array "
+            "(np.ascontiguousarray)"
+        )
     return archive, member, tuple(shape), np.dtype(dtype)
 
 
@@ -86,15 +100,19 @@ def _open_npz(path: Path) -> Table:
         names = {name.removesuffix(".npy") for name in archive.namelist()}
     key = next((k for k in PROBABILITY_KEYS if k in names), None)
     if "image_id" not in names or key is None:
-        raise InputError(f"{path}: an .npz needs arrays `image_id` and `probabilities` (or `probs`); "
-                         f"it has {sorted(names)}. Save it with np.savez(path, image_id=ids, "
-                         "probabilities=probs)")
+        raise InputError(
+            f"{path}: an .npz needs arrays `image_id` and `probabilities` (or `probs`); "
+            f"it has {sorted(names)}. Save it with np.savez(path, image_id=ids, "
+            "probabilities=probs)"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             ids = _ids(data["image_id"], f"{path}: image_id")
     except ValueError as error:  # an object array needs pickle, which is never loaded
-        raise InputError(f"{path}: image_id could not be read without pickle ({error}); save the "
-                         "ids as a string array (np.asarray(ids, dtype=str))") from error
+        raise InputError(
+            f"{path}: image_id could not be read without pickle ({error}); save the "
+            "ids as a string array (np.asarray(ids, dtype=str))"
+        ) from error
     archive, _, shape, dtype = _npz_array(path, key)
     archive.close()
     _check_shape(path, shape, len(ids))
@@ -113,20 +131,23 @@ def _open_npz(path: Path) -> Table:
 
 def _open_npy(path: Path, image_ids: Path | None) -> Table:
     if image_ids is None:
-        raise InputError(f"{path}: a .npy holds no image ids, so its rows cannot be matched to the "
-                         "manifest; pass --image-ids <file with one id per line, same order>, or "
-                         "save an .npz with `image_id` and `probabilities` arrays")
+        raise InputError(
+            f"{path}: a .npy holds no image ids, so its rows cannot be matched to the "
+            "manifest; pass --image-ids <file with one id per line, same order>, or "
+            "save an .npz with `image_id` and `probabilities` arrays"
+        )
     if not image_ids.is_file():
         raise MissingInputError(f"image id file {image_ids} does not exist")
-    ids = np.asarray([line.strip() for line in image_ids.read_text().splitlines() if line.strip()],
-                     dtype=object)
+    ids = np.asarray(
+        [line.strip() for line in image_ids.read_text().splitlines() if line.strip()], dtype=object
+    )
     array = np.load(path, mmap_mode="r", allow_pickle=False)
     _check_shape(path, array.shape, len(ids))
     dtype = _check_dtype(path, array.dtype)
 
     def chunks() -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, len(array), formats.CHUNK_ROWS):
-            yield start, np.asarray(array[start:start + formats.CHUNK_ROWS])
+            yield start, np.asarray(array[start : start + formats.CHUNK_ROWS])
 
     return Table(path, ids, dtype, chunks)
 
@@ -135,25 +156,34 @@ def _open_parquet(path: Path) -> Table:
     schema = pq.read_schema(path)
     key = next((k for k in PROBABILITY_KEYS if k in schema.names), None)
     if "image_id" not in schema.names or key is None:
-        raise InputError(f"{path}: a parquet file needs columns `image_id` and `probabilities` (a "
-                         f"list of {formats.NUM_CLASSES} floats per row); it has {schema.names}")
+        raise InputError(
+            f"{path}: a parquet file needs columns `image_id` and `probabilities` (a "
+            f"list of {formats.NUM_CLASSES} floats per row); it has {schema.names}"
+        )
     kind = schema.field(key).type
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)
-            or pa.types.is_fixed_size_list(kind)) or not pa.types.is_floating(kind.value_type):
+    if not (
+        pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    ) or not pa.types.is_floating(kind.value_type):
         raise InputError(f"{path}: column `{key}` is {kind}; expected a list of floats")
-    ids = _ids(pq.read_table(path, columns=["image_id"]).column("image_id").to_numpy(
-        zero_copy_only=False), f"{path}: image_id")
+    ids = _ids(
+        pq.read_table(path, columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False),
+        f"{path}: image_id",
+    )
     dtype = _check_dtype(path, np.dtype(kind.value_type.to_pandas_dtype()))
 
     def chunks() -> Iterator[tuple[int, np.ndarray]]:
         start = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=formats.CHUNK_ROWS, columns=[key]):
+        for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=formats.CHUNK_ROWS, columns=[key]
+        ):
             column = batch.column(0)
             lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
             bad = np.flatnonzero(lengths != formats.NUM_CLASSES)
             if len(bad):
-                raise InputError(f"{path}: row {start + bad[0]} ({ids[start + bad[0]]}) has "
-                                 f"{lengths[bad[0]]} probabilities; expected {formats.NUM_CLASSES}")
+                raise InputError(
+                    f"{path}: row {start + bad[0]} ({ids[start + bad[0]]}) has "
+                    f"{lengths[bad[0]]} probabilities; expected {formats.NUM_CLASSES}"
+                )
             values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
             yield start, values.reshape(len(batch), formats.NUM_CLASSES)
             start += len(batch)
@@ -177,12 +207,14 @@ def open_predictions(path: str | Path, *, image_ids: str | Path | None = None) -
         return _open_npy(path, Path(image_ids) if image_ids else None)
     if suffix == ".parquet":
         return _open_parquet(path)
-    raise InputError(f"{path}: unsupported file type {suffix!r}; give an .npz (image_id + "
-                     "probabilities arrays), a .parquet (image_id + probabilities columns) or an "
-                     ".npy with --image-ids")
+    raise InputError(
+        f"{path}: unsupported file type {suffix!r}; give an .npz (image_id + "
+        "probabilities arrays), a .parquet (image_id + probabilities columns) or an "
+        ".npy with --image-ids"
+    )
 
 
-def _examples(values: Sequence[Any]) -> str:
+def _examples(values: Collection[Any]) -> str:
     shown = ", ".join(repr(v) for v in list(values)[:EXAMPLES])
     return shown + (f" and {len(values) - EXAMPLES} more" if len(values) > EXAMPLES else "")
 
@@ -199,25 +231,32 @@ def match_rows(image_ids: np.ndarray, manifest: pd.DataFrame, *, where: str) -> 
     positions = index.get_indexer(pd.Index(image_ids))
     unknown = image_ids[positions < 0]
     if len(unknown):
-        raise InputError(f"{where}: {len(unknown)} image ids are not in the manifest, e.g. "
-                         f"{_examples(unknown)}; the predictions belong to another split or "
-                         "another ingest of it")
+        raise InputError(
+            f"{where}: {len(unknown)} image ids are not in the manifest, e.g. "
+            f"{_examples(unknown)}; the predictions belong to another split or "
+            "another ingest of it"
+        )
     counts = np.bincount(positions, minlength=len(manifest))
     if (counts > 1).any():
         twice = manifest["image_id"].to_numpy()[counts > 1]
-        raise InputError(f"{where}: {len(twice)} image ids appear more than once, e.g. "
-                         f"{_examples(twice)}; keep one row per image")
+        raise InputError(
+            f"{where}: {len(twice)} image ids appear more than once, e.g. "
+            f"{_examples(twice)}; keep one row per image"
+        )
     usable = manifest["skip_reason"].isna().to_numpy()
     missing = manifest["image_id"].to_numpy()[(counts == 0) & usable]
     if len(missing):
-        raise InputError(f"{where}: {len(missing)} of the manifest's {int(usable.sum())} usable "
-                         f"images have no row, e.g. {_examples(missing)}; predict every usable "
-                         "image (skip rows may be left out)")
+        raise InputError(
+            f"{where}: {len(missing)} of the manifest's {int(usable.sum())} usable "
+            f"images have no row, e.g. {_examples(missing)}; predict every usable "
+            "image (skip rows may be left out)"
+        )
     return positions.astype(np.int64)
 
 
-def check_probabilities(probs: np.ndarray, rows: np.ndarray, ids: np.ndarray, *, tolerance: float,
-                        where: str) -> None:
+def check_probabilities(
+    probs: np.ndarray, rows: np.ndarray, ids: np.ndarray, *, tolerance: float, where: str
+) -> None:
     """Refuse non-finite values, values outside [0, 1] (logits) and rows not summing to 1.
 
     probs: (k, 1000) rows of usable images; rows: (k,) their file row numbers; ids: (k,) ids.
@@ -226,27 +265,34 @@ def check_probabilities(probs: np.ndarray, rows: np.ndarray, ids: np.ndarray, *,
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
-        raise InputError(f"{where}: row {rows[bad]} ({ids[bad]}) has NaN or infinite values, but "
-                         "the manifest's image is usable; predict it again (only the manifest's "
-                         "skip rows may be NaN)")
+        raise InputError(
+            f"{where}: row {rows[bad]} ({ids[bad]}) has NaN or infinite values, but "
+            "the manifest's image is usable; predict it again (only the manifest's "
+            "skip rows may be NaN)"
+        )
     outside = (values < 0).any(axis=1) | (values > 1).any(axis=1)
     if outside.any():
         bad = int(np.flatnonzero(outside)[0])
-        raise InputError(f"{where}: row {rows[bad]} ({ids[bad]}) has values outside [0, 1] (min "
-                         f"{values[bad].min():.4g}, max {values[bad].max():.4g}): these look like "
-                         "logits; apply a softmax over the 1000 classes first "
-                         "(scipy.special.softmax(logits, axis=1))")
+        raise InputError(
+            f"{where}: row {rows[bad]} ({ids[bad]}) has values outside [0, 1] (min "
+            f"{values[bad].min():.4g}, max {values[bad].max():.4g}): these look like "
+            "logits; apply a softmax over the 1000 classes first "
+            "(scipy.special.softmax(logits, axis=1))"
+        )
     sums = values.sum(axis=1)
     off = np.abs(sums - 1.0) > tolerance
     if off.any():
         bad = int(np.flatnonzero(off)[0])
-        raise InputError(f"{where}: row {rows[bad]} ({ids[bad]}) sums to {sums[bad]:.6g}, not 1 "
-                         f"(tolerance {tolerance:g}): give softmax probabilities over all 1000 "
-                         "classes (divide each row by its sum if they are unnormalised)")
+        raise InputError(
+            f"{where}: row {rows[bad]} ({ids[bad]}) sums to {sums[bad]:.6g}, not 1 "
+            f"(tolerance {tolerance:g}): give softmax probabilities over all 1000 "
+            "classes (divide each row by its sum if they are unnormalised)"
+        )
 
 
-def import_predictions(table: Table, manifest: pd.DataFrame, out: str | Path, *, dtype: str = "float32"
-                       ) -> tuple[int, int, int, int]:
+def import_predictions(
+    table: Table, manifest: pd.DataFrame, out: str | Path, *, dtype: str = "float32"
+) -> tuple[int, int, int, int]:
     """Write `out` (N, 1000) in manifest row order from an opened predictions file.
 
     Returns:
@@ -259,18 +305,20 @@ def import_predictions(table: Table, manifest: pd.DataFrame, out: str | Path, *,
     tolerance = SUM_TOLERANCE[table.dtype]
     hits, scored = np.zeros(2, dtype=np.int64), 0
     with formats.atomic_path(out) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORAGE[dtype],
-                                          shape=(len(manifest), formats.NUM_CLASSES))
+        array = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=STORAGE[dtype], shape=(len(manifest), formats.NUM_CLASSES)
+        )
         array[~usable] = np.nan
         for start, probs in table.chunks():
-            targets = positions[start:start + len(probs)]
+            targets = positions[start : start + len(probs)]
             keep = usable[targets]
             rows = np.arange(start, start + len(probs))[keep]
             kept, destination = probs[keep], targets[keep]
             check_probabilities(kept, rows, table.image_ids[rows], tolerance=tolerance, where=where)
             array[destination] = kept
-            chunk_hits, chunk_scored = topk_hits(kept, labels[destination],
-                                                         np.ones(len(kept), dtype=bool))
+            chunk_hits, chunk_scored = topk_hits(
+                kept, labels[destination], np.ones(len(kept), dtype=bool)
+            )
             hits, scored = hits + chunk_hits, scored + chunk_scored
         array.flush()
         del array
@@ -294,15 +342,20 @@ class ImportConfig:
         SplitEntry.from_params(params, split)
         entry = (params.get("models") or {}).get(model)
         if not isinstance(entry, dict):
-            raise ConfigError(f"model {model!r} is not defined under `models:` in params.yaml; add "
-                              f"`models.{model}.spec` (the timm spec, or where the predictions "
-                              "came from) so the sidecar and vote can name it")
+            raise ConfigError(
+                f"model {model!r} is not defined under `models:` in params.yaml; add "
+                f"`models.{model}.spec` (the timm spec, or where the predictions "
+                "came from) so the sidecar and vote can name it"
+            )
         predict = section(params, "predict")
         dtype = predict.get("dtype", "float32")
         if dtype not in STORAGE:
-            raise ConfigError(f"params.yaml `predict.dtype` must be one of {sorted(STORAGE)}, got "
-                              f"{dtype!r}")
-        in_matrix = split in (predict.get("splits") or []) and model in (predict.get("models") or [])
+            raise ConfigError(
+                f"params.yaml `predict.dtype` must be one of {sorted(STORAGE)}, got {dtype!r}"
+            )
+        in_matrix = split in (predict.get("splits") or []) and model in (
+            predict.get("models") or []
+        )
         return cls(split, model, entry.get("spec"), dtype, in_matrix)
 
 
@@ -313,11 +366,17 @@ def dvc_commit(stage: str) -> None:
         InputError: DVC refused (its message is included); the files stay in place.
     """
     dvc = shutil.which("dvc")
-    command = [dvc, "commit", "-f", stage] if dvc else [sys.executable, "-m", "dvc", "commit", "-f", stage]
+    command = (
+        [dvc, "commit", "-f", stage]
+        if dvc
+        else [sys.executable, "-m", "dvc", "commit", "-f", stage]
+    )
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         message = (result.stderr or result.stdout).strip().splitlines()
-        raise InputError(f"the predictions are in place, but `dvc commit -f {stage}` failed: "
-                         f"{message[-1] if message else result.returncode}; run it yourself once "
-                         "that is fixed, or `dvc repro` will predict again")
+        raise InputError(
+            f"the predictions are in place, but `dvc commit -f {stage}` failed: "
+            f"{message[-1] if message else result.returncode}; run it yourself once "
+            "that is fixed, or `dvc repro` will predict again"
+        )
     logger.info("recorded the import as DVC stage %s (dvc commit -f %s)", stage, stage)

@@ -20,6 +20,7 @@ from stages.contracts.config import positive, require
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """How a training stage is launched (params.yaml `train.launch`).
@@ -38,25 +39,37 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         positive("train.launch.nproc_per_node", self.nproc_per_node)
         positive("train.launch.nnodes", self.nnodes)
-        require(self.nnodes == 1 or bool(self.rdzv_endpoint), "train.launch.rdzv_endpoint",
-                "host:port of the rendezvous when nnodes > 1", self.rdzv_endpoint)
+        require(
+            self.nnodes == 1 or bool(self.rdzv_endpoint),
+            "train.launch.rdzv_endpoint",
+            "host:port of the rendezvous when nnodes > 1",
+            self.rdzv_endpoint,
+        )
 
     @property
     def world(self) -> int:
+        """The number of processes over all nodes."""
         return self.nproc_per_node * self.nnodes
 
 
 def torchrun_command(module: str, argv: Sequence[str], launch: LaunchConfig) -> list[str]:
     """The `torchrun` command line that runs `python -m <module> <argv>` in every process."""
-    command = [sys.executable, "-m", "torch.distributed.run",
-               f"--nproc-per-node={launch.nproc_per_node}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={launch.nproc_per_node}",
+    ]
     if launch.nnodes == 1:
         command.append("--standalone")
     else:
-        command += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d",
-                    f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--rdzv-id={launch.rdzv_id}"]
+        command += [
+            f"--nnodes={launch.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={launch.rdzv_endpoint}",
+            f"--rdzv-id={launch.rdzv_id}",
+        ]
     return command + ["-m", module, *argv]
-
 
 
 def quiet_unless_first() -> None:
@@ -65,7 +78,6 @@ def quiet_unless_first() -> None:
         logging.getLogger().setLevel(logging.WARNING)
         for name in ("stages", "__main__"):
             logging.getLogger(name).setLevel(logging.WARNING)
-
 
 
 def relaunch(module: str, argv: Sequence[str], launch: LaunchConfig | int) -> int | None:
@@ -82,9 +94,9 @@ def relaunch(module: str, argv: Sequence[str], launch: LaunchConfig | int) -> in
     return subprocess.call(command)
 
 
-
-def launch_or_run(module: str, argv: Sequence[str] | None, launch: LaunchConfig | int,
-                  run: Callable[[], Any]) -> int:
+def launch_or_run(
+    module: str, argv: Sequence[str] | None, launch: LaunchConfig | int, run: Callable[[], Any]
+) -> int:
     """A stage's entry: under torchrun when `launch` asks for more processes than this one
     (torchrun's exit status), else `run()` here (status 0). `argv` None means sys.argv[1:]."""
     status = relaunch(module, list(sys.argv[1:] if argv is None else argv), launch)
@@ -92,4 +104,3 @@ def launch_or_run(module: str, argv: Sequence[str] | None, launch: LaunchConfig 
         return status
     run()
     return 0
-

@@ -1,7 +1,8 @@
 """Model loading: timm specs from params.yaml -> eval-mode models and their own preprocessing.
 
 Models are only ever built through `timm.create_model`; the MobileNet-V1 width variants that the
-demo ships (0.25/0.5/0.75, not in timm's registry) are registered first (`stages.adapters.timm_adapter`).
+demo ships (0.25/0.5/0.75, not in timm's registry) are registered first
+(`stages.adapters.timm_adapter`).
 A spec timm cannot build here (an unknown name, Hub weights while offline, a `local-dir:` folder
 without config.json) fails with a UserError naming the model and the fix.
 """
@@ -13,8 +14,9 @@ import difflib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import timm
 import torch
@@ -40,8 +42,11 @@ def create_model(spec: ModelSpec, *, device: str | torch.device = "cpu") -> torc
     _check_registry_name(spec)
     try:
         model = timm.create_model(spec.spec, pretrained=spec.pretrained, **spec.kwargs)
-    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled,
-            hub_errors.HfHubHTTPError) as error:
+    except (
+        hub_errors.LocalEntryNotFoundError,
+        hub_errors.OfflineModeIsEnabled,
+        hub_errors.HfHubHTTPError,
+    ) as error:
         raise UserError(_hub_message(spec, error)) from error
     return model.float().eval().to(device)
 
@@ -51,27 +56,37 @@ def _check_registry_name(spec: ModelSpec) -> None:
         return
     close = difflib.get_close_matches(spec.spec, timm.list_models(), n=3)
     hint = f" (close: {', '.join(close)})" if close else ""
-    raise UserError(f"model {spec.name!r}: timm has no model named {spec.spec!r}{hint}; fix "
-                    f"`models.{spec.name}.spec` (a timm name from timm.list_models(), "
-                    "hf-hub:timm/<name> or local-dir:<folder>)")
+    raise UserError(
+        f"model {spec.name!r}: timm has no model named {spec.spec!r}{hint}; fix "
+        f"`models.{spec.name}.spec` (a timm name from timm.list_models(), "
+        "hf-hub:timm/<name> or local-dir:<folder>)"
+    )
 
 
 def _hub_message(spec: ModelSpec, error: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    why = "HF_HUB_OFFLINE is set" if offline else f"the Hub cannot be reached ({type(error).__name__})"
-    return (f"model {spec.name!r} ({spec.spec}): its weights are not in the local Hugging Face "
-            f"cache and {why}. Fix: download them once with network access (HF_HUB_OFFLINE=0 "
-            f"python -c \"import timm; timm.create_model('{spec.spec}', pretrained=True)\"), or "
-            f"set `models.{spec.name}.spec` to local-dir:<folder> holding config.json and "
-            "model.safetensors")
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if offline
+        else f"the Hub cannot be reached ({type(error).__name__})"
+    )
+    return (
+        f"model {spec.name!r} ({spec.spec}): its weights are not in the local Hugging Face "
+        f"cache and {why}. Fix: download them once with network access (HF_HUB_OFFLINE=0 "
+        f"python -c \"import timm; timm.create_model('{spec.spec}', pretrained=True)\"), or "
+        f"set `models.{spec.name}.spec` to local-dir:<folder> holding config.json and "
+        "model.safetensors"
+    )
 
 
 def _check_local_dir(spec: ModelSpec) -> None:
     if spec.spec.startswith("local-dir:"):
         folder = Path(spec.spec.removeprefix("local-dir:"))
         if not (folder / "config.json").is_file():
-            raise MissingInputError(f"model {spec.name!r}: {folder}/config.json not found; "
-                                    "a local-dir: spec must name a timm model folder")
+            raise MissingInputError(
+                f"model {spec.name!r}: {folder}/config.json not found; "
+                "a local-dir: spec must name a timm model folder"
+            )
 
 
 def data_config(model: torch.nn.Module) -> dict[str, Any]:
@@ -80,7 +95,7 @@ def data_config(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def eval_transform(config: dict[str, Any]) -> Any:
-    """timm's evaluation transform (resize, center crop, to tensor, normalise) for a data config."""
+    """Timm's evaluation transform (resize, center crop, to tensor, normalise) for a data config."""
     return create_transform(**config, is_training=False)
 
 
@@ -102,8 +117,9 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise ConfigError(f"device {device!r} is not a torch device; use auto, cpu or cuda[:N]"
-                          ) from error
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use auto, cpu or cuda[:N]"
+        ) from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for but CUDA is not available; use auto or cpu")
     return resolved

@@ -21,22 +21,29 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
+from torchvision import transforms
 
 from stages.contracts.errors import ConfigError
 from stages.contracts.formats import NUM_CLASSES, atomic_path, percent, write_json, write_npy
 from stages.contracts.sidecars import topk_hits
-from stages.sources.images import DECODE_ERRORS, open_image
-from stages.modelling.models import architecture, create_model, data_config, eval_transform, preprocessing_key
+from stages.modelling.models import (
+    architecture,
+    create_model,
+    data_config,
+    eval_transform,
+    preprocessing_key,
+)
 from stages.modelling.specs import ModelSpec, weights_sha256
+from stages.sources.images import DECODE_ERRORS, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +76,9 @@ class InputTransform:
             return out
         return torch.from_numpy(np.array(out, dtype=np.uint8, copy=True))
 
-    def to_device(self, batch: torch.Tensor, device: torch.device, *, channels_last: bool
-                  ) -> torch.Tensor:
+    def to_device(
+        self, batch: torch.Tensor, device: torch.device, *, channels_last: bool
+    ) -> torch.Tensor:
         """batch: (B, H, W, C) uint8 (or (B, C, H, W) float) -> normalised (B, C, H, W) float32."""
         batch = batch.to(device, non_blocking=True)
         if self.scaled:
@@ -84,7 +92,8 @@ class InputTransform:
 
 
 def input_transform(config: dict[str, Any]) -> InputTransform:
-    """Split a model's timm eval transform (`stages.modelling.models.eval_transform`) for the fast path.
+    """Split a model's timm eval transform (`stages.modelling.models.eval_transform`) for the fast
+    path.
 
     When the transform does not end in the usual [ToTensor, Normalize] pair, the whole transform
     runs in the workers instead (still correct, only less fast).
@@ -92,14 +101,22 @@ def input_transform(config: dict[str, Any]) -> InputTransform:
     full = eval_transform(config)
     steps = list(getattr(full, "transforms", []))
     key = preprocessing_key(config)
-    if (len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize)
-            and not getattr(steps[-1], "inplace", False)):
+    if (
+        len(steps) >= 2
+        and isinstance(steps[-2], transforms.ToTensor)
+        and isinstance(steps[-1], transforms.Normalize)
+        and not getattr(steps[-1], "inplace", False)
+    ):
         norm = steps[-1]
         mean = tuple(float(v) for v in torch.as_tensor(norm.mean).flatten())
         std = tuple(float(v) for v in torch.as_tensor(norm.std).flatten())
-        return InputTransform(key, T.Compose(steps[:-2]), mean, std, scaled=True)
-    logger.info("preprocessing %s: transform %s is not [..., ToTensor, Normalize]; running it "
-                "whole in the workers", key, full)
+        return InputTransform(key, transforms.Compose(steps[:-2]), mean, std, scaled=True)
+    logger.info(
+        "preprocessing %s: transform %s is not [..., ToTensor, Normalize]; running it "
+        "whole in the workers",
+        key,
+        full,
+    )
     return InputTransform(key, full, None, None, scaled=False)
 
 
@@ -117,6 +134,7 @@ class Member:
 
     @property
     def name(self) -> str:
+        """The model's short name (its spec's)."""
         return self.spec.name
 
 
@@ -134,14 +152,23 @@ def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = 
     module = create_model(spec, device=device)
     classes = getattr(module, "num_classes", NUM_CLASSES)
     if classes != NUM_CLASSES:
-        raise ConfigError(f"model {spec.name!r} has {classes} classes; predictions need the "
-                         f"{NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)")
+        raise ConfigError(
+            f"model {spec.name!r} has {classes} classes; predictions need the "
+            f"{NUM_CLASSES} ImageNet classes (drop num_classes from its kwargs)"
+        )
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     config = json.loads(json.dumps(data_config(module)))
     sha = weights_sha256(spec)
-    return Member(spec, module, config, input_transform(config), architecture(module), sha,
-                  sha or _state_sha256(module))
+    return Member(
+        spec,
+        module,
+        config,
+        input_transform(config),
+        architecture(module),
+        sha,
+        sha or _state_sha256(module),
+    )
 
 
 class ManifestImages(Dataset):
@@ -152,8 +179,9 @@ class ManifestImages(Dataset):
     truncated files through): the row's predictions stay NaN and predict counts it unreadable.
     """
 
-    def __init__(self, root: str | Path, paths: Sequence[str], groups: Sequence[InputTransform]
-                 ) -> None:
+    def __init__(
+        self, root: str | Path, paths: Sequence[str], groups: Sequence[InputTransform]
+    ) -> None:
         self.root = str(root)
         # One fixed-width bytes buffer, not N Python strings: forked workers share it copy-free.
         self.paths = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
@@ -182,9 +210,11 @@ def collate_rows(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
     return (rows, bad, *stacked)
 
 
-def plan_batches(usable: np.ndarray, shards: Sequence[int], *, shard_size: int, batch_size: int
-                 ) -> list[np.ndarray]:
-    """The forward batches for some shards: each shard's usable rows, in order, `batch_size` a batch.
+def plan_batches(
+    usable: np.ndarray, shards: Sequence[int], *, shard_size: int, batch_size: int
+) -> list[np.ndarray]:
+    """The forward batches for some shards: each shard's usable rows, in order, `batch_size` a
+    batch.
 
     Args:
         usable: (N,) bool, True where the manifest row is to be predicted (no skip_reason).
@@ -194,19 +224,29 @@ def plan_batches(usable: np.ndarray, shards: Sequence[int], *, shard_size: int, 
         row-index arrays, shard by shard; a batch never spans two shards, so batch composition
         is the same for any subset of shards and any set of models.
     """
-    batches = []
+    batches: list[np.ndarray] = []
     for shard in sorted(shards):
-        rows = np.flatnonzero(usable[shard * shard_size:(shard + 1) * shard_size]) + shard * shard_size
-        batches.extend(rows[i:i + batch_size] for i in range(0, len(rows), batch_size))
+        rows = (
+            np.flatnonzero(usable[shard * shard_size : (shard + 1) * shard_size])
+            + shard * shard_size
+        )
+        batches.extend(rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
     return batches
 
 
-def make_loader(dataset: ManifestImages, batches: list[np.ndarray], *, workers: int,
-                pin_memory: bool) -> DataLoader:
+def make_loader(
+    dataset: ManifestImages, batches: list[np.ndarray], *, workers: int, pin_memory: bool
+) -> DataLoader:
     """A DataLoader that yields the planned batches in order (one worker collates a whole batch)."""
     extra: dict[str, Any] = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
-    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                      pin_memory=pin_memory, collate_fn=collate_rows, **extra)
+    return DataLoader(
+        dataset,
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=workers,
+        pin_memory=pin_memory,
+        collate_fn=collate_rows,
+        **extra,
+    )
 
 
 class ShardBuffers:
@@ -216,12 +256,21 @@ class ShardBuffers:
     probs (rows of the shard, 1000)) receives each complete shard (NaN rows for skip rows).
     """
 
-    def __init__(self, usable: np.ndarray, pending: Mapping[str, set[int]], *, shard_size: int,
-                 dtype: type[np.floating], on_shard: ShardSink) -> None:
+    def __init__(
+        self,
+        usable: np.ndarray,
+        pending: Mapping[str, set[int]],
+        *,
+        shard_size: int,
+        dtype: type[np.floating],
+        on_shard: ShardSink,
+    ) -> None:
         self.usable, self.pending, self.on_shard = usable, pending, on_shard
         self.shard_size, self.dtype = shard_size, dtype
         self.shards = sorted(set().union(*pending.values())) if pending else []
-        self.waiting = {s: int(usable[s * shard_size:(s + 1) * shard_size].sum()) for s in self.shards}
+        self.waiting = {
+            s: int(usable[s * shard_size : (s + 1) * shard_size].sum()) for s in self.shards
+        }
         self.buffers: dict[tuple[str, int], np.ndarray] = {}
 
     def _buffer(self, name: str, shard: int) -> np.ndarray:
@@ -269,14 +318,22 @@ class ShardStore:
     run's, so stale shards of another model, preprocessing, manifest or option set are never used.
     """
 
-    def __init__(self, out: str | Path, fingerprint: dict[str, Any], *, n_rows: int,
-                 shard_size: int, dtype: type[np.floating]) -> None:
+    def __init__(
+        self,
+        out: str | Path,
+        fingerprint: dict[str, Any],
+        *,
+        n_rows: int,
+        shard_size: int,
+        dtype: type[np.floating],
+    ) -> None:
         self.out, self.fingerprint, self.n_rows = Path(out), fingerprint, n_rows
         self.shard_size, self.dtype = shard_size, np.dtype(dtype)
         self.folder = self.out.parent / f".{self.out.stem}.partial"
         self.n_shards = -(-n_rows // shard_size)
 
     def path(self, shard: int) -> Path:
+        """The file of shard number `shard`."""
         return self.folder / f"shard-{shard:06d}.npy"
 
     def _rows(self, shard: int) -> int:
@@ -290,7 +347,7 @@ class ShardStore:
         return array.shape == (self._rows(shard), NUM_CLASSES) and array.dtype == self.dtype
 
     def open(self) -> set[int]:
-        """Prepare the work folder (wiping it when its fingerprint differs) -> the missing shards."""
+        """Prepare the work folder (wiped when its fingerprint differs) -> the missing shards."""
         self.prepare()
         return self.missing()
 
@@ -301,10 +358,14 @@ class ShardStore:
         for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):
             stale.unlink()  # an assembly killed before its rename
         saved = self.folder / FINGERPRINT
-        if self.folder.exists() and (not saved.is_file()
-                                     or json.loads(saved.read_text()) != self.fingerprint):
-            logger.warning("%s: its shards belong to another model, preprocessing, manifest or "
-                           "option set; discarding them", self.folder)
+        if self.folder.exists() and (
+            not saved.is_file() or json.loads(saved.read_text()) != self.fingerprint
+        ):
+            logger.warning(
+                "%s: its shards belong to another model, preprocessing, manifest or "
+                "option set; discarding them",
+                self.folder,
+            )
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(".*.tmp"):
@@ -316,16 +377,22 @@ class ShardStore:
         """The shards not yet in the (prepared) work folder."""
         missing = {s for s in range(self.n_shards) if not self._valid(s)}
         if len(missing) < self.n_shards:
-            logger.info("%s: resuming; %d of %d shards already done, computing %d",
-                        self.out.name, self.n_shards - len(missing), self.n_shards, len(missing))
+            logger.info(
+                "%s: resuming; %d of %d shards already done, computing %d",
+                self.out.name,
+                self.n_shards - len(missing),
+                self.n_shards,
+                len(missing),
+            )
         return missing
 
     def write(self, shard: int, probs: np.ndarray) -> None:
         """Atomically store one complete shard: probs (rows of the shard, 1000)."""
         write_npy(probs, self.path(shard))
 
-    def assemble(self, labels: np.ndarray, usable: np.ndarray
-                 ) -> tuple[float | None, float | None, np.ndarray]:
+    def assemble(
+        self, labels: np.ndarray, usable: np.ndarray
+    ) -> tuple[float | None, float | None, np.ndarray]:
         """Stream the shards into the final .npy (atomic rename) -> (top-1, top-5) in percent and
         the (U,) usable rows whose predictions are NaN (images that could not be decoded).
 
@@ -334,8 +401,9 @@ class ShardStore:
         hits, scored = np.zeros(2, dtype=np.int64), 0
         unreadable = []
         with atomic_path(self.out) as tmp:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
-                                              shape=(self.n_rows, NUM_CLASSES))
+            array = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, NUM_CLASSES)
+            )
             for shard in range(self.n_shards):
                 rows = slice(shard * self.shard_size, shard * self.shard_size + self._rows(shard))
                 probs = np.load(self.path(shard))

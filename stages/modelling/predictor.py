@@ -47,16 +47,13 @@ from stages.modelling.specs import ModelSpec, model_specs
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": np.float32, "float16": np.float16}
-
+DTYPES: dict[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
 
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-
 MANIFEST_COLUMNS = ("image_id", "path", "label", "skip_reason")
-
 
 
 @dataclass(frozen=True)
@@ -100,9 +97,9 @@ class PredictOptions:
         Raises:
             ConfigError: an unknown, missing or mistyped key, naming it.
         """
-        return from_section(cls, section(params, "predict"), where="predict",
-                            ignore=("splits", "models"))
-
+        return from_section(
+            cls, section(params, "predict"), where="predict", ignore=("splits", "models")
+        )
 
 
 @dataclass(frozen=True)
@@ -121,16 +118,21 @@ class PredictConfig:
     options: PredictOptions
 
     @classmethod
-    def from_params(cls, params: Params, split: str, models: Sequence[str] | None = None
-                    ) -> PredictConfig:
+    def from_params(
+        cls, params: Params, split: str, models: Sequence[str] | None = None
+    ) -> PredictConfig:
         """The config of `models` (default: `predict.models`) over `split`.
 
         Raises:
             ConfigError: a bad split entry, model entry or `predict:` section.
         """
         entry = SplitEntry.from_params(params, split)
-        return cls(split, entry.root, tuple(model_specs(params, models)),
-                   PredictOptions.from_params(params))
+        return cls(
+            split,
+            entry.root,
+            tuple(model_specs(params, models)),
+            PredictOptions.from_params(params),
+        )
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
@@ -138,43 +140,64 @@ def _check_manifest(manifest: pd.DataFrame) -> None:
         raise TypeError(f"manifest must be a pandas DataFrame, got {type(manifest).__name__}")
     missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
-        raise ValueError(f"manifest lacks columns {missing}; pass a table written by "
-                         "`imagenet-clean ingest` (formats.MANIFEST_SCHEMA)")
+        raise ValueError(
+            f"manifest lacks columns {missing}; pass a table written by "
+            "`imagenet-clean ingest` (formats.MANIFEST_SCHEMA)"
+        )
     if len(manifest) == 0:
         raise ValueError("manifest has no rows; ingest a source that holds images first")
-
 
 
 def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictOptions) -> np.ndarray:
     """batch: (B, 3, H, W) -> (B, 1000) probabilities in the storage dtype."""
     cuda = batch.device.type == "cuda"
-    with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=cuda and config.amp):
+    with torch.autocast(
+        device_type=batch.device.type, dtype=torch.float16, enabled=cuda and config.amp
+    ):
         logits = member.module(batch)
     if logits.ndim != 2 or logits.shape[1] != formats.NUM_CLASSES:
-        raise ValueError(f"model {member.name!r} returned logits of shape {tuple(logits.shape)}; "
-                         f"expected (batch, {formats.NUM_CLASSES})")
+        raise ValueError(
+            f"model {member.name!r} returned logits of shape {tuple(logits.shape)}; "
+            f"expected (batch, {formats.NUM_CLASSES})"
+        )
     return torch.softmax(logits.float(), dim=1).to(TORCH_DTYPES[config.dtype]).cpu().numpy()
 
 
-
-def _forward(members: Sequence[Member], index: Mapping[str, int], rows: np.ndarray,
-             inputs: Sequence[torch.Tensor], buffers: ShardBuffers, seconds: dict[str, float], *,
-             config: PredictConfig, device: torch.device) -> None:
+def _forward(
+    members: Sequence[Member],
+    index: Mapping[str, int],
+    rows: np.ndarray,
+    inputs: Sequence[torch.Tensor],
+    buffers: ShardBuffers,
+    seconds: dict[str, float],
+    *,
+    config: PredictOptions,
+    device: torch.device,
+) -> None:
     """One batch through every member: each preprocessing group moved to the device once."""
     ready: dict[int, torch.Tensor] = {}
     for member in members:
         group = index[member.transform.key]
         if group not in ready:
-            ready[group] = member.transform.to_device(inputs[group], device,
-                                                      channels_last=config.channels_last)
+            ready[group] = member.transform.to_device(
+                inputs[group], device, channels_last=config.channels_last
+            )
         start = time.perf_counter()
         buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
         seconds[member.name] += time.perf_counter() - start
 
 
-def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Member],
-                 pending: Mapping[str, set[int]], *, config: PredictOptions, device: torch.device,
-                 on_shard: ShardSink, desc: str = "predict") -> dict[str, float]:
+def predict_pass(
+    manifest: pd.DataFrame,
+    root: str | Path,
+    members: Sequence[Member],
+    pending: Mapping[str, set[int]],
+    *,
+    config: PredictOptions,
+    device: torch.device,
+    on_shard: ShardSink,
+    desc: str = "predict",
+) -> dict[str, float]:
     """Compute the pending shards of every member in one pass over the images.
 
     Args:
@@ -191,67 +214,104 @@ def predict_pass(manifest: pd.DataFrame, root: str | Path, members: Sequence[Mem
     for member in members:
         groups.setdefault(member.transform.key, member.transform)
     index = {key: i for i, key in enumerate(groups)}
-    buffers = ShardBuffers(usable, pending, shard_size=config.shard_size,
-                           dtype=DTYPES[config.dtype], on_shard=on_shard)
+    buffers = ShardBuffers(
+        usable, pending, shard_size=config.shard_size, dtype=DTYPES[config.dtype], on_shard=on_shard
+    )
     buffers.flush_empty()
-    batches = plan_batches(usable, buffers.shards, shard_size=config.shard_size,
-                           batch_size=config.batch_size)
+    batches = plan_batches(
+        usable, buffers.shards, shard_size=config.shard_size, batch_size=config.batch_size
+    )
     images = ManifestImages(root, manifest["path"].fillna("").tolist(), list(groups.values()))
     loader = make_loader(images, batches, workers=config.workers, pin_memory=device.type == "cuda")
     seconds = dict.fromkeys(pending, 0.0)
     if not batches:
         return seconds
-    bars = {m.name: tqdm(total=sum(buffers.waiting[s] for s in pending[m.name]), position=i,
-                         desc=f"{desc} {m.name}", unit="img", mininterval=2.0, leave=True)
-            for i, m in enumerate(members)}
+    bars = {
+        m.name: tqdm(
+            total=sum(buffers.waiting[s] for s in pending[m.name]),
+            position=i,
+            desc=f"{desc} {m.name}",
+            unit="img",
+            mininterval=2.0,
+            leave=True,
+        )
+        for i, m in enumerate(members)
+    }
     paths = manifest["path"].fillna("").tolist()
     with torch.inference_mode():
         for rows, bad, *inputs in loader:
             rows = rows.numpy()
             for row, reason in bad:
-                logger.warning("%s: cannot be decoded (%s); its predictions stay NaN (counted as "
-                               "n_unreadable in the sidecar)", Path(root) / paths[row], reason)
+                logger.warning(
+                    "%s: cannot be decoded (%s); its predictions stay NaN (counted as "
+                    "n_unreadable in the sidecar)",
+                    Path(root) / paths[row],
+                    reason,
+                )
             shard = int(rows[0] if len(rows) else bad[0][0]) // config.shard_size
             members_now = [m for m in members if shard in pending[m.name]]
             if len(rows):
-                _forward(members_now, index, rows, inputs, buffers, seconds, config=config,
-                         device=device)
+                _forward(
+                    members_now, index, rows, inputs, buffers, seconds, config=config, device=device
+                )
             for member in members_now:
                 bars[member.name].update(len(rows) + len(bad))
                 bars[member.name].set_postfix_str(
                     f"forward {bars[member.name].n / max(seconds[member.name], 1e-9):.0f} img/s",
-                    refresh=False)
+                    refresh=False,
+                )
             buffers.rows_done(shard, len(rows) + len(bad))
     for bar in bars.values():
         bar.close()
     return seconds
 
 
-
-def shard_fingerprint(member: Member, manifest_digest: str, root: str | Path, *,
-                      config: PredictOptions, device: torch.device) -> dict[str, Any]:
+def shard_fingerprint(
+    member: Member,
+    manifest_digest: str,
+    root: str | Path,
+    *,
+    config: PredictOptions,
+    device: torch.device,
+) -> dict[str, Any]:
     """Everything a shard's bytes depend on; shards under another fingerprint are never reused."""
     return {
-        "model": member.name, "spec": member.spec.spec, "pretrained": member.spec.pretrained,
+        "model": member.name,
+        "spec": member.spec.spec,
+        "pretrained": member.spec.pretrained,
         "kwargs": json.loads(json.dumps(member.spec.kwargs, sort_keys=True, default=str)),
-        "weights": member.identity, "architecture": member.architecture,
-        "preprocessing": member.data_config, "manifest_sha256": manifest_digest, "root": str(root),
-        "dtype": config.dtype, "batch_size": config.batch_size, "shard_size": config.shard_size,
-        "device": device.type, "amp": config.amp and device.type == "cuda",
-        "channels_last": config.channels_last, "torch": torch.__version__, "timm": timm.__version__,
+        "weights": member.identity,
+        "architecture": member.architecture,
+        "preprocessing": member.data_config,
+        "manifest_sha256": manifest_digest,
+        "root": str(root),
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+        "shard_size": config.shard_size,
+        "device": device.type,
+        "amp": config.amp and device.type == "cuda",
+        "channels_last": config.channels_last,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
     }
 
 
-
 def _labels(manifest: pd.DataFrame) -> np.ndarray:
-    return pd.to_numeric(manifest["label"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(manifest["label"], errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
 
 
-
-def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *,
-                  config: PredictOptions, outs: Mapping[str, str | Path], split: str
-                  ) -> dict[str, dict[str, Any]]:
+def predict_split(
+    manifest: pd.DataFrame,
+    root: str | Path,
+    specs: Sequence[ModelSpec],
+    *,
+    config: PredictOptions,
+    outs: Mapping[str, str | Path],
+    split: str,
+) -> dict[str, dict[str, Any]]:
     """Write each model's predictions + sidecar for a split in one image pass, resuming from shards.
 
     Under torchrun each rank computes its share of the missing shards (`distributed.Context.share`)
@@ -274,27 +334,48 @@ def predict_split(manifest: pd.DataFrame, root: str | Path, specs: Sequence[Mode
     with cpu_threads(config.threads):
         members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
         digest = manifest_sha256(manifest)
-        stores = {m.name: ShardStore(outs[m.name], shard_fingerprint(m, digest, root, config=config,
-                                                                     device=device),
-                                     n_rows=len(manifest), shard_size=config.shard_size,
-                                     dtype=DTYPES[config.dtype]) for m in members}
+        stores = {
+            m.name: ShardStore(
+                outs[m.name],
+                shard_fingerprint(m, digest, root, config=config, device=device),
+                n_rows=len(manifest),
+                shard_size=config.shard_size,
+                dtype=DTYPES[config.dtype],
+            )
+            for m in members
+        }
         if ctx.is_main:
             for store in stores.values():
                 store.prepare()
         distributed.barrier(ctx)
         pending = rank_shards({name: store.missing() for name, store in stores.items()}, ctx)
-        seconds = predict_pass(manifest, root, members, pending, config=config, device=device,
-                               on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
-                               desc=f"predict {split}")
+        seconds = predict_pass(
+            manifest,
+            root,
+            members,
+            pending,
+            config=config,
+            device=device,
+            on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
+            desc=f"predict {split}",
+        )
     distributed.barrier(ctx)
-    sidecars = _assemble(manifest, members, stores, config=config, split=split) if ctx.is_main else {}
+    sidecars = (
+        _assemble(manifest, members, stores, config=config, split=split) if ctx.is_main else {}
+    )
     sidecars = distributed.broadcast(sidecars, ctx)  # the others wait for rank 0's files
     for member in members:
-        logger.info("predict %s %s (rank %d of %d): top-1 %s, top-5 %s; forward %.1f s", split,
-                    member.name, ctx.rank, ctx.world, sidecars[member.name]["top1"],
-                    sidecars[member.name]["top5"], seconds.get(member.name, 0.0))
+        logger.info(
+            "predict %s %s (rank %d of %d): top-1 %s, top-5 %s; forward %.1f s",
+            split,
+            member.name,
+            ctx.rank,
+            ctx.world,
+            sidecars[member.name]["top1"],
+            sidecars[member.name]["top5"],
+            seconds.get(member.name, 0.0),
+        )
     return sidecars
-
 
 
 def rank_shards(missing: Mapping[str, set[int]], ctx: distributed.Context) -> dict[str, set[int]]:
@@ -304,9 +385,14 @@ def rank_shards(missing: Mapping[str, set[int]], ctx: distributed.Context) -> di
     return {name: shards & mine for name, shards in missing.items()}
 
 
-
-def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping[str, ShardStore],
-              *, config: PredictOptions, split: str) -> dict[str, dict[str, Any]]:
+def _assemble(
+    manifest: pd.DataFrame,
+    members: Sequence[Member],
+    stores: Mapping[str, ShardStore],
+    *,
+    config: PredictOptions,
+    split: str,
+) -> dict[str, dict[str, Any]]:
     """Stream each model's shards into its final .npy, write its sidecar, drop its work folder."""
     labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
     sidecars = {}
@@ -315,44 +401,67 @@ def _assemble(manifest: pd.DataFrame, members: Sequence[Member], stores: Mapping
         top1, top5, unreadable = store.assemble(labels, usable)
         if len(unreadable):
             shown = manifest["path"].iloc[unreadable[:20]].tolist()
-            logger.warning("predict %s %s: %d usable rows could not be decoded; their predictions "
-                           "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
-                           "to mark them skip rows", split, member.name, len(unreadable),
-                           ", ".join(shown), " ..." if len(unreadable) > len(shown) else "")
+            logger.warning(
+                "predict %s %s: %d usable rows could not be decoded; their predictions "
+                "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
+                "to mark them skip rows",
+                split,
+                member.name,
+                len(unreadable),
+                ", ".join(shown),
+                " ..." if len(unreadable) > len(shown) else "",
+            )
         sidecars[member.name] = predictions_sidecar(
-            manifest, model=member.name, split=split, source="predict", dtype=config.dtype,
-            spec=member.spec.spec, top1=top1, top5=top5, architecture=member.architecture,
-            weights_sha256=member.weights_sha256, preprocessing=member.data_config,
-            n_unreadable=len(unreadable))
+            manifest,
+            model=member.name,
+            split=split,
+            source="predict",
+            dtype=config.dtype,
+            spec=member.spec.spec,
+            top1=top1,
+            top5=top5,
+            architecture=member.architecture,
+            weights_sha256=member.weights_sha256,
+            preprocessing=member.data_config,
+            n_unreadable=len(unreadable),
+        )
         formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
         store.remove()
     return sidecars
 
 
-
-def predict_models(manifest: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *,
-                   config: PredictOptions) -> dict[str, np.ndarray]:
+def predict_models(
+    manifest: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *, config: PredictOptions
+) -> dict[str, np.ndarray]:
     """In-memory predictions of several models in one image pass -> name -> (N, 1000) array."""
     _check_manifest(manifest)
     device = resolve_device(config.device)
     results: dict[str, np.ndarray] = {}
 
     def keep(name: str, shard: int, probs: np.ndarray) -> None:
-        results[name][shard * config.shard_size:shard * config.shard_size + len(probs)] = probs
+        results[name][shard * config.shard_size : shard * config.shard_size + len(probs)] = probs
 
     with cpu_threads(config.threads):
         members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
         for member in members:
-            results[member.name] = np.full((len(manifest), formats.NUM_CLASSES), np.nan,
-                                           DTYPES[config.dtype])
+            results[member.name] = np.full(
+                (len(manifest), formats.NUM_CLASSES), np.nan, DTYPES[config.dtype]
+            )
         every = set(range(-(-len(manifest) // config.shard_size)))
-        predict_pass(manifest, root, members, {m.name: every for m in members}, config=config,
-                     device=device, on_shard=keep)
+        predict_pass(
+            manifest,
+            root,
+            members,
+            {m.name: every for m in members},
+            config=config,
+            device=device,
+            on_shard=keep,
+        )
     return results
 
 
-
-def predict_model(manifest: pd.DataFrame, root: str | Path, spec: ModelSpec, *,
-                  config: PredictOptions) -> np.ndarray:
+def predict_model(
+    manifest: pd.DataFrame, root: str | Path, spec: ModelSpec, *, config: PredictOptions
+) -> np.ndarray:
     """One model's in-memory predictions: (N, 1000), NaN rows for skip rows."""
     return predict_models(manifest, root, [spec], config=config)[spec.name]

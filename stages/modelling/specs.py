@@ -5,15 +5,16 @@ Torch-free, so stages that only name models (vote, decide, the retrain report) d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from stages.contracts.config import from_section
 from stages.contracts.errors import ConfigError
 from stages.contracts.formats import file_sha256
 from stages.contracts.splits import Params
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -33,7 +34,6 @@ class ModelEntry:
     pretrained: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
     random_weights: bool = False
-
 
 
 @dataclass(frozen=True)
@@ -63,26 +63,32 @@ class ModelSpec:
         Raises:
             ConfigError: naming the model entry and the three ways out.
         """
-        if not self.pretrained and not self.random_weights \
-                and "checkpoint_path" not in self.kwargs:
+        if not self.pretrained and not self.random_weights and "checkpoint_path" not in self.kwargs:
             where = f"models.{self.name}"
-            raise ConfigError(f"params.yaml `{where}` has pretrained: false, which would predict "
-                              "with random weights; set pretrained: true, give the weights in "
-                              f"`{where}.kwargs.checkpoint_path`, or add `random_weights: true` "
-                              "to use an untrained model on purpose")
+            raise ConfigError(
+                f"params.yaml `{where}` has pretrained: false, which would predict "
+                "with random weights; set pretrained: true, give the weights in "
+                f"`{where}.kwargs.checkpoint_path`, or add `random_weights: true` "
+                "to use an untrained model on purpose"
+            )
 
     @classmethod
-    def from_params(cls, name: str, entry: dict[str, Any] | str) -> "ModelSpec":
+    def from_params(cls, name: str, entry: dict[str, Any] | str) -> ModelSpec:
         """Build from a `models.<name>` params entry (a mapping with `spec`, or a bare spec string).
 
         Raises:
             ConfigError: unknown/missing/mistyped keys.
         """
-        parsed = from_section(ModelEntry, {"spec": entry} if isinstance(entry, str) else entry,
-                              where=f"models.{name}")
-        return cls(name=name, spec=parsed.spec, pretrained=parsed.pretrained,
-                   kwargs=dict(parsed.kwargs), random_weights=parsed.random_weights)
-
+        parsed = from_section(
+            ModelEntry, {"spec": entry} if isinstance(entry, str) else entry, where=f"models.{name}"
+        )
+        return cls(
+            name=name,
+            spec=parsed.spec,
+            pretrained=parsed.pretrained,
+            kwargs=dict(parsed.kwargs),
+            random_weights=parsed.random_weights,
+        )
 
 
 def model_specs(params: Params, names: Sequence[str] | None = None) -> list[ModelSpec]:
@@ -90,15 +96,18 @@ def model_specs(params: Params, names: Sequence[str] | None = None) -> list[Mode
     if names is None:
         names = (params.get("predict") or {}).get("models")
         if not isinstance(names, list) or not names:
-            raise ConfigError(f"params.yaml `predict.models` must be a non-empty list of model "
-                              f"names, got {names!r}")
+            raise ConfigError(
+                f"params.yaml `predict.models` must be a non-empty list of model "
+                f"names, got {names!r}"
+            )
     registry = params.get("models") or {}
     missing = [n for n in names if n not in registry]
     if missing:
-        raise ConfigError(f"models {missing} are listed but not defined under `models:` in "
-                          "params.yaml; add a `models.<name>.spec` entry for each")
+        raise ConfigError(
+            f"models {missing} are listed but not defined under `models:` in "
+            "params.yaml; add a `models.<name>.spec` entry for each"
+        )
     return [ModelSpec.from_params(n, registry[n]) for n in names]
-
 
 
 def weights_sha256(spec: ModelSpec) -> str | None:
@@ -111,4 +120,3 @@ def weights_sha256(spec: ModelSpec) -> str | None:
         if path.is_file():
             return file_sha256(path)
     return None
-

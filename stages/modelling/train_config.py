@@ -11,9 +11,10 @@ imports the other).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -82,15 +83,28 @@ class TrainSettings:
             fraction(f"{where}.{name}", getattr(self, name))
         fraction(f"{where}.ema_decay", self.ema_decay, low_open=True)
         low, high = self.scale
-        require(0 < low <= high <= 1, f"{where}.scale", "[min, max] with 0 < min <= max <= 1",
-                list(self.scale))
-        require(self.mixup >= 0 and self.cutmix >= 0, f"{where}.mixup/cutmix", "numbers >= 0",
-                (self.mixup, self.cutmix))
-        require(not self.mixing or self.batch_size % 2 == 0, f"{where}.batch_size",
-                "even when mixup or cutmix is on (timm's Mixup pairs samples)", self.batch_size)
+        require(
+            0 < low <= high <= 1,
+            f"{where}.scale",
+            "[min, max] with 0 < min <= max <= 1",
+            list(self.scale),
+        )
+        require(
+            self.mixup >= 0 and self.cutmix >= 0,
+            f"{where}.mixup/cutmix",
+            "numbers >= 0",
+            (self.mixup, self.cutmix),
+        )
+        require(
+            not self.mixing or self.batch_size % 2 == 0,
+            f"{where}.batch_size",
+            "even when mixup or cutmix is on (timm's Mixup pairs samples)",
+            self.batch_size,
+        )
 
     @property
     def mixing(self) -> bool:
+        """Whether mixup or cutmix is on."""
         return self.mixup > 0 or self.cutmix > 0
 
     def numeric(self) -> dict[str, Any]:
@@ -107,24 +121,33 @@ def train_section(params: Params) -> dict[str, Any]:
 
 
 def train_seed(params: Params) -> int:
-    """params `train.seed`: fold assignment, initialisation, data order, augmentation."""
+    """Params `train.seed`: fold assignment, initialisation, data order, augmentation."""
     seed = train_section(params).get("seed", 0)
-    require(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "train.seed",
-            "an int >= 0", seed)
+    require(
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+        "train.seed",
+        "an int >= 0",
+        seed,
+    )
     return int(seed)
 
 
 def fold_count(params: Params) -> int:
     """K from params `train.folds` (the list of fold indices the DVC matrix iterates: 0..K-1)."""
     folds = train_section(params).get("folds")
-    require(isinstance(folds, list) and len(folds) >= 2 and folds == list(range(len(folds))),
-            "train.folds", "the list of fold indices [0, 1, ..., K-1] with K >= 2 (paper: "
-            "[0, 1, 2, 3])", folds)
-    return len(folds)
+    count = len(folds) if isinstance(folds, list) else 0
+    require(
+        count >= 2 and folds == list(range(count)),
+        "train.folds",
+        "the list of fold indices [0, 1, ..., K-1] with K >= 2 (paper: [0, 1, 2, 3])",
+        folds,
+    )
+    return count
 
 
-def settings_from_params(params: Params, overrides: dict[str, Any] | None = None
-                         ) -> tuple[TrainSettings, LaunchConfig, int]:
+def settings_from_params(
+    params: Params, overrides: dict[str, Any] | None = None
+) -> tuple[TrainSettings, LaunchConfig, int]:
     """(settings, launch, seed) from params `train.settings` (updated by `overrides`),
     `train.launch` and `train.seed`."""
     train = train_section(params)
@@ -172,8 +195,12 @@ class RetrainSection:
         section_ = from_section(cls, section(params, "retrain"), where="retrain")
         SplitEntry.from_params(params, section_.split)
         SplitEntry.from_params(params, section_.eval_split)
-        require(section_.model in (params.get("models") or {}), "retrain.model",
-                "a model defined under `models:`", section_.model)
+        require(
+            section_.model in (params.get("models") or {}),
+            "retrain.model",
+            "a model defined under `models:`",
+            section_.model,
+        )
         return section_
 
 
@@ -203,8 +230,16 @@ class TrainConfig:
         entry = SplitEntry.from_params(params, split)
         entry.require_out_of_fold()
         settings, launch, seed = settings_from_params(params)
-        return cls(split, fold, model_specs(params, [model])[0], settings, launch, seed,
-                   entry.root, entry.labels_file)
+        return cls(
+            split,
+            fold,
+            model_specs(params, [model])[0],
+            settings,
+            launch,
+            seed,
+            entry.root,
+            entry.labels_file,
+        )
 
 
 @dataclass(frozen=True)
@@ -248,12 +283,20 @@ class RetrainConfig:
         """Raises ConfigError for a bad `retrain:` section or train settings."""
         own = RetrainSection.from_params(params)
         settings, launch, seed = settings_from_params(params, overrides=own.settings)
-        return cls(own.split, own.eval_split, own.model, model_specs(params, [own.model])[0],
-                   settings, launch, seed, SplitEntry.from_params(params, own.split).root,
-                   SplitEntry.from_params(params, own.eval_split).root)
+        return cls(
+            own.split,
+            own.eval_split,
+            own.model,
+            model_specs(params, [own.model])[0],
+            settings,
+            launch,
+            seed,
+            SplitEntry.from_params(params, own.split).root,
+            SplitEntry.from_params(params, own.eval_split).root,
+        )
 
 
-def eval_rows(eval_manifest: pd.DataFrame, train_ids: Sequence[str]) -> tuple[np.ndarray, int]:
+def eval_rows(eval_manifest: pd.DataFrame, train_ids: Iterable[str]) -> tuple[np.ndarray, int]:
     """(usable eval rows whose image is not in the train split, how many were left out for it)."""
     usable = eval_manifest["skip_reason"].isna().to_numpy()
     shared = eval_manifest["image_id"].astype(str).isin(set(map(str, train_ids))).to_numpy()

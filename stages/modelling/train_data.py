@@ -10,8 +10,9 @@ the flips the uninterrupted run would have seen, whichever worker decodes which 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,14 +39,23 @@ class ManifestSamples(Dataset):
         seed: with `epoch` and the row, seeds `random` and torch before the transform runs.
     """
 
-    def __init__(self, root: str | Path, paths: Sequence[str], labels: np.ndarray,
-                 transform: Callable[[Any], torch.Tensor], *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        transform: Callable[[Any], torch.Tensor],
+        *,
+        seed: int = 0,
+    ) -> None:
         self.root = str(root)
         # One fixed-width bytes buffer, not N Python strings: forked workers share it copy-free.
         self.paths = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.shape != (len(self.paths),):
-            raise ValueError(f"labels have shape {self.labels.shape}, expected ({len(self.paths)},)")
+            raise ValueError(
+                f"labels have shape {self.labels.shape}, expected ({len(self.paths)},)"
+            )
         self.transform, self.seed, self.epoch = transform, seed, 0
 
     def __len__(self) -> int:
@@ -56,9 +66,11 @@ class ManifestSamples(Dataset):
         try:
             image = open_image(self.root, path)
         except DECODE_ERRORS as error:
-            raise ValueError(f"{Path(self.root) / path}: cannot be decoded ({error}) although the "
-                             "manifest marks it usable; re-run `imagenet-clean ingest` so it "
-                             "becomes a skip row") from error
+            raise ValueError(
+                f"{Path(self.root) / path}: cannot be decoded ({error}) although the "
+                "manifest marks it usable; re-run `imagenet-clean ingest` so it "
+                "becomes a skip row"
+            ) from error
         state = sample_seed(self.seed, self.epoch, row)
         random.seed(state)
         torch.manual_seed(state)
@@ -78,8 +90,17 @@ class EpochBatches:
         start_step: the first batch to yield (a resumed epoch skips the batches already done).
     """
 
-    def __init__(self, rows: np.ndarray, *, seed: int, epoch: int, batch_size: int, rank: int = 0,
-                 world: int = 1, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        rows: np.ndarray,
+        *,
+        seed: int,
+        epoch: int,
+        batch_size: int,
+        rank: int = 0,
+        world: int = 1,
+        start_step: int = 0,
+    ) -> None:
         steps = steps_per_epoch(len(rows), batch_size=batch_size, world=world)
         order = np.asarray(rows)[np.random.default_rng([seed, epoch]).permutation(len(rows))]
         mine = np.resize(order, steps * batch_size * world)[rank::world]
@@ -109,34 +130,55 @@ def interleave(parts: Sequence[np.ndarray], out: np.ndarray, *, chunk: int = 409
     world = len(parts)
     for rank, part in enumerate(parts):
         for start in range(0, len(part), chunk):
-            block = np.asarray(part[start:start + chunk])
-            out[rank + start * world:rank + (start + len(block)) * world:world] = block
+            block = np.asarray(part[start : start + chunk])
+            out[rank + start * world : rank + (start + len(block)) * world : world] = block
 
 
-def loader(dataset: ManifestSamples, batches: Iterator[list[int]] | EpochBatches | list[list[int]],
-           *, workers: int, pin_memory: bool) -> DataLoader:
+def loader(
+    dataset: ManifestSamples,
+    batches: Iterator[list[int]] | EpochBatches | list[list[int]],
+    *,
+    workers: int,
+    pin_memory: bool,
+) -> DataLoader:
     """A DataLoader over planned batches, decoding in `workers` processes."""
     extra: dict[str, Any] = {"prefetch_factor": 4, "persistent_workers": False} if workers else {}
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                      **extra)
+    return DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory, **extra
+    )
 
 
 def eval_batches(rows: np.ndarray, batch_size: int) -> list[list[int]]:
     """Rows in order, `batch_size` per batch."""
     rows = np.asarray(rows)
-    return [rows[i:i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
+    return [rows[i : i + batch_size].tolist() for i in range(0, len(rows), batch_size)]
 
 
-def train_transform(data_config: dict[str, Any], *, input_size: int, scale: Sequence[float],
-                    hflip: float, color_jitter: float, auto_augment: str | None,
-                    re_prob: float) -> Callable[[Any], torch.Tensor]:
-    """timm's training transform (random resized crop, flip, jitter/auto-augment, erasing) with
+def train_transform(
+    data_config: dict[str, Any],
+    *,
+    input_size: int,
+    scale: Sequence[float],
+    hflip: float,
+    color_jitter: float,
+    auto_augment: str | None,
+    re_prob: float,
+) -> Callable[[Any], torch.Tensor]:
+    """Timm's training transform (random resized crop, flip, jitter/auto-augment, erasing) with
     the model's normalisation."""
-    return create_transform(input_size=(3, input_size, input_size), is_training=True,
-                            scale=tuple(scale), hflip=hflip, color_jitter=color_jitter,
-                            auto_augment=auto_augment, re_prob=re_prob,
-                            interpolation=data_config["interpolation"], mean=data_config["mean"],
-                            std=data_config["std"])
+    low, high = scale
+    return create_transform(
+        input_size=(3, input_size, input_size),
+        is_training=True,
+        scale=(low, high),
+        hflip=hflip,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment,
+        re_prob=re_prob,
+        interpolation=data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+    )
 
 
 def evaluation_config(data_config: dict[str, Any], *, input_size: int) -> dict[str, Any]:

@@ -12,7 +12,9 @@ import pandas as pd
 
 from stages.contracts import formats
 
+
 def figure(height: float) -> tuple[Any, Any]:
+    """The pyplot module (Agg backend) and a new (figure, axes) `height` inches tall."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,13 +23,12 @@ def figure(height: float) -> tuple[Any, Any]:
     return plt, plt.subplots(figsize=(8, height))
 
 
-
 def save(plt: Any, fig: Any, target: str | Path) -> None:
+    """Write `fig` as a byte-stable PNG at `target` (atomically), then close it."""
     fig.tight_layout()
     with formats.atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-
 
 
 def plot_classes(table: pd.DataFrame, target: str | Path, *, title: str, empty: str) -> None:
@@ -51,20 +52,22 @@ def plot_classes(table: pd.DataFrame, target: str | Path, *, title: str, empty: 
     save(plt, fig, target)
 
 
-
 def empty_note(metrics: Mapping[str, Any]) -> str:
+    """The note a class chart shows when an iteration fixed and removed nothing."""
     carried = metrics["counts"]["remove_carried"]
-    return (f"no new fixes or removals in iteration {metrics['iteration']}"
-            + (f" ({carried} removed in earlier iterations)" if carried else ""))
-
+    return f"no new fixes or removals in iteration {metrics['iteration']}" + (
+        f" ({carried} removed in earlier iterations)" if carried else ""
+    )
 
 
 def write_rounds(table: pd.DataFrame, folder: Path, split: str) -> None:
     """`<split>-rounds-counts.csv` and `<split>-rounds-agreement.csv` (iteration,series,value:
     the `rounds` DVC plot template draws one line per series) and a PNG of both."""
-    series = {"counts": ["fix", "remove_new", "secondary"],
-              "agreement": ["agreement_before", "agreement_after"]}
-    plt, (fig, axes) = figure(5)
+    series = {
+        "counts": ["fix", "remove_new", "secondary"],
+        "agreement": ["agreement_before", "agreement_after"],
+    }
+    plt, (fig, _axes) = figure(5)
     fig.clear()
     for k, (name, columns) in enumerate(series.items()):
         long = table.melt(id_vars="iteration", value_vars=columns, var_name="series")
@@ -79,4 +82,3 @@ def write_rounds(table: pd.DataFrame, folder: Path, split: str) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(loc="best", fontsize="small")
     save(plt, fig, folder / f"{split}-rounds.png")
-

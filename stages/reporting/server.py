@@ -24,31 +24,38 @@ import functools
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from stages.contracts import formats
-from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.actions import Action
-from stages.method.overrides import OVERRIDE_ACTIONS as ACTIONS
-from stages.method.overrides import OverrideAction
-from stages.method.overrides import OVERRIDE_COLUMNS as COLUMNS
-from stages.method.overrides import apply_overrides, read_rows, write_rows
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.splits import Params, SplitEntry
+from stages.method.overrides import OVERRIDE_ACTIONS as ACTIONS
+from stages.method.overrides import OVERRIDE_COLUMNS as COLUMNS
+from stages.method.overrides import OverrideAction, apply_overrides, read_rows, write_rows
 from stages.reporting.report import report_dir
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
 MAX_NOTE = 500
-SERVER_LEDGER_COLUMNS = ("image_id", "action", "label", "new_label", "secondary_labels", "merged",
-                  "override")
+SERVER_LEDGER_COLUMNS = (
+    "image_id",
+    "action",
+    "label",
+    "new_label",
+    "secondary_labels",
+    "merged",
+    "override",
+)
 
 
 class RequestError(ValueError):
@@ -72,8 +79,10 @@ class ServeReviewConfig:
         """Raises ConfigError for an unknown split or one without an overrides path."""
         path = SplitEntry.from_params(params, split).overrides
         if not path:
-            raise ConfigError(f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
-                              f"data/overrides/{split}.csv")
+            raise ConfigError(
+                f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
+                f"data/overrides/{split}.csv"
+            )
         return cls(split, Path(path))
 
 
@@ -96,7 +105,8 @@ class Ledger:
     stamp: tuple[int, int] = (0, 0)
 
     @classmethod
-    def read(cls, path: Path) -> "Ledger":
+    def read(cls, path: Path) -> Ledger:
+        """Read a decision ledger file, checking its columns."""
         if not path.is_file():
             raise MissingInputError(f"ledger {path} does not exist; run `dvc repro` first")
         stat = path.stat()
@@ -111,7 +121,7 @@ class Ledger:
     def check(self, rows: Sequence[dict[str, str]], source: str) -> None:
         """Raise RequestError(400) unless decide would accept `rows` as the overrides file (its
         own `apply_overrides`, on the ledger rows of the images named)."""
-        positions = sorted({self.position(r["image_id"]) for r in rows})
+        positions = sorted({self.row(r["image_id"]) for r in rows})
         part = self.frame.iloc[positions].reset_index(drop=True).assign(reason="")
         try:
             apply_overrides(part, pd.DataFrame(list(rows), columns=list(COLUMNS)), source=source)
@@ -119,24 +129,50 @@ class Ledger:
             raise RequestError(400, f"decide would refuse the result: {error}") from None
 
     def position(self, image_id: Any) -> int | None:
+        """The row of `image_id` in the ledger (None: not a known image id)."""
         if not isinstance(image_id, str):
             return None
-        where = self.ids.get_indexer([image_id])[0]
+        where = self.ids.get_indexer(pd.Index([image_id]))[0]
         return None if where < 0 else int(where)
 
+    def row(self, image_id: str) -> int:
+        """The row of a known `image_id`.
+
+        Raises:
+            ValueError: the ledger has no image `image_id` (callers check ids first).
+        """
+        position = self.position(image_id)
+        if position is None:
+            raise ValueError(f"unknown image_id {image_id!r}")
+        return position
+
     def decision(self, image_id: str) -> Decision:
-        row = self.frame.iloc[self.position(image_id)]
+        """The ledger's decision for a known `image_id`."""
+        row = self.frame.iloc[self.row(image_id)]
         as_int = lambda v: None if pd.isna(v) else int(v)  # noqa: E731
-        return Decision(str(row["action"]), as_int(row["label"]), as_int(row["new_label"]),
-                        tuple(int(c) for c in (row["secondary_labels"] if row["secondary_labels"]
-                                               is not None else ())))
+        return Decision(
+            str(row["action"]),
+            as_int(row["label"]),
+            as_int(row["new_label"]),
+            tuple(
+                int(c)
+                for c in (row["secondary_labels"] if row["secondary_labels"] is not None else ())
+            ),
+        )
 
 
 def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
     """One requested row -> a file row, or RequestError(400) saying what is wrong and the fix."""
-    if not isinstance(item, dict) or set(item) - set(COLUMNS) or not {"image_id", "action"} <= set(item):
-        raise RequestError(400, f"each row must be an object with image_id, action and optional "
-                                f"new_label, note; got {json.dumps(item)[:200]}")
+    if (
+        not isinstance(item, dict)
+        or set(item) - set(COLUMNS)
+        or not {"image_id", "action"} <= set(item)
+    ):
+        raise RequestError(
+            400,
+            f"each row must be an object with image_id, action and optional "
+            f"new_label, note; got {json.dumps(item)[:200]}",
+        )
     image_id, action = item["image_id"], item["action"]
     label, note = item.get("new_label"), item.get("note") or ""
     if ledger.position(image_id) is None:
@@ -151,32 +187,40 @@ def parse_row(item: Any, ledger: Ledger) -> dict[str, str]:
     if action == OverrideAction.FIX and empty:
         raise RequestError(400, "action fix needs a new_label: a class index 0..999 or a wnid")
     if not empty and formats.parse_class(label) is None:
-        raise RequestError(400, f"new_label {label!r} is not a class index 0..999 or an "
-                                "ILSVRC2012 wnid")
+        raise RequestError(
+            400, f"new_label {label!r} is not a class index 0..999 or an ILSVRC2012 wnid"
+        )
     decision = ledger.decision(image_id)
     if decision.action == Action.SKIP:
         raise RequestError(400, f"{image_id} is unreadable (a skip row); overrides cannot apply")
     if action == OverrideAction.KEEP and decision.label is None:
-        raise RequestError(400, f"{image_id} left the split earlier and has no label to keep; "
-                                "relabel it (fix) instead")
-    return {"image_id": image_id, "action": action,
-            "new_label": "" if empty else str(formats.parse_class(label)),
-            "note": " ".join(note.split())}
+        raise RequestError(
+            400,
+            f"{image_id} left the split earlier and has no label to keep; relabel it (fix) instead",
+        )
+    return {
+        "image_id": image_id,
+        "action": action,
+        "new_label": "" if empty else str(formats.parse_class(label)),
+        "note": " ".join(note.split()),
+    }
 
 
-def _effective(rows: Sequence[dict[str, str]], decision: Decision, image_id: str
-               ) -> tuple[str, int | None]:
+def _effective(
+    rows: Sequence[dict[str, str]], decision: Decision, image_id: str
+) -> tuple[str, int | None]:
     """(action, label) of an image once the file's keep/fix/remove row (if any) applies."""
     for r in rows:
         if r["image_id"] == image_id and r["action"] != OverrideAction.SECONDARY:
-            label = {OverrideAction.KEEP: decision.label}.get(r["action"])
+            label = decision.label if r["action"] == OverrideAction.KEEP else None
             fixed = r["action"] == OverrideAction.FIX
             return r["action"], formats.parse_class(r["new_label"]) if fixed else label
     return decision.action, decision.new_label
 
 
-def merge_rows(rows: list[dict[str, str]], new: Sequence[dict[str, str]], *,
-               decisions: dict[str, Decision]) -> list[dict[str, str]]:
+def merge_rows(
+    rows: list[dict[str, str]], new: Sequence[dict[str, str]], *, decisions: dict[str, Decision]
+) -> list[dict[str, str]]:
     """The file's rows after applying `new` (see the module docstring); the input is not changed.
 
     A removal drops the image's secondary rows, and a label never stays among its own secondary
@@ -192,32 +236,47 @@ def merge_rows(rows: list[dict[str, str]], new: Sequence[dict[str, str]], *,
     rows = [dict(r) for r in rows]
     for row in new:
         image_id, action, cls = row["image_id"], row["action"], row["new_label"]
-        mine = [r for r in rows
-                if r["image_id"] == image_id and r["action"] == OverrideAction.SECONDARY]
+        mine = [
+            r for r in rows if r["image_id"] == image_id and r["action"] == OverrideAction.SECONDARY
+        ]
         if action != OverrideAction.SECONDARY:
-            main = [i for i, r in enumerate(rows)
-                    if r["image_id"] == image_id and r["action"] != OverrideAction.SECONDARY]
+            main = [
+                i
+                for i, r in enumerate(rows)
+                if r["image_id"] == image_id and r["action"] != OverrideAction.SECONDARY
+            ]
             if main:
                 rows[main[0]] = dict(row)
                 rows = [r for i, r in enumerate(rows) if i not in main[1:]]
             else:
                 rows.append(dict(row))
             now, label = _effective(rows, decisions[image_id], image_id)
-            rows = [r for r in rows
-                    if r not in mine or (now != Action.REMOVE and r["new_label"] != str(label))]
+            rows = [
+                r
+                for r in rows
+                if r not in mine or (now != Action.REMOVE and r["new_label"] != str(label))
+            ]
             continue
         now, label = _effective(rows, decisions[image_id], image_id)
         if cls and now == Action.REMOVE:
-            raise RequestError(400, f"{image_id} is removed; secondary labels only apply to kept or "
-                                    "fixed images (keep or relabel it first)")
+            raise RequestError(
+                400,
+                f"{image_id} is removed; secondary labels only apply to kept or "
+                "fixed images (keep or relabel it first)",
+            )
         if cls and cls == str(label):
-            raise RequestError(400, f"class {cls} is the label of {image_id}, not a secondary label")
+            raise RequestError(
+                400, f"class {cls} is the label of {image_id}, not a secondary label"
+            )
         if not cls:
             rows = [r for r in rows if r not in mine] + [dict(row)]
             continue
         if not mine:
-            rows += [{**row, "new_label": str(c)} for c in decisions[image_id].secondary
-                     if str(c) not in (cls, str(label))]
+            rows += [
+                {**row, "new_label": str(c)}
+                for c in decisions[image_id].secondary
+                if str(c) not in (cls, str(label))
+            ]
         rows = [r for r in rows if not (r in mine and not r["new_label"])]
         if not any(r["new_label"] == cls for r in mine):
             rows.append(dict(row))
@@ -239,18 +298,26 @@ class ReviewState:
     def ledger(self) -> Ledger:
         """The ledger, read again after `dvc repro` rewrote it (the server may run for hours)."""
         stat = self.ledger_path.stat() if self.ledger_path.is_file() else None
-        if self._ledger is None or stat is None or \
-                self._ledger.stamp != (stat.st_mtime_ns, stat.st_size):
+        if (
+            self._ledger is None
+            or stat is None
+            or self._ledger.stamp != (stat.st_mtime_ns, stat.st_size)
+        ):
             self._ledger = Ledger.read(self.ledger_path)
         return self._ledger
 
     def listing(self) -> dict[str, Any]:
+        """GET /api/overrides: the split, the overrides file and its rows."""
         return {"split": self.split, "path": str(self.overrides), "rows": read_rows(self.overrides)}
 
     def apply(self, body: Any) -> dict[str, Any]:
         """POST /api/overrides: check every row, then rewrite the file once."""
-        if not isinstance(body, dict) or set(body) != {"rows"} or not isinstance(body["rows"], list) \
-                or not 0 < len(body["rows"]) <= 1000:
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"rows"}
+            or not isinstance(body["rows"], list)
+            or not 0 < len(body["rows"]) <= 1000
+        ):
             raise RequestError(400, 'body must be {"rows": [...]} with 1 to 1000 rows')
         ledger = self.ledger
         new = [parse_row(item, ledger) for item in body["rows"]]
@@ -264,8 +331,11 @@ class ReviewState:
 
     def undo(self, body: Any) -> dict[str, Any]:
         """POST /api/undo: drop every row of one image."""
-        if not isinstance(body, dict) or set(body) != {"image_id"} \
-                or self.ledger.position(body["image_id"]) is None:
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"image_id"}
+            or self.ledger.position(body["image_id"]) is None
+        ):
             raise RequestError(400, 'body must be {"image_id": <an image of this split>}')
         with self.lock:
             rows = read_rows(self.overrides)
@@ -276,15 +346,17 @@ class ReviewState:
 class ReviewHandler(SimpleHTTPRequestHandler):
     """Static files of the report, plus the JSON API under /api/."""
 
-    server: "ReviewServer"
+    server: ReviewServer
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, directory=str(kwargs.pop("server_state").report), **kwargs)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log each request at debug level instead of printing it."""
         logger.debug("%s " + format, self.address_string(), *args)
 
     def do_GET(self) -> None:
+        """Serve the overrides API or the report's static files."""
         if not self._host_ok():
             return
         if self.path.split("?")[0] == "/api/overrides":
@@ -295,6 +367,7 @@ class ReviewHandler(SimpleHTTPRequestHandler):
             super().do_GET()
 
     def do_POST(self) -> None:
+        """Apply or undo overrides; errors answer JSON with their status."""
         if not self._host_ok():
             return
         actions = {"/api/overrides": self.server.state.apply, "/api/undo": self.server.state.undo}
@@ -310,8 +383,10 @@ class ReviewHandler(SimpleHTTPRequestHandler):
             raise RequestError(415, "send the body as Content-Type: application/json")
         length = self.headers.get("Content-Length", "")
         if not length.isdigit() or int(length) > MAX_BODY:
-            raise RequestError(413 if length.isdigit() else 411,
-                               f"a body needs a Content-Length of at most {MAX_BODY} bytes")
+            raise RequestError(
+                413 if length.isdigit() else 411,
+                f"a body needs a Content-Length of at most {MAX_BODY} bytes",
+            )
         try:
             return json.loads(self.rfile.read(int(length)).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -320,9 +395,12 @@ class ReviewHandler(SimpleHTTPRequestHandler):
     def _host_ok(self) -> bool:
         """Refuse other hosts' pages (DNS rebinding) and cross-origin writes."""
         host, origin = self.headers.get("Host", ""), self.headers.get("Origin")
-        if host not in self.server.hosts or (origin and origin not in
-                                             {f"http://{h}" for h in self.server.hosts}):
-            self._json(HTTPStatus.FORBIDDEN, {"error": f"refused host {host!r} / origin {origin!r}"})
+        if host not in self.server.hosts or (
+            origin and origin not in {f"http://{h}" for h in self.server.hosts}
+        ):
+            self._json(
+                HTTPStatus.FORBIDDEN, {"error": f"refused host {host!r} / origin {origin!r}"}
+            )
             return False
         return True
 
@@ -344,23 +422,35 @@ class ReviewServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], state: ReviewState) -> None:
         self.state = state
         super().__init__(address, functools.partial(ReviewHandler, server_state=state))
-        host, port = self.server_address[:2]
+        host, port = self.host_port
         self.hosts = {f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
 
     @property
-    def url(self) -> str:
+    def host_port(self) -> tuple[str, int]:
+        """The IP address and port the server is bound to."""
         host, port = self.server_address[:2]
+        if not isinstance(host, str):
+            raise TypeError(f"the review server listens on an IP address, not {host!r}")
+        return host, port
+
+    @property
+    def url(self) -> str:
+        """The address the server listens on."""
+        host, port = self.host_port
         return f"http://{host}:{port}/"
 
 
-def make_server(config: ServeReviewConfig, *, host: str = "127.0.0.1", port: int = 8765,
-                root: str | Path = ".") -> ReviewServer:
+def make_server(
+    config: ServeReviewConfig, *, host: str = "127.0.0.1", port: int = 8765, root: str | Path = "."
+) -> ReviewServer:
     """A server for the configured split (port 0 picks a free port); call `serve_forever()`."""
     root, split = Path(root), config.split
     report = root / report_dir(split)
     if not (report / "index.html").is_file():
-        raise MissingInputError(f"no review report in {report}; build it with `dvc repro "
-                                f"review@{split}` (or `python -m stages.review --split {split}`)")
+        raise MissingInputError(
+            f"no review report in {report}; build it with `dvc repro "
+            f"review@{split}` (or `python -m stages.review --split {split}`)"
+        )
     overrides = root / config.overrides
     read_rows(overrides)  # a malformed file stops here, before anyone reviews
     state = ReviewState(split, report, overrides, root / formats.ledger_path(split))

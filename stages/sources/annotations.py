@@ -58,14 +58,18 @@ def parse_voc_xml(path: Path) -> tuple[Objects, tuple[int, int] | None]:
             name = (obj.findtext("name") or "").strip()
             if not name:
                 raise ValueError(f"object {index} has no <name>")
-            coords = [parse_number(box.findtext(tag), f"object {index} ({name}) <{tag}>")
-                      for tag in ("xmin", "ymin", "xmax", "ymax")]
+            coords = [
+                parse_number(box.findtext(tag), f"object {index} ({name}) <{tag}>")
+                for tag in ("xmin", "ymin", "xmax", "ymax")
+            ]
             objects.append((name, coords))
         size = root.find("size")
         dims = None
         if size is not None and size.findtext("width") and size.findtext("height"):
-            dims = (parse_number(size.findtext("width"), "<size><width>"),
-                    parse_number(size.findtext("height"), "<size><height>"))
+            dims = (
+                parse_number(size.findtext("width"), "<size><width>"),
+                parse_number(size.findtext("height"), "<size><height>"),
+            )
     except ET.ParseError as error:
         raise InputError(f"{path}: not valid XML ({error})") from error
     except ValueError as error:
@@ -74,16 +78,19 @@ def parse_voc_xml(path: Path) -> tuple[Objects, tuple[int, int] | None]:
 
 
 def read_box_xml(xml: Path | None, wnid: str | None) -> dict[str, Any]:
-    """Found fields from an optional box XML: boxes of `wnid`, size, named wnids, or a skip reason."""
+    """Found fields of an optional box XML: boxes of `wnid`, size, named wnids or a skip reason."""
     if xml is None or not xml.is_file():
         return {}
     try:
         objects, dims = parse_voc_xml(xml)
     except InputError as error:
         return {"skip_reason": f"bad annotation: {error}"}
-    return {"boxes": [box for name, box in objects if name == wnid], "annotation_size": dims,
-            "annotated": tuple(sorted({name for name, _ in objects})) or None,
-            "annotation_file": xml}
+    return {
+        "boxes": [box for name, box in objects if name == wnid],
+        "annotation_size": dims,
+        "annotated": tuple(sorted({name for name, _ in objects})) or None,
+        "annotation_file": xml,
+    }
 
 
 def box_xml_path(boxes: Path | None, wnid: str | None, stem: str) -> Path | None:
@@ -103,10 +110,16 @@ def prediction_string(value: str | None, where: str) -> Objects:
     """
     tokens = (value or "").split()
     if not tokens or len(tokens) % 5:
-        raise ValueError(f"{where}: PredictionString {value!r} is not groups of "
-                         "'wnid xmin ymin xmax ymax'")
-    return [(tokens[i], [parse_number(v, f"{where}: {tokens[i]} coordinate") for v in tokens[i + 1:i + 5]])
-            for i in range(0, len(tokens), 5)]
+        raise ValueError(
+            f"{where}: PredictionString {value!r} is not groups of 'wnid xmin ymin xmax ymax'"
+        )
+    return [
+        (
+            tokens[i],
+            [parse_number(v, f"{where}: {tokens[i]} coordinate") for v in tokens[i + 1 : i + 5]],
+        )
+        for i in range(0, len(tokens), 5)
+    ]
 
 
 def kaggle_solution(path: Path) -> dict[str, Objects | str]:
@@ -121,16 +134,20 @@ def kaggle_solution(path: Path) -> dict[str, Objects | str]:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if not {"ImageId", "PredictionString"} <= set(reader.fieldnames or ()):
-                raise InputError(f"{path}: the header must be 'ImageId,PredictionString', got "
-                                 f"{reader.fieldnames}; is this the Kaggle solution file?")
+                raise InputError(
+                    f"{path}: the header must be 'ImageId,PredictionString', got "
+                    f"{reader.fieldnames}; is this the Kaggle solution file?"
+                )
             for row in reader:
                 where = f"{path} line {reader.line_num}"
                 image_id = (row.get("ImageId") or "").strip()
                 if not image_id:
                     logger.warning("%s has no ImageId; the line is ignored", where)
                 elif image_id in lines:
-                    solution[image_id] = (f"bad annotation: {path}: {image_id} is on line "
-                                          f"{lines[image_id]} and again on {where}")
+                    solution[image_id] = (
+                        f"bad annotation: {path}: {image_id} is on line "
+                        f"{lines[image_id]} and again on {where}"
+                    )
                 else:
                     lines[image_id] = reader.line_num
                     try:
@@ -138,8 +155,9 @@ def kaggle_solution(path: Path) -> dict[str, Objects | str]:
                     except ValueError as error:
                         solution[image_id] = f"bad annotation: {error}"
     except (csv.Error, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a readable CSV ({error}); restore the file from the "
-                         "Kaggle download") from error
+        raise InputError(
+            f"{path}: not a readable CSV ({error}); restore the file from the Kaggle download"
+        ) from error
     return solution
 
 
@@ -150,8 +168,10 @@ def devkit_synsets(path: Path) -> list[str]:
         InputError: the file is not 1000 distinct ILSVRC2012 wnids (naming the file and the fix).
     """
     if not path.is_file():
-        raise MissingInputError(f"synset file {path} does not exist; set splits.<split>.synsets to "
-                                "the devkit's data/meta.mat")
+        raise MissingInputError(
+            f"synset file {path} does not exist; set splits.<split>.synsets to "
+            "the devkit's data/meta.mat"
+        )
     errors: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, IndexError, TypeError)
     if path.suffix == ".mat":
         from scipy.io.matlab import MatReadError
@@ -162,23 +182,31 @@ def devkit_synsets(path: Path) -> list[str]:
             from scipy.io import loadmat
 
             meta = loadmat(path, squeeze_me=True)["synsets"]
-            by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in meta if int(s["num_children"]) == 0}
+            by_id = {
+                int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in meta if int(s["num_children"]) == 0
+            }
             wnids = [by_id[i] for i in range(1, len(by_id) + 1)]
         else:
             wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     except errors as error:
-        raise InputError(f"{path}: not a devkit meta.mat or synset list ({type(error).__name__}: "
-                         f"{error})") from error
+        raise InputError(
+            f"{path}: not a devkit meta.mat or synset list ({type(error).__name__}: {error})"
+        ) from error
     known = set(class_wnids())
     unknown = [w for w in wnids if w not in known]
     if len(wnids) != len(known) or len(set(wnids)) != len(wnids) or unknown:
-        raise InputError(f"{path}: expected the 1000 distinct ILSVRC2012 wnids in ILSVRC2012_ID "
-                         f"order, got {len(wnids)} lines ({len(set(wnids))} distinct"
-                         f"{', unknown e.g. ' + repr(unknown[0]) if unknown else ''})")
+        raise InputError(
+            f"{path}: expected the 1000 distinct ILSVRC2012 wnids in ILSVRC2012_ID "
+            f"order, got {len(wnids)} lines ({len(set(wnids))} distinct"
+            f"{', unknown e.g. ' + repr(unknown[0]) if unknown else ''})"
+        )
     if wnids == sorted(wnids):
-        logger.warning("%s lists the wnids in sorted order; the devkit's ground truth uses "
-                       "ILSVRC2012_ID order (meta.mat). Labels are checked against box XMLs when "
-                       "splits.<split>.boxes is set", path)
+        logger.warning(
+            "%s lists the wnids in sorted order; the devkit's ground truth uses "
+            "ILSVRC2012_ID order (meta.mat). Labels are checked against box XMLs when "
+            "splits.<split>.boxes is set",
+            path,
+        )
     return wnids
 
 
@@ -191,6 +219,10 @@ def ground_truth(path: Path, count: int) -> list[int | str]:
     for line_number, line in enumerate(lines, 1):
         text = line.strip()
         value = int(text) if text.isdigit() else 0
-        ids.append(value if 1 <= value <= count else f"bad annotation: {path} line {line_number}: "
-                   f"{text!r} is not an ILSVRC2012_ID 1..{count}")
+        ids.append(
+            value
+            if 1 <= value <= count
+            else f"bad annotation: {path} line {line_number}: "
+            f"{text!r} is not an ILSVRC2012_ID 1..{count}"
+        )
     return ids

@@ -8,9 +8,10 @@ crop, and rasterised (`box_mask`). A box outside the crop maps to nothing (score
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from timm.data import transforms as timm_transforms
@@ -34,15 +35,17 @@ class Geometry:
     width: int
     height: int
 
-    def then(self, sx: Fraction, dx: Fraction, sy: Fraction, dy: Fraction, width: int,
-             height: int) -> "Geometry":
+    def then(
+        self, sx: Fraction, dx: Fraction, sy: Fraction, dy: Fraction, width: int, height: int
+    ) -> Geometry:
         """Compose with a following step x'' = x' * sx + dx."""
-        return Geometry(self.sx * sx, self.dx * sx + dx, self.sy * sy, self.dy * sy + dy, width,
-                        height)
+        return Geometry(
+            self.sx * sx, self.dx * sx + dx, self.sy * sy, self.dy * sy + dy, width, height
+        )
 
 
 def _resize_size(size: Any, max_size: int | None, width: int, height: int) -> tuple[int, int]:
-    """torchvision's Resize output (width, height): an int resizes the shorter side."""
+    """Torchvision's Resize output (width, height): an int resizes the shorter side."""
     if isinstance(size, (list, tuple)) and len(size) == 2:
         return int(size[1]), int(size[0])
     short_target = int(size[0] if isinstance(size, (list, tuple)) else size)
@@ -54,8 +57,14 @@ def _resize_size(size: Any, max_size: int | None, width: int, height: int) -> tu
 
 
 def _scaled(geom: Geometry, new_w: int, new_h: int) -> Geometry:
-    return geom.then(Fraction(new_w, geom.width), Fraction(0), Fraction(new_h, geom.height),
-                     Fraction(0), new_w, new_h)
+    return geom.then(
+        Fraction(new_w, geom.width),
+        Fraction(0),
+        Fraction(new_h, geom.height),
+        Fraction(0),
+        new_w,
+        new_h,
+    )
 
 
 def _resize_step(step: Any, geom: Geometry) -> Geometry:
@@ -78,19 +87,28 @@ def _center_crop_step(step: Any, geom: Geometry) -> Geometry:
     pad_l = (crop_w - geom.width) // 2 if crop_w > geom.width else 0
     pad_t = (crop_h - geom.height) // 2 if crop_h > geom.height else 0
     padded_w = geom.width + pad_l + ((crop_w - geom.width + 1) // 2 if crop_w > geom.width else 0)
-    padded_h = geom.height + pad_t + ((crop_h - geom.height + 1) // 2 if crop_h > geom.height else 0)
+    padded_h = (
+        geom.height + pad_t + ((crop_h - geom.height + 1) // 2 if crop_h > geom.height else 0)
+    )
     top = left = 0
     if (padded_w, padded_h) != (crop_w, crop_h):
-        top, left = int(round((padded_h - crop_h) / 2.0)), int(round((padded_w - crop_w) / 2.0))
-    return geom.then(Fraction(1), Fraction(pad_l - left), Fraction(1), Fraction(pad_t - top),
-                     crop_w, crop_h)
+        top, left = round((padded_h - crop_h) / 2.0), round((padded_w - crop_w) / 2.0)
+    return geom.then(
+        Fraction(1), Fraction(pad_l - left), Fraction(1), Fraction(pad_t - top), crop_w, crop_h
+    )
 
 
 def _trim_border_step(step: Any, geom: Geometry) -> Geometry:
     border = step.border_size
     top, left = min(border, geom.height), min(border, geom.height)  # timm uses h for both
-    return geom.then(Fraction(1), Fraction(-left), Fraction(1), Fraction(-top),
-                     max(0, geom.width - 2 * border), max(0, geom.height - 2 * border))
+    return geom.then(
+        Fraction(1),
+        Fraction(-left),
+        Fraction(1),
+        Fraction(-top),
+        max(0, geom.width - 2 * border),
+        max(0, geom.height - 2 * border),
+    )
 
 
 def _no_geometry(step: Any, geom: Geometry) -> Geometry:
@@ -122,7 +140,8 @@ def input_geometry(transform: Any, width: int, height: int) -> Geometry:
     """The map from a width x height image to the model input that `transform` produces.
 
     Args:
-        transform: a torchvision Compose (as `stages.modelling.models.eval_transform` returns) or one step.
+        transform: a torchvision Compose (as `stages.modelling.models.eval_transform` returns) or
+            one step.
         width, height: the original image size in pixels.
 
     Raises:
@@ -134,8 +153,10 @@ def input_geometry(transform: Any, width: int, height: int) -> Geometry:
     for step in getattr(transform, "transforms", [transform]):
         handler = GEOMETRY_STEPS.get(type(step))
         if handler is None:
-            raise ValueError(f"transform step {step!r} moves pixels in a way explain cannot map boxes "
-                             f"through; supported steps: {sorted(t.__name__ for t in GEOMETRY_STEPS)}")
+            raise ValueError(
+                f"transform step {step!r} moves pixels in a way explain cannot map boxes "
+                f"through; supported steps: {sorted(t.__name__ for t in GEOMETRY_STEPS)}"
+            )
         geom = handler(step, geom)
     return geom
 
@@ -143,11 +164,15 @@ def input_geometry(transform: Any, width: int, height: int) -> Geometry:
 def _check_boxes(boxes: Sequence[Sequence[float]]) -> None:
     for box in boxes:
         if len(box) != 4 or box[2] < box[0] or box[3] < box[1]:
-            raise ValueError(f"box {list(box)} is not [xmin, ymin, xmax, ymax] with xmax >= xmin and "
-                             "ymax >= ymin")
+            raise ValueError(
+                f"box {list(box)} is not [xmin, ymin, xmax, ymax] with xmax >= xmin and "
+                "ymax >= ymin"
+            )
 
 
-def boxes_to_input(boxes: Sequence[Sequence[float]], geom: Geometry) -> list[tuple[Fraction, ...]]:
+def boxes_to_input(
+    boxes: Sequence[Sequence[float]], geom: Geometry
+) -> list[tuple[Fraction, Fraction, Fraction, Fraction]]:
     """Map boxes (pixel edges [xmin, ymin, xmax, ymax], as ingest stores them) into input
     coordinates, clipped to the input; boxes left with no area are dropped."""
     _check_boxes(boxes)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -30,8 +29,10 @@ REFUSED_MODES = frozenset({"F"})
 def check_mode(mode: str) -> None:
     """Raise ValueError for a pixel mode that would not decode to a faithful 8-bit RGB image."""
     if mode in REFUSED_MODES:
-        raise ValueError(f"pixel mode {mode!r} (32-bit float) has no 8-bit RGB rendering; convert "
-                         "the file to an 8-bit JPEG or PNG")
+        raise ValueError(
+            f"pixel mode {mode!r} (32-bit float) has no 8-bit RGB rendering; convert "
+            "the file to an 8-bit JPEG or PNG"
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -56,8 +57,9 @@ def open_rgb(path: str | os.PathLike[str] | io.BytesIO) -> Image.Image:
         return to_rgb(image)
 
 
-def probe(source: str | os.PathLike[str] | io.BytesIO, *, full: bool = True
-          ) -> tuple[int, int, str | None]:
+def probe(
+    source: str | os.PathLike[str] | io.BytesIO, *, full: bool = True
+) -> tuple[int, int, str | None]:
     """Check one image -> (width, height, skip reason or None).
 
     Args:
@@ -65,7 +67,11 @@ def probe(source: str | os.PathLike[str] | io.BytesIO, *, full: bool = True
         full: decode all pixels (catches truncated files); False reads the header only.
     """
     try:
-        size = source.getbuffer().nbytes if isinstance(source, io.BytesIO) else Path(source).stat().st_size
+        size = (
+            source.getbuffer().nbytes
+            if isinstance(source, io.BytesIO)
+            else Path(source).stat().st_size
+        )
         if size == 0:
             return 0, 0, "empty file (0 bytes)"
         with Image.open(source) as image:
@@ -107,8 +113,9 @@ def open_image(root: str | os.PathLike[str], path: str) -> Image.Image:
     return open_rgb(where)
 
 
-def probe_image(root: str | os.PathLike[str], path: str, *, full: bool = True
-                ) -> tuple[int, int, str | None, str | None]:
+def probe_image(
+    root: str | os.PathLike[str], path: str, *, full: bool = True
+) -> tuple[int, int, str | None, str | None]:
     """`probe` for a manifest row's image (file or parquet row) and the sha256 of its encoded
     bytes (None when unreadable), from one read of the file."""
     where = resolve(root, path)

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from stages.contracts.config import positive, require
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.formats import class_wnids
+from stages.contracts.splits import SplitEntry
 from stages.sources.annotations import (
     box_xml_path,
     devkit_synsets,
@@ -23,10 +27,6 @@ from stages.sources.annotations import (
     parse_voc_xml,
     read_box_xml,
 )
-from stages.contracts.config import positive, require
-from stages.contracts.splits import SplitEntry
-from stages.contracts.errors import ConfigError, InputError, MissingInputError
-from stages.contracts.formats import class_wnids
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +60,22 @@ def _check_entry(source: Source) -> None:
     require(source.layout in LAYOUTS, f"{where}.layout", f"one of {sorted(LAYOUTS)}", source.layout)
     positive(f"{where}.limit", source.limit)
     if source.synsets and source.layout not in SYNSETS_LAYOUTS:
-        raise ConfigError(f"params.yaml `{where}.synsets` is set, but layout {source.layout!r} "
-                          "does not read a synset list (its labels are wnids or sorted-order "
-                          "indices); remove the key (it is for layout devkit)")
+        raise ConfigError(
+            f"params.yaml `{where}.synsets` is set, but layout {source.layout!r} "
+            "does not read a synset list (its labels are wnids or sorted-order "
+            "indices); remove the key (it is for layout devkit)"
+        )
     if source.boxes and source.layout not in BOXES_LAYOUTS:
-        why = ("reads its boxes from LOC_<subset>_solution.csv and ILSVRC/Annotations"
-               if source.layout == "kaggle" else "has no boxes")
-        raise ConfigError(f"params.yaml `{where}.boxes` is set, but layout {source.layout!r} "
-                          f"{why}; remove the key (layouts reading a bbox XML folder: "
-                          f"{', '.join(BOXES_LAYOUTS)})")
+        why = (
+            "reads its boxes from LOC_<subset>_solution.csv and ILSVRC/Annotations"
+            if source.layout == "kaggle"
+            else "has no boxes"
+        )
+        raise ConfigError(
+            f"params.yaml `{where}.boxes` is set, but layout {source.layout!r} "
+            f"{why}; remove the key (layouts reading a bbox XML folder: "
+            f"{', '.join(BOXES_LAYOUTS)})"
+        )
     for key in ("synsets", "boxes"):
         value = getattr(source, key)
         if value and not _inside(Path(value), Path(source.root)):
@@ -76,7 +83,8 @@ def _check_entry(source: Source) -> None:
                 f"params.yaml `{where}.{key}` = {value} is outside the split root "
                 f"{source.root}; DVC tracks the root as ingest's dependency, so move (or "
                 f"symlink) it inside the root, e.g. {Path(source.root) / Path(value).name}, "
-                "and a change to it re-runs ingest")
+                "and a change to it re-runs ingest"
+            )
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -91,9 +99,15 @@ def split_source(entry: SplitEntry) -> Source:
         ConfigError: a missing or mistyped key, or a key the layout does not read.
     """
     synsets, boxes = entry.synsets, entry.boxes
-    source = Source(Path(entry.root), entry.layout, entry.subset or "val",
-                    synsets=Path(synsets) if synsets else None, boxes=Path(boxes) if boxes else None,
-                    limit=entry.limit, where=entry.where)
+    source = Source(
+        Path(entry.root),
+        entry.layout,
+        entry.subset or "val",
+        synsets=Path(synsets) if synsets else None,
+        boxes=Path(boxes) if boxes else None,
+        limit=entry.limit,
+        where=entry.where,
+    )
     _check_entry(source)
     return source
 
@@ -119,7 +133,7 @@ class Found:
 def _images_in(folder: Path) -> list[tuple[Path, str | None]]:
     """Image files of a folder, sorted, each with a skip reason for a broken symlink (dangling or
     a loop), which would otherwise vanish from the listing."""
-    images = []
+    images: list[tuple[Path, str | None]] = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
@@ -171,13 +185,25 @@ def read_kaggle(source: Source) -> list[Found]:
             except InputError as error:
                 entry = f"bad annotation: {error}"
         if isinstance(entry, str) or not entry:
-            reason = entry or (f"no label: {image_id} is neither in {solution_csv.name} nor has "
-                               f"an annotation {xml}")
+            reason = (
+                entry
+                if isinstance(entry, str) and entry
+                else f"no label: {image_id} is neither in {solution_csv.name} nor has "
+                f"an annotation {xml}"
+            )
             found.append(Found(image_id, rel, None, skip_reason=reason))
             continue
         wnid = entry[0][0]
-        found.append(Found(image_id, rel, wnid, [box for name, box in entry if name == wnid],
-                           skip_reason=broken, annotation_size=dims))
+        found.append(
+            Found(
+                image_id,
+                rel,
+                wnid,
+                [box for name, box in entry if name == wnid],
+                skip_reason=broken,
+                annotation_size=dims,
+            )
+        )
     return found
 
 
@@ -191,8 +217,9 @@ def read_imagefolder(source: Source) -> list[Found]:
             fields = read_box_xml(box_xml_path(source.boxes, folder.name, image.stem), folder.name)
             if broken:
                 fields["skip_reason"] = broken
-            found.append(Found(image.stem, image.relative_to(source.root).as_posix(), folder.name,
-                               **fields))
+            found.append(
+                Found(image.stem, image.relative_to(source.root).as_posix(), folder.name, **fields)
+            )
     return found
 
 
@@ -202,27 +229,40 @@ def read_imagenetv2(source: Source) -> list[Found]:
     wnids = class_wnids()
     found = []
     folders = [p for p in root.iterdir() if p.is_dir()]
-    for folder in sorted(folders, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)):
+    for folder in sorted(
+        folders,
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    ):
         if not folder.name.isdigit() or not 0 <= int(folder.name) < len(wnids):
-            raise InputError(f"{folder}: ImageNetV2 class folders are named 0..999, got {folder.name!r}")
+            raise InputError(
+                f"{folder}: ImageNetV2 class folders are named 0..999, got {folder.name!r}"
+            )
         for image, broken in _images_in(folder):
             rel = image.relative_to(root).as_posix()
-            found.append(Found(f"{folder.name}/{image.stem}", rel, wnids[int(folder.name)],
-                               skip_reason=broken))
+            found.append(
+                Found(
+                    f"{folder.name}/{image.stem}", rel, wnids[int(folder.name)], skip_reason=broken
+                )
+            )
     return found
 
 
 def read_devkit(source: Source) -> list[Found]:
     """Official devkit: flat val folder + `ILSVRC2012_validation_ground_truth.txt` (ILSVRC2012_IDs,
-    mapped through `synsets` = meta.mat or a synset list in ILSVRC2012_ID order), optional bbox XMLs."""
+    mapped through `synsets` = meta.mat or a synset list in ILSVRC2012_ID order), optional bbox
+    XMLs."""
     root = _require_dir(source.root, "image")
     truth = source.root / "ILSVRC2012_validation_ground_truth.txt"
     if source.synsets is None:
-        raise ConfigError(f"layout devkit needs params.yaml `{source.where}.synsets`: the devkit's "
-                          "meta.mat or a synset list in ILSVRC2012_ID order")
+        raise ConfigError(
+            f"layout devkit needs params.yaml `{source.where}.synsets`: the devkit's "
+            "meta.mat or a synset list in ILSVRC2012_ID order"
+        )
     if not truth.is_file():
-        raise MissingInputError(f"{truth} not found (the devkit's ground truth, one ILSVRC2012_ID "
-                                "per line in image order)")
+        raise MissingInputError(
+            f"{truth} not found (the devkit's ground truth, one ILSVRC2012_ID "
+            "per line in image order)"
+        )
     order = devkit_synsets(Path(source.synsets))
     ids = ground_truth(truth, len(order))
     found = []
@@ -231,8 +271,15 @@ def read_devkit(source: Source) -> list[Found]:
         number = int(tail) if tail.isdigit() else 0
         rel = image.relative_to(root).as_posix()
         if not 1 <= number <= len(ids):
-            found.append(Found(image.stem, rel, None, skip_reason=f"no label: {image.name} has no "
-                               f"line in {truth.name} ({len(ids)} lines)"))
+            found.append(
+                Found(
+                    image.stem,
+                    rel,
+                    None,
+                    skip_reason=f"no label: {image.name} has no "
+                    f"line in {truth.name} ({len(ids)} lines)",
+                )
+            )
             continue
         if isinstance(ids[number - 1], str):
             found.append(Found(image.stem, rel, None, skip_reason=str(ids[number - 1])))
@@ -252,7 +299,9 @@ def read_hf_parquet(source: Source) -> list[Found]:
     import pyarrow.parquet as pq
 
     root = _require_dir(source.root, "parquet")
-    shards = sorted(root.rglob(f"{source.subset}-*.parquet")) or sorted(root.rglob(f"*{source.subset}*.parquet"))
+    shards = sorted(root.rglob(f"{source.subset}-*.parquet")) or sorted(
+        root.rglob(f"*{source.subset}*.parquet")
+    )
     if not shards:
         raise MissingInputError(f"no {source.subset}-*.parquet shards under {root}")
     wnids = class_wnids()
@@ -265,12 +314,24 @@ def read_hf_parquet(source: Source) -> list[Found]:
         for row, (name, label) in enumerate(zip(paths, labels)):
             image_id = Path(name or f"{shard.stem}_{row}").stem
             if label is None or not 0 <= int(label) < len(wnids):
-                found.append(Found(image_id, f"{rel}#{row}", None,
-                                   skip_reason=f"no label: row {row} of {rel} has label {label!r}"))
+                found.append(
+                    Found(
+                        image_id,
+                        f"{rel}#{row}",
+                        None,
+                        skip_reason=f"no label: row {row} of {rel} has label {label!r}",
+                    )
+                )
                 continue
             wnid = wnids[int(label)]
-            found.append(Found(image_id, f"{rel}#{row}", wnid,
-                               **read_box_xml(box_xml_path(source.boxes, wnid, image_id), wnid)))
+            found.append(
+                Found(
+                    image_id,
+                    f"{rel}#{row}",
+                    wnid,
+                    **read_box_xml(box_xml_path(source.boxes, wnid, image_id), wnid),
+                )
+            )
     return found
 
 
@@ -293,16 +354,22 @@ def read_source(source: Source) -> list[Found]:
     if source.layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {source.layout!r}; choose one of {sorted(LAYOUTS)}")
     if not source.root.exists():
-        raise MissingInputError(f"split root {source.root} does not exist; set params.yaml "
-                                f"`{source.where}.root` to the raw split's folder")
+        raise MissingInputError(
+            f"split root {source.root} does not exist; set params.yaml "
+            f"`{source.where}.root` to the raw split's folder"
+        )
     if source.boxes is not None and not Path(source.boxes).is_dir():
-        raise MissingInputError(f"boxes folder {source.boxes} does not exist; set params.yaml "
-                                f"`{source.where}.boxes` to the bbox XML folder, or null")
+        raise MissingInputError(
+            f"boxes folder {source.boxes} does not exist; set params.yaml "
+            f"`{source.where}.boxes` to the bbox XML folder, or null"
+        )
     found = LAYOUTS[source.layout](source)
     seen: dict[str, str] = {}
     for record in found:
         if record.image_id in seen:
-            raise InputError(f"duplicate image id {record.image_id!r}: {seen[record.image_id]} and "
-                             f"{record.path} under {source.root}; image ids must be unique")
+            raise InputError(
+                f"duplicate image id {record.image_id!r}: {seen[record.image_id]} and "
+                f"{record.path} under {source.root}; image ids must be unique"
+            )
         seen[record.image_id] = record.path
     return found

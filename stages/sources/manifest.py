@@ -32,15 +32,12 @@ logger = logging.getLogger(__name__)
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
-
 VERIFY_MODES = {"full": True, "header": False}
-
 
 
 MISMATCH_LIMIT = 0.01
 """Above this fraction of the images with a box XML, labels that their XML does not name stop the
 stage (a wrong label mapping); at or below it they are logged and counted."""
-
 
 
 @dataclass(frozen=True)
@@ -52,10 +49,18 @@ class IngestConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        require(self.on_bad_image in BAD_IMAGE_POLICIES, "ingest.on_bad_image",
-                f"one of {', '.join(BAD_IMAGE_POLICIES)}", self.on_bad_image)
-        require(self.verify in VERIFY_MODES, "ingest.verify", f"one of {', '.join(VERIFY_MODES)}",
-                self.verify)
+        require(
+            self.on_bad_image in BAD_IMAGE_POLICIES,
+            "ingest.on_bad_image",
+            f"one of {', '.join(BAD_IMAGE_POLICIES)}",
+            self.on_bad_image,
+        )
+        require(
+            self.verify in VERIFY_MODES,
+            "ingest.verify",
+            f"one of {', '.join(VERIFY_MODES)}",
+            self.verify,
+        )
         positive("ingest.workers", self.workers)
 
     @classmethod
@@ -64,24 +69,34 @@ class IngestConfig:
         return from_section(cls, section(params, "ingest"), where="ingest")
 
 
-
-def _clip_boxes(boxes: list[list[int]], width: int, height: int, where: str,
-                counts: dict[str, int]) -> list[list[int]]:
+def _clip_boxes(
+    boxes: list[list[int]], width: int, height: int, where: str, counts: dict[str, int]
+) -> list[list[int]]:
     kept = []
     for xmin, ymin, xmax, ymax in boxes:
         clipped = [max(0, xmin), max(0, ymin), min(width, xmax), min(height, ymax)]
         if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
             counts["boxes_dropped"] += 1
-            logger.warning("%s: box %s has no area inside the %dx%d image; dropped", where,
-                           [xmin, ymin, xmax, ymax], width, height)
+            logger.warning(
+                "%s: box %s has no area inside the %dx%d image; dropped",
+                where,
+                [xmin, ymin, xmax, ymax],
+                width,
+                height,
+            )
             continue
         if clipped != [xmin, ymin, xmax, ymax]:
             counts["boxes_clipped"] += 1
-            logger.warning("%s: box %s reaches outside the %dx%d image; clipped to %s", where,
-                           [xmin, ymin, xmax, ymax], width, height, clipped)
+            logger.warning(
+                "%s: box %s reaches outside the %dx%d image; clipped to %s",
+                where,
+                [xmin, ymin, xmax, ymax],
+                width,
+                height,
+                clipped,
+            )
         kept.append(clipped)
     return kept
-
 
 
 def _limit(found: list[layouts.Found], limit: int | None) -> list[layouts.Found]:
@@ -92,16 +107,16 @@ def _limit(found: list[layouts.Found], limit: int | None) -> list[layouts.Found]
     return [record for record in found if record.image_id in kept]
 
 
-
 def _check_wnids(found: list[layouts.Found], source: layouts.Source) -> dict[str, int]:
-    """wnid -> label; InputError for a wnid outside the 1000 classes."""
+    """Wnid -> label; InputError for a wnid outside the 1000 classes."""
     wnid_index = {wnid: index for index, wnid in enumerate(formats.class_wnids())}
     for record in found:
         if record.wnid is not None and record.wnid not in wnid_index:
-            raise InputError(f"{source.root / record.path}: wnid {record.wnid!r} is not one of the "
-                             "1000 ILSVRC2012 classes")
+            raise InputError(
+                f"{source.root / record.path}: wnid {record.wnid!r} is not one of the "
+                "1000 ILSVRC2012 classes"
+            )
     return wnid_index
-
 
 
 def check_labels_against_boxes(found: list[layouts.Found], source: layouts.Source) -> int:
@@ -112,28 +127,39 @@ def check_labels_against_boxes(found: list[layouts.Found], source: layouts.Sourc
         InputError: naming an example image, its XML, the synset file (devkit) and the fix.
     """
     annotated = [r for r in found if r.annotated and not r.skip_reason]
-    wrong = [r for r in annotated if r.wnid not in r.annotated]
+    wrong = [r for r in annotated if r.wnid not in (r.annotated or ())]
     if not wrong:
         return 0
     example = wrong[0]
-    detail = (f"e.g. {source.root / example.path} is labelled {example.wnid} but its box XML "
-              f"{example.annotation_file} names {', '.join(example.annotated or ())}")
+    detail = (
+        f"e.g. {source.root / example.path} is labelled {example.wnid} but its box XML "
+        f"{example.annotation_file} names {', '.join(example.annotated or ())}"
+    )
     if len(wrong) > MISMATCH_LIMIT * len(annotated):
-        fix = (f"the synset list {source.synsets} maps the ground truth's ILSVRC2012_IDs to the "
-               "wrong wnids: give the devkit's data/meta.mat (or a list in ILSVRC2012_ID order, "
-               "not sorted) as `synsets`" if source.layout == "devkit" else
-               "check that each image's label source and `boxes` folder belong to the same split")
-        raise InputError(f"{len(wrong)} of {len(annotated)} images with a box XML are labelled with "
-                         f"a wnid their XML does not name ({detail}): {fix}")
-    logger.warning("%d of %d images with a box XML are labelled with a wnid their XML does not "
-                   "name (%s); they keep their label, without boxes", len(wrong), len(annotated),
-                   detail)
+        fix = (
+            f"the synset list {source.synsets} maps the ground truth's ILSVRC2012_IDs to the "
+            "wrong wnids: give the devkit's data/meta.mat (or a list in ILSVRC2012_ID order, "
+            "not sorted) as `synsets`"
+            if source.layout == "devkit"
+            else "check that each image's label source and `boxes` folder belong to the same split"
+        )
+        raise InputError(
+            f"{len(wrong)} of {len(annotated)} images with a box XML are labelled with "
+            f"a wnid their XML does not name ({detail}): {fix}"
+        )
+    logger.warning(
+        "%d of %d images with a box XML are labelled with a wnid their XML does not "
+        "name (%s); they keep their label, without boxes",
+        len(wrong),
+        len(annotated),
+        detail,
+    )
     return len(wrong)
 
 
-
-def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfig()
-                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def build_manifest(
+    source: layouts.Source, *, config: IngestConfig = IngestConfig()
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """List, label and check every image of a source.
 
     Returns:
@@ -148,50 +174,92 @@ def build_manifest(source: layouts.Source, *, config: IngestConfig = IngestConfi
     everything = layouts.read_source(source)
     found = _limit(everything, source.limit)
     wnid_index = _check_wnids(found, source)
-    counts = {"boxes_clipped": 0, "boxes_dropped": 0, "boxes_rescaled": 0,
-              "label_box_mismatches": check_labels_against_boxes(found, source)}
+    counts = {
+        "boxes_clipped": 0,
+        "boxes_dropped": 0,
+        "boxes_rescaled": 0,
+        "label_box_mismatches": check_labels_against_boxes(found, source),
+    }
     full = VERIFY_MODES[config.verify]
+
     def probe(record: layouts.Found) -> tuple[int, int, str | None, str | None]:
         return probe_image(source.root, record.path, full=full)
 
     with ThreadPoolExecutor(config.workers) as pool:
-        probes = list(tqdm(pool.map(probe, found), total=len(found), unit="img",
-                           desc=f"ingest {source.root.name}", mininterval=2.0))
+        probes = list(
+            tqdm(
+                pool.map(probe, found),
+                total=len(found),
+                unit="img",
+                desc=f"ingest {source.root.name}",
+                mininterval=2.0,
+            )
+        )
     rows = []
     for record, (width, height, reason, digest) in zip(found, probes):
         reason = record.skip_reason or reason
         if reason and config.on_bad_image == "error":
-            raise InputError(f"{source.root / record.path}: {reason} (ingest.on_bad_image: error; "
-                             "set it to skip to record the file as a skip row instead)")
+            raise InputError(
+                f"{source.root / record.path}: {reason} (ingest.on_bad_image: error; "
+                "set it to skip to record the file as a skip row instead)"
+            )
         if reason:
             logger.warning("%s: skipped: %s", source.root / record.path, reason)
         boxes = record.boxes
         if not reason and boxes:
-            boxes = _clip_boxes(_rescale(boxes, record.annotation_size, width, height, counts),
-                                width, height, str(source.root / record.path), counts)
-        rows.append({
-            "image_id": record.image_id, "path": record.path,
-            "label": wnid_index.get(record.wnid) if record.wnid else None, "wnid": record.wnid,
-            "boxes": boxes if not reason else [], "width": width or None,
-            "height": height or None, "skip_reason": reason, "sha256": digest,
-        })
+            boxes = _clip_boxes(
+                _rescale(boxes, record.annotation_size, width, height, counts),
+                width,
+                height,
+                str(source.root / record.path),
+                counts,
+            )
+        rows.append(
+            {
+                "image_id": record.image_id,
+                "path": record.path,
+                "label": wnid_index.get(record.wnid) if record.wnid else None,
+                "wnid": record.wnid,
+                "boxes": boxes if not reason else [],
+                "width": width or None,
+                "height": height or None,
+                "skip_reason": reason,
+                "sha256": digest,
+            }
+        )
     manifest = pd.DataFrame(rows, columns=formats.MANIFEST_SCHEMA.names)
     skipped = int(manifest["skip_reason"].notna().sum())
-    stats = {"files_found": len(everything), "limited_out": len(everything) - len(found),
-             "rows": len(manifest), "usable": len(manifest) - skipped, "skipped": skipped,
-             "with_boxes": int(manifest["boxes"].map(len).gt(0).sum()), **counts}
+    stats = {
+        "files_found": len(everything),
+        "limited_out": len(everything) - len(found),
+        "rows": len(manifest),
+        "usable": len(manifest) - skipped,
+        "skipped": skipped,
+        "with_boxes": int(manifest["boxes"].map(len).gt(0).sum()),
+        **counts,
+    }
     if stats["limited_out"]:
-        logger.info("%s: kept the first %d of %d images by image_id (limit)", source.where,
-                    len(found), len(everything))
+        logger.info(
+            "%s: kept the first %d of %d images by image_id (limit)",
+            source.where,
+            len(found),
+            len(everything),
+        )
     return manifest, stats
 
 
-
-def _rescale(boxes: list[list[int]], annotated: tuple[int, int] | None, width: int, height: int,
-             counts: dict[str, int]) -> list[list[int]]:
+def _rescale(
+    boxes: list[list[int]],
+    annotated: tuple[int, int] | None,
+    width: int,
+    height: int,
+    counts: dict[str, int],
+) -> list[list[int]]:
     """Boxes annotated on a differently sized copy of the image -> this image's pixels."""
     if not annotated or annotated == (width, height) or 0 in annotated:
         return boxes
     counts["boxes_rescaled"] += len(boxes)
     sx, sy = width / annotated[0], height / annotated[1]
-    return [[round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)] for x0, y0, x1, y1 in boxes]
+    return [
+        [round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)] for x0, y0, x1, y1 in boxes
+    ]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 BOX_COLOUR = (255, 214, 0)
 
 
-def make_thumbnail(root: str | Path, path: str, boxes: Sequence[Sequence[int]], size: int,
-                   target: Path) -> bool:
+def make_thumbnail(
+    root: str | Path, path: str, boxes: Sequence[Sequence[int]], size: int, target: Path
+) -> bool:
     """Write a JPEG thumbnail (longest side `size`) of a manifest row's image with its boxes drawn;
     False when the image cannot be read."""
     where = images.resolve(root, path)
@@ -42,8 +43,11 @@ def make_thumbnail(root: str | Path, path: str, boxes: Sequence[Sequence[int]], 
     sx, sy = small.width / max(width, 1), small.height / max(height, 1)
     draw = ImageDraw.Draw(small)
     for x0, y0, x1, y1 in boxes:
-        draw.rectangle([x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1)],
-                       outline=BOX_COLOUR, width=2)
+        draw.rectangle(
+            [x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1)],
+            outline=BOX_COLOUR,
+            width=2,
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     small.save(target, "JPEG", quality=85)
     return True
@@ -54,8 +58,15 @@ def thumb_name(position: int) -> str:
     return f"thumbs/{position // 1000:04d}/{position}.jpg"
 
 
-def write_thumbnails(out: Path, manifest: pd.DataFrame, positions: np.ndarray,
-                     image_root: str | Path, *, size: int, workers: int) -> set[int]:
+def write_thumbnails(
+    out: Path,
+    manifest: pd.DataFrame,
+    positions: np.ndarray,
+    image_root: str | Path,
+    *,
+    size: int,
+    workers: int,
+) -> set[int]:
     """Thumbnails of the given manifest rows under `out` (see `thumb_name`), decoded by `workers`
     threads in path order (rows of one parquet shard together); returns the rows whose image
     could not be read."""
@@ -67,8 +78,10 @@ def write_thumbnails(out: Path, manifest: pd.DataFrame, positions: np.ndarray,
         return make_thumbnail(image_root, paths[pos], box, size, out / thumb_name(pos))
 
     failed = set()
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(order), desc="thumbnails", unit="img",
-                                                   mininterval=2.0) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(total=len(order), desc="thumbnails", unit="img", mininterval=2.0) as bar,
+    ):
         for pos, ok in zip(order, pool.map(one, (int(p) for p in order))):
             if not ok:
                 failed.add(int(pos))

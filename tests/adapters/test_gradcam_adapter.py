@@ -13,23 +13,32 @@ from stages.adapters import gradcam_adapter
 
 def tiny() -> tuple[torch.nn.Module, torch.nn.Module]:
     layer = torch.nn.Conv2d(3, 4, 3, padding=1)
-    model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    model = torch.nn.Sequential(
+        layer,
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 10),
+    )
     return model.eval(), layer
 
 
 def test_only_tested_versions_are_accepted() -> None:
     gradcam_adapter.check_version()  # the installed one (pyproject bounds it)
-    with pytest.raises(gradcam_adapter.UnsupportedGradCam,
-                       match=r"grad-cam 1.6.0 is not supported .*\(pip install 'grad-cam>=1.5,<1.6'\)"):
+    with pytest.raises(
+        gradcam_adapter.UnsupportedGradCam,
+        match=r"grad-cam 1.6.0 is not supported .*\(pip install 'grad-cam>=1.5,<1.6'\)",
+    ):
         gradcam_adapter.check_version("1.6.0")
 
 
 def test_open_cam_releases_its_hooks_and_lets_errors_through() -> None:
     model, layer = tiny()
-    with pytest.raises(IndexError):  # grad-cam's own __exit__ would swallow this one
-        with gradcam_adapter.open_cam(GradCAM, model, layer):
-            raise IndexError("raised inside the block")
+    with (
+        pytest.raises(IndexError),  # grad-cam's own __exit__ would swallow this one
+        gradcam_adapter.open_cam(GradCAM, model, layer),
+    ):
+        raise IndexError("raised inside the block")
     assert not layer._forward_hooks and not layer._backward_hooks
 
 

@@ -26,20 +26,30 @@ def test_float16_rows_pass_within_their_rounding_float32_rows_must_sum_closer() 
     assert sum_tolerance(np.float16) > sum_tolerance(np.float32)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p.__setitem__((3, 7), np.nan), r"f.npy: row 13 \(id3\) has NaN or infinite values, "
-                                              r"but its image is usable .*\(1 such rows among "
-                                              r"rows 10..17\); predict it again"),
-    (lambda p: p.__setitem__(slice(None), np.log(p)), r"row 10 \(id0\) has values outside \[0, 1\] "
-                                                      r".*these look like logits .*; apply a softmax"),
-    (lambda p: p.__setitem__(2, p[2] / 2), r"row 12 \(id2\) sums to 0.5, not 1"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p.__setitem__((3, 7), np.nan),
+            r"f.npy: row 13 \(id3\) has NaN or infinite values, "
+            r"but its image is usable .*\(1 such rows among "
+            r"rows 10..17\); predict it again",
+        ),
+        (
+            lambda p: p.__setitem__(slice(None), np.log(p)),
+            r"row 10 \(id0\) has values outside \[0, 1\] "
+            r".*these look like logits .*; apply a softmax",
+        ),
+        (lambda p: p.__setitem__(2, p[2] / 2), r"row 12 \(id2\) sums to 0.5, not 1"),
+    ],
+)
 def test_a_bad_row_is_named_with_its_image_and_the_fix(edit, message: str) -> None:
     probs = softmax(8)
     edit(probs)
     with pytest.raises(InputError, match=message):
-        check_probabilities(probs, rows=np.arange(10, 18), where="f.npy",
-                            ids=[f"id{i}" for i in range(8)])
+        check_probabilities(
+            probs, rows=np.arange(10, 18), where="f.npy", ids=[f"id{i}" for i in range(8)]
+        )
 
 
 def test_integer_predictions_are_not_probabilities() -> None:

@@ -39,28 +39,42 @@ def test_defaults_of_keys_left_out() -> None:
     assert entry.labels_file == "iterations/val.parquet"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("predictions", "oof", r"`splits.val.predictions` must be one of 'pretrained', 'out-of-fold', "
-                           r"got 'oof'"),
-    ("limit", "10", r"`splits.val.limit` must be an int or null, got '10'"),
-    ("labels", 3, r"`splits.val.labels` must be a string or null, got 3"),
-    ("layout", "zip", r"`splits.val.layout` must be one of 'kaggle', 'devkit'"),
-])
-def test_a_mistyped_value_names_the_key_the_type_and_the_value(key: str, value: Any,
-                                                               message: str) -> None:
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        (
+            "predictions",
+            "oof",
+            r"`splits.val.predictions` must be one of 'pretrained', 'out-of-fold', "
+            r"got 'oof'",
+        ),
+        ("limit", "10", r"`splits.val.limit` must be an int or null, got '10'"),
+        ("labels", 3, r"`splits.val.labels` must be a string or null, got 3"),
+        ("layout", "zip", r"`splits.val.layout` must be one of 'kaggle', 'devkit'"),
+    ],
+)
+def test_a_mistyped_value_names_the_key_the_type_and_the_value(
+    key: str, value: Any, message: str
+) -> None:
     entry = SplitEntry.from_params({"splits": {"val": {**ENTRY, key: value}}}, "val")
     with pytest.raises(ConfigError, match=message):
         getattr(entry, key)
 
 
 def test_unknown_and_missing_keys_and_splits_are_refused_when_the_entry_is_made() -> None:
-    with pytest.raises(ConfigError, match=r"`splits.val` has an unknown key 'label'; did you mean "
-                                          r"'labels'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`splits.val` has an unknown key 'label'; did you mean "
+        r"'labels'",
+    ):
         SplitEntry.from_params({"splits": {"val": {**ENTRY, "label": "x"}}}, "val")
     with pytest.raises(ConfigError, match=r"`splits.val` lacks the key 'layout'; add it"):
         SplitEntry.from_params({"splits": {"val": {"root": "r"}}}, "val")
-    with pytest.raises(ConfigError, match=r"split 'v2' is not configured; params.yaml splits: "
-                                          r"\['val'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"split 'v2' is not configured; params.yaml splits: "
+        r"\['val'\]",
+    ):
         SplitEntry.from_params({"splits": {"val": ENTRY}}, "v2")
     with pytest.raises(ConfigError, match=r"`splits.val` must be a mapping"):
         SplitEntry.from_params({"splits": {"val": "data/val"}}, "val")
