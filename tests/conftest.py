@@ -8,11 +8,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd
 import pytest
+import yaml
+
+from stages.contracts import formats
+from stages.contracts.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_ROOT = ROOT / "data" / "demo" / "imagenet-val"
@@ -169,3 +174,139 @@ def make_project(tmp_path: Path):
         return copy_project(tmp_path / "project", n_images)
 
     return make
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, small_manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> pd.DataFrame:
+    """In tmp_path: val = 6 demo rows (row 1 a skip row, row 0 also in train_demo) and its ledger
+    (row 3 fixed to label + 1, row 4 removed); returns val's manifest."""
+    monkeypatch.chdir(tmp_path)
+    val = small_manifest.head(6).copy()
+    val.loc[1, "skip_reason"] = "empty file (0 bytes)"
+    for split, table in (("val", val), ("train_demo", small_manifest.iloc[[0, 10]])):
+        formats.write_table(table, formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA)
+    ledger = pd.DataFrame(
+        {"image_id": val["image_id"], "action": "keep", "new_label": val["label"].astype("Int64")}
+    )
+    ledger.loc[3, ["action", "new_label"]] = ["fix", (int(val["label"][3]) + 1) % 1000]
+    ledger.loc[4, ["action", "new_label"]] = ["remove", pd.NA]
+    ledger.loc[1, ["action", "new_label"]] = ["remove", pd.NA]
+    formats.write_table(ledger, formats.ledger_path("val"))
+    return val
+
+
+@pytest.fixture
+def split_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, Any]]:
+    """A 400-row split with ledger, votes, predictions and images for the review report."""
+    from test_report import write_split
+
+    params = write_split(tmp_path, 400)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, params
+
+
+# --- the out-of-fold demo project (train, oof and retrain tests) -----------------------------
+
+
+MODEL = "mobilenetv3_small_050"
+
+
+TINY = {
+    "epochs": 2,
+    "batch_size": 4,
+    "eval_batch_size": 16,
+    "input_size": 32,
+    "workers": 0,
+    "threads": 1,
+    "checkpoint_every": 2,
+}
+
+
+def train_sections(
+    root: str,
+    *,
+    settings: dict | None = None,
+    launch: dict | None = None,
+    models: tuple[str, ...] = (MODEL,),
+    folds: int = 2,
+    limit: int | None = None,
+) -> dict:
+    """The params.yaml sections of an out-of-fold split `train_demo` (see docs/train-split.md:
+    Cleaning the train split). The lead will fold them into the project's params.yaml; tests add
+    them."""
+    return {
+        "splits": {
+            "train_demo": {
+                "root": root,
+                "layout": "kaggle",
+                "subset": "val",
+                "synsets": None,
+                "boxes": None,
+                "limit": limit,
+                "labels": "iterations/train_demo.parquet",
+                "overrides": "data/overrides/train_demo.csv",
+                "predictions": "out-of-fold",
+                "models": list(models),
+            }
+        },
+        "models": {name: {"spec": name, "pretrained": False} for name in models},
+        "train": {
+            "splits": ["train_demo"],
+            "models": list(models),
+            "folds": list(range(folds)),
+            "seed": 0,
+            "launch": {"nproc_per_node": 1, **(launch or {})},
+            "settings": {**TINY, **(settings or {})},
+        },
+        "vote": {"train_demo": {"fn": 1.0}},
+        "decide": {"train_demo": {"strategy": "consensus", "h1": "M", "h2": "M/2", "h3": "M"}},
+    }
+
+
+def merge(params: dict, sections: dict) -> dict:
+    """params with each section's keys added (nested one level)."""
+    params = copy.deepcopy(params)
+    for name, values in sections.items():
+        params.setdefault(name, {})
+        params[name].update(copy.deepcopy(values))
+    return params
+
+
+def make_oof_project(path: Path, manifest: pd.DataFrame, **options) -> Path:
+    """A folder with params.yaml (the project's + train_demo) and the split's manifest."""
+    params = merge(load_params(ROOT / "params.yaml"), train_sections(str(DEMO_ROOT), **options))
+    (path / "data/manifests").mkdir(parents=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    formats.write_table(
+        manifest, path / "data/manifests/train_demo.parquet", schema=formats.MANIFEST_SCHEMA
+    )
+    return path
+
+
+def stage(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m stages.<args>` in a project folder, importing this checkout's stages."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", *args], cwd=project, env=env, text=True, capture_output=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One small split with its report, shared by the module's servers."""
+    from test_report import write_split
+
+    from stages.review import run_review
+
+    root = tmp_path_factory.mktemp("served")
+    params = write_split(root, 120, seed=2)
+    params["review"]["keep_sample"] = 5
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run_review("val", params)
+    return root, params

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,10 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
+from test_predict_data import SKIP_ROWS, _dump, _small_params, _with_skip_rows, _write_manifest
 
 from stages import predict
-from stages.cli import main as cli_main
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError
 from stages.modelling import predict_data, predictor
@@ -44,34 +42,6 @@ SIDECAR_KEYS = {
     "image_ids_sha256",
     "source",
 }
-SKIP_ROWS = (3, 10)
-
-
-def _write_manifest(manifest: pd.DataFrame, folder: Path) -> Path:
-    path = folder / "manifest.parquet"
-    formats.write_table(manifest, path, schema=formats.MANIFEST_SCHEMA)
-    return path
-
-
-def _with_skip_rows(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Mark rows as ingest's skip rows; their path names no file, so decoding them would fail."""
-    manifest = manifest.copy()
-    for row in SKIP_ROWS:
-        manifest.loc[row, ["path", "skip_reason"]] = [
-            "missing/never-decoded.JPEG",
-            "unreadable image: marked by the test",
-        ]
-        manifest.at[row, "label"] = None
-    return manifest
-
-
-def _small_params(params: dict, **predict_options: object) -> dict:
-    """Small batches and shards; one torch thread (the test CPU is shared: 2 threads stall
-    there)."""
-    params["predict"].update(
-        {"batch_size": 8, "shard_size": 16, "workers": 1, "threads": 1, **predict_options}
-    )
-    return params
 
 
 def _top5_reference(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -194,52 +164,6 @@ def test_float16_storage(params, small_manifest, tmp_path):
     assert probs16.dtype == np.float16 and probs16.shape == (16, 1000)
     assert half["dtype"] == "float16" and full["dtype"] == "float32"
     np.testing.assert_allclose(probs16.astype(np.float32), np.load(tmp_path / "f32.npy"), atol=1e-3)
-
-
-def test_ensemble_one_pass_is_byte_identical_and_decodes_once(
-    params, small_manifest, tmp_path, monkeypatch
-):
-    # A second params entry with the same spec: a real model that shares its preprocessing group.
-    params["models"]["mobilenetv1_050_again"] = dict(params["models"]["mobilenetv1_050"])
-    names = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_050_again"]
-    params = _small_params(params, workers=0, models=names)
-    common = [
-        "--split",
-        "val",
-        "--params",
-        _dump(params, tmp_path),
-        "--manifest",
-        str(_write_manifest(_with_skip_rows(small_manifest.head(32)), tmp_path)),
-    ]
-    for name in names:
-        out = tmp_path / "single" / f"{name}.npy"
-        assert cli_main(["predict", *common, "--model", name, "--out", str(out)]) == 0
-
-    decoded: list[str] = []
-    shaped: list[str] = []
-    real_open, real_shape = predict_data.open_image, predict_data.InputTransform.worker_tensor
-    monkeypatch.setattr(
-        predict_data, "open_image", lambda root, path: decoded.append(path) or real_open(root, path)
-    )
-    monkeypatch.setattr(
-        predict_data.InputTransform,
-        "worker_tensor",
-        lambda self, image: shaped.append(self.key) or real_shape(self, image),
-    )
-    assert cli_main(["predict-ensemble", *common, "--out-dir", str(tmp_path / "ensemble")]) == 0
-
-    assert len(decoded) == len(set(decoded)) == 32 - len(SKIP_ROWS)
-    assert len(shaped) == 2 * len(decoded)  # the two mobilenetv1_050 entries share one resize
-    for name in names:
-        for suffix in (".npy", ".json"):
-            single = (tmp_path / "single" / name).with_suffix(suffix).read_bytes()
-            assert (tmp_path / "ensemble" / name).with_suffix(suffix).read_bytes() == single, name
-
-
-def _dump(params: dict, folder: Path) -> str:
-    path = folder / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return str(path)
 
 
 def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, caplog):
@@ -373,57 +297,3 @@ def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change,
     with pytest.raises(error, match=match):
         predict.run_predict(split, model, params, manifest_path=manifest, out=tmp_path / "p.npy")
     assert not (tmp_path / "p.npy").exists()
-
-
-def test_manifest_without_required_columns_is_rejected(params, small_manifest, demo_root):
-    spec = model_specs(params, ["mobilenetv1_025"])[0]
-    with pytest.raises(ValueError, match=r"manifest lacks columns \['skip_reason'\]"):
-        predictor.predict_model(
-            small_manifest.drop(columns="skip_reason"),
-            demo_root,
-            spec,
-            config=predictor.PredictOptions(workers=0),
-        )
-
-
-def _published_accuracy(readme: Path, params: dict) -> dict[str, tuple[float, float]]:
-    """The README table's top-1/top-5 per params model name (rows `| <folder> | ... | a / b |`)."""
-    folders = {
-        Path(entry["spec"].removeprefix("local-dir:")).name: name
-        for name, entry in params["models"].items()
-    }
-    table = {}
-    for line in readme.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        match = re.fullmatch(r"([\d.]+) / ([\d.]+)", cells[3]) if len(cells) > 3 else None
-        if match and cells[0] in folders:
-            table[folders[cells[0]]] = (float(match.group(1)), float(match.group(2)))
-    return table
-
-
-@pytest.mark.slow
-def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_demo, tmp_path):
-    from stages.sources.layouts import Source
-    from stages.sources.manifest import build_manifest
-
-    published = _published_accuracy(shared_demo.parent / "README.md", params)
-    assert sorted(published) == sorted(params["predict"]["models"])
-    manifest, _ = build_manifest(Source(shared_demo, "kaggle", "val"))
-    assert len(manifest) == 1300
-    specs = model_specs(params)
-    sidecars = predictor.predict_split(
-        manifest,
-        shared_demo,
-        specs,
-        config=predictor.PredictOptions.from_params(params),
-        outs={s.name: tmp_path / f"{s.name}.npy" for s in specs},
-        split="val",
-    )
-    for name, (top1, top5) in published.items():
-        print(
-            f"{name}: top-1 {sidecars[name]['top1']:.2f} (published {top1}), "
-            f"top-5 {sidecars[name]['top5']:.2f} (published {top5})"
-        )
-    for name, (top1, top5) in published.items():
-        assert sidecars[name]["top1"] == pytest.approx(top1, abs=0.5), name
-        assert sidecars[name]["top5"] == pytest.approx(top5, abs=0.5), name

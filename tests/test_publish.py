@@ -13,88 +13,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, run_in
-from datasets import ClassLabel, Image, load_dataset
+from datasets import load_dataset
 from hub_inputs import (
-    EXEMPTED,
-    FIX,
     METRICS,
     ROWS,
     SECONDARY,
     TOKEN,
     RecordingHub,
-    SplitInputs,
     build,
     project_dir,
 )
 
-from stages.contracts.errors import ConfigError, InputError, MissingInputError, UserError
-from stages.hub.publishing import PublishOptions, build_hub_folder
+from stages.contracts.errors import InputError, UserError
 from stages.hub.repo import PushError
-from stages.hub.shards import ListFeature, hub_class_names
 from stages.publish import main
-from stages.sources.images import open_image
 
 
 def child_env() -> dict[str, str]:
     """A subprocess that imports this checkout's `stages`."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-
-
-@pytest.mark.parametrize("mode", ["labels", "images"])
-def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mode) -> None:
-    folder = build(inputs, tmp_path / "hub", mode=mode).path
-    clean = load_dataset(str(folder), cache_dir=cache)
-    ledger = load_dataset(str(folder), "ledger", cache_dir=cache)
-    assert set(clean) == {"val"} and set(ledger) == {"val"}
-    assert clean["val"].num_rows == 16  # 12 keep + 3 fix + 1 merged keep; placeholders left out
-    assert ledger["val"].num_rows == ROWS
-    names = hub_class_names()
-    for features, column in [
-        (clean["val"].features, "label"),
-        (clean["val"].features, "original_label"),
-        (ledger["val"].features, "label"),
-        (ledger["val"].features, "new_label"),
-    ]:
-        assert isinstance(features[column], ClassLabel) and features[column].names == names
-    assert ("image" in clean["val"].features) == (mode == "images")
-    assert "image" not in ledger["val"].features
-    source = pq.read_table(inputs.clean).to_pylist()[:16]
-    assert clean["val"]["image_id"] == [row["image_id"] for row in source]
-    assert clean["val"]["label"] == [row["label"] for row in source]
-    assert clean["val"]["path"] == [row["path"] for row in source]
-    manifest = pq.read_table(inputs.manifest).to_pylist()
-    assert ledger["val"]["path"] == [row["path"] for row in manifest]
-    assert ledger["val"]["action"].count("remove") == 3
-    assert ledger["val"][FIX[0]]["cl_candidates"] == [(manifest[FIX[0]]["label"] + 1) % 1000] * 3
-    assert ledger["val"][EXEMPTED]["exempted"] is True
-
-
-def test_images_mode_embeds_the_source_pixels_and_black_placeholders(
-    inputs, tmp_path, cache
-) -> None:
-    folder = build(inputs, tmp_path / "hub", mode="images", include_placeholders=True).path
-    clean = load_dataset(str(folder), split="val", cache_dir=cache)
-    assert clean.num_rows == 18 and clean.features["image"] == Image()
-    for index in (0, FIX[0], 15):
-        row = clean[index]
-        expected = np.asarray(open_image(inputs.root, row["path"]))
-        assert np.array_equal(np.asarray(row["image"].convert("RGB")), expected)
-    placeholders = [row for row in clean if row["placeholder"]]
-    assert [row["image_id"] for row in placeholders] == [
-        "placeholder_n04505470",
-        "placeholder_n04264628",
-    ]
-    for row in placeholders:
-        pixels = np.asarray(row["image"].convert("RGB"))
-        assert pixels.shape == (224, 224, 3) and not pixels.any()
-        assert row["path"] is None and row["original_label"] is None
 
 
 def test_rebuild_replaces_the_folder_and_a_failed_build_keeps_the_old_one(inputs, tmp_path) -> None:
@@ -114,36 +57,6 @@ def test_rebuild_replaces_the_folder_and_a_failed_build_keeps_the_old_one(inputs
         build(inputs, out)
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".hub")) == []
-
-
-def test_bad_options_and_inputs_are_named(inputs, tmp_path) -> None:
-    with pytest.raises(ValueError, match="mode must be one of"):
-        build(inputs, tmp_path / "hub", mode="pixels")
-    with pytest.raises(ValueError, match="max_shard_bytes must be a positive int"):
-        build(inputs, tmp_path / "hub", max_shard_bytes=0)
-    with pytest.raises(
-        ConfigError,
-        match="max_shard_bytes=50000 leaves no room for rows: every "
-        "default shard takes [0-9]+ bytes",
-    ):
-        build(inputs, tmp_path / "hub", max_shard_bytes=50_000)
-    renamed = SplitInputs("val-v2", inputs.manifest, inputs.ledger, inputs.clean, inputs.root)
-    with pytest.raises(ConfigError, match="not a valid Hub split name"):
-        build_hub_folder([renamed], out=tmp_path / "hub")
-    pq.write_table(pq.read_table(inputs.manifest).slice(1), inputs.manifest)
-    with pytest.raises(InputError, match="does not align with manifest"):
-        build(inputs, tmp_path / "hub")
-    with pytest.raises(
-        ConfigError, match="`publish.mode` must be one of labels, images, got 'pixels'"
-    ):
-        PublishOptions(mode="pixels")
-
-
-def test_images_mode_names_a_missing_image(inputs, tmp_path) -> None:
-    moved = SplitInputs("val", inputs.manifest, inputs.ledger, inputs.clean, tmp_path / "nowhere")
-    with pytest.raises(MissingInputError, match="not found under .*nowhere.*splits.<split>.root"):
-        build_hub_folder([moved], mode="images", out=tmp_path / "hub")
-    assert not (tmp_path / "hub").exists()
 
 
 def test_main_builds_data_hub_and_dry_runs(
@@ -252,21 +165,6 @@ def test_leftovers_stay_while_another_build_of_the_folder_runs(inputs, tmp_path)
     assert running.is_dir() and (out / "README.md").is_file()
 
 
-def test_secondary_labels_published_in_both_configs(inputs, tmp_path, cache) -> None:
-    folder = build(inputs, tmp_path / "hub").path
-    clean = load_dataset(str(folder), split="val", cache_dir=cache)
-    ledger = load_dataset(str(folder), "ledger", split="val", cache_dir=cache)
-    for features in (clean.features, ledger.features):
-        feature = features["secondary_labels"]
-        assert isinstance(feature, ListFeature) and isinstance(feature.feature, ClassLabel)
-        assert feature.feature.names == hub_class_names()
-    assert ledger["secondary_labels"] == [SECONDARY.get(index, []) for index in range(ROWS)]
-    by_id = dict(zip(clean["image_id"], clean["secondary_labels"]))
-    ids = pq.read_table(inputs.ledger).column("image_id").to_pylist()
-    assert by_id[ids[3]] == [5, 7] and by_id[ids[12]] == [2] and sum(map(len, by_id.values())) == 3
-    assert ledger.features["secondary_labels"].feature.int2str(7) == "cock"
-
-
 def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(
     inputs, tmp_path, cache
 ) -> None:
@@ -275,17 +173,6 @@ def test_secondary_labels_of_an_older_cleaned_split_come_from_the_ledger(
     ids = pq.read_table(inputs.manifest).column("image_id").to_pylist()
     expected = {ids[index]: labels for index, labels in SECONDARY.items()}
     assert clean["secondary_labels"] == [expected.get(i, []) for i in clean["image_id"]]
-
-
-def test_publish_config_is_checked_like_every_stage() -> None:
-    with pytest.raises(
-        ConfigError, match="`publish` has an unknown key 'privat'; did you mean 'private'"
-    ):
-        PublishOptions.from_params({"publish": {"splits": ["val"], "privat": True}})
-    with pytest.raises(ConfigError, match="`publish.push` must be true or false, got 'yes'"):
-        PublishOptions.from_params({"publish": {"push": "yes"}})
-    with pytest.raises(ConfigError, match="`publish.splits` must be a non-empty list of distinct"):
-        PublishOptions.from_params({"publish": {"splits": ["val", "val"]}})
 
 
 @pytest.mark.slow

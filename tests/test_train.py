@@ -9,13 +9,7 @@ predicts, bit-identical resumption) does not depend on the models learning anyth
 
 from __future__ import annotations
 
-import copy
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +17,23 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import DEMO_ROOT, ROOT, copy_project, run_in
+from conftest import (
+    DEMO_ROOT,
+    MODEL,
+    TINY,
+    copy_project,
+    make_oof_project,
+    merge,
+    run_in,
+    stage,
+    train_sections,
+)
 
 from stages.contracts import formats
 from stages.contracts.actions import ACTIONS
 from stages.contracts.params import load_params
 from stages.folds import run_folds
 from stages.modelling.folds import fold_dir, read_folds, read_seen
-from stages.modelling.launch import LaunchConfig, torchrun_command
 from stages.modelling.models import eval_transform
 from stages.modelling.specs import ModelSpec
 from stages.modelling.train_config import TrainConfig
@@ -38,113 +41,46 @@ from stages.modelling.training import load_fold_model, train_fold
 from stages.oof import run_oof
 from stages.sources.images import open_image
 
-MODEL = "mobilenetv3_small_050"
-TINY = {
-    "epochs": 2,
-    "batch_size": 4,
-    "eval_batch_size": 16,
-    "input_size": 32,
-    "workers": 0,
-    "threads": 1,
-    "checkpoint_every": 2,
-}
-
-
-def train_sections(
-    root: str,
-    *,
-    settings: dict | None = None,
-    launch: dict | None = None,
-    models: tuple[str, ...] = (MODEL,),
-    folds: int = 2,
-    limit: int | None = None,
-) -> dict:
-    """The params.yaml sections of an out-of-fold split `train_demo` (see docs/train-split.md:
-    Cleaning the train split). The lead will fold them into the project's params.yaml; tests add
-    them."""
-    return {
-        "splits": {
-            "train_demo": {
-                "root": root,
-                "layout": "kaggle",
-                "subset": "val",
-                "synsets": None,
-                "boxes": None,
-                "limit": limit,
-                "labels": "iterations/train_demo.parquet",
-                "overrides": "data/overrides/train_demo.csv",
-                "predictions": "out-of-fold",
-                "models": list(models),
-            }
-        },
-        "models": {name: {"spec": name, "pretrained": False} for name in models},
-        "train": {
-            "splits": ["train_demo"],
-            "models": list(models),
-            "folds": list(range(folds)),
-            "seed": 0,
-            "launch": {"nproc_per_node": 1, **(launch or {})},
-            "settings": {**TINY, **(settings or {})},
-        },
-        "vote": {"train_demo": {"fn": 1.0}},
-        "decide": {"train_demo": {"strategy": "consensus", "h1": "M", "h2": "M/2", "h3": "M"}},
-    }
-
-
-def merge(params: dict, sections: dict) -> dict:
-    """params with each section's keys added (nested one level)."""
-    params = copy.deepcopy(params)
-    for name, values in sections.items():
-        params.setdefault(name, {})
-        params[name].update(copy.deepcopy(values))
-    return params
-
-
-def make_oof_project(path: Path, manifest: pd.DataFrame, **options) -> Path:
-    """A folder with params.yaml (the project's + train_demo) and the split's manifest."""
-    params = merge(load_params(ROOT / "params.yaml"), train_sections(str(DEMO_ROOT), **options))
-    (path / "data/manifests").mkdir(parents=True)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    formats.write_table(
-        manifest, path / "data/manifests/train_demo.parquet", schema=formats.MANIFEST_SCHEMA
-    )
-    return path
-
-
-def stage(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """`python -m stages.<args>` in a project folder, importing this checkout's stages."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", *args], cwd=project, env=env, text=True, capture_output=True
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
-
-
 # --- fast unit tests -------------------------------------------------------------------------
 
 
-def test_torchrun_command_is_standalone_on_one_node_and_rendezvous_across_nodes() -> None:
-    one = torchrun_command("stages.train", ["--fold", "1"], LaunchConfig(nproc_per_node=2))
-    assert one[1:] == [
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        "--standalone",
-        "-m",
-        "stages.train",
-        "--fold",
-        "1",
-    ]
-    many = torchrun_command(
-        "stages.train", [], LaunchConfig(nproc_per_node=8, nnodes=4, rdzv_endpoint="node0:29400")
-    )
-    assert "--nnodes=4" in many and "--rdzv-endpoint=node0:29400" in many
-    assert "--rdzv-backend=c10d" in many and "--standalone" not in many
-
-
 # --- slow end-to-end tests -------------------------------------------------------------------
+
+
+def add_train_pipeline(project: Path) -> None:
+    """The project's own train_demo split and stages, made small: 20 images, one model."""
+    params = merge(
+        yaml.safe_load((project / "params.yaml").read_text()),
+        train_sections("data/demo/imagenet-val", limit=20),
+    )
+    params["train"]["models"] = [MODEL]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_in(project, "git", "add", "-A")
+    run_in(project, "git", "commit", "-qm", "train_demo: 20 images, one out-of-fold model")
+
+
+@pytest.mark.slow
+def test_dvc_repro_cleans_a_train_split_from_out_of_fold_predictions(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project", 24)
+    add_train_pipeline(project)
+    run_in(project, "dvc", "repro", "decide@train_demo")
+    manifest = formats.read_manifest(
+        "train_demo", path=project / formats.manifest_path("train_demo")
+    )
+    folds = pd.read_parquet(project / "data/folds/train_demo.parquet")
+    ledger = pd.read_parquet(project / formats.ledger_path("train_demo"))
+    assert (
+        folds["image_id"].tolist() == ledger["image_id"].tolist() == manifest["image_id"].tolist()
+    )
+    assert ledger["action"].isin(ACTIONS).all()
+    assert len(manifest) == 20  # splits.train_demo.limit
+    sidecar = json.loads((project / formats.sidecar_path("train_demo", MODEL)).read_text())
+    assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 20
+    votes = pd.read_parquet(project / formats.votes_path("train_demo"))
+    assert (votes["n_models"] == 1).all()  # the split's own models
+    assert not (project / "data/predictions/val").exists()  # val's predict never ran
+    status = run_in(project, "dvc", "status", "decide@train_demo", "--with-deps").stdout
+    assert "changed" not in status
 
 
 def _check_out_of_fold(project: Path, manifest: pd.DataFrame, *, world: int) -> np.ndarray:
@@ -216,87 +152,3 @@ def test_two_torchrun_processes_predict_every_row(
         assert "torch.distributed.run --nproc-per-node=2 --standalone" in result.stderr
     run_oof("train_demo", MODEL, params)
     _check_out_of_fold(project, manifest, world=2)
-
-
-@pytest.mark.slow
-def test_a_killed_training_resumes_to_the_same_result(
-    tmp_path: Path, small_manifest: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    settings = {"epochs": 4, "batch_size": 2, "input_size": 64, "checkpoint_every": 2}
-    project = make_oof_project(tmp_path, small_manifest.head(24), settings=settings)
-    monkeypatch.chdir(project)
-    params = load_params("params.yaml")
-    run_folds("train_demo", params)
-    reference = train_fold(
-        TrainConfig.from_params(params, "train_demo", MODEL, 0), out=project / "reference"
-    )
-    out = project / fold_dir("train_demo", MODEL, 0)
-    checkpoint = out.parent / ".fold-0.partial/checkpoint.pth"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stages.train",
-            "--split",
-            "train_demo",
-            "--model",
-            MODEL,
-            "--fold",
-            "0",
-        ],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 300
-    while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)  # kill -9, mid-training
-    process.wait()
-    assert checkpoint.is_file() and not out.exists()  # no output under its name
-    killed_at = torch.load(checkpoint, weights_only=True)["global_step"]
-    log = train_fold(TrainConfig.from_params(params, "train_demo", MODEL, 0))  # the re-run resumes
-    assert log["resumed_at_step"] == killed_at and 0 < killed_at < log["steps"] == 24
-    assert np.array_equal(np.load(out / "probs.npy"), np.load(project / "reference/probs.npy"))
-    assert log["weights_sha256"] == reference["weights_sha256"]
-    assert log["epochs"][-1]["loss"] == reference["epochs"][-1]["loss"]
-    assert not checkpoint.parent.exists()
-
-
-def add_train_pipeline(project: Path) -> None:
-    """The project's own train_demo split and stages, made small: 20 images, one model."""
-    params = merge(
-        yaml.safe_load((project / "params.yaml").read_text()),
-        train_sections("data/demo/imagenet-val", limit=20),
-    )
-    params["train"]["models"] = [MODEL]
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run_in(project, "git", "add", "-A")
-    run_in(project, "git", "commit", "-qm", "train_demo: 20 images, one out-of-fold model")
-
-
-@pytest.mark.slow
-def test_dvc_repro_cleans_a_train_split_from_out_of_fold_predictions(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project", 24)
-    add_train_pipeline(project)
-    run_in(project, "dvc", "repro", "decide@train_demo")
-    manifest = formats.read_manifest(
-        "train_demo", path=project / formats.manifest_path("train_demo")
-    )
-    folds = pd.read_parquet(project / "data/folds/train_demo.parquet")
-    ledger = pd.read_parquet(project / formats.ledger_path("train_demo"))
-    assert (
-        folds["image_id"].tolist() == ledger["image_id"].tolist() == manifest["image_id"].tolist()
-    )
-    assert ledger["action"].isin(ACTIONS).all()
-    assert len(manifest) == 20  # splits.train_demo.limit
-    sidecar = json.loads((project / formats.sidecar_path("train_demo", MODEL)).read_text())
-    assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 20
-    votes = pd.read_parquet(project / formats.votes_path("train_demo"))
-    assert (votes["n_models"] == 1).all()  # the split's own models
-    assert not (project / "data/predictions/val").exists()  # val's predict never ran
-    status = run_in(project, "dvc", "status", "decide@train_demo", "--with-deps").stdout
-    assert "changed" not in status

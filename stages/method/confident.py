@@ -32,6 +32,7 @@ from stages.contracts import formats
 from stages.contracts.config import from_section
 from stages.contracts.errors import ConfigError
 from stages.contracts.params import section
+from stages.contracts.probabilities import check_probabilities
 from stages.method.confident_streaming import find_label_issues_streaming, read_float32_rows
 
 logger = logging.getLogger(__name__)
@@ -141,20 +142,16 @@ def _chunks(
         for start in range(0, len(rows), chunk_rows):
             index = rows[start : start + chunk_rows]
             chunk = read_float32_rows(pred_probs, index)
-            _check_chunk(chunk, index, model)
+            _check_chunk(chunk, index, model, pred_probs.dtype)
             bar.update(len(index))
             yield start, labels[start : start + chunk_rows], chunk
 
 
-def _check_chunk(chunk: np.ndarray, index: np.ndarray, model: str) -> None:
-    bad = ~np.isfinite(chunk).all(axis=1) | (chunk.min(axis=1) < 0) | (chunk.max(axis=1) > 1)
-    if bad.any():
-        row = int(index[np.argmax(bad)])
-        raise ValueError(
-            f"{model}: predictions of active row {row} are not probabilities in [0, 1] "
-            f"({int(bad.sum())} such rows in rows {index[0]}..{index[-1]}); only "
-            "manifest skip rows may be NaN: re-run predict for this model"
-        )
+def _check_chunk(chunk: np.ndarray, index: np.ndarray, model: str, dtype: np.dtype) -> None:
+    """Active rows must be probabilities (only manifest skip rows may be NaN)."""
+    check_probabilities(
+        chunk, rows=index, where=f"predictions of {model} (active rows)", dtype=dtype
+    )
 
 
 def _chunk_stats(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +270,7 @@ def _streaming(
     hit = np.empty(len(rows), dtype=bool)
 
     def stats(start: int, chunk_labels: np.ndarray, chunk: np.ndarray) -> None:
-        _check_chunk(chunk, rows[start : start + len(chunk)], model)
+        _check_chunk(chunk, rows[start : start + len(chunk)], model, pred_probs.dtype)
         candidates[start : start + len(chunk)], hit[start : start + len(chunk)] = _chunk_stats(
             chunk_labels, chunk
         )

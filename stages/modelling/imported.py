@@ -23,13 +23,13 @@ import pyarrow.parquet as pq
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.params import section
+from stages.contracts.probabilities import SUM_TOLERANCE, check_probabilities
 from stages.contracts.sidecars import topk_hits
 from stages.contracts.splits import Params, SplitEntry
 
 logger = logging.getLogger(__name__)
 
 PROBABILITY_KEYS = ("probabilities", "probs")
-SUM_TOLERANCE = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-3}
 STORAGE = {"float32": np.float32, "float16": np.float16}
 EXAMPLES = 5
 
@@ -58,7 +58,7 @@ def _check_shape(path: Path, shape: tuple[int, ...], n_ids: int) -> None:
 
 
 def _check_dtype(path: Path, dtype: np.dtype) -> np.dtype:
-    if dtype not in SUM_TOLERANCE:
+    if dtype not in SUM_TOLERANCE:  # the dtypes whose rounding the probability check knows
         raise InputError(f"{path}: probabilities are {dtype}; expected float16, float32 or float64")
     return np.dtype(dtype)
 
@@ -215,7 +215,8 @@ def open_predictions(path: str | Path, *, image_ids: str | Path | None = None) -
 
 
 def _examples(values: Collection[Any]) -> str:
-    shown = ", ".join(repr(v) for v in list(values)[:EXAMPLES])
+    """Up to EXAMPLES values as quoted plain strings (never numpy reprs), then how many more."""
+    shown = ", ".join(repr(str(v)) for v in list(values)[:EXAMPLES])
     return shown + (f" and {len(values) - EXAMPLES} more" if len(values) > EXAMPLES else "")
 
 
@@ -254,42 +255,6 @@ def match_rows(image_ids: np.ndarray, manifest: pd.DataFrame, *, where: str) -> 
     return positions.astype(np.int64)
 
 
-def check_probabilities(
-    probs: np.ndarray, rows: np.ndarray, ids: np.ndarray, *, tolerance: float, where: str
-) -> None:
-    """Refuse non-finite values, values outside [0, 1] (logits) and rows not summing to 1.
-
-    probs: (k, 1000) rows of usable images; rows: (k,) their file row numbers; ids: (k,) ids.
-    """
-    values = probs.astype(np.float64)
-    finite = np.isfinite(values).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise InputError(
-            f"{where}: row {rows[bad]} ({ids[bad]}) has NaN or infinite values, but "
-            "the manifest's image is usable; predict it again (only the manifest's "
-            "skip rows may be NaN)"
-        )
-    outside = (values < 0).any(axis=1) | (values > 1).any(axis=1)
-    if outside.any():
-        bad = int(np.flatnonzero(outside)[0])
-        raise InputError(
-            f"{where}: row {rows[bad]} ({ids[bad]}) has values outside [0, 1] (min "
-            f"{values[bad].min():.4g}, max {values[bad].max():.4g}): these look like "
-            "logits; apply a softmax over the 1000 classes first "
-            "(scipy.special.softmax(logits, axis=1))"
-        )
-    sums = values.sum(axis=1)
-    off = np.abs(sums - 1.0) > tolerance
-    if off.any():
-        bad = int(np.flatnonzero(off)[0])
-        raise InputError(
-            f"{where}: row {rows[bad]} ({ids[bad]}) sums to {sums[bad]:.6g}, not 1 "
-            f"(tolerance {tolerance:g}): give softmax probabilities over all 1000 "
-            "classes (divide each row by its sum if they are unnormalised)"
-        )
-
-
 def import_predictions(
     table: Table, manifest: pd.DataFrame, out: str | Path, *, dtype: str = "float32"
 ) -> tuple[int, int, int, int]:
@@ -302,7 +267,6 @@ def import_predictions(
     positions = match_rows(table.image_ids, manifest, where=where)
     usable = manifest["skip_reason"].isna().to_numpy()
     labels = pd.to_numeric(manifest["label"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-    tolerance = SUM_TOLERANCE[table.dtype]
     hits, scored = np.zeros(2, dtype=np.int64), 0
     with formats.atomic_path(out) as tmp:
         array = np.lib.format.open_memmap(
@@ -314,7 +278,9 @@ def import_predictions(
             keep = usable[targets]
             rows = np.arange(start, start + len(probs))[keep]
             kept, destination = probs[keep], targets[keep]
-            check_probabilities(kept, rows, table.image_ids[rows], tolerance=tolerance, where=where)
+            check_probabilities(
+                kept, rows=rows, where=where, dtype=table.dtype, ids=table.image_ids[rows]
+            )
             array[destination] = kept
             chunk_hits, chunk_scored = topk_hits(
                 kept, labels[destination], np.ones(len(kept), dtype=bool)

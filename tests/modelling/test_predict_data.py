@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
+from stages.cli import main as cli_main
+from stages.contracts import formats
 from stages.contracts.formats import NUM_CLASSES
 from stages.modelling import predict_data
 from stages.modelling.models import create_model, data_config, eval_transform
@@ -82,3 +85,79 @@ def test_shard_store_resumes_under_its_fingerprint_and_assembles_the_rows(tmp_pa
     other = store({**fingerprint, "weights": "another model"})
     assert other.open() == {0, 1, 2}  # shards of another fingerprint are discarded, not reused
     assert not other.path(0).exists()
+
+
+SKIP_ROWS = (3, 10)
+
+
+def _write_manifest(manifest: pd.DataFrame, folder: Path) -> Path:
+    path = folder / "manifest.parquet"
+    formats.write_table(manifest, path, schema=formats.MANIFEST_SCHEMA)
+    return path
+
+
+def _with_skip_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Mark rows as ingest's skip rows; their path names no file, so decoding them would fail."""
+    manifest = manifest.copy()
+    for row in SKIP_ROWS:
+        manifest.loc[row, ["path", "skip_reason"]] = [
+            "missing/never-decoded.JPEG",
+            "unreadable image: marked by the test",
+        ]
+        manifest.at[row, "label"] = None
+    return manifest
+
+
+def _small_params(params: dict, **predict_options: object) -> dict:
+    """Small batches and shards; one torch thread (the test CPU is shared: 2 threads stall
+    there)."""
+    params["predict"].update(
+        {"batch_size": 8, "shard_size": 16, "workers": 1, "threads": 1, **predict_options}
+    )
+    return params
+
+
+def test_ensemble_one_pass_is_byte_identical_and_decodes_once(
+    params, small_manifest, tmp_path, monkeypatch
+):
+    # A second params entry with the same spec: a real model that shares its preprocessing group.
+    params["models"]["mobilenetv1_050_again"] = dict(params["models"]["mobilenetv1_050"])
+    names = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_050_again"]
+    params = _small_params(params, workers=0, models=names)
+    common = [
+        "--split",
+        "val",
+        "--params",
+        _dump(params, tmp_path),
+        "--manifest",
+        str(_write_manifest(_with_skip_rows(small_manifest.head(32)), tmp_path)),
+    ]
+    for name in names:
+        out = tmp_path / "single" / f"{name}.npy"
+        assert cli_main(["predict", *common, "--model", name, "--out", str(out)]) == 0
+
+    decoded: list[str] = []
+    shaped: list[str] = []
+    real_open, real_shape = predict_data.open_image, predict_data.InputTransform.worker_tensor
+    monkeypatch.setattr(
+        predict_data, "open_image", lambda root, path: decoded.append(path) or real_open(root, path)
+    )
+    monkeypatch.setattr(
+        predict_data.InputTransform,
+        "worker_tensor",
+        lambda self, image: shaped.append(self.key) or real_shape(self, image),
+    )
+    assert cli_main(["predict-ensemble", *common, "--out-dir", str(tmp_path / "ensemble")]) == 0
+
+    assert len(decoded) == len(set(decoded)) == 32 - len(SKIP_ROWS)
+    assert len(shaped) == 2 * len(decoded)  # the two mobilenetv1_050 entries share one resize
+    for name in names:
+        for suffix in (".npy", ".json"):
+            single = (tmp_path / "single" / name).with_suffix(suffix).read_bytes()
+            assert (tmp_path / "ensemble" / name).with_suffix(suffix).read_bytes() == single, name
+
+
+def _dump(params: dict, folder: Path) -> str:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)

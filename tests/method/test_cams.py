@@ -28,7 +28,7 @@ CONFIDENT_IMAGE = (
 def v1_spec(params: dict) -> ModelSpec:
     """The mobilenetv1_025 demo model with an absolute folder (module fixtures run before chdir)."""
     spec = model_specs(params, ["mobilenetv1_025"])[0]
-    folder = Path(__file__).resolve().parents[1] / spec.spec.removeprefix("local-dir:")
+    folder = Path(__file__).resolve().parents[2] / spec.spec.removeprefix("local-dir:")
     return ModelSpec(spec.name, f"local-dir:{folder}")
 
 

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import Image as HubImage
+from datasets import load_dataset
+from hub_inputs import (
+    FIX,
+    build,
+)
 from PIL import Image
 
 from stages.sources.images import open_image, open_rgb, probe, probe_image
@@ -80,3 +86,24 @@ def test_ordinary_modes_convert_as_pillow_does(tmp_path: Path, mode: str) -> Non
     expected = np.asarray(Image.open(path).convert("RGB"))
     assert np.array_equal(np.asarray(open_rgb(path)), expected)
     assert probe(path)[2] is None
+
+
+def test_images_mode_embeds_the_source_pixels_and_black_placeholders(
+    inputs, tmp_path, cache
+) -> None:
+    folder = build(inputs, tmp_path / "hub", mode="images", include_placeholders=True).path
+    clean = load_dataset(str(folder), split="val", cache_dir=cache)
+    assert clean.num_rows == 18 and clean.features["image"] == HubImage()
+    for index in (0, FIX[0], 15):
+        row = clean[index]
+        expected = np.asarray(open_image(inputs.root, row["path"]))
+        assert np.array_equal(np.asarray(row["image"].convert("RGB")), expected)
+    placeholders = [row for row in clean if row["placeholder"]]
+    assert [row["image_id"] for row in placeholders] == [
+        "placeholder_n04505470",
+        "placeholder_n04264628",
+    ]
+    for row in placeholders:
+        pixels = np.asarray(row["image"].convert("RGB"))
+        assert pixels.shape == (224, 224, 3) and not pixels.any()
+        assert row["path"] is None and row["original_label"] is None

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 from test_review import write_split
 
 from stages.contracts import formats
@@ -36,18 +31,6 @@ from stages.reporting.server import (
 from stages.review import run_review
 
 HEADER = "image_id,action,new_label,note\n"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One small split with its report, shared by the module's servers."""
-    root = tmp_path_factory.mktemp("served")
-    params = write_split(root, 120, seed=2)
-    params["review"]["keep_sample"] = 5
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        run_review("val", params)
-    return root, params
 
 
 @pytest.fixture
@@ -330,47 +313,6 @@ def test_overrides_path_is_per_split() -> None:
     assert config.overrides == Path("o/val.csv")
     with pytest.raises(ConfigError, match=r"splits.v2.overrides"):
         ServeReviewConfig.from_params({"splits": {"v2": entry}}, "v2")
-
-
-def test_command_line_serves_until_stopped_and_explains_a_missing_report(built, tmp_path) -> None:
-    root, params = built
-    params = {
-        **params,
-        "splits": {"val": {**params["splits"]["val"], "overrides": str(tmp_path / "val.csv")}},
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [
-        sys.executable,
-        "-m",
-        "stages.serve_review",
-        "--split",
-        "val",
-        "--params",
-        str(tmp_path / "params.yaml"),
-        "--port",
-        "0",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    process = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        line = ""
-        deadline = time.monotonic() + 60
-        while " on http://" not in line and time.monotonic() < deadline:
-            line = process.stderr.readline()
-        port = int(line.split(" on http://127.0.0.1:")[1].split("/")[0])
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/api/overrides")
-        assert json.loads(connection.getresponse().read())["rows"] == []
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        process.stderr.close()
-    other = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert other.returncode == 2
-    assert (
-        "error: no review report in data/review/val; build it with `dvc repro review@val`"
-        in other.stderr
-    )
 
 
 def test_a_rewritten_ledger_is_read_again(tmp_path: Path, monkeypatch) -> None:

@@ -6,10 +6,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import ClassLabel, Value, load_dataset
-from hub_inputs import build
+from hub_inputs import (
+    EXEMPTED,
+    FIX,
+    ROWS,
+    SECONDARY,
+    build,
+)
 
 from stages.contracts import formats
-from stages.hub.shards import hub_class_names, plan_shards
+from stages.hub.shards import ListFeature, hub_class_names, plan_shards
 
 
 def test_class_names_are_imagenet_names_made_unique() -> None:
@@ -66,3 +72,47 @@ def test_same_inputs_give_the_same_bytes(inputs, tmp_path, mode) -> None:
     assert first.files == second.files and len(first.files) >= 3
     for name in first.files:
         assert (first.path / name).read_bytes() == (second.path / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("mode", ["labels", "images"])
+def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mode) -> None:
+    folder = build(inputs, tmp_path / "hub", mode=mode).path
+    clean = load_dataset(str(folder), cache_dir=cache)
+    ledger = load_dataset(str(folder), "ledger", cache_dir=cache)
+    assert set(clean) == {"val"} and set(ledger) == {"val"}
+    assert clean["val"].num_rows == 16  # 12 keep + 3 fix + 1 merged keep; placeholders left out
+    assert ledger["val"].num_rows == ROWS
+    names = hub_class_names()
+    for features, column in [
+        (clean["val"].features, "label"),
+        (clean["val"].features, "original_label"),
+        (ledger["val"].features, "label"),
+        (ledger["val"].features, "new_label"),
+    ]:
+        assert isinstance(features[column], ClassLabel) and features[column].names == names
+    assert ("image" in clean["val"].features) == (mode == "images")
+    assert "image" not in ledger["val"].features
+    source = pq.read_table(inputs.clean).to_pylist()[:16]
+    assert clean["val"]["image_id"] == [row["image_id"] for row in source]
+    assert clean["val"]["label"] == [row["label"] for row in source]
+    assert clean["val"]["path"] == [row["path"] for row in source]
+    manifest = pq.read_table(inputs.manifest).to_pylist()
+    assert ledger["val"]["path"] == [row["path"] for row in manifest]
+    assert ledger["val"]["action"].count("remove") == 3
+    assert ledger["val"][FIX[0]]["cl_candidates"] == [(manifest[FIX[0]]["label"] + 1) % 1000] * 3
+    assert ledger["val"][EXEMPTED]["exempted"] is True
+
+
+def test_secondary_labels_published_in_both_configs(inputs, tmp_path, cache) -> None:
+    folder = build(inputs, tmp_path / "hub").path
+    clean = load_dataset(str(folder), split="val", cache_dir=cache)
+    ledger = load_dataset(str(folder), "ledger", split="val", cache_dir=cache)
+    for features in (clean.features, ledger.features):
+        feature = features["secondary_labels"]
+        assert isinstance(feature, ListFeature) and isinstance(feature.feature, ClassLabel)
+        assert feature.feature.names == hub_class_names()
+    assert ledger["secondary_labels"] == [SECONDARY.get(index, []) for index in range(ROWS)]
+    by_id = dict(zip(clean["image_id"], clean["secondary_labels"]))
+    ids = pq.read_table(inputs.ledger).column("image_id").to_pylist()
+    assert by_id[ids[3]] == [5, 7] and by_id[ids[12]] == [2] and sum(map(len, by_id.values())) == 3
+    assert ledger.features["secondary_labels"].feature.int2str(7) == "cock"

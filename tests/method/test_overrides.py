@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
-from test_decide import CONSENSUS_SPLIT, PAPER, overrides, tables, vote
+from test_ledger import CONSENSUS_SPLIT, PAPER, overrides, tables, vote
 
 from stages.contracts.errors import InputError
 from stages.method.ledger import decide_split
+from stages.method.overrides import load_overrides
 
 
 def decided(*rows: dict, table: pd.DataFrame, config=PAPER) -> pd.DataFrame:
@@ -57,3 +60,10 @@ def test_secondary_rows_set_exactly_the_listed_classes() -> None:
 def test_bad_secondary_rows_name_the_line_and_change_nothing(rows: tuple, match: str) -> None:
     with pytest.raises(InputError, match=match):
         decided(vote("a", 10), table=overrides(*rows))
+
+
+def test_header_only_overrides_file_means_none(tmp_path: Path) -> None:
+    assert len(load_overrides(Path("data/overrides/val.csv"))) == 0
+    (tmp_path / "o.csv").write_text("image_id,action,label\n")
+    with pytest.raises(ValueError, match="header must be image_id,action,new_label,note"):
+        load_overrides(tmp_path / "o.csv")

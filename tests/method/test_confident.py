@@ -29,7 +29,7 @@ def test_non_probabilities_on_active_rows_name_the_row(tmp_path: Path) -> None:
     probs[17] = np.nan
     active[17] = True
     labels[17] = 3
-    with pytest.raises(ValueError, match="active row 17 are not probabilities"):
+    with pytest.raises(ValueError, match=r"\(active rows\): row 17 has NaN or infinite values"):
         model_votes(labels, probs, active=active, config=ConfidentConfig(strategy="streaming"))
 
 

@@ -20,7 +20,7 @@ from stages.method.confident import ConfidentConfig
 from stages.method.votes import vote
 from stages.modelling import distributed, launch, predictor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["mobilenetv1_025", "mobilenetv1_050"]
 ROWS = 32
 

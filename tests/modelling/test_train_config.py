@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from test_train import merge, train_sections
+from conftest import merge, train_sections
 
 from stages.contracts.errors import ConfigError
 from stages.modelling.launch import LaunchConfig
 from stages.modelling.train_config import (
+    FoldsConfig,
     RetrainSection,
     TrainSettings,
     eval_rows,
+    fold_count,
     settings_from_params,
 )
 
@@ -84,3 +86,18 @@ def test_retrain_section_must_name_configured_splits_and_model(params: dict) -> 
 def test_images_of_the_train_split_are_never_scored(manifest: pd.DataFrame) -> None:
     rows, excluded = eval_rows(manifest, manifest["image_id"].iloc[[0, 2, 6]])
     assert rows.tolist() == [1, 3, 4, 5, 7] and excluded == 2  # row 2 is a skip row anyway
+
+
+def _params(params: dict, split: str = "train_demo", *, folds: list | None = None) -> dict:
+    params["splits"][split] = {**params["splits"]["val"], "predictions": "out-of-fold"}
+    params["train"] = {"splits": [split], "models": [], "folds": folds or [0, 1, 2], "seed": 3}
+    return params
+
+
+def test_params_must_name_the_folds_and_mark_the_split(params: dict) -> None:
+    with pytest.raises(ConfigError, match=r"train.folds.*\[0, 1, 2, 3\]"):
+        fold_count(_params(params, folds=[1, 2]))
+    params = _params(params)
+    params["splits"]["train_demo"]["predictions"] = "pretrained"
+    with pytest.raises(ConfigError, match="predictions: out-of-fold"):
+        FoldsConfig.from_params(params, "train_demo")

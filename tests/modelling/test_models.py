@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,24 +15,11 @@ import yaml
 from stages.cli import main as cli_main
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, MissingInputError, UserError
-from stages.modelling.models import create_model
-from stages.modelling.specs import ModelSpec
-
-
-@pytest.mark.parametrize(
-    "entry, message",
-    [
-        (
-            {"spec": "resnet18", "pretrain": True},
-            r"unknown key 'pretrain'; did you mean 'pretrained'",
-        ),
-        ({"pretrained": True}, r"`models.m` lacks the key 'spec'"),
-        ({"spec": "resnet18", "kwargs": [1]}, r"`models.m.kwargs` must be a mapping"),
-    ],
-)
-def test_bad_model_entries_name_the_key(entry: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        ModelSpec.from_params("m", entry)
+from stages.method.confident import ConfidentConfig
+from stages.method.votes import vote
+from stages.modelling.models import create_model, data_config, eval_transform
+from stages.modelling.specs import ModelSpec, model_specs
+from stages.sources.images import open_image
 
 
 def test_predicting_with_an_untrained_model_needs_an_explicit_opt_in() -> None:
@@ -104,3 +92,49 @@ def test_cli_prints_one_line_instead_of_a_traceback(
     err = capsys.readouterr().err
     assert status == 2 and "error: model 'typo': timm has no model named 'resnet5O'" in err
     assert "Traceback" not in err and not (tmp_path / "p.npy").exists()
+
+
+def demo_predictions(manifest: pd.DataFrame, root: Path, params: dict) -> dict[str, np.ndarray]:
+    """The five demo models' softmax over the manifest rows (stages.predict does this in the
+    pipeline; computed here so this test does not depend on it)."""
+    out = {}
+    for spec in model_specs(params):
+        model = create_model(spec)
+        transform = eval_transform(data_config(model))
+        with torch.no_grad():
+            batch = torch.stack([transform(open_image(root, p)) for p in manifest["path"]])
+            out[spec.name] = torch.softmax(model(batch), dim=1).numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_demo_predictions(
+    small_manifest: pd.DataFrame, demo_root: Path, _params: dict
+) -> dict[str, np.ndarray]:
+    return demo_predictions(small_manifest.head(24), demo_root, _params)
+
+
+@pytest.mark.parametrize("strategy", ["exact", "batched"])
+def test_votes_on_real_demo_predictions(
+    small_manifest: pd.DataFrame, strategy: str, small_demo_predictions: dict[str, np.ndarray]
+) -> None:
+    """24 real images x 5 real models. Most classes have one image here, which exact
+    prune_by_noise_rate never flags (min_examples_per_class); batched does flag some."""
+    labels = small_manifest["label"].to_numpy()[:24]
+    result = vote(labels, small_demo_predictions, config=ConfidentConfig(strategy=strategy))
+    table = result.table.to_pydict()
+    for m, (name, probs) in enumerate(small_demo_predictions.items()):
+        top5 = torch.topk(torch.from_numpy(probs), 5).indices.numpy()
+        hit = (top5 == labels[:, None]).any(axis=1)
+        assert result.models[m].top5_hit.tolist() == hit.tolist()
+        assert [name in models for models in table["top5_hit_models"]] == hit.tolist()
+        flagged = result.models[m]
+        others = probs[flagged.flagged].copy()
+        others[np.arange(len(flagged.flagged)), labels[flagged.flagged]] = -1
+        assert flagged.candidates.tolist() == others.argmax(axis=1).tolist()
+        assert (flagged.candidates != labels[flagged.flagged]).all()
+        assert all(name in table["cl_models"][row] for row in flagged.flagged)
+    assert table["top5_misses"] == sum(~r.top5_hit for r in result.models).tolist()
+    assert sum(map(len, table["cl_candidates"])) == sum(len(r.flagged) for r in result.models)
+    if strategy == "batched":
+        assert sum(map(len, table["cl_candidates"])) > 0
