@@ -112,8 +112,14 @@ def test_docs_build_offline_and_readme_links_land(tmp_path: Path) -> None:
             )
 
 
-INTEGRATION = {"test_docs", "test_dvc_contract", "test_errors", "test_pipeline",
-               "test_pipeline_ingest", "test_review_browser"}
+INTEGRATION = {
+    "test_docs",
+    "test_dvc_contract",
+    "test_errors",
+    "test_pipeline",
+    "test_pipeline_ingest",
+    "test_review_browser",
+}
 """Top-level test files of the whole pipeline rather than of one module."""
 
 
@@ -121,10 +127,14 @@ def test_tests_mirror_the_module_tree() -> None:
     """Every module `stages/<package>/<name>.py` has `tests/<package>/test_<name>.py`, every door
     `stages/<name>.py` has `tests/test_<name>.py`, and no test file names a module that is gone."""
     stages = ROOT / "stages"
-    modules = {p.relative_to(stages).with_suffix("") for p in stages.rglob("*.py")
-               if p.name != "__init__.py" and p.stem != "cli"}
+    modules = {
+        p.relative_to(stages).with_suffix("")
+        for p in stages.rglob("*.py")
+        if p.name != "__init__.py" and p.stem != "cli"
+    }
     wanted = {m.with_name(f"test_{m.name}") for m in modules} | {Path("test_cli")}
-    found = {p.relative_to(ROOT / "tests").with_suffix("")
-             for p in (ROOT / "tests").rglob("test_*.py")}
+    found = {
+        p.relative_to(ROOT / "tests").with_suffix("") for p in (ROOT / "tests").rglob("test_*.py")
+    }
     assert sorted(map(str, wanted - found)) == []
     assert sorted(map(str, found - wanted - {Path(n) for n in INTEGRATION})) == []
