@@ -88,3 +88,29 @@ def test_rounds_plot_earlier_iterations_from_the_history_and_this_one(tmp_path: 
         93.6,
     ]
     assert (tmp_path / "val-rounds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_split_left_out_of_reference_labels_is_evaluated_without_a_reference(
+    tmp_path: Path, params: dict
+) -> None:
+    """References are per split: a file for another split (none of this split's ids) is not
+    applied to this one (it used to stop evaluate@train with "none of the split's image ids")."""
+    formats.write_table(
+        ledger_frame(), tmp_path / formats.ledger_path("val"), schema=LEDGER_FULL_SCHEMA
+    )
+    formats.write_table(votes_frame(), tmp_path / formats.votes_path("val"))
+    formats.write_table(
+        pd.DataFrame({"image_id": [IDS[5]], "model": ["a"], "exempted": [True]}),
+        tmp_path / formats.cams_path("val"),
+    )
+    formats.write_table(
+        CLEAN_SCHEMA.empty_table(), tmp_path / formats.clean_path("val"), schema=CLEAN_SCHEMA
+    )
+    formats.write_npy(probs_a(), tmp_path / formats.predictions_path("val", "a"))
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "refs/train.json").write_text(json.dumps({"n01440764_10026": [0]}))
+    params["models"]["a"] = {"spec": "local-dir:a"}
+    params["predict"]["models"] = ["a"]
+    params["evaluate"].update(references="refs", reference_labels={"train_demo": "train.json"})
+    metrics = run_evaluate("val", params, root=tmp_path)
+    assert "reference" not in metrics and "multi_label_top1" not in metrics["models"]["a"]

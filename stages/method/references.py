@@ -11,6 +11,7 @@ that no class fits are left out of accuracy).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
@@ -128,65 +129,91 @@ def align(
     return entries
 
 
-def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dict[str, Any]:
+class Accepted:
+    """A reference's accepted classes per row, as sorted `row * 1000 + class` keys, so that "is
+    class c accepted for row i" is answered for every row at once (no per-row Python loop).
+
+    Attributes:
+        has_entry: (N,) the reference has an entry for the row (possibly empty).
+        sizes: (N,) number of accepted classes (0 for no entry or an empty one).
+        keys: sorted `row * 1000 + class` of every accepted (row, class).
+    """
+
+    def __init__(self, entries: Sequence[Collection[int] | None]) -> None:
+        n = len(entries)
+        self.has_entry = np.fromiter((e is not None for e in entries), bool, n)
+        self.sizes = np.fromiter((len(e) if e is not None else 0 for e in entries), np.int64, n)
+        classes = np.fromiter(
+            itertools.chain.from_iterable(e for e in entries if e), np.int64, int(self.sizes.sum())
+        )
+        rows = np.repeat(np.arange(n, dtype=np.int64), self.sizes)
+        self.keys = np.sort(rows * formats.NUM_CLASSES + classes)
+
+    def __len__(self) -> int:
+        return len(self.has_entry)
+
+    def accepts(self, classes: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per row (all rows, or `rows`): whether `classes` (-1 = none) is an accepted class."""
+        classes = np.asarray(classes, dtype=np.int64)
+        rows = np.arange(len(classes), dtype=np.int64) if rows is None else rows.astype(np.int64)
+        probe = rows * formats.NUM_CLASSES + classes
+        at = np.minimum(np.searchsorted(self.keys, probe), max(len(self.keys) - 1, 0))
+        found = self.keys[at] == probe if len(self.keys) else np.zeros(len(probe), bool)
+        return found & (classes >= 0)
+
+
+def _as_accepted(entries: Sequence[Collection[int] | None] | Accepted) -> Accepted:
+    return entries if isinstance(entries, Accepted) else Accepted(entries)
+
+
+def _class_column(values: pd.Series) -> np.ndarray:
+    """A nullable label column -> int64 with -1 for null."""
+    floats = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isnan(floats), -1, floats).astype(np.int64)
+
+
+def agreement(
+    ledger: pd.DataFrame, entries: Sequence[Collection[int] | None] | Accepted
+) -> dict[str, Any]:
     """The `reference` block of `metrics/<split>.json`: agreement before -> after, fix outcomes,
     removal precision and recall, secondary-label precision (percentages, with their row counts).
 
     Rows that left the split in an earlier iteration or are unreadable (no current label) and rows
-    without a reference entry are not counted.
+    without a reference entry are not counted. Vectorised over rows (ImageNet train: 1.28M).
     """
-    t: dict[str, int] = dict.fromkeys(
-        (
-            "judged_before",
-            "agree_before",
-            "judged_after",
-            "agree_after",
-            "corrected",
-            "neutral",
-            "broken",
-            "fixes",
-            "removed",
-            "removed_bad",
-            "bad",
-            "bad_removed",
-            "secondary",
-            "secondary_ok",
-            "active",
-            "multi",
-        ),
-        0,
+    accepted = _as_accepted(entries)
+    label, new = _class_column(ledger["label"]), _class_column(ledger["new_label"])
+    action = ledger["action"].to_numpy(dtype=object)
+    counted = accepted.has_entry & (label >= 0) & (action != Action.SKIP)
+    judged = counted & (accepted.sizes > 0)
+    right, new_right = accepted.accepts(label), accepted.accepts(new)
+    kept = np.isin(action, list(KEPT))
+    fixes = counted & (action == Action.FIX)
+    corrected, broken = fixes & ~right & new_right, fixes & right & ~new_right
+    removed = counted & (action == Action.REMOVE)
+    secondary = ledger["secondary_labels"].to_numpy(dtype=object)
+    sizes = np.fromiter((0 if s is None else len(s) for s in secondary), np.int64, len(secondary))
+    sizes = np.where(counted, sizes, 0)
+    extra_rows = np.repeat(np.arange(len(secondary), dtype=np.int64), sizes)
+    extras = np.fromiter(
+        itertools.chain.from_iterable(s for s, k in zip(secondary, sizes) if k),
+        np.int64,
+        int(sizes.sum()),
     )
-    for row, ok in enumerate(entries):
-        label, action = ledger["label"].iloc[row], ledger["action"].iloc[row]
-        if ok is None or pd.isna(label) or action == Action.SKIP:
-            continue
-        new = ledger["new_label"].iloc[row]
-        t["active"] += 1
-        t["multi"] += len(ok) > 1
-        right = int(label) in ok
-        t["bad"] += not right
-        if ok:
-            t["judged_before"] += 1
-            t["agree_before"] += right
-        if action in KEPT and ok:
-            t["judged_after"] += 1
-            t["agree_after"] += int(new) in ok
-        if action == Action.FIX:
-            t["fixes"] += 1
-            t[
-                "corrected"
-                if not right and int(new) in ok
-                else "broken"
-                if right and int(new) not in ok
-                else "neutral"
-            ] += 1
-        if action == Action.REMOVE:
-            t["removed"] += 1
-            t["removed_bad"] += not right
-            t["bad_removed"] += not right
-        for extra in ledger["secondary_labels"].iloc[row]:
-            t["secondary"] += 1
-            t["secondary_ok"] += int(extra) in ok
+    secondary_ok = int(accepted.accepts(extras, extra_rows).sum())
+    t = {
+        "judged_before": int(judged.sum()),
+        "agree_before": int((judged & right).sum()),
+        "judged_after": int((judged & kept).sum()),
+        "agree_after": int((judged & kept & new_right).sum()),
+        "active": int(counted.sum()),
+        "bad": int((counted & ~right).sum()),
+        "removed": int(removed.sum()),
+        "removed_bad": int((removed & ~right).sum()),
+        "corrected": int(corrected.sum()),
+        "broken": int(broken.sum()),
+        "fixes": int(fixes.sum()),
+    }
     return {
         "agreement_before": formats.percent(t["agree_before"], t["judged_before"]),
         "agreement_after": formats.percent(t["agree_after"], t["judged_after"]),
@@ -196,27 +223,31 @@ def agreement(ledger: pd.DataFrame, entries: list[frozenset[int] | None]) -> dic
         "removed_fraction": formats.percent(t["removed"], t["active"]),
         "fixes": {
             "corrected": t["corrected"],
-            "neutral": t["neutral"],
+            "neutral": t["fixes"] - t["corrected"] - t["broken"],
             "broken": t["broken"],
             "total": t["fixes"],
         },
         "removal_precision": formats.percent(t["removed_bad"], t["removed"]),
         "removals": t["removed"],
-        "recall_of_bad": formats.percent(t["bad_removed"] + t["corrected"], t["bad"]),
+        "recall_of_bad": formats.percent(t["removed_bad"] + t["corrected"], t["bad"]),
         "bad_rows": t["bad"],
-        "secondary_precision": formats.percent(t["secondary_ok"], t["secondary"]),
-        "secondary_labels": t["secondary"],
-        "multi_label_share": formats.percent(t["multi"], t["active"]),
+        "secondary_precision": formats.percent(secondary_ok, int(sizes.sum())),
+        "secondary_labels": int(sizes.sum()),
+        "multi_label_share": formats.percent(
+            int((counted & (accepted.sizes > 1)).sum()), t["active"]
+        ),
     }
 
 
 def multi_label_top1(
-    top1: np.ndarray, entries: Sequence[Collection[int] | None], rows: np.ndarray
+    top1: np.ndarray, entries: Sequence[Collection[int] | None] | Accepted, rows: np.ndarray
 ) -> float | None:
     """A model's multi-label top-1 (ReaL accuracy): its top-1 is among the accepted classes, over
-    the given rows that have a non-empty entry."""
-    hits = [int(top1[i]) in entry for i in np.flatnonzero(rows).tolist() if (entry := entries[i])]
-    return formats.percent(sum(hits), len(hits))
+    the given rows that have a non-empty entry (vectorised over rows)."""
+    accepted = _as_accepted(entries)
+    judged = np.asarray(rows, dtype=bool) & (accepted.sizes > 0)
+    hits = accepted.accepts(np.asarray(top1, dtype=np.int64)) & judged
+    return formats.percent(int(hits.sum()), int(judged.sum()))
 
 
 def warn_if_worse(block: Mapping[str, Any], split: str) -> bool:

@@ -94,3 +94,87 @@ def test_agreement_counts_fix_outcomes_removals_and_secondary_labels() -> None:
     assert (block["recall_of_bad"], block["bad_rows"]) == (100.0, 2)
     assert (block["secondary_precision"], block["secondary_labels"]) == (100.0, 1)
     assert block["rows"] == 6 and block["removed_fraction"] == 33.3333
+
+
+def _agreement_row_by_row(ledger: pd.DataFrame, entries: list) -> dict[str, int]:
+    """The block's counts computed one row at a time, as the definition reads."""
+    t = dict.fromkeys(("before", "agree_before", "after", "agree_after", "active", "bad"), 0)
+    t.update(dict.fromkeys(("corrected", "broken", "fixes", "removed", "removed_bad"), 0))
+    t.update(secondary=0, secondary_ok=0, multi=0)
+    for row, ok in enumerate(entries):
+        label, action, new = ledger.loc[row, ["label", "action", "new_label"]]
+        if ok is None or pd.isna(label) or action == "skip":
+            continue
+        right = int(label) in ok
+        t["active"] += 1
+        t["multi"] += len(ok) > 1
+        t["bad"] += not right
+        t["before"] += bool(ok)
+        t["agree_before"] += bool(ok) and right
+        kept = action in ("keep", "fix") and bool(ok)
+        t["after"] += kept
+        t["agree_after"] += kept and int(new) in ok
+        if action == "fix":
+            t["fixes"] += 1
+            t["corrected"] += not right and int(new) in ok
+            t["broken"] += right and int(new) not in ok
+        if action == "remove":
+            t["removed"] += 1
+            t["removed_bad"] += not right
+        for extra in ledger.loc[row, "secondary_labels"]:
+            t["secondary"] += 1
+            t["secondary_ok"] += int(extra) in ok
+    return t
+
+
+def test_vectorised_agreement_equals_the_row_by_row_definition_on_random_rows() -> None:
+    import numpy as np
+
+    from stages.method.references import Accepted, multi_label_top1
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    action = rng.choice(["keep", "fix", "remove", "skip"], size=n, p=[0.6, 0.2, 0.15, 0.05])
+    label = rng.integers(0, 6, n).astype(object)
+    label[rng.random(n) < 0.05] = None
+    new = np.where(np.isin(action, ["keep", "fix"]), rng.integers(0, 6, n), None)
+    new = [int(v) if v is not None and label[i] is not None else None for i, v in enumerate(new)]
+    secondary = [list(rng.integers(0, 6, rng.integers(0, 3))) for _ in range(n)]
+    ledger = pd.DataFrame(
+        {
+            "label": pd.array(label, dtype="Int64"),
+            "action": action,
+            "new_label": pd.array(new, dtype="Int64"),
+            "secondary_labels": secondary,
+        }
+    )
+    entries = [
+        None if rng.random() < 0.1 else frozenset(rng.integers(0, 6, rng.integers(0, 4)).tolist())
+        for _ in range(n)
+    ]
+    t = _agreement_row_by_row(ledger, entries)
+    block = agreement(ledger, entries)
+    assert block == agreement(ledger, Accepted(entries))
+    assert (block["judged_before"], block["judged_after"], block["rows"]) == (
+        t["before"],
+        t["after"],
+        t["active"],
+    )
+    assert block["agreement_before"] == round(100 * t["agree_before"] / t["before"], 4)
+    assert block["agreement_after"] == round(100 * t["agree_after"] / t["after"], 4)
+    assert block["fixes"] == {
+        "corrected": t["corrected"],
+        "neutral": t["fixes"] - t["corrected"] - t["broken"],
+        "broken": t["broken"],
+        "total": t["fixes"],
+    }
+    assert (block["removals"], block["bad_rows"]) == (t["removed"], t["bad"])
+    assert block["removal_precision"] == round(100 * t["removed_bad"] / t["removed"], 4)
+    assert block["recall_of_bad"] == round(100 * (t["removed_bad"] + t["corrected"]) / t["bad"], 4)
+    assert block["secondary_labels"] == t["secondary"]
+    assert block["secondary_precision"] == round(100 * t["secondary_ok"] / t["secondary"], 4)
+    assert block["multi_label_share"] == round(100 * t["multi"] / t["active"], 4)
+    top1 = rng.integers(0, 6, n)
+    rows = rng.random(n) < 0.7
+    hits = [int(top1[i]) in e for i in np.flatnonzero(rows) if (e := entries[i])]
+    assert multi_label_top1(top1, entries, rows) == round(100 * sum(hits) / len(hits), 4)
