@@ -25,6 +25,7 @@ from stages.method.exemptions import (
     ExplainConfig,
     explain_candidates,
     overlays_dir,
+    plan_explain,
     select_candidates,
 )
 from stages.modelling import distributed
@@ -46,13 +47,9 @@ def run_explain(config: ExplainConfig) -> cams.CamStats:
             f"{len(specs)}; re-run `imagenet-clean vote --split {split}`"
         )
     candidates = select_candidates(manifest, votes, h3=h3)
-    logger.info(
-        "explain %s: %d candidates (top-5 misses >= %d, with boxes), %d pairs",
-        split,
-        len(candidates),
-        h3,
-        sum(len(m) for m in candidates["models"]),
-    )
+    plan = plan_explain(split, candidates, [spec.name for spec in specs], options)
+    logger.info("%s; candidates: top-5 misses >= %d, with boxes", plan.describe(), h3)
+    plan.check(options.max_pairs)
     stats = cams.CamStats()
     with distributed.session(options.device) as ctx:
         folder = (

@@ -110,3 +110,32 @@ def test_stage_refuses_votes_of_another_ensemble(stage_dir) -> None:
     formats.write_table(votes, folder / formats.votes_path("val"))
     with pytest.raises(ValueError, match=r"cast by \[5\] models.*re-run"):
         explain.main(["--split", "val", "--params", "params.yaml"])
+
+
+def test_stage_prints_its_plan_and_refuses_more_pairs_than_max_pairs(
+    stage_dir, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    from stages.contracts.errors import ConfigError
+
+    folder, manifest = stage_dir
+    votes = make_votes(manifest, {0: (MODELS[:2], None), 2: ([MODELS[0]], None)})
+    formats.write_table(votes, folder / formats.votes_path("val"))
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["explain"]["max_pairs"] = 2
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    caplog.set_level("INFO", logger="stages.explain")
+    with pytest.raises(
+        ConfigError,
+        match=r"explain val would compute CAMs for 3 \(image, model\) pairs \(about 3 s on CPU, "
+        r"0 s on a GPU\), more than params.yaml `explain.max_pairs` = 2; raise "
+        r"explain.max_pairs \(null: no limit\), run on GPUs \(explain.device: cuda, "
+        r"explain.processes: one per GPU\), or explain fewer candidates \(a higher decide.val.h3\)",
+    ):
+        explain.main(["--split", "val", "--params", "params.yaml"])
+    assert (
+        f"explain val: 2 candidates, 3 (image, model) pairs ({MODELS[0]} 2, {MODELS[1]} 1); "
+        "estimated 3 s on CPU, 0 s on a GPU (runs on cpu, 1 process)"
+    ) in caplog.text
+    assert not (folder / formats.cams_path("val")).exists()  # refused before any model loaded

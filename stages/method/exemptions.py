@@ -26,13 +26,20 @@ from tqdm import tqdm
 
 from stages.contracts import formats
 from stages.contracts.config import from_section, positive, require
+from stages.contracts.errors import ConfigError
 from stages.contracts.formats import CAMS_SCHEMA
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
 from stages.method import cams
 from stages.method.thresholds import consensus_threshold
 from stages.modelling import distributed
-from stages.modelling.models import architecture, create_model, data_config, eval_transform
+from stages.modelling.models import (
+    architecture,
+    create_model,
+    data_config,
+    eval_transform,
+    resolve_device,
+)
 from stages.modelling.specs import ModelSpec, model_specs
 from stages.sources.boxes import box_mask, boxes_to_input, input_geometry
 from stages.sources.images import open_image
@@ -58,6 +65,8 @@ class CamOptions:
         target_layers: model name -> dotted module path overrides. overlays: PNGs to write.
         processes: processes on this machine (> 1: the stage starts itself under torchrun); each
             explains a share of the candidates. Results do not depend on it.
+        max_pairs: refuse a run of more (candidate, model) pairs than this, before any model is
+            loaded (`ExplainPlan.check`); None: no limit.
     """
 
     methods: tuple[Literal["gradcam", "gradcam++", "scorecam"], ...] = (
@@ -75,6 +84,7 @@ class CamOptions:
     target_layers: dict[str, str] = field(default_factory=dict, hash=False)
     overlays: int = 0
     processes: int = 1
+    max_pairs: int | None = 20000
 
     def __post_init__(self) -> None:
         require(
@@ -93,6 +103,7 @@ class CamOptions:
         for key in ("batch_size", "scorecam_batch_size", "processes"):
             positive(f"explain.{key}", getattr(self, key))
         positive("explain.overlays", self.overlays, minimum=0)
+        positive("explain.max_pairs", self.max_pairs, minimum=0)
         object.__setattr__(
             self, "methods", tuple(sorted(self.methods, key=lambda m: cams.METHODS[m].cost))
         )
@@ -228,6 +239,79 @@ def select_candidates(manifest: pd.DataFrame, votes: pd.DataFrame, *, h3: int) -
             "boxes": [[[int(v) for v in box] for box in boxes] for boxes in picked["boxes"]],
             "models": [list(m) for m in votes.loc[chosen, "top5_hit_models"]],
         }
+    )
+
+
+SECONDS_PER_PAIR = {"cpu": 1.1, "cuda": 0.05}
+"""Rough cost of one (candidate, model) pair, image decoding and the early-exit Score-CAM share
+included: CPU measured on the demo models at 50k rows (2 cores, docs/explain.md); GPU assumed
+(no GPU was available to measure it). Only used to print the plan before the run."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class ExplainPlan:
+    """What an explain run will do, known before any model loads: its candidates, its (candidate,
+    model) pairs per model, and the time that takes at `SECONDS_PER_PAIR` on each device."""
+
+    split: str
+    candidates: int
+    pairs_by_model: dict[str, int]
+    device: str
+    processes: int = 1
+
+    @property
+    def pairs(self) -> int:
+        """(candidate, model) pairs: one CAM run (up to three methods) each."""
+        return sum(self.pairs_by_model.values())
+
+    def seconds(self, device: str) -> float:
+        """Estimated wall time on `device` ("cpu" or "cuda"), shared by the processes."""
+        return self.pairs * SECONDS_PER_PAIR[device] / max(1, self.processes)
+
+    def describe(self) -> str:
+        """One line: pairs, per model, the estimate on CPU and GPU and where it will run."""
+        per_model = ", ".join(f"{m} {n}" for m, n in self.pairs_by_model.items() if n)
+        return (
+            f"explain {self.split}: {self.candidates} candidates, {self.pairs} (image, model) "
+            f"pairs ({per_model or 'none'}); estimated {_duration(self.seconds('cpu'))} on CPU, "
+            f"{_duration(self.seconds('cuda'))} on a GPU (runs on {self.device}, "
+            f"{self.processes} process{'es' if self.processes > 1 else ''})"
+        )
+
+    def check(self, max_pairs: int | None) -> None:
+        """Raise ConfigError, naming the fixes, when the run has more pairs than `max_pairs`."""
+        if max_pairs is None or self.pairs <= max_pairs:
+            return
+        raise ConfigError(
+            f"explain {self.split} would compute CAMs for {self.pairs} (image, model) pairs "
+            f"(about {_duration(self.seconds('cpu'))} on CPU, "
+            f"{_duration(self.seconds('cuda'))} on a GPU), more than params.yaml "
+            f"`explain.max_pairs` = {max_pairs}; raise explain.max_pairs (null: no limit), "
+            "run on GPUs (explain.device: cuda, explain.processes: one per GPU), or explain "
+            f"fewer candidates (a higher decide.{self.split}.h3)"
+        )
+
+
+def plan_explain(
+    split: str, candidates: pd.DataFrame, names: Sequence[str], options: CamOptions
+) -> ExplainPlan:
+    """The plan of explaining `candidates` (as `select_candidates` returns) with models `names`
+    on `options.device` by `options.processes` processes."""
+    by_model = _pairs_by_model(candidates, names)
+    return ExplainPlan(
+        split,
+        len(candidates),
+        {m: len(p) for m, p in by_model.items()},
+        resolve_device(options.device).type,
+        options.processes,
     )
 
 

@@ -58,6 +58,7 @@ def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
         {"colour": "red"},
         {"target_layers": {"m": 3}},
         {"exhaustive": "yes"},
+        {"max_pairs": -1},
     )
     messages = (
         "explain.methods.*layercam",
@@ -66,6 +67,7 @@ def test_config_sorts_methods_by_cost_and_validates(params: dict) -> None:
         "unknown key 'colour'",
         "explain.target_layers",
         "explain.exhaustive.*true or false",
+        r"explain.max_pairs.*an int >= 0",
     )
     for change, message in zip(bad, messages):
         edited = copy.deepcopy(params)
@@ -103,3 +105,18 @@ def test_cam_model_restores_cudnn_flags_when_loading_fails(tmp_path: Path) -> No
     ):
         pass
     assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == before
+
+
+def test_plan_counts_pairs_per_model_and_estimates_cpu_and_gpu_time(small_manifest) -> None:
+    manifest = small_manifest.head(6).copy()
+    votes = make_votes(manifest, {0: (MODELS[:2], None), 1: (MODELS[:2], None), 4: ([], None)})
+    candidates = exemptions.select_candidates(manifest, votes.to_pandas(), h3=1)
+    options = exemptions.CamOptions(device="cpu", processes=2, max_pairs=None)
+    plan = exemptions.plan_explain("val", candidates, MODELS, options)
+    assert (plan.candidates, plan.pairs, plan.pairs_by_model[MODELS[0]]) == (3, 4, 2)
+    assert plan.seconds("cpu") == pytest.approx(4 * exemptions.SECONDS_PER_PAIR["cpu"] / 2)
+    assert "3 candidates, 4 (image, model) pairs" in plan.describe()
+    plan.check(None)
+    plan.check(4)
+    with pytest.raises(ConfigError, match=r"4 \(image, model\) pairs .* `explain.max_pairs` = 3"):
+        plan.check(3)
