@@ -22,16 +22,24 @@ from stages.contracts import formats
 from stages.contracts.splits import Params, SplitEntry
 from stages.sources.layouts import split_source
 from stages.sources.manifest import IngestConfig, build_manifest
+from stages.sources.probes import ProbeCache, cache_path
 
 logger = logging.getLogger(__name__)
 
 
 def ingest(
-    split: str, params: Params, *, out: Path | None = None, metrics_out: Path | None = None
+    split: str,
+    params: Params,
+    *,
+    out: Path | None = None,
+    metrics_out: Path | None = None,
+    probe_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Write one split's manifest and ingest metrics; return the stats."""
+    """Write one split's manifest and ingest metrics; return the stats. Images unchanged since the
+    last run are not read again (`probe_cache`, default `data/.work/ingest/<split>.parquet`)."""
     source = split_source(SplitEntry.from_params(params, split))
-    manifest, stats = build_manifest(source, config=IngestConfig.from_params(params))
+    cache = ProbeCache(probe_cache or cache_path(split))
+    manifest, stats = build_manifest(source, config=IngestConfig.from_params(params), cache=cache)
     formats.write_table(
         manifest, out or formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA
     )

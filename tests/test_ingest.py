@@ -59,7 +59,11 @@ def test_cli_prints_one_line_for_a_missing_root(tmp_path: Path, params: dict) ->
 def test_limit_from_params_makes_a_demo_split(tmp_path: Path, params: dict) -> None:
     params["splits"]["train_demo"] = {**params["splits"]["val"], "limit": 30}
     stats = ingest(
-        "train_demo", params, out=tmp_path / "m.parquet", metrics_out=tmp_path / "m.json"
+        "train_demo",
+        params,
+        out=tmp_path / "m.parquet",
+        metrics_out=tmp_path / "m.json",
+        probe_cache=tmp_path / "probes.parquet",
     )
     manifest = formats.read_table(tmp_path / "m.parquet")
     assert stats == {**stats, "files_found": 500, "limited_out": 470, "rows": 30}
@@ -67,16 +71,33 @@ def test_limit_from_params_makes_a_demo_split(tmp_path: Path, params: dict) -> N
 
 
 def test_stage_writes_manifest_and_metrics(tmp_path: Path, params: dict) -> None:
-    stats = ingest("val", params, out=tmp_path / "val.parquet", metrics_out=tmp_path / "val.json")
+    stats = ingest(
+        "val",
+        params,
+        out=tmp_path / "val.parquet",
+        metrics_out=tmp_path / "val.json",
+        probe_cache=tmp_path / "probes.parquet",
+    )
     manifest = formats.read_table(tmp_path / "val.parquet")
     assert len(manifest) == stats["rows"] == 500
     assert json.loads((tmp_path / "val.json").read_text()) == stats
 
 
-def test_same_inputs_same_bytes(tmp_path: Path, params: dict) -> None:
-    ingest("val", params, out=tmp_path / "a.parquet", metrics_out=tmp_path / "a.json")
-    ingest("val", params, out=tmp_path / "b.parquet", metrics_out=tmp_path / "b.json")
-    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+def test_same_inputs_same_bytes_with_or_without_the_probe_cache(
+    tmp_path: Path, params: dict
+) -> None:
+    cache = tmp_path / "probes.parquet"
+    for name in ("cold", "warm"):  # the first run probes every image, the second reuses them
+        ingest(
+            "val",
+            params,
+            out=tmp_path / f"{name}.parquet",
+            metrics_out=tmp_path / f"{name}.json",
+            probe_cache=cache,
+        )
+    assert cache.is_file()
+    assert (tmp_path / "cold.parquet").read_bytes() == (tmp_path / "warm.parquet").read_bytes()
+    assert (tmp_path / "cold.json").read_bytes() == (tmp_path / "warm.json").read_bytes()
 
 
 def test_cli_rejects_unknown_split() -> None:

@@ -12,12 +12,10 @@ sorted order) stops the stage instead of mislabelling every image.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from stages.contracts import formats
 from stages.contracts.config import from_section, positive, require
@@ -25,7 +23,7 @@ from stages.contracts.errors import InputError
 from stages.contracts.params import section
 from stages.contracts.splits import Params
 from stages.sources import layouts
-from stages.sources.images import probe_image
+from stages.sources.probes import ProbeCache, probe_files
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +156,15 @@ def check_labels_against_boxes(found: list[layouts.Found], source: layouts.Sourc
 
 
 def build_manifest(
-    source: layouts.Source, *, config: IngestConfig = IngestConfig()
+    source: layouts.Source,
+    *,
+    config: IngestConfig = IngestConfig(),
+    cache: ProbeCache | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """List, label and check every image of a source.
+
+    Images are probed by `stages.sources.probes.probe_files`: by `config.workers` processes, and
+    with a `cache`, only the files changed since the cache was written (the result is the same).
 
     Returns:
         manifest: one row per file kept (columns of `formats.MANIFEST_SCHEMA`), in layout order.
@@ -180,21 +184,14 @@ def build_manifest(
         "boxes_rescaled": 0,
         "label_box_mismatches": check_labels_against_boxes(found, source),
     }
-    full = VERIFY_MODES[config.verify]
-
-    def probe(record: layouts.Found) -> tuple[int, int, str | None, str | None]:
-        return probe_image(source.root, record.path, full=full)
-
-    with ThreadPoolExecutor(config.workers) as pool:
-        probes = list(
-            tqdm(
-                pool.map(probe, found),
-                total=len(found),
-                unit="img",
-                desc=f"ingest {source.root.name}",
-                mininterval=2.0,
-            )
-        )
+    probes = probe_files(
+        source.root,
+        [record.path for record in found],
+        full=VERIFY_MODES[config.verify],
+        workers=config.workers,
+        cache=cache,
+        desc=f"ingest {source.root.name}",
+    )
     rows = []
     for record, (width, height, reason, digest) in zip(found, probes):
         reason = record.skip_reason or reason
