@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -164,6 +165,18 @@ def run_in(project: Path, *command: str, check: bool = True) -> subprocess.Compl
             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def stale_stages(project: Path, *targets: str) -> set[str]:
+    """Stages that `dvc status` (of `targets`, default all) reports as changed. The ingest stages
+    are `always_changed` (DVC does not walk image folders; ingest checks its images itself): they
+    count only when something besides "always changed" is listed."""
+    status = json.loads(run_in(project, "dvc", "status", "--json", *targets).stdout or "{}")
+    return {
+        stage
+        for stage, changes in status.items()
+        if any(change != "always changed" for change in changes)
+    }
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import copy_project, run_in
+from conftest import copy_project, run_in, stale_stages
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,6 @@ def edit_params(project: Path, edit) -> None:
     params = yaml.safe_load(path.read_text())
     edit(params)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def stale_stages(project: Path) -> set[str]:
-    status = json.loads(run_in(project, "dvc", "status", "--json").stdout or "{}")
-    return set(status)
 
 
 def test_repro_writes_every_output(project: Path) -> None:

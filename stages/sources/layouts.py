@@ -76,20 +76,6 @@ def _check_entry(source: Source) -> None:
             f"{why}; remove the key (layouts reading a bbox XML folder: "
             f"{', '.join(BOXES_LAYOUTS)})"
         )
-    for key in ("synsets", "boxes"):
-        value = getattr(source, key)
-        if value and not _inside(Path(value), Path(source.root)):
-            raise ConfigError(
-                f"params.yaml `{where}.{key}` = {value} is outside the split root "
-                f"{source.root}; DVC tracks the root as ingest's dependency, so move (or "
-                f"symlink) it inside the root, e.g. {Path(source.root) / Path(value).name}, "
-                "and a change to it re-runs ingest"
-            )
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """Whether `path` lies inside `root` (both as written, resolved from the working directory)."""
-    return path.absolute().is_relative_to(root.absolute())
 
 
 def split_source(entry: SplitEntry) -> Source:
