@@ -196,6 +196,40 @@ def test_class_pairs_view_lists_pairs_and_opens_their_images(demo, served, brows
     assert browser.find_elements("css selector", "article.card")
 
 
+def test_served_page_opens_any_image_with_a_thumbnail_drawn_on_demand(
+    demo, served, browser
+) -> None:
+    """Beyond the round the report holds: the served page looks an image up by id; the server
+    reads its record and draws its thumbnail, and its buttons write overrides as any card's."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, path, _ = served
+    ledger = pd.read_parquet(demo / formats.ledger_path("val"))
+    image_id = str(ledger.loc[ledger["action"] == "keep", "image_id"].iloc[-1])
+    browser.get(server.url)
+    wait_ready(browser)
+    assert browser.find_element("id", "lookup").is_displayed()
+    browser.find_element("id", "lookup-id").send_keys(image_id + "\n")
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_elements("css selector", f"article.card[data-id='{image_id}']")
+    )
+    card = browser.find_element("css selector", f"article.card[data-id='{image_id}']")
+    assert "looked up: not in this round" in card.text
+    thumb = card.find_element("css selector", "img.thumb")
+    assert "api/thumb/" in thumb.get_attribute("src")
+    WebDriverWait(browser, 10).until(
+        lambda _: browser.execute_script("return arguments[0].naturalWidth", thumb) > 0
+    )
+    card.find_element("css selector", "button[data-do=remove]").click()
+    WebDriverWait(browser, 10).until(lambda _: "override: remove" in card.text)
+    assert read_rows(path)[0]["image_id"] == image_id
+    browser.find_element("id", "lookup-id").clear()
+    browser.find_element("id", "lookup-id").send_keys("no-such-image\n")
+    WebDriverWait(browser, 10).until(
+        lambda d: "unknown image_id 'no-such-image'" in d.find_element("id", "message").text
+    )
+
+
 def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
     from stages.reporting.server import Decision, RequestError, merge_rows
 

@@ -40,6 +40,8 @@ WHY = {
     "pair": 128,
 }
 """Why a row is shown (a bit mask in the index): its action, flags, the keep sample, a pair."""
+QUEUES = ("fix", "remove", "secondary", "exempted", "merged", "override")
+"""The queues a round holds at most `review.queue_rows` rows of."""
 LEDGER_COLUMNS = (
     "image_id",
     "label",
@@ -78,6 +80,9 @@ class ReviewOptions:
         top_pairs: confused class pairs listed.
         pair_images: images per pair (a review round), ranked by priority.
         workers: threads decoding images for thumbnails.
+        queue_rows: rows per queue (fix, remove, secondary, exempted, merged, override) in one
+            report: a review round, lowest label quality first, rows not yet overridden before
+            overridden ones; the report's size does not grow with the split.
     """
 
     keep_sample: int = 200
@@ -87,9 +92,10 @@ class ReviewOptions:
     top_pairs: int = 50
     pair_images: int = 50
     workers: int = 2
+    queue_rows: int = 500
 
     def __post_init__(self) -> None:
-        for key in ("chunk_rows", "thumb_size", "pair_images", "workers"):
+        for key in ("chunk_rows", "thumb_size", "pair_images", "workers", "queue_rows"):
             positive(f"review.{key}", getattr(self, key))
         for key in ("keep_sample", "seed", "top_pairs"):
             positive(f"review.{key}", getattr(self, key), minimum=0)
@@ -167,24 +173,110 @@ def read_table_columns(path: Path, columns: Sequence[str], what: str) -> pa.Tabl
     return table
 
 
-def select_rows(ledger: pd.DataFrame, *, config: ReviewOptions) -> np.ndarray:
+class TableSource:
+    """A table of N rows that the report reads in two ways: a few columns of every row (to plan
+    the report) and every column of the few rows it shows. A parquet file is read by column and
+    by row group (only the groups holding the rows asked for); a table in memory is sliced.
+
+    Raises (from `require`): MissingInputError (no file), InputError (columns missing).
+    """
+
+    def __init__(self, data: pa.Table | pd.DataFrame | str | Path, what: str) -> None:
+        self.what = what
+        self.path: Path | None = None
+        self.table: pa.Table | None = None
+        self.file: pq.ParquetFile | None = None
+        if isinstance(data, (str, Path)):
+            self.path = Path(data)
+            if not self.path.is_file():
+                raise MissingInputError(f"{what} {self.path} does not exist; run `dvc repro` first")
+            self.file = pq.ParquetFile(self.path)
+            sizes = [
+                self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)
+            ]
+            self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        elif isinstance(data, pd.DataFrame):
+            self.table = pa.Table.from_pandas(data, preserve_index=False)
+        else:
+            self.table = data
+
+    @property
+    def column_names(self) -> list[str]:
+        """The table's columns."""
+        if self.file is not None:
+            return list(self.file.schema_arrow.names)
+        return list(self.table.column_names)  # type: ignore[union-attr]
+
+    @property
+    def num_rows(self) -> int:
+        """N."""
+        if self.file is not None:
+            return int(self.starts[-1])
+        return int(self.table.num_rows)  # type: ignore[union-attr]
+
+    def require(self, columns: Sequence[str]) -> None:
+        """InputError naming the columns the table lacks (written by an older stage)."""
+        missing = [c for c in columns if c not in self.column_names]
+        if missing:
+            raise InputError(
+                f"{self.what} {self.path or ''} lacks columns {missing}; re-run `dvc repro` (the "
+                "stage that writes it is older than the review stage)"
+            )
+
+    def columns(self, names: Sequence[str]) -> pa.Table:
+        """These columns of every row."""
+        if self.file is not None:
+            return self.file.read(columns=list(names))
+        return self.table.select(list(names))  # type: ignore[union-attr]
+
+    def rows(self, positions: np.ndarray, names: Sequence[str]) -> pa.Table:
+        """The rows at `positions` (in that order) of these columns."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.file is None:
+            return self.table.select(list(names)).take(pa.array(positions))  # type: ignore[union-attr]
+        groups = np.unique(np.searchsorted(self.starts, positions, side="right") - 1)
+        if not len(groups):
+            return self.file.schema_arrow.empty_table().select(list(names))
+        part = pa.concat_tables(
+            self.file.read_row_group(int(g), columns=list(names)) for g in groups
+        )
+        offsets = np.concatenate([[0], np.cumsum(np.diff(self.starts)[groups])])
+        group_of = np.searchsorted(self.starts, positions, side="right") - 1
+        local = positions - self.starts[group_of] + offsets[np.searchsorted(groups, group_of)]
+        return part.take(pa.array(local))
+
+
+def _flags(table: pa.Table, name: str) -> np.ndarray:
+    return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def select_rows(
+    ledger: pa.Table | pd.DataFrame, *, config: ReviewOptions, quality: np.ndarray | None = None
+) -> np.ndarray:
     """Why each ledger row is shown: a WHY bit mask per row (0 = not shown), before pairs.
 
-    Every fix, removal, secondary-labelled, CAM-exempted, merged and overridden row is shown, plus
-    `config.keep_sample` other kept rows drawn with `config.seed`.
+    Each queue (fix, removal, secondary-labelled, CAM-exempted, merged, overridden) keeps its
+    `config.queue_rows` rows of lowest label quality (`quality`; rows not yet overridden first),
+    plus `config.keep_sample` other kept rows drawn with `config.seed`.
     """
-    action = ledger["action"].to_numpy(dtype=object)
-    why = np.zeros(len(ledger), dtype=np.int64)
-    secondary = np.fromiter(
-        (s is not None and len(s) > 0 for s in ledger["secondary_labels"]), bool, len(ledger)
+    table = ledger if isinstance(ledger, pa.Table) else pa.Table.from_pandas(ledger)
+    n = table.num_rows
+    action = table.column("action").to_numpy(zero_copy_only=False).astype(object)
+    why = np.zeros(n, dtype=np.int64)
+    secondary = (
+        pc.fill_null(pc.list_value_length(table.column("secondary_labels")), 0)
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+        > 0
     )
+    overridden = _flags(table, "override")
     for name, hit in (
         ("fix", action == Action.FIX),
         ("remove", action == Action.REMOVE),
         ("secondary", secondary),
-        ("exempted", ledger["exempted"].to_numpy(bool)),
-        ("merged", ledger["merged"].to_numpy(bool)),
-        ("override", ledger["override"].to_numpy(bool)),
+        ("exempted", _flags(table, "exempted")),
+        ("merged", _flags(table, "merged")),
+        ("override", overridden),
     ):
         why[hit] |= WHY[name]
     spare = np.flatnonzero((action == Action.KEEP) & (why == 0))
@@ -192,6 +284,13 @@ def select_rows(ledger: pd.DataFrame, *, config: ReviewOptions) -> np.ndarray:
         rng = np.random.default_rng(config.seed)
         sample = rng.choice(spare, size=min(config.keep_sample, len(spare)), replace=False)
         why[np.sort(sample)] |= WHY["sample"]
+    rank = np.zeros(n) if quality is None else np.nan_to_num(quality, nan=np.inf)
+    for name in QUEUES:
+        members = np.flatnonzero(why & WHY[name])
+        if len(members) > config.queue_rows:
+            later = overridden[members] if name != "override" else np.zeros(len(members), bool)
+            order = np.lexsort((members, rank[members], later))
+            why[members[order[config.queue_rows :]]] &= ~WHY[name]
     return why
 
 
@@ -239,12 +338,13 @@ def confused_pairs(
 
 
 def model_top5(
-    predictions: Sequence[np.ndarray], positions: np.ndarray, *, block: int = 2048
+    predictions: Sequence[np.ndarray | str | Path], positions: np.ndarray, *, block: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each model's top-5 for the given rows, read block by block (memory-mapped inputs stay so).
+    """Each model's top-5 for the given rows, one model at a time, read block by block (a file
+    is memory-mapped only while its rows are read; an array in memory is used as it is).
 
     Args:
-        predictions: one (N, 1000) probability matrix per model (float16 or float32).
+        predictions: per model, an (N, 1000) probability matrix (float16 or float32) or its .npy.
         positions: (K,) ascending row positions to read.
 
     Returns:
@@ -252,7 +352,8 @@ def model_top5(
     """
     classes = np.zeros((len(predictions), len(positions), 5), dtype=np.int64)
     probs = np.zeros((len(predictions), len(positions), 5), dtype=np.float32)
-    for m, matrix in enumerate(predictions):
+    for m, source in enumerate(predictions):
+        matrix = np.load(source, mmap_mode="r") if isinstance(source, (str, Path)) else source
         for start in range(0, len(positions), block):
             rows = np.asarray(matrix[positions[start : start + block]], dtype=np.float32)
             part = np.argpartition(-rows, 4, axis=1)[:, :5]
@@ -260,7 +361,15 @@ def model_top5(
             order = np.lexsort((part, -p), axis=1)
             classes[m, start : start + block] = np.take_along_axis(part, order, axis=1)
             probs[m, start : start + block] = np.take_along_axis(p, order, axis=1)
+        del matrix
     return classes, probs
+
+
+def predictions_shape(source: np.ndarray | str | Path) -> tuple[int, ...]:
+    """The shape of a predictions matrix or .npy file (its header only)."""
+    if isinstance(source, (str, Path)):
+        return tuple(np.load(source, mmap_mode="r").shape)
+    return tuple(source.shape)
 
 
 def _int(value: Any) -> int | None:
@@ -276,16 +385,17 @@ def _records(
     models: Sequence[str],
     cams: dict[int, list],
     no_thumb: set[int],
+    *,
+    thumb: Any = thumb_name,
 ) -> list[dict[str, Any]]:
-    """One evidence record per shown row (shown = ledger positions in display order)."""
-    take = pa.array(shown, type=pa.int64())
-    sub = (
-        votes.select(["cl_models", "ensemble_top", "ensemble_probs", "label_prob", "model_top1"])
-        .take(take)
-        .to_pylist()
-    )
+    """One evidence record per shown row: `ledger` and `votes` hold the shown rows (row k =
+    ledger position shown[k]), `why` the bit masks of shown rows; `thumb(pos)` names the
+    thumbnail."""
+    sub = votes.select(
+        ["cl_models", "ensemble_top", "ensemble_probs", "label_prob", "model_top1"]
+    ).to_pylist()
     # pandas-stubs types a row's fields as any scalar; they are the ledger's columns
-    rows: Iterable[Any] = ledger.iloc[shown].itertuples(index=False)
+    rows: Iterable[Any] = ledger.itertuples(index=False)
     records = []
     for k, (pos, row, evidence) in enumerate(zip(shown, rows, sub)):
         candidates = [] if row.cl_candidates is None else [int(c) for c in row.cl_candidates]
@@ -307,7 +417,7 @@ def _records(
                 "exempted": bool(row.exempted),
                 "merged": bool(row.merged),
                 "override": bool(row.override),
-                "why": [n for n, bit in WHY.items() if why[pos] & bit],
+                "why": [n for n, bit in WHY.items() if why[k] & bit],
                 "cl": [[c, m] for c, m in zip(candidates, evidence["cl_models"] or [])],
                 "q": None
                 if evidence["label_prob"] is None
@@ -325,7 +435,7 @@ def _records(
                     [[int(c), round(float(p), 4)] for c, p in zip(top5[0][m, k], top5[1][m, k])]
                     for m in range(len(models))
                 ],
-                "thumb": None if pos in no_thumb else thumb_name(int(pos)),
+                "thumb": None if pos in no_thumb else thumb(int(pos)),
                 "cams": cams.get(int(pos), []),
             }
         )
@@ -366,33 +476,36 @@ def _write_rows(
     return sizes, _write_data(folder, "index", index)
 
 
-def _check_aligned(ledger: pd.DataFrame, votes: pa.Table, manifest: pd.DataFrame) -> None:
-    ids = ledger["image_id"].to_numpy(dtype=object)
-    for what, other in (
-        ("votes", votes.column("image_id").to_numpy(zero_copy_only=False)),
-        ("manifest", manifest["image_id"].to_numpy(dtype=object)),
-    ):
-        if len(other) != len(ids) or not np.array_equal(other, ids):
+def _check_aligned(ledger: TableSource, votes: TableSource, manifest: TableSource) -> None:
+    ids = ledger.columns(["image_id"]).column("image_id").cast(pa.large_string())
+    for what, other in (("votes", votes), ("manifest", manifest)):
+        theirs = other.columns(["image_id"]).column("image_id").cast(pa.large_string())
+        if len(theirs) != len(ids) or not ids.equals(theirs):
             raise InputError(
-                f"the ledger ({len(ids)} rows) and the {what} ({len(other)} rows) do "
+                f"the ledger ({len(ids)} rows) and the {what} ({len(theirs)} rows) do "
                 "not list the same images in the same order; re-run `dvc repro`"
             )
 
 
 def plan_rows(
-    ledger: pd.DataFrame, votes: pa.Table, *, config: ReviewOptions
+    ledger: pa.Table | pd.DataFrame, votes: pa.Table, *, config: ReviewOptions
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """What the report shows, in review order.
+    """What the report shows, in review order, from a few columns of every row (ledger: action,
+    label, secondary_labels, exempted, merged, override; votes: label_prob, ensemble_top).
 
     Returns:
         shown: ledger positions, lowest label quality first (no quality last; ties: ledger order);
         why: (N,) WHY bit masks; pairs: `confused_pairs` of the split (rows = ledger positions).
     """
-    labels = ledger["label"].to_numpy(dtype=np.float64, na_value=np.nan)
-    labels = np.where(np.isnan(labels), -1, labels).astype(np.int64)
-    quality = votes.column("label_prob").to_numpy(zero_copy_only=False).astype(np.float64)
+    table = ledger if isinstance(ledger, pa.Table) else pa.Table.from_pandas(ledger)
+    labels = pc.fill_null(pc.cast(table.column("label"), pa.int64()), -1).to_numpy(
+        zero_copy_only=False
+    )
+    quality = pc.fill_null(pc.cast(votes.column("label_prob"), pa.float64()), np.nan).to_numpy(
+        zero_copy_only=False
+    )
     predicted = list_matrix(votes.column("ensemble_top"), 1)[:, 0]
-    why = select_rows(ledger, config=config)
+    why = select_rows(table, config=config, quality=quality)
     pairs = confused_pairs(
         labels, predicted, quality, top=config.top_pairs, per_pair=config.pair_images
     )
@@ -403,14 +516,19 @@ def plan_rows(
     return shown, why, pairs
 
 
+PLAN_LEDGER = ("action", "label", "secondary_labels", "exempted", "merged", "override")
+PLAN_VOTES = ("label_prob", "ensemble_top")
+EVIDENCE_VOTES = ("cl_models", "ensemble_top", "ensemble_probs", "label_prob", "model_top1")
+
+
 def build_report(
-    ledger: pd.DataFrame,
-    votes: pa.Table,
-    manifest: pd.DataFrame,
+    ledger: pd.DataFrame | pa.Table | Path,
+    votes: pa.Table | pd.DataFrame | Path,
+    manifest: pd.DataFrame | pa.Table | Path,
     *,
     split: str,
     models: Sequence[str],
-    predictions: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray | Path],
     image_root: str | Path,
     out: str | Path,
     overlay_dir: Path | None = None,
@@ -418,41 +536,69 @@ def build_report(
 ) -> dict[str, Any]:
     """Write the static report of one split into `out` (atomically) and return its figures.
 
+    Memory grows with the rows the report shows, not with the split: the plan reads a few columns
+    of every row, then only the shown rows' evidence is read (parquet row groups holding them),
+    and each model's predictions are mapped one at a time for those rows only.
+
     Args:
-        ledger: the decision ledger (LEDGER_COLUMNS), N rows.
+        ledger: the decision ledger (LEDGER_COLUMNS), N rows (a table or its parquet file).
         votes: the votes table (VOTES_COLUMNS), same rows.
         manifest: the split's manifest, same rows (paths and boxes).
-        models: the split's models; predictions: their (N, 1000) probabilities (memory-mapped).
+        models: the split's models; predictions: their (N, 1000) probabilities (.npy files or
+            arrays).
         image_root: the split's root (manifest paths are relative to it).
         overlay_dir: explain's overlay folder (None: no CAM overlays).
     """
     started = time.perf_counter()
-    _check_aligned(ledger, votes, manifest)
-    for model, matrix in zip(models, predictions, strict=True):
-        if matrix.ndim != 2 or matrix.shape != (len(ledger), formats.NUM_CLASSES):
+    ledger_src = TableSource(ledger, f"ledger of {split!r}")
+    votes_src = TableSource(votes, f"votes of {split!r}")
+    manifest_src = TableSource(manifest, f"manifest of {split!r}")
+    ledger_src.require(LEDGER_COLUMNS)
+    votes_src.require(VOTES_COLUMNS)
+    manifest_src.require(("image_id", "path", "boxes"))
+    _check_aligned(ledger_src, votes_src, manifest_src)
+    n = ledger_src.num_rows
+    for model, source in zip(models, predictions, strict=True):
+        shape = predictions_shape(source)
+        if len(shape) != 2 or shape != (n, formats.NUM_CLASSES):
             raise InputError(
-                f"predictions of {model} have shape {matrix.shape}, expected "
-                f"({len(ledger)}, 1000) in ledger order; re-run `dvc repro predict`"
+                f"predictions of {model} have shape {shape}, expected "
+                f"({n}, 1000) in ledger order; re-run `dvc repro predict`"
             )
-    shown, why, pairs = plan_rows(ledger, votes, config=config)
+    light = ledger_src.columns(PLAN_LEDGER)
+    shown, why, pairs = plan_rows(light, votes_src.columns(PLAN_VOTES), config=config)
     slot = {int(p): k for k, p in enumerate(shown)}
     ascending = np.sort(shown)
     classes, probs = model_top5(predictions, ascending)
     back = np.searchsorted(ascending, shown)
     top5 = (classes[:, back], probs[:, back])
+    shown_ledger = ledger_src.rows(shown, LEDGER_COLUMNS).to_pandas()
+    shown_votes = votes_src.rows(shown, EVIDENCE_VOTES)
+    thumbs = manifest_src.rows(ascending, ("path", "boxes")).to_pandas()
     with formats.atomic_folder(out) as tmp:
         (tmp / "data").mkdir()
         for name in ASSET_FILES:
             shutil.copyfile(ASSETS / name, tmp / name)
         no_thumb = write_thumbnails(
-            tmp, manifest, ascending, image_root, size=config.thumb_size, workers=config.workers
+            tmp,
+            thumbs,
+            ascending,
+            image_root,
+            size=config.thumb_size,
+            workers=config.workers,
+            aligned=True,
         )
         cams = _copy_cams(
-            tmp, overlay_dir, {str(ledger["image_id"].iat[p]): int(p) for p in shown}, models
+            tmp,
+            overlay_dir,
+            {str(i): int(p) for i, p in zip(shown_ledger["image_id"], shown)},
+            models,
         )
-        records = _records(ledger, votes, shown, why, top5, models, cams, no_thumb)
+        records = _records(
+            shown_ledger, shown_votes, shown, why[shown], top5, models, cams, no_thumb
+        )
         sizes, index_bytes = _write_rows(tmp, records, why, config.chunk_rows)
-        counts = ledger["action"].value_counts()
+        counts = pd.Series(light.column("action").to_numpy(zero_copy_only=False)).value_counts()
         _write_data(
             tmp,
             "meta",
@@ -461,18 +607,20 @@ def build_report(
                 "models": list(models),
                 "classes": formats.class_names(),
                 "wnids": formats.class_wnids(),
-                "rows": len(ledger),
+                "rows": n,
                 "shown": len(records),
                 "chunk_rows": config.chunk_rows,
                 "chunks": len(sizes),
                 "counts": {str(a): int(counts.get(a, 0)) for a in ACTIONS},
                 "secondary": int((why & WHY["secondary"] > 0).sum()),
+                "queue_rows": config.queue_rows,
+                "queues": _queue_sizes(light, why),
                 "why": WHY,
                 "pairs": [{**p, "rows": [slot[r] for r in p["rows"]]} for p in pairs],
             },
         )
     figures = {
-        "rows": len(ledger),
+        "rows": n,
         "shown": len(records),
         "chunks": len(sizes),
         "max_chunk_bytes": max(sizes, default=0),
@@ -483,3 +631,37 @@ def build_report(
     }
     logger.info("review %s: %s", split, figures)
     return figures
+
+
+def _queue_sizes(ledger: pa.Table, why: np.ndarray) -> dict[str, list[int]]:
+    """Queue -> [rows shown, rows in the split] (fix, remove, secondary, exempted, merged,
+    override), so the page says how much of each queue a round covers."""
+    full = select_rows(ledger, config=ReviewOptions(keep_sample=0, queue_rows=len(why) + 1))
+    return {q: [int((why & WHY[q] > 0).sum()), int((full & WHY[q] > 0).sum())] for q in QUEUES}
+
+
+def record_on_demand(
+    position: int,
+    *,
+    ledger: Path,
+    votes: Path,
+    models: Sequence[str],
+    predictions: Sequence[np.ndarray | Path],
+    thumb: Any,
+) -> dict[str, Any]:
+    """The evidence record of any ledger row, read now (the review server's lookup of an image
+    that the report's round does not hold): its ledger and votes rows, each model's top-5 (one
+    row of each predictions file), no CAM overlays; `thumb(pos)` names its thumbnail URL."""
+    shown = np.array([position], dtype=np.int64)
+    top5 = model_top5(predictions, shown)
+    return _records(
+        TableSource(ledger, "ledger").rows(shown, LEDGER_COLUMNS).to_pandas(),
+        TableSource(votes, "votes").rows(shown, EVIDENCE_VOTES),
+        shown,
+        np.zeros(1, dtype=np.int64),
+        top5,
+        models,
+        {},
+        set(),
+        thumb=thumb,
+    )[0]

@@ -9,6 +9,8 @@ JSON API behind them (standard library `http.server`, one lock around every writ
     GET  /api/overrides  -> {"split", "path", "rows": [{image_id, action, new_label, note}, ...]}
     POST /api/overrides  {"rows": [{image_id, action, new_label, note}, ...]} -> the same, updated
     POST /api/undo       {"image_id": ...}  (drops that image's rows) -> the same, updated
+    GET  /api/record?image_id=...  -> any image's evidence record, read now (beyond the round)
+    GET  /api/thumb/<row>.jpg      -> any ledger row's thumbnail, drawn now
 
 A row's effect on the file: keep / fix / remove replace the image's earlier keep / fix / remove row
 (at most one per image); `secondary` with a class adds it to the image's secondary labels (seeded
@@ -24,6 +26,7 @@ import functools
 import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -31,6 +34,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -41,7 +45,13 @@ from stages.contracts.splits import Params, SplitEntry
 from stages.method.overrides import OVERRIDE_ACTIONS as ACTIONS
 from stages.method.overrides import OVERRIDE_COLUMNS as COLUMNS
 from stages.method.overrides import OverrideAction, apply_overrides, read_rows, write_rows
-from stages.reporting.report import report_dir
+from stages.reporting.report import (
+    ReviewConfig,
+    TableSource,
+    record_on_demand,
+    report_dir,
+)
+from stages.sources.thumbnails import thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +83,26 @@ class ServeReviewConfig:
 
     split: str
     overrides: Path
+    image_root: Path | None = None
+    models: tuple[str, ...] = ()
+    thumb_size: int = 224
 
     @classmethod
     def from_params(cls, params: Params, split: str) -> ServeReviewConfig:
         """Raises ConfigError for an unknown split or one without an overrides path."""
-        path = SplitEntry.from_params(params, split).overrides
+        entry = SplitEntry.from_params(params, split)
+        path = entry.overrides
         if not path:
             raise ConfigError(
                 f"params.yaml has no `splits.{split}.overrides` path; add one, e.g. "
                 f"data/overrides/{split}.csv"
             )
-        return cls(split, Path(path))
+        try:
+            options = ReviewConfig.from_params(params, split)
+        except ConfigError as error:  # corrections still work; only the image lookup is off
+            logger.warning("serve-review %s: looking up images is off: %s", split, error)
+            return cls(split, Path(path))
+        return cls(split, Path(path), Path(entry.root), options.models, options.options.thumb_size)
 
 
 class Decision(NamedTuple):
@@ -293,6 +312,8 @@ class ReviewState:
     ledger_path: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ledger: Ledger | None = None
+    root: Path = Path(".")
+    config: ServeReviewConfig | None = None
 
     @property
     def ledger(self) -> Ledger:
@@ -329,6 +350,45 @@ class ReviewState:
             logger.info("review %s: wrote %d row(s) to %s", self.split, len(new), self.overrides)
             return self.listing()
 
+    def record(self, image_id: str) -> dict[str, Any]:
+        """GET /api/record?image_id=...: the evidence record of any image of the split, read now
+        (the report holds one review round; this reaches every other image)."""
+        position = self.ledger.position(image_id)
+        if position is None:
+            raise RequestError(404, f"unknown image_id {image_id!r}: not in this split's ledger")
+        config = self._config()
+        split = self.split
+        return record_on_demand(
+            position,
+            ledger=self.ledger_path,
+            votes=self.root / formats.votes_path(split),
+            models=config.models,
+            predictions=[self.root / formats.predictions_path(split, m) for m in config.models],
+            thumb=lambda pos: f"api/thumb/{pos}.jpg",
+        )
+
+    def thumbnail(self, position: int) -> bytes:
+        """GET /api/thumb/<row>.jpg: a thumbnail of any ledger row, drawn now (with its boxes)."""
+        config = self._config()
+        if not 0 <= position < len(self.ledger.ids):
+            raise RequestError(404, f"no ledger row {position}")
+        row = TableSource(self.root / formats.manifest_path(self.split), "manifest").rows(
+            np.array([position]), ("path", "boxes")
+        )
+        path, boxes = row.column("path")[0].as_py(), row.column("boxes")[0].as_py() or []
+        root = self.root / (config.image_root or ".")
+        data = thumbnail_jpeg(root, path, boxes, config.thumb_size)
+        if data is None:
+            raise RequestError(404, f"the image of row {position} ({path}) cannot be read")
+        return data
+
+    def _config(self) -> ServeReviewConfig:
+        if self.config is None or not self.config.models:
+            raise RequestError(
+                501, "this server was started without the split's models and image root"
+            )
+        return self.config
+
     def undo(self, body: Any) -> dict[str, Any]:
         """POST /api/undo: drop every row of one image."""
         if (
@@ -361,6 +421,8 @@ class ReviewHandler(SimpleHTTPRequestHandler):
             return
         if self.path.split("?")[0] == "/api/overrides":
             self._json(HTTPStatus.OK, self.server.state.listing())
+        elif self.path.startswith(("/api/record?", "/api/thumb/")):
+            self._on_demand()
         elif self.path.startswith("/api/"):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
         else:
@@ -377,6 +439,28 @@ class ReviewHandler(SimpleHTTPRequestHandler):
             self._json(HTTPStatus.OK, actions[self.path](self._body()))
         except RequestError as error:
             self._json(error.status, {"error": str(error)})
+
+    def _on_demand(self) -> None:
+        """An image the report does not hold: its record (JSON) or its thumbnail (JPEG)."""
+        state = self.server.state
+        route, _, query = self.path.partition("?")
+        try:
+            if route == "/api/record":
+                image_id = urllib.parse.parse_qs(query).get("image_id", [""])[0]
+                self._json(HTTPStatus.OK, state.record(image_id))
+                return
+            name = route.removeprefix("/api/thumb/")
+            if not (name.endswith(".jpg") and name[:-4].isdigit()):
+                raise RequestError(404, f"no such thumbnail {route}")
+            data = state.thumbnail(int(name[:-4]))
+        except RequestError as error:
+            self._json(error.status, {"error": str(error)})
+            return
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _body(self) -> Any:
         if self.headers.get_content_type() != "application/json":
@@ -453,6 +537,8 @@ def make_server(
         )
     overrides = root / config.overrides
     read_rows(overrides)  # a malformed file stops here, before anyone reviews
-    state = ReviewState(split, report, overrides, root / formats.ledger_path(split))
+    state = ReviewState(
+        split, report, overrides, root / formats.ledger_path(split), root=root, config=config
+    )
     state.ledger  # a missing or outdated ledger stops here  # noqa: B018
     return ReviewServer((host, port), state)

@@ -327,3 +327,37 @@ def test_a_rewritten_ledger_is_read_again(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(RequestError, match="unreadable"):
         server.state.apply({"rows": [{"image_id": image_id, "action": "remove"}]})
     server.server_close()
+
+
+def test_any_image_beyond_the_round_is_looked_up_and_its_thumbnail_drawn_on_demand(
+    served, built
+) -> None:
+    """The report holds one review round; the server reads any other image's record and draws
+    its thumbnail when asked (nothing of it is in the report folder)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from stages.reporting.report import read_data
+
+    server, ledger, _ = served
+    root, _params = built
+    shown = set(read_data(root / "data/review/val/data/index.js")["pos"])
+    pos = next(p for p in range(len(ledger)) if p not in shown and ledger.at[p, "action"] == "keep")
+    image_id = ledger.at[pos, "image_id"]
+    status, record = request(server, "GET", f"/api/record?image_id={image_id}")
+    assert status == 200 and (record["id"], record["pos"]) == (image_id, pos)
+    assert record["thumb"] == f"api/thumb/{pos}.jpg" and record["why"] == []
+    probs = np.load(root / formats.predictions_path("val", "model_b"), mmap_mode="r")[pos]
+    expected = np.lexsort((np.arange(1000), -probs.astype(np.float32)))[:5]  # ties: smaller class
+    assert [c for c, _ in record["top5"][1]] == expected.tolist()
+    assert not (root / "data/review/val/thumbs" / f"{pos // 1000:04d}" / f"{pos}.jpg").exists()
+    status, jpeg = request(server, "GET", "/" + record["thumb"])
+    assert status == 200 and max(Image.open(io.BytesIO(jpeg)).size) == 96  # review.thumb_size
+    assert request(server, "GET", "/api/record?image_id=nope") == (
+        404,
+        {"error": "unknown image_id 'nope': not in this split's ledger"},
+    )
+    assert request(server, "GET", f"/api/thumb/{len(ledger)}.jpg")[0] == 404
+    assert request(server, "GET", "/api/thumb/x.png")[0] == 404

@@ -238,7 +238,7 @@
       : record.new === record.label ? "kept" : el("b", { text: named(record.new) });
     const info = el("div", { class: "info" }, [
       el("h2", {}, [el("span", { class: "badge " + record.action, text: record.action }), " ", el("code", { text: record.id }),
-        el("span", { class: "why", text: " shown as: " + record.why.join(", ") })]),
+        el("span", { class: "why", text: record.why.length ? " shown as: " + record.why.join(", ") : " looked up: not in this round" })]),
       el("p", { class: "labels" }, ["label ", el("b", { text: named(record.label) }), " → ", arrow,
         record.orig !== record.label ? " (ImageNet's label " + named(record.orig) + ")" : ""]),
       record.sec.length ? el("p", { class: "secondary", text: "secondary labels: " + record.sec.map(named).join("; ") }) : null,
@@ -344,6 +344,23 @@
     document.body.setAttribute("data-ready", "1");
   }
 
+  // Served only: any image of the split, beyond this round (record read, thumbnail drawn now).
+  async function lookUp(id) {
+    if (!id) return;
+    try {
+      const record = await api("api/record?image_id=" + encodeURIComponent(id));
+      switchView("decisions");
+      const cards = $("cards");
+      cards.textContent = "";
+      cards.appendChild(card(record));
+      ["pager-top", "pager-bottom"].forEach(function (p) { $(p).textContent = "image " + id + " (looked up) "; });
+      refreshCorrections();
+      say("");
+    } catch (error) {
+      say(error.message);
+    }
+  }
+
   function renderPairs() {
     const table = $("pairs-table");
     table.textContent = "";
@@ -392,8 +409,10 @@
     $("split").textContent = meta.split;
     const c = meta.counts;
     $("summary").textContent = meta.rows + " images: keep " + c.keep + ", fix " + c.fix + ", remove " + c.remove +
-      ", skip " + c.skip + ", secondary labels " + meta.secondary + ". Shown here: " + meta.shown +
-      " (every fix, removal, secondary label, CAM exemption, merge and override, a sample of keeps, and the confused pairs' images).";
+      ", skip " + c.skip + ", secondary labels " + meta.secondary + ". Shown here, one review round: " + meta.shown +
+      " (per queue the " + meta.queue_rows + " lowest label quality: " + Object.keys(meta.queues).map(function (q) {
+        return q + " " + meta.queues[q][0] + " of " + meta.queues[q][1];
+      }).join(", ") + "; a sample of keeps, and the confused pairs' images).";
     const list = $("class-list");
     meta.classes.forEach(function (name, i) { list.appendChild(el("option", { value: i + " " + name.split(",")[0], label: name })); });
     for (let a = 0; a <= meta.models.length; a++) $("f-agree").appendChild(el("option", { value: String(a), text: String(a) }));
@@ -426,6 +445,8 @@
       recompute();
     };
     $("download-csv").onclick = download;
+    $("lookup").hidden = !state.server;
+    $("lookup").onsubmit = function (event) { event.preventDefault(); lookUp($("lookup-id").value.trim()); };
     renderPairs();
     await recompute();
   }
