@@ -17,7 +17,7 @@ from stages.contracts.config import from_section
 from stages.contracts.errors import InputError
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
-from stages.method.merges import MergesConfig, apply_merges
+from stages.method.merges import MergesConfig, apply_merges, merge_overrides
 from stages.method.overrides import apply_overrides
 from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows
 from stages.method.thresholds import Thresholds, resolve_thresholds
@@ -249,6 +249,7 @@ def decide_split(
     ledger = apply_merges(ledger, merges or {})
     if overrides is not None and len(overrides):
         ledger = apply_overrides(ledger, overrides, source=overrides_source)
+        ledger = merge_overrides(ledger, merges or {}, source=overrides_source)
     reconcile(ledger, manifest)
     clean = build_clean(ledger, manifest, placeholder_classes=(merges or {}).keys())
     return ledger, clean

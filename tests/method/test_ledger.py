@@ -284,19 +284,36 @@ def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
     assert list(holders["label"]) == sorted(merges)
 
 
-def test_a_source_class_kept_by_an_override_gets_no_placeholder() -> None:
+def test_an_override_never_brings_back_a_class_the_merges_empty(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     merges = load_merges(MERGE_TABLE)
-    votes, manifest = tables(vote("kept", TYPEWRITER))
+    space_bar, beaker = WNIDS.index("n04264628"), WNIDS.index("n02815834")
+    votes, manifest = tables(vote("kept", TYPEWRITER), vote("fixed", 10), vote("also", 10))
     ledger, clean = decide_split(
         votes,
         manifest,
         config=PAPER,
         merges=merges,
-        overrides=overrides(("kept", "keep", "", "a real typewriter")),
+        overrides=overrides(
+            ("kept", "keep", "", "a real typewriter"),
+            ("fixed", "fix", WNIDS[space_bar], ""),
+            ("also", "secondary", WNIDS[beaker], ""),
+        ),
+        overrides_source="data/overrides/val.csv",
     )
-    assert ledger["new_label"].tolist() == [TYPEWRITER] and not ledger["merged"].any()
-    assert f"placeholder_{WNIDS[TYPEWRITER]}" not in set(clean["image_id"])
-    assert clean["placeholder"].sum() == 20
+    ledger = ledger.set_index("image_id")
+    assert ledger["new_label"].tolist() == [KEYBOARD, KEYBOARD, 10]
+    assert ledger.loc[["kept", "fixed"], "merged"].all() and ledger["override"].all()
+    assert ledger.loc["kept", "reason"] == (
+        "override: a real typewriter; merged n04505470 typewriter keyboard -> n03085013 "
+        "computer keyboard"
+    )
+    assert list(ledger.loc["also", "secondary_labels"]) == [merges[beaker]]
+    assert clean["placeholder"].sum() == 21
+    assert "data/overrides/val.csv: the override of kept names n04505470, which the merges " in (
+        caplog.text
+    )
 
 
 def test_overrides_beat_every_rule() -> None:
