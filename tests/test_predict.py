@@ -281,6 +281,12 @@ def test_shards_are_reused_only_under_their_fingerprint(
         ),
         ({"amp": "yes"}, ConfigError, r"`predict.amp` must be true or false, got 'yes'"),
         ({"device": "tpu"}, ConfigError, r"device 'tpu' is not a torch device"),
+        (
+            {"weights_dir": "data/demo/imagenet-val"},
+            ConfigError,
+            r"`models.mobilenetv1_025` loads its weights from data/demo/models/mobilenetv1_025"
+            r".tf_in1k, outside `predict.weights_dir` \(data/demo/imagenet-val\)",
+        ),
         ({"split": "train"}, ConfigError, r"split 'train' is not configured"),
         (
             {"manifest": "nowhere.parquet"},

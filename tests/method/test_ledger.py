@@ -247,6 +247,23 @@ def test_skip_rows_and_earlier_removals_are_inactive() -> None:
     assert list(ledger["original_label"]) == [10, 10, 10]
 
 
+def test_an_image_predict_could_not_decode_is_a_skip_not_a_removal() -> None:
+    from stages.method.votes import UNREADABLE
+
+    carried = "skip: unreadable image: predict could not decode it (...)"
+    ledger = decide(
+        vote("a", 10),
+        vote("u", 10, (7, 7, 7), misses=5, inactive=UNREADABLE),
+        vote("c", 10, inactive=carried, iteration=1),  # promoted from an earlier iteration
+    )
+    assert list(ledger["action"]) == ["keep", "skip", "skip"]
+    assert ledger.loc["u", "reason"] == UNREADABLE and UNREADABLE.startswith("skip: unreadable")
+    assert ledger.loc["c", "reason"] == carried
+    assert ledger[["label", "new_label"]].loc[["u", "c"]].isna().all().all()
+    counts = reconcile(ledger.reset_index(), ledger.reset_index())
+    assert counts == {**counts, "keep": 1, "skip": 2, "remove": 0}
+
+
 def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
     merges = load_merges(MERGE_TABLE)
     assert len(merges) == 21 and merges[TYPEWRITER] == KEYBOARD
