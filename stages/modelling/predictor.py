@@ -427,7 +427,7 @@ def _assemble(
             preprocessing=member.data_config,
             n_unreadable=len(unreadable),
         )
-        formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
+        store.write_sidecar(sidecars[member.name])
         store.remove()
     return sidecars
 
