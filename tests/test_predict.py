@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import cmdline, descendants, run_in
 from test_predict_data import SKIP_ROWS, _dump, _small_params, _with_skip_rows, _write_manifest
 
 from stages import predict
@@ -307,31 +308,6 @@ def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change,
     assert not (tmp_path / "p.npy").exists()
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] not in ("Z", "X"):
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_repro_resumes(
@@ -340,8 +316,6 @@ def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_
     """`kill -9` of the `dvc repro` process alone: its predict child ends too (it used to run on
     as an orphan), nothing is left in the output folder DVC hashes (the work folder is outside
     it), and the next `dvc repro` computes only the missing shards."""
-    from conftest import run_in
-
     project = make_project(24)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["predict"].update(shard_size=2, batch_size=2, workers=0, threads=1)
@@ -365,14 +339,14 @@ def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_
         assert time.monotonic() < deadline, "predict wrote no shard in 5 minutes"
         time.sleep(0.01)
     assert dvc.poll() is None, f"dvc repro ended before a shard appeared in {work}"
-    stages = [p for p in _descendants(dvc.pid) if "stages.predict" in _cmdline(p)]
+    stages = [p for p in descendants(dvc.pid) if "stages.predict" in cmdline(p)]
     os.kill(dvc.pid, signal.SIGKILL)
     dvc.wait()
     assert stages, "the predict stage had finished before the kill"
     deadline = time.monotonic() + 20
-    while any(_cmdline(p) for p in stages) and time.monotonic() < deadline:
+    while any(cmdline(p) for p in stages) and time.monotonic() < deadline:
         time.sleep(0.05)
-    orphans = [p for p in stages if _cmdline(p)]
+    orphans = [p for p in stages if cmdline(p)]
     for pid in orphans:
         os.kill(pid, signal.SIGKILL)
     assert not orphans, "the predict stage ran on after dvc was killed"
