@@ -98,9 +98,10 @@ def bad_split(root: Path, demo_root: Path, params: dict) -> dict:
 
 
 def test_a_split_with_bad_files_gives_the_same_manifest_bytes_every_time(
-    tmp_path: Path, demo_root: Path, params: dict
+    tmp_path: Path, demo_root: Path, params: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     params = bad_split(tmp_path / "raw", demo_root, params)
+    monkeypatch.chdir(tmp_path)  # ingest makes data/predictions/bad/ here, not in the project
     for name in ("a", "b"):
         ingest("bad", params, out=tmp_path / f"{name}.parquet", metrics_out=tmp_path / "m.json")
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
