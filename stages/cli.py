@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from stages.adapters.libc_adapter import die_with_parent
 from stages.contracts.errors import UserError
 
 DEBUG_ENV = "IMAGENET_CLEAN_DEBUG"
@@ -42,7 +43,10 @@ DEPRECATED = {"review": "serve-review"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch to `stages.<stage>.main` (or `main_ensemble` for `predict-ensemble`)."""
+    """Dispatch to `stages.<stage>.main` (or `main_ensemble` for `predict-ensemble`); run as the
+    `imagenet-clean` program (argv None), the process ends with its parent."""
+    if argv is None:
+        die_with_parent()
     argv, debug = _strip_debug(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DEPRECATED:
         new = DEPRECATED[argv[0]]
@@ -119,7 +123,9 @@ def split_stage_main(
 
 def run_as_script(entry: Callable[[Sequence[str] | None], int]) -> None:
     """`python -m stages.<stage>`: log to stderr, run, exit with the entry point's status
-    (2 with a short message for a UserError)."""
+    (2 with a short message for a UserError). The process ends with its parent (`dvc repro`,
+    torchrun's agent), so killing that never leaves the stage running as an orphan."""
+    die_with_parent()
     configure_logging()
     argv, debug = _strip_debug(sys.argv[1:])
     raise SystemExit(guarded(lambda: int(entry(argv) or 0), debug=debug))

@@ -39,6 +39,13 @@ CASES: list[tuple[str, list[str], Callable[[dict], None], str]] = [
         r"`predict.dtype` must be one of 'float32', 'float16', got 'bfloat16'",
     ),
     (
+        "predict",
+        ["--split", "val", "--model", "mobilenetv1_025"],
+        lambda p: p["predict"].update(weights_dir="data/demo/references"),
+        r"`models.mobilenetv1_025` loads its weights from data/demo/models/mobilenetv1_025"
+        r"\.tf_in1k, outside `predict.weights_dir` \(data/demo/references\)",
+    ),
+    (
         "explain",
         ["--split", "val"],
         lambda p: p["explain"].update(heat=1.5),

@@ -100,6 +100,36 @@ def test_same_inputs_same_bytes_with_or_without_the_probe_cache(
     assert (tmp_path / "cold.json").read_bytes() == (tmp_path / "warm.json").read_bytes()
 
 
+def bad_split(root: Path, demo_root: Path, params: dict) -> dict:
+    """An imagefolder split `bad` under `root`: one good demo image and the bad files of the
+    audit (a text file, an empty file, a truncated JPEG, a 1x1 image), with params for it."""
+    from PIL import Image
+
+    folder = root / "n01440764"
+    folder.mkdir(parents=True)
+    good = next((demo_root / "ILSVRC/Data/CLS-LOC/val").glob("*.JPEG"))
+    (folder / "good.JPEG").write_bytes(good.read_bytes())
+    (folder / "notes.JPEG").write_text("not an image\n")
+    (folder / "empty.JPEG").write_bytes(b"")
+    (folder / "truncated.JPEG").write_bytes(good.read_bytes()[:2000])
+    Image.new("RGB", (1, 1), (128, 64, 32)).save(folder / "tiny.JPEG")
+    params["splits"]["bad"] = {**params["splits"]["val"], "root": str(root)}
+    params["splits"]["bad"].update(layout="imagefolder", subset=None)
+    return params
+
+
+def test_a_split_with_bad_files_gives_the_same_manifest_bytes_every_time(
+    tmp_path: Path, demo_root: Path, params: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = bad_split(tmp_path / "raw", demo_root, params)
+    monkeypatch.chdir(tmp_path)  # ingest makes data/predictions/bad/ here, not in the project
+    for name in ("a", "b"):
+        ingest("bad", params, out=tmp_path / f"{name}.parquet", metrics_out=tmp_path / "m.json")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    reasons = formats.read_table(tmp_path / "a.parquet")["skip_reason"].dropna().tolist()
+    assert len(reasons) == 4 and not [r for r in reasons if "0x" in r or " object at " in r]
+
+
 def test_cli_rejects_unknown_split() -> None:
     with pytest.raises(ValueError, match="split 'nope' is not configured"):
         main(["--split", "nope"])

@@ -102,6 +102,24 @@ def test_model_change_reruns_only_its_own_predict_stage(project: Path) -> None:
         (project / "params.yaml").write_text(original)
 
 
+def test_swapped_model_weights_re_run_predict_and_vote_refuses_the_stale_predictions(
+    project: Path,
+) -> None:
+    models = project / "data/demo/models"
+    weights = models / "mobilenetv1_025.tf_in1k/model.safetensors"
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes((models / "mobilenetv1_050.tf_in1k/model.safetensors").read_bytes())
+        assert "predict@val-mobilenetv1_025" in stale_stages(project)
+        result = run_in(project, "python", "-m", "stages.vote", "--split", "val", check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "of model 'mobilenetv1_025' were made with local-dir:" in result.stderr
+        assert "re-run them with `dvc repro predict@val-mobilenetv1_025`" in result.stderr
+    finally:
+        weights.write_bytes(original)
+    assert stale_stages(project) == set()
+
+
 def test_outputs_restore_from_a_dvc_remote_and_an_experiment_reverts_cleanly(
     project: Path, tmp_path: Path
 ) -> None:
@@ -137,3 +155,29 @@ def test_two_iterations_are_two_commits_that_metrics_diff_compares(project: Path
     assert changes["iteration"] == {"old": 0, "new": 1, "diff": 1}
     ledger = pd.read_parquet(project / "data/decisions/val.parquet")
     assert set(ledger["iteration"]) == {1}
+
+
+def test_an_image_predict_cannot_decode_is_a_counted_skip_in_every_stage(tmp_path: Path) -> None:
+    """`ingest.verify: header` lets a truncated JPEG through; predict cannot decode it. Under
+    `dvc repro` it becomes a `skip` with its reason (not a removal with a null label), and
+    evaluate counts it instead of stopping on its NaN predictions."""
+    project = copy_project(tmp_path / "project", 12)
+    folder = project / "data/demo/imagenet-val/ILSVRC/Data/CLS-LOC/val"
+    image = sorted(folder.glob("*.JPEG"))[3]
+    image.write_bytes(image.read_bytes()[:3000])
+
+    def edit(params: dict) -> None:
+        params["ingest"]["verify"] = "header"
+        params["predict"]["models"] = MODELS[:2]
+        params["decide"]["val"]["h2"] = 2
+
+    edit_params(project, edit)
+    run_in(project, "dvc", "repro", "evaluate@val")
+    manifest = pd.read_parquet(project / "data/manifests/val.parquet")
+    assert manifest["skip_reason"].isna().all()  # a header-only ingest saw nothing wrong
+    ledger = pd.read_parquet(project / "data/decisions/val.parquet").set_index("image_id")
+    assert ledger.loc[image.stem, "action"] == "skip"
+    assert ledger.loc[image.stem, "reason"].startswith("skip: unreadable image: predict could not")
+    assert pd.isna(ledger.loc[image.stem, "new_label"])
+    counts = json.loads((project / "metrics/val.json").read_text())["counts"]
+    assert counts["skip"] == 1 and sum(counts[a] for a in ("keep", "fix", "remove", "skip")) == 12

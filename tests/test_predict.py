@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from conftest import cmdline, descendants, run_in
 from test_predict_data import SKIP_ROWS, _dump, _small_params, _with_skip_rows, _write_manifest
 
 from stages import predict
@@ -180,7 +182,7 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
         str(_write_manifest(demo_manifest.head(64), tmp_path)),
     ]
     out = tmp_path / "killed" / "mobilenetv1_050.npy"
-    work = out.parent / ".mobilenetv1_050.partial"
+    work = tmp_path / ".work" / "killed" / "mobilenetv1_050"  # outside the output folder
     log = tmp_path / "killed.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
@@ -200,7 +202,7 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
     assert process.wait() == -signal.SIGKILL, log.read_text()[-2000:]
     done = len(list(work.glob("shard-*.npy")))
     assert 1 <= done < 8, f"kill landed after {done} of 8 shards"
-    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []  # nothing DVC hashes
 
     caplog.set_level(logging.INFO, logger="stages.modelling.predict_data")
     assert predict.main([*args, "--out", str(out)]) == 0
@@ -210,6 +212,7 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
     assert out.read_bytes() == reference.read_bytes()
     assert out.with_suffix(".json").read_bytes() == reference.with_suffix(".json").read_bytes()
     assert sorted(p.name for p in out.parent.iterdir()) == [out.with_suffix(".json").name, out.name]
+    assert not (tmp_path / ".work").exists()  # the work folder and its parents are gone
 
 
 def _plant_zero_shard(
@@ -281,6 +284,12 @@ def test_shards_are_reused_only_under_their_fingerprint(
         ),
         ({"amp": "yes"}, ConfigError, r"`predict.amp` must be true or false, got 'yes'"),
         ({"device": "tpu"}, ConfigError, r"device 'tpu' is not a torch device"),
+        (
+            {"weights_dir": "data/demo/imagenet-val"},
+            ConfigError,
+            r"`models.mobilenetv1_025` loads its weights from data/demo/models/mobilenetv1_025"
+            r".tf_in1k, outside `predict.weights_dir` \(data/demo/imagenet-val\)",
+        ),
         ({"split": "train"}, ConfigError, r"split 'train' is not configured"),
         (
             {"manifest": "nowhere.parquet"},
@@ -297,3 +306,57 @@ def test_bad_inputs_raise_clear_errors(params, small_manifest, tmp_path, change,
     with pytest.raises(error, match=match):
         predict.run_predict(split, model, params, manifest_path=manifest, out=tmp_path / "p.npy")
     assert not (tmp_path / "p.npy").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_repro_resumes(
+    make_project,
+) -> None:
+    """`kill -9` of the `dvc repro` process alone: its predict child ends too (it used to run on
+    as an orphan), nothing is left in the output folder DVC hashes (the work folder is outside
+    it), and the next `dvc repro` computes only the missing shards."""
+    project = make_project(24)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["predict"].update(shard_size=2, batch_size=2, workers=0, threads=1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_in(project, "dvc", "repro", "ingest@val")
+    stage, model = "predict@val-mobilenetv2_100_tf", "mobilenetv2_100_tf"
+    work = project / "data/predictions/.work/val" / model
+    outputs = project / "data/predictions/val"
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "HF_HUB_OFFLINE": "1"}
+    dvc = subprocess.Popen(
+        ["dvc", "repro", stage],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(work.glob("shard-*.npy")) and dvc.poll() is None:
+        assert time.monotonic() < deadline, "predict wrote no shard in 5 minutes"
+        time.sleep(0.01)
+    assert dvc.poll() is None, f"dvc repro ended before a shard appeared in {work}"
+    stages = [p for p in descendants(dvc.pid) if "stages.predict" in cmdline(p)]
+    os.kill(dvc.pid, signal.SIGKILL)
+    dvc.wait()
+    assert stages, "the predict stage had finished before the kill"
+    deadline = time.monotonic() + 20
+    while any(cmdline(p) for p in stages) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [p for p in stages if cmdline(p)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "the predict stage ran on after dvc was killed"
+    done = len(list(work.glob("shard-*.npy")))
+    assert 1 <= done < 12, f"kill landed after {done} of 12 shards"
+    assert not outputs.exists() or sorted(outputs.iterdir()) == []
+
+    result = run_in(project, "dvc", "repro", stage)
+    assert f"resuming; {done} of 12 shards already done" in result.stdout + result.stderr
+    assert sorted(p.name for p in outputs.iterdir()) == [f"{model}.json", f"{model}.npy"]
+    assert not (project / "data/predictions/.work").exists()
+    status = run_in(project, "dvc", "status", stage).stdout
+    assert "up to date" in status

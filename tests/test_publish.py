@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import ROOT, run_in
+from conftest import ROOT, cmdline, descendants, run_in
 from datasets import load_dataset
 from hub_inputs import (
     METRICS,
@@ -152,6 +153,25 @@ def test_leftovers_of_a_killed_build_are_removed_by_the_next_build(inputs, tmp_p
     assert names == sorted(["hub"] + [other.name for other in others])
 
 
+def test_a_build_killed_outside_dvc_leaves_the_previous_folder_as_it_was(inputs, tmp_path) -> None:
+    """`imagenet-clean publish` (no DVC): the new folder is built beside the old one and swapped
+    in by rename, so a kill -9 mid-build leaves the previous build in place."""
+    out = tmp_path / "data" / "hub"
+    build(inputs, out)
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    args = [
+        str(p) for p in (inputs.manifest, inputs.ledger, inputs.clean, inputs.root, inputs.metrics)
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_BUILD, *args, str(out)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
 def test_leftovers_stay_while_another_build_of_the_folder_runs(inputs, tmp_path) -> None:
     out = tmp_path / "hub"
     running = tmp_path / ".hub.abcd1234.tmp"
@@ -196,3 +216,52 @@ def test_dvc_repro_with_a_refused_push_keeps_data_hub(
     assert "error: cannot push to the Hub: offline mode is on" in output
     assert "data/hub is built and kept" in output
     assert load_dataset(str(project / "data/hub"), split="val", cache_dir=cache).num_rows == 16
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_a_publish_killed_under_dvc_repro_is_restored_by_dvc_checkout(
+    inputs, tmp_path, params
+) -> None:
+    """What docs/publish.md promises: DVC deletes `data/hub` before it runs the stage, so after a
+    kill -9 of `dvc repro publish` the folder is gone; dvc.lock and the DVC cache still hold the
+    previous build, and `dvc checkout publish` puts it back byte for byte."""
+    project = project_dir(tmp_path, inputs, params)
+    shutil.copytree(
+        ROOT / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["publish"]
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"publish": stage}}))
+    run_in(project, "git", "init", "-q")
+    run_in(project, "dvc", "init", "-q")
+    run_in(project, "dvc", "repro", "publish")
+    before = _snapshot(project / "data/hub")
+    edited = yaml.safe_load((project / "params.yaml").read_text())
+    edited["publish"]["max_shard_bytes"] = 400_000_000  # publish must run again
+    (project / "params.yaml").write_text(yaml.safe_dump(edited))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**child_env(), "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "publish"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any("stages.publish" in cmdline(p) for p in descendants(dvc.pid)):
+        assert dvc.poll() is None and time.monotonic() < deadline, "publish never started"
+        time.sleep(0.005)
+    os.killpg(dvc.pid, signal.SIGKILL)  # dvc and its stage at once
+    dvc.wait()
+    assert not (project / "data/hub").exists()  # DVC removed it before running the stage
+    run_in(project, "dvc", "checkout", "publish")
+    assert _snapshot(project / "data/hub") == before
+    run_in(project, "dvc", "repro", "publish")  # and the next run builds the new one
+    assert (project / "data/hub/README.md").is_file()

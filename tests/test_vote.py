@@ -87,6 +87,35 @@ def test_an_image_predict_could_not_decode_takes_no_part_in_the_vote(
     assert figures["active"] == 198 and figures["rows_with_candidates"] == 1
 
 
+def test_predictions_of_weights_that_were_swapped_since_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    write_project(tmp_path)
+    weights = tmp_path / "models" / MODELS[0] / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"the weights predict used")
+    sidecar = tmp_path / formats.sidecar_path("val", MODELS[0])
+    recorded = {
+        **json.loads(sidecar.read_text()),
+        "source": "predict",
+        "spec": f"local-dir:models/{MODELS[0]}",
+        "weights_sha256": formats.file_sha256(weights),
+    }
+    formats.write_json(recorded, sidecar)
+    run_stage(tmp_path, monkeypatch)  # the same weights: fine
+    weights.write_bytes(b"other weights, overwritten after predict")
+    with pytest.raises(
+        InputError,
+        match=rf"predictions data/predictions/val/{MODELS[0]}.npy of model '{MODELS[0]}' were "
+        rf"made with local-dir:models/{MODELS[0]} \(weights sha256 [0-9a-f]{{12}}\.\.\.\), but "
+        r".* they are stale; re-run them with "
+        rf"`dvc repro predict@val-{MODELS[0]}`",
+    ):
+        run_stage(tmp_path, monkeypatch)
+
+
 def test_predictions_in_another_row_order_or_without_sidecar_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -183,11 +183,19 @@ def metrics_path(split: str) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; it becomes `target` only if the block succeeds."""
+def atomic_path(
+    target: str | os.PathLike[str], *, within: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary path beside `target` (or in the folder `within`, on the same file
+    system: a kill then leaves nothing in target's folder); it becomes `target` only if the block
+    succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.",
+        suffix=".tmp",
+        dir=within if within is not None else target.parent,
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -319,9 +327,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def write_json(data: Any, target: str | os.PathLike[str]) -> None:
-    """Atomically write deterministic, human-readable JSON."""
-    with atomic_path(target) as tmp:
+def write_json(
+    data: Any, target: str | os.PathLike[str], *, within: str | os.PathLike[str] | None = None
+) -> None:
+    """Atomically write deterministic, human-readable JSON (temporary file: see `atomic_path`)."""
+    with atomic_path(target, within=within) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 

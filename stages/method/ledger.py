@@ -17,7 +17,7 @@ from stages.contracts.config import from_section
 from stages.contracts.errors import InputError
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
-from stages.method.merges import MergesConfig, apply_merges
+from stages.method.merges import MergesConfig, apply_merges, merge_overrides
 from stages.method.overrides import apply_overrides
 from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows
 from stages.method.thresholds import Thresholds, resolve_thresholds
@@ -112,6 +112,18 @@ def evidence_rows(votes: pd.DataFrame, rows: np.ndarray, exemptions: np.ndarray)
     )
 
 
+SKIP_PREFIX = "skip: "
+"""The inactive reasons that make a ledger `skip`: the manifest's skip rows, an image predict
+could not decode (`stages.method.votes.UNREADABLE`), and such rows carried over by promote."""
+
+
+def skipped_in_votes(votes: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: rows the votes made inactive as unreadable (reason `skip: ...`): a ledger
+    `skip` with that reason, counted as such, never a removal with a null label."""
+    reasons = votes["inactive_reason"]
+    return reasons.notna().to_numpy() & reasons.fillna("").str.startswith(SKIP_PREFIX).to_numpy()
+
+
 def apply_rules(
     votes: pd.DataFrame,
     manifest: pd.DataFrame,
@@ -133,16 +145,19 @@ def apply_rules(
     _check_votes(votes, manifest, config.thresholds)
     n = len(votes)
     n_exempt = votes["image_id"].map(exemptions or {}).fillna(0).to_numpy(dtype=np.int32)
-    skip = manifest["skip_reason"].notna().to_numpy()
+    unusable = manifest["skip_reason"].notna().to_numpy()
+    skip = unusable | skipped_in_votes(votes)
     inactive = votes["inactive_reason"].notna().to_numpy() & ~skip
     labels = votes["label"].to_numpy(dtype=np.float64, na_value=np.nan)
     action = np.where(skip, Action.SKIP, np.where(inactive, Action.REMOVE, Action.KEEP)).astype(
         object
     )
     reason = np.where(
-        skip,
+        unusable,
         "skip: " + manifest["skip_reason"].fillna("").astype(str),
-        np.where(inactive, votes["inactive_reason"].fillna("").astype(str), Action.KEEP.value),
+        np.where(
+            skip | inactive, votes["inactive_reason"].fillna("").astype(str), Action.KEEP.value
+        ),
     ).astype(object)
     new_label = np.where(skip | inactive, np.nan, labels)
     exempted = np.zeros(n, dtype=bool)
@@ -249,6 +264,7 @@ def decide_split(
     ledger = apply_merges(ledger, merges or {})
     if overrides is not None and len(overrides):
         ledger = apply_overrides(ledger, overrides, source=overrides_source)
+        ledger = merge_overrides(ledger, merges or {}, source=overrides_source)
     reconcile(ledger, manifest)
     clean = build_clean(ledger, manifest, placeholder_classes=(merges or {}).keys())
     return ledger, clean

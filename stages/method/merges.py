@@ -3,6 +3,7 @@ rows after the decisions (`merged` = true; the action stays keep or fix)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pandas as pd
 from stages.contracts import formats
 from stages.contracts.actions import KEPT
 from stages.contracts.errors import InputError, MissingInputError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,34 @@ def apply_merges(ledger: pd.DataFrame, merges: dict[int, int]) -> pd.DataFrame:
         reason=reason,
         secondary_labels=pd.Series(secondary, index=ledger.index, dtype=object),
     )
+
+
+def merge_overrides(ledger: pd.DataFrame, merges: dict[int, int], *, source: str) -> pd.DataFrame:
+    """Overrides never bring back a class the merges empty: an override row's label (keep, fix)
+    or secondary label that is a merge source becomes the merge's target, as for every kept row
+    (`merged` = true, the reason says `merged <source> -> <target>`), with a logged note naming
+    the image. So the cleaned split keeps one placeholder per merged-away class.
+
+    Args:
+        ledger: the ledger after `apply_overrides` (its `override` column marks their rows).
+        merges: source class -> target class. source: the overrides file, for the note.
+    """
+    if not merges:
+        return ledger
+    wnids = formats.class_wnids()
+    new_label = ledger["new_label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    touched = ledger["override"].to_numpy(dtype=bool) & ledger["action"].isin(KEPT).to_numpy()
+    for i in np.flatnonzero(touched):
+        named = [int(c) for c in ledger["secondary_labels"].iloc[i] if int(c) in merges]
+        if new_label[i] in merges:
+            named.insert(0, int(new_label[i]))
+        for cls in named:
+            logger.warning(
+                "%s: the override of %s names %s, which the merges empty; it becomes the "
+                "merge target %s",
+                source,
+                ledger["image_id"].iloc[i],
+                wnids[cls],
+                wnids[merges[cls]],
+            )
+    return apply_merges(ledger, merges)

@@ -25,6 +25,8 @@ from stages.contracts.actions import KEPT, Action
 from stages.contracts.errors import InputError, MissingInputError
 
 OVERRIDE_COLUMNS = ("image_id", "action", "new_label", "note")
+LINE = "line"
+"""The index name of `load_overrides`' table: each row's line in the file, for messages."""
 
 
 class OverrideAction(StrEnum):
@@ -45,18 +47,52 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """The overrides file's rows as strings ([] when the file does not exist yet).
 
     Raises:
-        InputError: the header is not image_id,action,new_label,note.
+        InputError: see `read_numbered_rows`.
+    """
+    return [row for _line, row in read_numbered_rows(path)]
+
+
+def read_numbered_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """The overrides file's rows, each with its line number ([] when the file does not exist).
+
+    Parsed strictly with the csv module's quoting: a UTF-8 byte-order mark (what spreadsheets
+    write) is accepted, blank lines are skipped, and a row with more or fewer fields than the
+    header (a note with an unquoted comma) is an error, not silently cut.
+
+    Raises:
+        InputError: naming the file (and the line): a header other than
+            image_id,action,new_label,note, a row with the wrong number of fields, text that is
+            not UTF-8 or not valid CSV.
     """
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if list(reader.fieldnames or []) != list(OVERRIDE_COLUMNS):
+    rows: list[tuple[int, dict[str, str]]] = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader, [])
+            if header != list(OVERRIDE_COLUMNS):
+                raise InputError(
+                    f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
+                    f"{','.join(map(repr, header))}; fix the file first"
+                )
+            for fields in reader:
+                if not any(field.strip() for field in fields):
+                    continue
+                if len(fields) != len(OVERRIDE_COLUMNS):
+                    raise InputError(
+                        f"{path} line {reader.line_num}: {len(fields)} fields, expected "
+                        f"{len(OVERRIDE_COLUMNS)} ({','.join(OVERRIDE_COLUMNS)}); put a note "
+                        'that holds a comma in double quotes ("like, this")'
+                    )
+                rows.append((reader.line_num, dict(zip(OVERRIDE_COLUMNS, fields, strict=True))))
+        except csv.Error as error:
             raise InputError(
-                f"{path}: header must be {','.join(OVERRIDE_COLUMNS)}, got "
-                f"{','.join(reader.fieldnames or [])}; fix the file first"
-            )
-        return [{c: (row.get(c) or "") for c in OVERRIDE_COLUMNS} for row in reader]
+                f"{path} line {reader.line_num}: not valid CSV ({error}); fix the file first"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}: not UTF-8 text ({error}); save it as UTF-8") from None
+    return rows
 
 
 def write_rows(path: Path, rows: Sequence[dict[str, str]]) -> None:
@@ -73,7 +109,7 @@ def load_overrides(path: str | Path) -> pd.DataFrame:
     """The overrides CSV as a table of strings (a header-only file = no overrides).
 
     Raises:
-        MissingInputError: no such file. InputError: a wrong header.
+        MissingInputError: no such file. InputError: see `read_numbered_rows`.
     """
     path = Path(path)
     if not path.is_file():
@@ -81,7 +117,12 @@ def load_overrides(path: str | Path) -> pd.DataFrame:
             f"overrides file {path} not found; create it with the header "
             f"{','.join(OVERRIDE_COLUMNS)} (no rows = no overrides)"
         )
-    return pd.DataFrame(read_rows(path), columns=list(OVERRIDE_COLUMNS))
+    numbered = read_numbered_rows(path)
+    return pd.DataFrame(
+        [row for _line, row in numbered],
+        columns=list(OVERRIDE_COLUMNS),
+        index=pd.Index([line for line, _row in numbered], name=LINE, dtype="int64"),
+    )
 
 
 def _override_error(
@@ -132,7 +173,8 @@ def apply_overrides(
     positions = {image_id: i for i, image_id in enumerate(ledger["image_id"])}
     decided: set[str] = set()
     secondary: dict[int, list[tuple[int, int | None]]] = {}
-    for line, row in enumerate(overrides.to_dict("records"), 2):
+    lines = overrides.index if overrides.index.name == LINE else range(2, len(overrides) + 2)
+    for line, row in zip(lines, overrides.to_dict("records"), strict=True):
         image_id, action = row["image_id"].strip(), row["action"].strip()
         problem = _override_error(row, positions.get(image_id), cols["action"], label)
         if problem is None and action != OverrideAction.SECONDARY and image_id in decided:

@@ -29,6 +29,7 @@ from stages.contracts.labels import CurrentLabels, current_labels
 from stages.contracts.splits import Params, SplitEntry
 from stages.method.confident import CL_STRATEGIES, FILTER_BY, RANK_BY, ConfidentConfig
 from stages.method.evidence import Evidence, ensemble_evidence
+from stages.modelling.specs import ModelSpec, model_specs, weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class VoteConfig:
         labels: the split's current-labels file (absent file: the manifest's labels).
         out_of_fold: the predictions come from out-of-fold training (for the fix in messages).
         confident: the confident-learning options (`vote.<split>`).
+        specs: the models' params entries (`models.<name>`), to refuse stale predictions.
     """
 
     split: str
@@ -53,17 +55,20 @@ class VoteConfig:
     labels: str | None
     out_of_fold: bool
     confident: ConfidentConfig
+    specs: tuple[ModelSpec, ...] = ()
 
     @classmethod
     def from_params(cls, params: Params, split: str) -> VoteConfig:
         """Raises ConfigError for a bad split entry or `vote:` section."""
         entry = SplitEntry.from_params(params, split)
+        models = entry.models(params)
         return cls(
             split,
-            entry.models(params),
+            models,
             entry.labels_file,
             entry.out_of_fold,
             ConfidentConfig.from_params(params, split),
+            tuple(model_specs(params, models)),
         )
 
 
@@ -294,7 +299,38 @@ def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
         )
 
 
-UNREADABLE = "unreadable image: predict could not decode it (re-ingest with ingest.verify: full)"
+def check_weights(split: str, files: Mapping[str, Path], specs: Sequence[ModelSpec]) -> None:
+    """Refuse predictions that the predict stage made with other weights than the model's params
+    entry names now (a local model folder or checkpoint overwritten since, or another spec): their
+    sidecar's `spec` and `weights_sha256` must match. Predictions made elsewhere (imported,
+    out-of-fold) and models whose weights are not local are not checked.
+
+    Raises:
+        InputError: naming the model, the predictions file and the fix (`dvc repro predict@...`).
+    """
+    for spec in specs:
+        path = files.get(spec.name)
+        sidecar = json.loads(path.with_suffix(".json").read_text()) if path else {}
+        if sidecar.get("source") != "predict":
+            continue
+        recorded, now = sidecar.get("weights_sha256"), weights_sha256(spec)
+        if sidecar.get("spec") == spec.spec and (recorded is None or recorded == now):
+            continue
+        was = f"{sidecar.get('spec')} (weights sha256 {str(recorded)[:12]}...)"
+        raise InputError(
+            f"predictions {path} of model {spec.name!r} were made with {was}, but "
+            f"params.yaml `models.{spec.name}` now loads {spec.spec} (weights sha256 "
+            f"{str(now)[:12]}...): they are stale; re-run them with "
+            f"`dvc repro predict@{split}-{spec.name}`"
+        )
+
+
+UNREADABLE = (
+    "skip: unreadable image: predict could not decode it (ingest.verify: full records such "
+    "files at ingest)"
+)
+"""The inactive reason of an image predict could not decode; its `skip: ` prefix (as for the
+manifest's skip rows) makes it a `skip` in the ledger, never a removal."""
 
 
 def without_unreadable(current: CurrentLabels, split: str, nan_rows: np.ndarray) -> CurrentLabels:
@@ -351,6 +387,7 @@ def split_votes(
     files = prediction_files(
         split, list(config.models), manifest, predictions, out_of_fold=config.out_of_fold
     )
+    check_weights(split, files, config.specs)
     labelled = current_labels(manifest, config.labels)
     # One pass over every model gives the evidence and the rows predict could not decode; the
     # evidence does not depend on which active rows those are (label_prob is masked per row).

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from stages.adapters.libc_adapter import parent_death_preexec
 from stages.contracts.config import positive, require
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def relaunch(module: str, argv: Sequence[str], launch: LaunchConfig | int) -> in
         return None
     command = torchrun_command(module, argv, launch)
     logger.info("starting %d processes: %s", launch.world, " ".join(command))
-    return subprocess.call(command)
+    return subprocess.call(command, preexec_fn=parent_death_preexec)  # dies with this stage
 
 
 def launch_or_run(

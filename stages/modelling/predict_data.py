@@ -11,8 +11,8 @@ group: their input is resized once per image.
 
 Batches never cross a shard boundary (`plan_batches`), so a batch holds the same rows whether a
 run computes one model, an ensemble, or only the shards an interrupted run left missing.
-`ShardStore` keeps a model's finished shards in a hidden work folder beside its output and streams
-them into the final memory-mappable .npy.
+`ShardStore` keeps a model's finished shards in a work folder outside the output folder (which DVC
+hashes) and streams them into the final memory-mappable .npy.
 """
 
 from __future__ import annotations
@@ -310,12 +310,22 @@ def manifest_sha256(manifest: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def work_folder(out: str | Path) -> Path:
+    """A model's work folder for its output `<root>/<split>/<model>.npy`:
+    `<root>/.work/<split>/<model>/`, beside the output folder but outside it, so that a killed run
+    leaves nothing in the folder that DVC hashes (vote's and evaluate's dependency) and the next
+    run, after DVC deleted the outputs, still finds its shards."""
+    out = Path(out)
+    return out.parent.parent / ".work" / out.parent.name / out.stem
+
+
 class ShardStore:
-    """A model's hidden work folder beside its output `<dir>/<model>.npy`:
-    `<dir>/.<model>.partial/` with `fingerprint.json` and one `shard-NNNNNN.npy` per shard.
+    """A model's work folder (`work_folder`) with `fingerprint.json` and one `shard-NNNNNN.npy`
+    per shard.
 
     Shards are written atomically; the folder is wiped when its fingerprint differs from this
     run's, so stale shards of another model, preprocessing, manifest or option set are never used.
+    The final file is assembled in the work folder too, and only renamed into the output folder.
     """
 
     def __init__(
@@ -329,7 +339,7 @@ class ShardStore:
     ) -> None:
         self.out, self.fingerprint, self.n_rows = Path(out), fingerprint, n_rows
         self.shard_size, self.dtype = shard_size, np.dtype(dtype)
-        self.folder = self.out.parent / f".{self.out.stem}.partial"
+        self.folder = work_folder(self.out)
         self.n_shards = -(-n_rows // shard_size)
 
     def path(self, shard: int) -> Path:
@@ -356,7 +366,10 @@ class ShardStore:
         writes that were killed, and save the fingerprint. Under torchrun only rank 0 calls this,
         before the others look at the folder."""
         for stale in self.out.parent.glob(f".{self.out.name}.*.tmp"):
-            stale.unlink()  # an assembly killed before its rename
+            stale.unlink()  # an assembly killed before its rename (by an older version)
+        legacy = self.out.parent / f".{self.out.stem}.partial"
+        if legacy.is_dir():
+            shutil.rmtree(legacy)  # an older version's work folder inside the output folder
         saved = self.folder / FINGERPRINT
         if self.folder.exists() and (
             not saved.is_file() or json.loads(saved.read_text()) != self.fingerprint
@@ -400,7 +413,7 @@ class ShardStore:
         """
         hits, scored = np.zeros(2, dtype=np.int64), 0
         unreadable = []
-        with atomic_path(self.out) as tmp:
+        with atomic_path(self.out, within=self.folder) as tmp:
             array = np.lib.format.open_memmap(
                 tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, NUM_CLASSES)
             )
@@ -416,6 +429,16 @@ class ShardStore:
         missing = np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
         return percent(int(hits[0]), scored), percent(int(hits[1]), scored), missing
 
+    def write_sidecar(self, sidecar: dict[str, Any]) -> None:
+        """Write the output's JSON sidecar `<model>.json`, its temporary file in the work folder."""
+        write_json(sidecar, self.out.with_suffix(".json"), within=self.folder)
+
     def remove(self) -> None:
-        """Delete the work folder (after the final file and its sidecar are in place)."""
+        """Delete the work folder (after the final file and its sidecar are in place), and its
+        parents `.work/<split>/` and `.work/` once empty."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in (self.folder.parent, self.folder.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty: another model's work is in progress

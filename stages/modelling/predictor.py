@@ -43,7 +43,7 @@ from stages.modelling.predict_data import (
     manifest_sha256,
     plan_batches,
 )
-from stages.modelling.specs import ModelSpec, model_specs
+from stages.modelling.specs import ModelSpec, model_specs, require_tracked_weights
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class PredictOptions:
             the thread count, so it is part of the shard fingerprint.
         processes: processes on this machine (> 1: the stage starts itself under torchrun, e.g.
             one per GPU); each takes a share of the shards. Results do not depend on it.
+        weights_dir: the folder holding every local model folder and checkpoint file (a DVC
+            dependency of predict and vote, so that new weights re-run predict).
     """
 
     batch_size: int = 64
@@ -84,6 +86,7 @@ class PredictOptions:
     channels_last: bool = True
     threads: int | None = None
     processes: int = 1
+    weights_dir: str = "data/demo/models"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shard_size", "threads", "processes"):
@@ -124,15 +127,14 @@ class PredictConfig:
         """The config of `models` (default: `predict.models`) over `split`.
 
         Raises:
-            ConfigError: a bad split entry, model entry or `predict:` section.
+            ConfigError: a bad split entry, model entry or `predict:` section, or a model whose
+                local weights lie outside `predict.weights_dir`.
         """
         entry = SplitEntry.from_params(params, split)
-        return cls(
-            split,
-            entry.root,
-            tuple(model_specs(params, models)),
-            PredictOptions.from_params(params),
-        )
+        options = PredictOptions.from_params(params)
+        specs = tuple(model_specs(params, models))
+        require_tracked_weights(specs, options.weights_dir)
+        return cls(split, entry.root, specs, options)
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
@@ -425,7 +427,7 @@ def _assemble(
             preprocessing=member.data_config,
             n_unreadable=len(unreadable),
         )
-        formats.write_json(sidecars[member.name], store.out.with_suffix(".json"))
+        store.write_sidecar(sidecars[member.name])
         store.remove()
     return sidecars
 

@@ -111,12 +111,55 @@ def model_specs(params: Params, names: Sequence[str] | None = None) -> list[Mode
 
 
 def weights_sha256(spec: ModelSpec) -> str | None:
-    """sha256 of a local-dir model's weight file, or None when the weights are not local."""
+    """sha256 of the local file a model's weights come from (`weights_file`), or None when they
+    are not local (the Hub, timm's cache)."""
+    path = weights_file(spec)
+    return file_sha256(path) if path is not None else None
+
+
+def weights_file(spec: ModelSpec) -> Path | None:
+    """The local file a model's weights are loaded from: its `kwargs.checkpoint_path` (which timm
+    loads over any other weights), else a `local-dir:` folder's model.safetensors (or
+    pytorch_model.bin); None when there is none."""
+    checkpoint = spec.kwargs.get("checkpoint_path")
+    if checkpoint and Path(checkpoint).is_file():
+        return Path(checkpoint)
     if not spec.spec.startswith("local-dir:"):
         return None
     folder = Path(spec.spec.removeprefix("local-dir:"))
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = folder / name
         if path.is_file():
-            return file_sha256(path)
+            return path
     return None
+
+
+def local_weights(spec: ModelSpec) -> list[Path]:
+    """The local paths a model's weights depend on: its `local-dir:` folder and its
+    `kwargs.checkpoint_path` (as written in params.yaml)."""
+    paths = (
+        [Path(spec.spec.removeprefix("local-dir:"))] if spec.spec.startswith("local-dir:") else []
+    )
+    checkpoint = spec.kwargs.get("checkpoint_path")
+    return paths + ([Path(checkpoint)] if checkpoint else [])
+
+
+def require_tracked_weights(specs: Sequence[ModelSpec], weights_dir: str) -> None:
+    """Refuse a model whose local weights (`local-dir:` folder, checkpoint file) lie outside
+    `predict.weights_dir`: DVC tracks that folder as predict's dependency, so only weights inside
+    it re-run predict when they change (and vote refuses predictions of other weights).
+
+    Raises:
+        ConfigError: naming the model entry, the path, the folder and the fix.
+    """
+    root = Path(weights_dir).absolute()
+    for spec in specs:
+        for path in local_weights(spec):
+            if not path.absolute().is_relative_to(root):
+                raise ConfigError(
+                    f"params.yaml `models.{spec.name}` loads its weights from {path}, outside "
+                    f"`predict.weights_dir` ({weights_dir}), the folder DVC tracks as predict's "
+                    "dependency (so that new weights re-run predict); move the model folder or "
+                    f"checkpoint into {weights_dir}, or set predict.weights_dir to a folder "
+                    "that holds every local model"
+                )

@@ -17,7 +17,10 @@ A row's effect on the file: keep / fix / remove replace the image's earlier keep
 with the ledger's, so "add" means add); `secondary` with an empty class means "no secondary
 labels" and replaces the image's secondary rows. A request is checked whole before anything is
 written: an unknown image, a bad class or action or a malformed body gets a 4xx JSON error and
-leaves the file as it was. The file is rewritten atomically.
+leaves the file as it was. The file is rewritten atomically. An overrides file or ledger the server
+cannot read (a hand edit decide would refuse) gets a 500 JSON error naming the file, and the server
+keeps serving; so does any other error. Requests run in threads, the writes one at a time, and
+the listen backlog holds a burst of clicks or scripted POSTs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import json
 import logging
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -40,7 +43,7 @@ import pyarrow.parquet as pq
 
 from stages.contracts import formats
 from stages.contracts.actions import Action
-from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.contracts.errors import ConfigError, InputError, MissingInputError, UserError
 from stages.contracts.splits import Params, SplitEntry
 from stages.method.overrides import OVERRIDE_ACTIONS as ACTIONS
 from stages.method.overrides import OVERRIDE_COLUMNS as COLUMNS
@@ -56,6 +59,9 @@ from stages.sources.thumbnails import thumbnail_jpeg
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
+BACKLOG = 1024
+"""Connections the listening socket queues while every handler thread is busy (the standard
+library's 5 reset most of a burst of 50 clicks or scripted POSTs)."""
 MAX_NOTE = 500
 SERVER_LEDGER_COLUMNS = (
     "image_id",
@@ -420,7 +426,7 @@ class ReviewHandler(SimpleHTTPRequestHandler):
         if not self._host_ok():
             return
         if self.path.split("?")[0] == "/api/overrides":
-            self._json(HTTPStatus.OK, self.server.state.listing())
+            self._answer(lambda: self.server.state.listing())
         elif self.path.startswith(("/api/record?", "/api/thumb/")):
             self._on_demand()
         elif self.path.startswith("/api/"):
@@ -433,12 +439,30 @@ class ReviewHandler(SimpleHTTPRequestHandler):
         if not self._host_ok():
             return
         actions = {"/api/overrides": self.server.state.apply, "/api/undo": self.server.state.undo}
+        if self.path not in actions:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
+            return
+        self._answer(lambda: actions[self.path](self._body()))
+
+    def _answer(self, work: Callable[[], Any]) -> None:
+        """Answer a request with `work()`'s JSON; every error becomes a JSON message with its
+        status (a refused request: its 4xx; an overrides file or ledger that cannot be read, or a
+        bug: 500, logged), and the server keeps serving."""
         try:
-            if self.path not in actions:
-                raise RequestError(404, f"no such endpoint {self.path}")
-            self._json(HTTPStatus.OK, actions[self.path](self._body()))
+            result = work()
         except RequestError as error:
             self._json(error.status, {"error": str(error)})
+        except UserError as error:
+            logger.error("review server: %s %s: %s", self.command, self.path, error)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(error)})
+        except Exception as error:
+            logger.exception("review server: %s %s failed", self.command, self.path)
+            self._json(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"error": f"internal error ({type(error).__name__}: {error}); see the log"},
+            )
+        else:
+            self._json(HTTPStatus.OK, result)
 
     def _on_demand(self) -> None:
         """An image the report does not hold: its record (JSON) or its thumbnail (JPEG)."""
@@ -499,9 +523,11 @@ class ReviewHandler(SimpleHTTPRequestHandler):
 
 
 class ReviewServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that carries the served split's state."""
+    """A ThreadingHTTPServer (one thread per request; the writes are serialised by the state's
+    lock) with a deep listen backlog, carrying the served split's state."""
 
     daemon_threads = True
+    request_queue_size = BACKLOG
 
     def __init__(self, address: tuple[str, int], state: ReviewState) -> None:
         self.state = state

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,16 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 """Integer modes Pillow gives 16-bit PNGs (`I;16*`; `I` in older Pillow): scaled to 8 bits."""
 REFUSED_MODES = frozenset({"F"})
 """Modes with no 8-bit RGB rendering to trust (32-bit float pixels)."""
+OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+"""An object's default repr (`<_io.BytesIO object at 0x7f...>`): its address changes every run."""
+
+
+def error_text(error: BaseException) -> str:
+    """`<Type>: <message>` of a decode error, without object reprs, so that a skip reason (and the
+    manifest that records it) is the same bytes on every run: Pillow's "cannot identify image file
+    <_io.BytesIO object at 0x...>" becomes "UnidentifiedImageError: cannot identify image file"."""
+    text = OBJECT_REPR.sub("", str(error)).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def check_mode(mode: str) -> None:
@@ -81,7 +92,7 @@ def probe(
                 image.load()
         return width, height, None
     except DECODE_ERRORS as error:
-        return 0, 0, f"unreadable image: {type(error).__name__}: {error}"
+        return 0, 0, f"unreadable image: {error_text(error)}"
 
 
 def resolve(root: str | os.PathLike[str], path: str) -> Path | tuple[Path, int]:
@@ -125,5 +136,5 @@ def probe_image(
         try:
             data = where.read_bytes()
         except OSError as error:
-            return 0, 0, f"unreadable image: {type(error).__name__}: {error}", None
+            return 0, 0, f"unreadable image: {error_text(error)}", None
     return (*probe(io.BytesIO(data), full=full), hashlib.sha256(data).hexdigest())

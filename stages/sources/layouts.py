@@ -321,6 +321,26 @@ def read_hf_parquet(source: Source) -> list[Found]:
     return found
 
 
+def labelled_without_image(source: Source, found: list[Found]) -> tuple[Path | None, list[str]]:
+    """The source's label file and the image ids it labels that no image file was found for:
+    rows of the Kaggle `LOC_<subset>_solution.csv` (val), lines of the devkit's ground truth
+    (`ILSVRC2012_val_<line number>`). Layouts whose labels come from their folders or rows
+    (imagefolder, ImageNetV2, Kaggle train, hf-parquet) have none: (None, [])."""
+    have = {record.image_id for record in found}
+    if source.layout == "kaggle" and source.subset != "train":
+        path = source.root / f"LOC_{source.subset}_solution.csv"
+        if not path.is_file():
+            return None, []
+        return path, sorted(set(kaggle_solution(path)) - have)
+    if source.layout == "devkit":
+        path = source.root / "ILSVRC2012_validation_ground_truth.txt"
+        lines = len(ground_truth(path, 1000)) if path.is_file() else 0
+        tails = (r.image_id.rsplit("_", 1)[-1] for r in found)
+        numbers = {int(tail) for tail in tails if tail.isdigit()}
+        return path, [f"ILSVRC2012_val_{n:08d}" for n in range(1, lines + 1) if n not in numbers]
+    return None, []
+
+
 LAYOUTS: dict[str, Callable[[Source], list[Found]]] = {
     "kaggle": read_kaggle,
     "devkit": read_devkit,

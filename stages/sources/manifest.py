@@ -6,7 +6,9 @@ their row with a `skip_reason` under `on_bad_image: skip`, or stop the stage nam
 skipped = rows. Boxes stay in original-image pixels; a box that reaches outside the image is
 clipped to it, and one with no area inside the image is dropped, each counted and logged. Labels
 are checked against the wnids the box XMLs name: a wrong label mapping (a devkit synset list in
-sorted order) stops the stage instead of mislabelling every image.
+sorted order) stops the stage instead of mislabelling every image. An image whose shorter side is
+below `min_size` pixels is a skip row (too small to carry a label), and label rows whose image file
+is missing (a partial download) stop the stage or, under `on_missing_image: skip`, are counted.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from stages.sources.probes import ProbeCache, probe_files
 logger = logging.getLogger(__name__)
 
 BAD_IMAGE_POLICIES = ("skip", "error")
+MISSING_IMAGE_POLICIES = ("error", "skip")
+"""`ingest.on_missing_image`: what a label row (a solution-CSV row, a ground-truth line) whose
+image file is absent does: stop the stage (a partial download), or only be counted."""
+MISSING_EXAMPLES = 10
+"""Image ids of label rows without an image listed in the ingest metrics (and the error)."""
 
 
 VERIFY_MODES = {"full": True, "header": False}
@@ -45,6 +52,8 @@ class IngestConfig:
     on_bad_image: str = "skip"
     verify: str = "full"
     workers: int = 2
+    min_size: int = 16
+    on_missing_image: str = "error"
 
     def __post_init__(self) -> None:
         require(
@@ -60,6 +69,13 @@ class IngestConfig:
             self.verify,
         )
         positive("ingest.workers", self.workers)
+        positive("ingest.min_size", self.min_size)
+        require(
+            self.on_missing_image in MISSING_IMAGE_POLICIES,
+            "ingest.on_missing_image",
+            f"one of {', '.join(MISSING_IMAGE_POLICIES)}",
+            self.on_missing_image,
+        )
 
     @classmethod
     def from_params(cls, params: Params) -> IngestConfig:
@@ -194,7 +210,7 @@ def build_manifest(
     )
     rows = []
     for record, (width, height, reason, digest) in zip(found, probes):
-        reason = record.skip_reason or reason
+        reason = record.skip_reason or reason or too_small(width, height, config.min_size)
         if reason and config.on_bad_image == "error":
             raise InputError(
                 f"{source.root / record.path}: {reason} (ingest.on_bad_image: error; "
@@ -234,6 +250,7 @@ def build_manifest(
         "skipped": skipped,
         "with_boxes": int(manifest["boxes"].map(len).gt(0).sum()),
         **counts,
+        **labels_without_image(source, everything, config),
     }
     if stats["limited_out"]:
         logger.info(
@@ -243,6 +260,53 @@ def build_manifest(
             len(everything),
         )
     return manifest, stats
+
+
+def too_small(width: int, height: int, min_size: int) -> str | None:
+    """The skip reason of an image whose shorter side is below `min_size` pixels (too small to
+    carry a label: a 1x1 image gives every model a flat distribution), else None."""
+    if min(width, height) >= min_size:
+        return None
+    return (
+        f"too small: {width}x{height} pixels, below ingest.min_size {min_size} (the shorter side)"
+    )
+
+
+def labels_without_image(
+    source: layouts.Source, found: list[layouts.Found], config: IngestConfig
+) -> dict[str, Any]:
+    """Count the label rows of the source (Kaggle solution CSV rows, devkit ground-truth lines)
+    whose image file is not there, so a partial download never goes unnoticed.
+
+    Returns:
+        the ingest metrics `label_rows_without_image` (count) and
+        `label_rows_without_image_examples` (the first MISSING_EXAMPLES image ids, sorted).
+
+    Raises:
+        InputError: some rows have no image under `ingest.on_missing_image: error`, naming the
+            label file, the count, examples and the fix.
+    """
+    label_file, missing = layouts.labelled_without_image(source, found)
+    examples = sorted(missing)[:MISSING_EXAMPLES]
+    if missing and config.on_missing_image == "error":
+        raise InputError(
+            f"{label_file}: {len(missing)} labelled images have no image file under "
+            f"{source.root} (e.g. {', '.join(examples)}): a partial download? Restore the "
+            "files, or set ingest.on_missing_image: skip to count them in the ingest metrics "
+            "and go on"
+        )
+    if missing:
+        logger.warning(
+            "%s: %d labelled images have no image file (e.g. %s); counted in "
+            "label_rows_without_image",
+            label_file,
+            len(missing),
+            ", ".join(examples),
+        )
+    return {
+        "label_rows_without_image": len(missing),
+        "label_rows_without_image_examples": examples,
+    }
 
 
 def _rescale(

@@ -247,6 +247,23 @@ def test_skip_rows_and_earlier_removals_are_inactive() -> None:
     assert list(ledger["original_label"]) == [10, 10, 10]
 
 
+def test_an_image_predict_could_not_decode_is_a_skip_not_a_removal() -> None:
+    from stages.method.votes import UNREADABLE
+
+    carried = "skip: unreadable image: predict could not decode it (...)"
+    ledger = decide(
+        vote("a", 10),
+        vote("u", 10, (7, 7, 7), misses=5, inactive=UNREADABLE),
+        vote("c", 10, inactive=carried, iteration=1),  # promoted from an earlier iteration
+    )
+    assert list(ledger["action"]) == ["keep", "skip", "skip"]
+    assert ledger.loc["u", "reason"] == UNREADABLE and UNREADABLE.startswith("skip: unreadable")
+    assert ledger.loc["c", "reason"] == carried
+    assert ledger[["label", "new_label"]].loc[["u", "c"]].isna().all().all()
+    counts = reconcile(ledger.reset_index(), ledger.reset_index())
+    assert counts == {**counts, "keep": 1, "skip": 2, "remove": 0}
+
+
 def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
     merges = load_merges(MERGE_TABLE)
     assert len(merges) == 21 and merges[TYPEWRITER] == KEYBOARD
@@ -284,19 +301,36 @@ def test_merges_apply_after_fixes_and_empty_classes_get_placeholders() -> None:
     assert list(holders["label"]) == sorted(merges)
 
 
-def test_a_source_class_kept_by_an_override_gets_no_placeholder() -> None:
+def test_an_override_never_brings_back_a_class_the_merges_empty(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     merges = load_merges(MERGE_TABLE)
-    votes, manifest = tables(vote("kept", TYPEWRITER))
+    space_bar, beaker = WNIDS.index("n04264628"), WNIDS.index("n02815834")
+    votes, manifest = tables(vote("kept", TYPEWRITER), vote("fixed", 10), vote("also", 10))
     ledger, clean = decide_split(
         votes,
         manifest,
         config=PAPER,
         merges=merges,
-        overrides=overrides(("kept", "keep", "", "a real typewriter")),
+        overrides=overrides(
+            ("kept", "keep", "", "a real typewriter"),
+            ("fixed", "fix", WNIDS[space_bar], ""),
+            ("also", "secondary", WNIDS[beaker], ""),
+        ),
+        overrides_source="data/overrides/val.csv",
     )
-    assert ledger["new_label"].tolist() == [TYPEWRITER] and not ledger["merged"].any()
-    assert f"placeholder_{WNIDS[TYPEWRITER]}" not in set(clean["image_id"])
-    assert clean["placeholder"].sum() == 20
+    ledger = ledger.set_index("image_id")
+    assert ledger["new_label"].tolist() == [KEYBOARD, KEYBOARD, 10]
+    assert ledger.loc[["kept", "fixed"], "merged"].all() and ledger["override"].all()
+    assert ledger.loc["kept", "reason"] == (
+        "override: a real typewriter; merged n04505470 typewriter keyboard -> n03085013 "
+        "computer keyboard"
+    )
+    assert list(ledger.loc["also", "secondary_labels"]) == [merges[beaker]]
+    assert clean["placeholder"].sum() == 21
+    assert "data/overrides/val.csv: the override of kept names n04505470, which the merges " in (
+        caplog.text
+    )
 
 
 def test_overrides_beat_every_rule() -> None:

@@ -67,3 +67,44 @@ def test_header_only_overrides_file_means_none(tmp_path: Path) -> None:
     (tmp_path / "o.csv").write_text("image_id,action,label\n")
     with pytest.raises(ValueError, match="header must be image_id,action,new_label,note"):
         load_overrides(tmp_path / "o.csv")
+
+
+def test_an_overrides_file_is_parsed_strictly_with_a_bom_and_quoted_commas(tmp_path: Path) -> None:
+    path = tmp_path / "o.csv"
+    path.write_bytes(
+        "\ufeffimage_id,action,new_label,note\n\n"
+        'a,fix,11,"a goldfinch, clearly"\nb,keep,,\n'.encode()
+    )
+    table = load_overrides(path)
+    assert table.to_dict("records") == [
+        {"image_id": "a", "action": "fix", "new_label": "11", "note": "a goldfinch, clearly"},
+        {"image_id": "b", "action": "keep", "new_label": "", "note": ""},
+    ]
+    assert table.index.tolist() == [3, 4]  # the lines, blank line 2 skipped
+    ledger, _ = decided(vote("a", 10), vote("b", 10, (7, 7, 7)), table=table)
+    assert ledger.loc["a", "reason"] == "override: a goldfinch, clearly"
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("a,keep,,a note, with a comma\n", r"o.csv line 2: 5 fields, expected 4 .*double quotes"),
+        ("a,keep\n", r"o.csv line 2: 2 fields, expected 4"),
+        ('a,keep,,"never closed\n', r"o.csv line 2: not valid CSV \(unexpected end of data\)"),
+        ("b,fix,1_0,\n", r"line 2 \(image_id 'b'\): new_label '1_0' is not a class index"),
+        ("b,fix,+3,\n", r"line 2 \(image_id 'b'\): new_label '\+3' is not a class index"),
+    ],
+)
+def test_a_loose_overrides_row_is_an_error_naming_the_line(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "o.csv"
+    path.write_text("image_id,action,new_label,note\n" + text)
+    with pytest.raises(InputError, match=match):
+        decided(vote("a", 10), vote("b", 10), table=load_overrides(path))
+
+
+def test_a_header_that_only_looks_right_is_shown_quoted(tmp_path: Path) -> None:
+    (tmp_path / "o.csv").write_text("image_id,action,new_label,note \n")
+    with pytest.raises(InputError, match=r"got 'image_id','action','new_label','note '; fix"):
+        load_overrides(tmp_path / "o.csv")

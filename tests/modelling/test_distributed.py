@@ -85,7 +85,13 @@ def project(
         params["models"][name]["spec"] = f"local-dir:{ROOT / spec.removeprefix('local-dir:')}"
     params["splits"]["val"].update(root=str(demo_root), labels=None)
     params["predict"].update(
-        models=MODELS, batch_size=4, shard_size=8, workers=0, threads=1, device="cpu"
+        models=MODELS,
+        batch_size=4,
+        shard_size=8,
+        workers=0,
+        threads=1,
+        device="cpu",
+        weights_dir=str(ROOT / "data/demo/models"),
     )
     params["decide"]["val"]["h3"] = 1
     params["explain"].update(

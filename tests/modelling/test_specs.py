@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from stages.contracts.errors import ConfigError
-from stages.modelling.specs import ModelSpec, model_specs, weights_sha256
+from stages.modelling.specs import (
+    ModelSpec,
+    model_specs,
+    require_tracked_weights,
+    weights_sha256,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +49,29 @@ def test_local_weights_are_fingerprinted_and_hub_weights_are_not(tmp_path: Path)
     (tmp_path / "model.safetensors").write_bytes(b"other weights")  # swapped weights
     assert weights_sha256(local) == hashlib.sha256(b"other weights").hexdigest()
     assert weights_sha256(ModelSpec("m", "hf-hub:timm/resnet18.a1_in1k")) is None
+
+
+def test_a_checkpoint_file_is_what_the_weights_digest_covers(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"pretrained")
+    (tmp_path / "tuned.safetensors").write_bytes(b"tuned")
+    spec = ModelSpec(
+        "m",
+        f"local-dir:{tmp_path}",
+        kwargs={"checkpoint_path": str(tmp_path / "tuned.safetensors")},
+    )
+    assert weights_sha256(spec) == hashlib.sha256(b"tuned").hexdigest()
+
+
+def test_local_weights_outside_the_tracked_folder_are_refused(tmp_path: Path) -> None:
+    inside = ModelSpec("a", f"local-dir:{tmp_path / 'models/a'}")
+    require_tracked_weights([inside], str(tmp_path / "models"))
+    require_tracked_weights([ModelSpec("hub", "hf-hub:timm/resnet18.a1_in1k")], "models")
+    elsewhere = ModelSpec("b", f"local-dir:{tmp_path / 'elsewhere/b'}")
+    with pytest.raises(
+        ConfigError,
+        match=r"`models.b` loads its weights from .*elsewhere/b, outside `predict.weights_dir`",
+    ):
+        require_tracked_weights([inside, elsewhere], str(tmp_path / "models"))
+    checkpoint = ModelSpec("c", "resnet18", False, {"checkpoint_path": str(tmp_path / "c.pth")})
+    with pytest.raises(ConfigError, match=r"`models.c` loads its weights from .*c.pth, outside"):
+        require_tracked_weights([checkpoint], str(tmp_path / "models"))

@@ -233,6 +233,28 @@ def test_a_hand_edited_mistake_in_the_file_is_reported_and_kept(served) -> None:
     assert path.read_text().endswith("twice\n")
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (HEADER + "a,keep,,a note, with a comma\n", "line 2: 5 fields, expected 4"),
+        ("image_id;action;new_label;note\n", "header must be image_id,action,new_label,note"),
+    ],
+)
+def test_a_file_decide_cannot_read_gets_a_json_error_and_the_server_keeps_serving(
+    served, text: str, message: str
+) -> None:
+    server, ledger, path = served
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    status, answer = request(server, "GET", "/api/overrides")
+    assert status == 500 and message in answer["error"] and str(path) in answer["error"]
+    status, answer = post(server, first(ledger, ledger["action"] == "keep"), action="remove")
+    assert status == 500 and message in answer["error"]
+    assert path.read_text() == text
+    path.write_text(HEADER)
+    assert request(server, "GET", "/api/overrides")[0] == 200
+
+
 def test_keep_of_an_image_removed_earlier_is_refused(served) -> None:
     server, ledger, path = served
     image_id = first(ledger, ledger["label"].isna())
@@ -277,6 +299,38 @@ def test_concurrent_corrections_all_land(served) -> None:
         )
     assert statuses == [200] * len(ids)
     assert sorted(load_overrides(path)["image_id"]) == sorted(ids)
+
+
+def test_a_burst_of_50_parallel_posts_is_all_acknowledged_written_and_never_corrupt(
+    served,
+) -> None:
+    server, ledger, path = served
+    ids = list(ledger.loc[ledger["action"] == "keep", "image_id"][:50])
+    assert len(ids) == 50
+    start, stop, reads = threading.Barrier(len(ids)), threading.Event(), []
+
+    def correct(image_id: str) -> int:
+        start.wait()
+        body = {"rows": [{"image_id": image_id, "action": "remove", "note": "blurry, dark"}]}
+        return request(server, "POST", "/api/overrides", body)[0]
+
+    def read_while_writing() -> None:
+        while not stop.is_set():
+            if path.exists():
+                reads.append(len(load_overrides(path)))  # a torn file would raise here
+
+    reader = threading.Thread(target=read_while_writing)
+    reader.start()
+    try:
+        with ThreadPoolExecutor(len(ids)) as pool:
+            statuses = list(pool.map(correct, ids))
+    finally:
+        stop.set()
+        reader.join()
+    assert statuses == [200] * len(ids)
+    written = load_overrides(path)
+    assert sorted(written["image_id"]) == sorted(ids) and set(written["note"]) == {"blurry, dark"}
+    assert reads == sorted(reads)  # every read saw a whole file: rows are only ever added
 
 
 def test_merge_rows_keeps_one_decision_per_image() -> None:

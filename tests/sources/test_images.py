@@ -77,6 +77,14 @@ def test_float_pixels_are_a_skip_reason_not_a_wrong_picture(tmp_path: Path) -> N
         open_rgb(tmp_path / "float.tiff")
 
 
+def test_a_non_image_file_gets_the_same_reason_every_time_without_an_object_address(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "notes.JPEG").write_text("not an image\n")
+    reasons = {probe_image(tmp_path, "notes.JPEG")[2] for _ in range(3)}
+    assert reasons == {"unreadable image: UnidentifiedImageError: cannot identify image file"}
+
+
 @pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "1"])
 def test_ordinary_modes_convert_as_pillow_does(tmp_path: Path, mode: str) -> None:
     base = Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))

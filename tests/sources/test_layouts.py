@@ -15,7 +15,7 @@ from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.formats import class_wnids
 from stages.contracts.splits import SplitEntry
 from stages.sources.layouts import Source, parse_voc_xml, read_source, split_source
-from stages.sources.manifest import build_manifest
+from stages.sources.manifest import IngestConfig, build_manifest
 
 WNIDS = class_wnids()
 
@@ -116,6 +116,10 @@ def test_imagenetv2_rejects_non_index_folder(tmp_path: Path) -> None:
         read_source(Source(tmp_path, "imagenetv2"))
 
 
+SPARSE = IngestConfig(on_missing_image="skip")
+"""The devkit trees here hold 5 of the ground truth's images (the others are counted, not fatal)."""
+
+
 def _devkit_tree(
     tmp_path: Path, demo_root: Path
 ) -> tuple[Path, list[tuple[str, str, list]], list[str]]:
@@ -143,8 +147,10 @@ def test_devkit_with_synset_list(tmp_path: Path, demo_root: Path) -> None:
     source = split_source(
         split_entry(root=str(val), layout="devkit", synsets=str(synsets), boxes=str(val / "bbox"))
     )
-    manifest, _ = build_manifest(source)
+    manifest, stats = build_manifest(source, config=SPARSE)
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
+    lines = len((val / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines())
+    assert stats["label_rows_without_image"] == lines - 5
     assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
 
 
@@ -158,7 +164,9 @@ def test_devkit_with_meta_mat(tmp_path: Path, demo_root: Path) -> None:
     for k, wnid in enumerate(order):
         synsets[k] = (k + 1, wnid, 0)
     savemat(tmp_path / "meta.mat", {"synsets": synsets})
-    manifest, _ = build_manifest(Source(val, "devkit", synsets=tmp_path / "meta.mat"))
+    manifest, _ = build_manifest(
+        Source(val, "devkit", synsets=tmp_path / "meta.mat"), config=SPARSE
+    )
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
 
 
@@ -353,7 +361,9 @@ def test_devkit_ground_truth_line_that_is_not_an_id_is_a_skip_row(
     number = int(rows[0][0].rsplit("_", 1)[1])
     lines[number - 1] = "abc"
     truth.write_text("\n".join(lines) + "\n")
-    manifest, stats = build_manifest(Source(val, "devkit", synsets=tmp_path / "synsets.txt"))
+    manifest, stats = build_manifest(
+        Source(val, "devkit", synsets=tmp_path / "synsets.txt"), config=SPARSE
+    )
     assert stats["skipped"] == 1 and stats["usable"] == 4
     assert manifest.loc[0, "skip_reason"] == (
         f"bad annotation: {truth} line {number}: 'abc' is not an ILSVRC2012_ID 1..1000"

@@ -208,7 +208,7 @@ def test_a_few_labels_their_xml_does_not_name_are_counted_not_fatal(
 ) -> None:
     (tmp_path / "split" / WNID).mkdir(parents=True)
     (tmp_path / "bbox" / WNID).mkdir(parents=True)
-    small = Image.open(jpeg).resize((8, 8))
+    small = Image.open(jpeg).resize((16, 16))
     for index in range(101):
         small.save(tmp_path / "split" / WNID / f"{WNID}_{index}.JPEG")
         name = WNID if index else "n01443537"  # one XML names another class
@@ -267,3 +267,46 @@ def test_manifest_records_each_image_digest_so_a_changed_image_changes_it(
     second, _ = run(folder)
     assert second.loc[0, "sha256"] != first.loc[0, "sha256"]
     assert second.drop(columns="sha256").equals(first.drop(columns="sha256"))
+
+
+def test_an_image_too_small_to_carry_a_label_is_a_skip_row(folder: Path) -> None:
+    Image.new("RGB", (1, 1), (128, 64, 32)).save(folder / WNID / "tiny.JPEG")
+    Image.new("RGB", (16, 300), (128, 64, 32)).save(folder / WNID / "narrow.JPEG")
+    manifest, stats = run(folder)
+    assert reason_of(manifest, "tiny") == (
+        "too small: 1x1 pixels, below ingest.min_size 16 (the shorter side)"
+    )
+    assert reason_of(manifest, "narrow") is None and stats["skipped"] == 1
+    assert run(folder, min_size=1)[1]["skipped"] == 0
+    with pytest.raises(InputError, match=r"tiny\.JPEG: too small: 1x1 pixels.*on_bad_image: error"):
+        run(folder, on_bad_image="error")
+    with pytest.raises(ConfigError, match="`ingest.min_size` must be"):
+        IngestConfig(min_size=0)
+
+
+def test_label_rows_without_an_image_are_an_error_or_counted(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    missing = ["ILSVRC2012_val_00000002", "ILSVRC2012_val_00000001"]
+    rows = "".join(f"{image_id},{WNID} 1 2 3 4\n" for image_id in missing)
+    root = kaggle_val(tmp_path, demo_root, f"{FIRST},{WNID} 1 2 3 4\n{rows}")
+    with pytest.raises(
+        InputError,
+        match=r"LOC_val_solution.csv: 2 labelled images have no image file under .* \(e.g. "
+        r"ILSVRC2012_val_00000001, ILSVRC2012_val_00000002\): a partial download\?.*"
+        r"ingest.on_missing_image: skip",
+    ):
+        build_manifest(Source(root, "kaggle", "val"))
+    _manifest, stats = build_manifest(
+        Source(root, "kaggle", "val"), config=IngestConfig(on_missing_image="skip")
+    )
+    assert stats == {
+        **stats,
+        "files_found": 1,
+        "rows": 1,
+        "usable": 1,
+        "label_rows_without_image": 2,
+        "label_rows_without_image_examples": sorted(missing),
+    }
+    with pytest.raises(ConfigError, match="`ingest.on_missing_image` must be one of error, skip"):
+        IngestConfig(on_missing_image="ignore")
