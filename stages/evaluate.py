@@ -8,6 +8,10 @@ Metrics (deterministic JSON, null where a ratio has no rows):
 - `models.<name>`: `cl_label_errors`, `top1/top5` on the `original` labels (the ledger `label`)
   and on the `cleaned` labels (`new_label` of kept and fixed rows): the paper's Table 1; with a
   reference, `multi_label_top1` (the model's top-1 among the classes humans accept).
+- `evidence` (`stages.method.evidence_strength`): how strong the evidence is without a reference
+  (noise rate, the ensemble's agreement with the labels, the labels' expected accuracy before and
+  after) and, per action type, rows taken, estimated precision, best estimate offered, and the
+  gate that held a type back.
 - `cam`: `vetoed` removals (exempted rows) and a histogram by number of exempting models.
 - `multi_label_estimate`: the share of active rows whose ensemble gives two or more classes at
   least `evaluate.multi_label_threshold` (for splits without a reference; Anzaku et al. 2024).
@@ -35,6 +39,7 @@ from stages.contracts import formats
 from stages.contracts.labels import rounds_history_path, rounds_table
 from stages.contracts.splits import Params
 from stages.method import references
+from stages.method.evidence_strength import StrengthConfig, evidence_strength
 from stages.method.scoring import EvaluateConfig, evaluate_split
 from stages.reporting.plots import empty_note, plot_classes, write_rounds
 
@@ -46,6 +51,7 @@ def run_evaluate(split: str, params: Params, *, root: str | Path = ".") -> dict[
     metrics, the per-class and per-iteration plots."""
     root = Path(root)
     config = EvaluateConfig.from_params(params, split)
+    strength = StrengthConfig.from_params(params, split)
     ledger = formats.read_table(root / formats.ledger_path(split), what=f"ledger of {split!r}")
     votes = formats.read_table(root / formats.votes_path(split), what=f"votes of {split!r}")
     cams = formats.read_table(root / formats.cams_path(split), what=f"CAM scores of {split!r}")
@@ -69,6 +75,8 @@ def run_evaluate(split: str, params: Params, *, root: str | Path = ".") -> dict[
         top_classes=config.top_classes,
         split=split,
     )
+    if "label_posterior" in votes and "confidence" in ledger:
+        metrics["evidence"] = evidence_strength(ledger, votes, config=strength)
     folder = root / formats.metrics_path(split).parent
     formats.write_json(metrics, root / formats.metrics_path(split))
     with formats.atomic_path(folder / f"{split}-classes.csv") as tmp:

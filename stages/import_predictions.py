@@ -29,6 +29,7 @@ from stages.contracts.params import load_params
 from stages.contracts.sidecars import predictions_sidecar
 from stages.contracts.splits import Params
 from stages.modelling.imported import ImportConfig, dvc_commit, import_predictions, open_predictions
+from stages.sources.views import VIEWS
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +40,19 @@ def run_import(
     path: str | Path,
     params: Params,
     *,
+    view: str = "full",
     image_ids: str | Path | None = None,
     manifest_path: str | Path | None = None,
     out: str | Path | None = None,
     commit: bool = True,
 ) -> dict[str, Any]:
-    """Import one model's predictions for a split; write the .npy and its sidecar, record the
-    import with DVC when inside a DVC project, return the sidecar."""
+    """Import one model's predictions for a split (one view); write the .npy and its sidecar,
+    record the import with DVC when inside a DVC project, return the sidecar."""
     config = ImportConfig.from_params(params, split, model)
     dtype = config.dtype
     manifest = formats.read_manifest(split, path=manifest_path)
     table = open_predictions(path, image_ids=image_ids)
-    out = Path(out or formats.predictions_path(split, model))
+    out = Path(out or formats.predictions_path(split, model, view))
     top1, top5, scored, _skipped = import_predictions(table, manifest, out, dtype=dtype)
     sidecar = predictions_sidecar(
         manifest,
@@ -63,6 +65,7 @@ def run_import(
         top5=formats.percent(top5, scored),
         imported_from=Path(path).name,
         imported_sha256=formats.file_sha256(path),
+        view=view,
     )
     formats.write_json(sidecar, out.with_suffix(".json"))
     logger.info(
@@ -74,13 +77,13 @@ def run_import(
         sidecar["top1"],
         sidecar["top5"],
     )
-    stage = f"predict@{split}-{model}"
+    stage = f"predict@{split}-{model}-{view}"
     in_matrix = config.in_matrix
     if (
         commit
         and Path(".dvc").is_dir()
         and in_matrix
-        and out == formats.predictions_path(split, model)
+        and out == formats.predictions_path(split, model, view)
     ):
         dvc_commit(stage)
     elif in_matrix:
@@ -103,14 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("file", help=".npz / .parquet with image_id + probabilities, or .npy")
     parser.add_argument("--split", required=True)
     parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
+    parser.add_argument("--view", default="full", choices=list(VIEWS), help="default: full")
     parser.add_argument("--image-ids", default=None, help="for an .npy: one image id per line")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--manifest", default=None, help="default: data/manifests/<split>.parquet")
-    parser.add_argument("--out", default=None, help="default: data/predictions/<split>/<model>.npy")
+    parser.add_argument(
+        "--out", default=None, help="default: data/predictions/<split>/<model>.<view>.npy"
+    )
     parser.add_argument(
         "--no-dvc-commit",
         action="store_true",
-        help="do not run `dvc commit -f predict@<split>-<model>`",
+        help="do not run `dvc commit -f predict@<split>-<model>-<view>`",
     )
     args = parser.parse_args(argv)
     run_import(
@@ -118,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model,
         args.file,
         load_params(args.params),
+        view=args.view,
         image_ids=args.image_ids,
         manifest_path=args.manifest,
         out=args.out,

@@ -1,16 +1,17 @@
-"""`predict` stage: models over a split -> cached softmax probabilities, resumable, one image pass.
+"""`predict` stage: one model through one view over a split -> cached softmax probabilities.
 
-Writes `data/predictions/<split>/<model>.npy`: (N, 1000) probabilities in manifest row order,
-float32 (or float16 by `predict.dtype`), NaN rows for manifest skip rows (never decoded), plus its
-JSON sidecar (model identity, preprocessing, dtype, N, top-1/top-5 on the manifest labels).
-The work is done in shards of `predict.shard_size` rows kept in a hidden work folder beside the
-output (`.<model>.partial/`), tied to the exact model, preprocessing, manifest and run options by
-its `fingerprint.json`: a run killed at any point resumes with the missing shards only, and the
-final file appears, atomically, only when complete. `main_ensemble` predicts several models in one
-pass over the images (each decoded once) and writes byte-identical files. Under `torchrun` (or
-with `predict.processes` > 1) each process computes a share of the missing shards and rank 0
-assembles the same files (`stages.modelling.distributed`). An image that cannot be decoded although
-the manifest marks it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
+Writes `data/predictions/<split>/<model>.<view>.npy`: (N, 1000) probabilities in manifest row
+order, float32 (or float16 by `predict.dtype`), NaN rows for manifest skip rows (never decoded),
+plus its JSON sidecar (model identity, view, preprocessing, dtype, N, top-1/top-5 on the manifest
+labels). A view (`predict.views`: `full`, `boxes`, `hflip`; `stages.sources.views`) is what the
+model is shown of each image before its own eval transform. DVC runs one stage per split x model x
+view, so a changed view list re-runs only the views it adds. The work is done in resumable shards
+(`stages.modelling.predictor`): a run killed at any point resumes with the missing shards only, and
+the final file appears, atomically, only when complete. `main_ensemble` predicts every model x view
+in one pass over the images (each image decoded once) and writes byte-identical files. Under
+`torchrun` (or with `predict.processes` > 1) each process computes a share of the missing shards
+and rank 0 assembles the same files. An image that cannot be decoded although the manifest marks
+it usable (a header-only ingest) keeps a NaN row, counted as `n_unreadable`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stages.contracts.splits import Params
 from stages.modelling import distributed
 from stages.modelling.launch import launch_or_run
 from stages.modelling.predictor import PredictConfig, PredictOptions, predict_split
+from stages.sources.views import VIEWS
 
 
 def run_predict(
@@ -34,23 +36,17 @@ def run_predict(
     model: str,
     params: Params,
     *,
+    view: str = "full",
     manifest_path: str | Path | None = None,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The DVC stage for one (split, model): write its predictions + sidecar, return the sidecar.
-    Under torchrun it joins the process group (see stages.modelling.distributed) for the run."""
-    config = PredictConfig.from_params(params, split, [model])
+    """The DVC stage for one (split, model, view): write its predictions + sidecar, return the
+    sidecar. Under torchrun it joins the process group (stages.modelling.distributed)."""
+    config = PredictConfig.from_params(params, split, [model], [view])
     manifest = formats.read_manifest(split, path=manifest_path)
-    out = Path(out or formats.predictions_path(split, model))
+    out = Path(out or formats.predictions_path(split, model, view))
     with distributed.session(config.options.device):
-        return predict_split(
-            manifest,
-            config.root,
-            config.specs,
-            config=config.options,
-            outs={model: out},
-            split=split,
-        )[model]
+        return predict_split(config, manifest, {f"{model}.{view}": out})[f"{model}.{view}"]
 
 
 def run_ensemble(
@@ -60,16 +56,20 @@ def run_ensemble(
     manifest_path: str | Path | None = None,
     out_dir: str | Path | None = None,
     models: Sequence[str] | None = None,
+    views: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """All `predict.models` (or `models`) of a split in one image pass; the files of run_predict."""
-    config = PredictConfig.from_params(params, split, list(models) if models else None)
+    """All `predict.models` x `predict.views` (or `models` x `views`) of a split in one image
+    pass; the files of run_predict."""
+    config = PredictConfig.from_params(params, split, models or None, views or None)
     manifest = formats.read_manifest(split, path=manifest_path)
     folder = Path(out_dir) if out_dir else formats.predictions_path(split, "x").parent
-    outs = {s.name: folder / f"{s.name}.npy" for s in config.specs}
+    outs = {
+        f"{spec.name}.{view}": folder / formats.predictions_path(split, spec.name, view).name
+        for spec in config.specs
+        for view in config.views
+    }
     with distributed.session(config.options.device):
-        return predict_split(
-            manifest, config.root, config.specs, config=config.options, outs=outs, split=split
-        )
+        return predict_split(config, manifest, outs)
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -81,11 +81,14 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `python -m stages.predict --split val --model <name> [--params params.yaml]`; under
+    """CLI: `python -m stages.predict --split val --model <name> [--view full]`; under
     `torchrun` (or with `predict.processes` > 1) each process takes a share of the shards."""
     parser = _parser("imagenet-clean predict", __doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
-    parser.add_argument("--out", default=None, help="default: data/predictions/<split>/<model>.npy")
+    parser.add_argument("--view", default="full", choices=list(VIEWS), help="default: full")
+    parser.add_argument(
+        "--out", default=None, help="default: data/predictions/<split>/<model>.<view>.npy"
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     params = load_params(args.params)
@@ -94,17 +97,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv,
         PredictOptions.from_params(params).processes,
         lambda: run_predict(
-            args.split, args.model, params, manifest_path=args.manifest, out=args.out
+            args.split,
+            args.model,
+            params,
+            view=args.view,
+            manifest_path=args.manifest,
+            out=args.out,
         ),
     )
 
 
 def main_ensemble(argv: Sequence[str] | None = None) -> int:
-    """CLI: `imagenet-clean predict-ensemble --split val`: every model, one pass over the images."""
+    """CLI: `imagenet-clean predict-ensemble --split val`: every model x view, one image pass."""
     parser = _parser(
-        "imagenet-clean predict-ensemble", "Predict all predict.models of a split in one pass"
+        "imagenet-clean predict-ensemble",
+        "Predict all predict.models x predict.views of a split in one pass over the images",
     )
     parser.add_argument("--models", nargs="+", default=None, help="default: predict.models")
+    parser.add_argument("--views", nargs="+", default=None, help="default: predict.views")
     parser.add_argument("--out-dir", default=None, help="default: data/predictions/<split>")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -119,6 +129,7 @@ def main_ensemble(argv: Sequence[str] | None = None) -> int:
             manifest_path=args.manifest,
             out_dir=args.out_dir,
             models=args.models,
+            views=args.views,
         ),
     )
 

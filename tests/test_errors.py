@@ -61,7 +61,8 @@ CASES: list[tuple[str, list[str], Callable[[dict], None], str]] = [
         "decide",
         ["--split", "val"],
         lambda p: p["decide"]["val"].update(strategy="best"),
-        r"`decide.val.strategy` must be one of 'consensus', 'paper', got 'best'",
+        r"`decide.val.strategy` must be one of 'expected_benefit', 'consensus', 'paper', "
+        r"got 'best'",
     ),
     (
         "publish",

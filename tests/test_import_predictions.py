@@ -212,14 +212,14 @@ def test_import_in_a_dvc_project_leaves_predict_up_to_date(make_project) -> None
         MODEL,
         "cluster.npz",
     )
-    stage = f"predict@val-{MODEL}"
+    stage = f"predict@val-{MODEL}-full"
     assert "up to date" in run_in(project, "dvc", "status", stage).stdout
     everything = run_in(project, "dvc", "status").stdout
     assert stage not in everything and "predict@val-mobilenetv1_050" in everything
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
     assert sorted(out["path"] for out in lock["outs"]) == [
-        f"data/predictions/val/{MODEL}.json",
-        f"data/predictions/val/{MODEL}.npy",
+        f"data/predictions/val/{MODEL}.full.json",
+        f"data/predictions/val/{MODEL}.full.npy",
     ]
     result = run_in(project, "dvc", "repro", "--dry", stage)
     assert f"Stage '{stage}' didn't change" in result.stdout + result.stderr
@@ -230,7 +230,6 @@ def test_cli_writes_the_contract_files(params, manifest, probs, tmp_path, monkey
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)  # not a DVC project: nothing to commit
     assert main(["--split", "val", "--model", MODEL, "p.npz", "--manifest", str(manifest)]) == 0
-    assert Path(f"data/predictions/val/{MODEL}.npy").is_file()
-    assert (
-        json.loads(Path(f"data/predictions/val/{MODEL}.json").read_text())["source"] == "imported"
-    )
+    assert Path(f"data/predictions/val/{MODEL}.full.npy").is_file()
+    sidecar = json.loads(Path(f"data/predictions/val/{MODEL}.full.json").read_text())
+    assert sidecar["source"] == "imported" and sidecar["view"] == "full"

@@ -49,7 +49,8 @@ def test_repro_writes_every_output(project: Path) -> None:
     assert list(ledger["image_id"]) == list(manifest["image_id"])
     assert ledger["action"].isin(["keep", "fix", "remove", "skip"]).all()
     for model in MODELS:
-        assert (project / f"data/predictions/val/{model}.npy").is_file()
+        for view in ("full", "boxes"):
+            assert (project / f"data/predictions/val/{model}.{view}.npy").is_file()
     metrics = json.loads((project / "metrics/val.json").read_text())
     counts = metrics["counts"]
     assert counts["keep"] + counts["fix"] + counts["remove"] + counts["skip"] == 40
@@ -97,9 +98,27 @@ def test_model_change_reruns_only_its_own_predict_stage(project: Path) -> None:
             project, lambda p: p["models"]["mobilenetv1_025"].update(kwargs={"drop_rate": 0.0})
         )
         predicts = {s for s in stale_stages(project) if s.startswith("predict@")}
-        assert predicts == {"predict@val-mobilenetv1_025"}
+        assert predicts == {"predict@val-mobilenetv1_025-full", "predict@val-mobilenetv1_025-boxes"}
     finally:
         (project / "params.yaml").write_text(original)
+
+
+def test_a_changed_view_list_reruns_only_the_views_it_adds_and_what_reads_them(
+    project: Path,
+) -> None:
+    original = (project / "params.yaml").read_text()
+    try:
+        edit_params(project, lambda p: p["predict"].update(views=["full", "boxes", "hflip"]))
+        stale = stale_stages(project)
+        predicts = {s for s in stale if s.startswith("predict@")}
+        assert predicts == {f"predict@val-{m}-hflip" for m in MODELS}
+        assert "vote@val" in stale and "ingest@val" not in stale
+        edit_params(project, lambda p: p["predict"].update(views=["full"]))
+        stale = stale_stages(project)
+        assert not any(s.startswith("predict@") for s in stale) and "vote@val" in stale
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert stale_stages(project) == set()
 
 
 def test_swapped_model_weights_re_run_predict_and_vote_refuses_the_stale_predictions(
@@ -110,11 +129,11 @@ def test_swapped_model_weights_re_run_predict_and_vote_refuses_the_stale_predict
     original = weights.read_bytes()
     try:
         weights.write_bytes((models / "mobilenetv1_050.tf_in1k/model.safetensors").read_bytes())
-        assert "predict@val-mobilenetv1_025" in stale_stages(project)
+        assert "predict@val-mobilenetv1_025-full" in stale_stages(project)
         result = run_in(project, "python", "-m", "stages.vote", "--split", "val", check=False)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "of model 'mobilenetv1_025' were made with local-dir:" in result.stderr
-        assert "re-run them with `dvc repro predict@val-mobilenetv1_025`" in result.stderr
+        assert "re-run them with `dvc repro predict@val-mobilenetv1_025-" in result.stderr
     finally:
         weights.write_bytes(original)
     assert stale_stages(project) == set()

@@ -73,8 +73,8 @@ def test_a_split_missing_from_predict_splits_gets_the_fix_not_a_bare_error(make_
     result = run_in(project, "dvc", "repro", "vote@v2", check=False)
     assert result.returncode != 0
     assert (
-        "error: predictions data/predictions/v2/mobilenetv1_025.npy do not exist; run `dvc "
-        "repro predict@v2-mobilenetv1_025` (add 'v2' to params.yaml predict.splits"
+        "error: predictions data/predictions/v2/mobilenetv1_025.full.npy do not exist; run `dvc "
+        "repro predict@v2-mobilenetv1_025-full` (add 'v2' to params.yaml predict.splits"
     ) in result.stderr
     assert "No such file or directory" not in result.stderr
 
@@ -130,4 +130,5 @@ def test_only_a_changed_image_is_read_again_and_only_its_row_changes(make_projec
     assert after.drop(columns=["sha256", "width", "height"]).equals(
         first.drop(columns=["sha256", "width", "height"])
     )
-    assert {"ingest@val", "vote@val"} | {f"predict@val-{m}" for m in MODELS} == _ran(changed)
+    predicts = {f"predict@val-{m}-{v}" for m in MODELS for v in ("full", "boxes")}
+    assert {"ingest@val", "vote@val"} | predicts == _ran(changed)

@@ -43,6 +43,8 @@ SIDECAR_KEYS = {
     "split",
     "image_ids_sha256",
     "source",
+    "view",
+    "view_params",
 }
 
 
@@ -109,6 +111,8 @@ def test_predictions_rows_dtype_skip_rows_and_sidecar(params, small_manifest, de
         "split": "val",
         "source": "predict",
         "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
+        "view": "full",
+        "view_params": {},
     }
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "mobilenetv1_025.json",
@@ -224,7 +228,7 @@ def _plant_zero_shard(
     )
     with predictor.cpu_threads(config.threads):
         fingerprint = predictor.shard_fingerprint(
-            member,
+            predict_data.Output(member, "full"),
             predict_data.manifest_sha256(manifest),
             params["splits"]["val"]["root"],
             config=config,
@@ -255,7 +259,7 @@ def test_shards_are_reused_only_under_their_fingerprint(
 ):
     params = _small_params(params, workers=0)
     manifest = small_manifest.head(32)
-    out = tmp_path / "mobilenetv1_025.npy"
+    out = tmp_path / "mobilenetv1_025.full.npy"
     _plant_zero_shard(params, manifest, out, fingerprint_edit=edit)
     predict.run_predict(
         "val", "mobilenetv1_025", params, manifest_path=_write_manifest(manifest, tmp_path), out=out
@@ -321,7 +325,7 @@ def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_
     params["predict"].update(shard_size=2, batch_size=2, workers=0, threads=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_in(project, "dvc", "repro", "ingest@val")
-    stage, model = "predict@val-mobilenetv2_100_tf", "mobilenetv2_100_tf"
+    stage, model = "predict@val-mobilenetv2_100_tf-full", "mobilenetv2_100_tf.full"
     work = project / "data/predictions/.work/val" / model
     outputs = project / "data/predictions/val"
     bin_dir = str(Path(sys.executable).parent)

@@ -62,11 +62,18 @@ LEDGER_SCHEMA = pa.schema(
         ("exempted", pa.bool_()),
         ("reason", pa.string()),
         ("secondary_labels", pa.list_(pa.int32())),
+        ("confidence", pa.float32()),
+        ("review", pa.bool_()),
     ]
 )
-"""The decision ledger contract (DESIGN.md). Stages may append more columns after these.
-`secondary_labels` (added in the multi-label-aware release) lists other classes the evidence
-supports for an image that shows several (empty for most rows)."""
+"""The decision ledger contract (DESIGN.md). Stages may append more columns after these; readers
+ignore columns they do not know. Additive columns, each documented when it landed:
+`secondary_labels` (the multi-label-aware release) lists other classes the evidence supports for an
+image that shows several (empty for most rows); `confidence` (the expected-benefit release) is the
+estimated probability that the decision is right (keep: the label is right; fix: the new label is;
+remove: the label is wrong; 1.0 for a human override; null for skip rows and earlier removals);
+`review` marks rows the strategy left as they are but queues for a person (the review page shows
+them first)."""
 
 VOTES_SCHEMA = pa.schema(
     [
@@ -84,12 +91,19 @@ VOTES_SCHEMA = pa.schema(
         ("ensemble_probs", pa.list_(pa.float32())),
         ("label_prob", pa.float32()),
         ("model_top1", pa.list_(pa.int32())),
+        ("label_posterior", pa.float32()),
+        ("best_other", pa.int32()),
+        ("best_other_posterior", pa.float32()),
+        ("noise_rate", pa.float32()),
     ]
 )
-"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts). The last four
-columns are the ensemble's evidence (mean of the split's models' probabilities): its five most
-probable classes, best first, with their mean probabilities; the mean probability of the current
-label (null on inactive rows); each model's top-1 class in model order."""
+"""`data/votes/<split>.parquet`: one row per manifest row, manifest order (contracts). From
+`ensemble_top` on, the ensemble's evidence over every model x view (`stages.method.evidence`): the
+five most probable classes of the ensemble's probabilities q, best first, with their
+probabilities; q of the current label; each model's top-1 class (its views pooled); the posterior
+probability that the label is the image's true class; the most probable other class and its
+posterior; the split's label-noise rate that posterior assumes. Evidence fields are null (empty
+lists) on inactive rows."""
 
 CAMS_SCHEMA = pa.schema(
     [
@@ -147,14 +161,15 @@ def manifest_path(split: str) -> Path:
     return Path("data/manifests") / f"{split}.parquet"
 
 
-def predictions_path(split: str, model: str) -> Path:
-    """Where `predict` writes a model's (N, 1000) probabilities for a split."""
-    return Path("data/predictions") / split / f"{model}.npy"
+def predictions_path(split: str, model: str, view: str = "full") -> Path:
+    """Where `predict` writes a model's (N, 1000) probabilities for a split through one view
+    (`predict.views`): `data/predictions/<split>/<model>.<view>.npy`."""
+    return Path("data/predictions") / split / f"{model}.{view}.npy"
 
 
-def sidecar_path(split: str, model: str) -> Path:
+def sidecar_path(split: str, model: str, view: str = "full") -> Path:
     """The JSON sidecar describing a predictions file."""
-    return Path("data/predictions") / split / f"{model}.json"
+    return predictions_path(split, model, view).with_suffix(".json")
 
 
 def votes_path(split: str) -> Path:
@@ -342,14 +357,14 @@ def write_npy(array: np.ndarray, target: str | os.PathLike[str]) -> None:
 
 
 def load_predictions(
-    split: str, model: str, *, path: str | os.PathLike[str] | None = None
+    split: str, model: str, *, view: str = "full", path: str | os.PathLike[str] | None = None
 ) -> np.ndarray:
-    """Memory-map a model's predictions for a split: (N, 1000), float32 or float16."""
-    path = Path(path or predictions_path(split, model))
+    """Memory-map a model's predictions for a split (one view): (N, 1000), float32 or float16."""
+    path = Path(path or predictions_path(split, model, view))
     if not path.is_file():
         raise MissingInputError(
             f"predictions {path} do not exist; run `imagenet-clean predict "
-            f"--split {split} --model {model}` first"
+            f"--split {split} --model {model} --view {view}` first"
         )
     predictions: np.ndarray = np.load(path, mmap_mode="r")
     return predictions

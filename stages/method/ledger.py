@@ -17,9 +17,10 @@ from stages.contracts.config import from_section
 from stages.contracts.errors import InputError
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
+from stages.method.decisions import Rows, StrategyOptions, confidence
 from stages.method.merges import MergesConfig, apply_merges, merge_overrides
 from stages.method.overrides import apply_overrides
-from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows
+from stages.method.strategies import STRATEGIES
 from stages.method.thresholds import Thresholds, resolve_thresholds
 
 logger = logging.getLogger(__name__)
@@ -31,14 +32,15 @@ class DecideConfig:
 
     strategy: str
     thresholds: Thresholds
-    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    options: StrategyOptions = field(default_factory=StrategyOptions)
     merges: MergesConfig = field(default_factory=MergesConfig)
     overrides: str | None = None
 
     @classmethod
     def from_params(cls, params: Params, split: str) -> DecideConfig:
-        """From `decide.<split>`, `decide.consensus`, `decide.merges`, the split's `overrides`
-        file (`splits.<split>.overrides`) and |M| = the split's models.
+        """From `decide.<split>`, `decide.consensus`, `decide.expected_benefit`,
+        `decide.merges`, the split's `overrides` file (`splits.<split>.overrides`) and |M| = the
+        split's models.
 
         Raises:
             ConfigError: unknown/missing keys, bad thresholds, a threshold above |M| (which would
@@ -49,7 +51,7 @@ class DecideConfig:
         return cls(
             own.strategy,
             thresholds,
-            from_section(ConsensusConfig, shared.get("consensus"), where="decide.consensus"),
+            StrategyOptions.from_params(params),
             from_section(MergesConfig, shared.get("merges"), where="decide.merges"),
             SplitEntry.from_params(params, split).overrides,
         )
@@ -107,8 +109,12 @@ def evidence_rows(votes: pd.DataFrame, rows: np.ndarray, exemptions: np.ndarray)
         exemptions=exemptions[rows],
         ensemble_top=_matrix(votes["ensemble_top"], rows, 5, np.int64),
         ensemble_probs=_matrix(votes["ensemble_probs"], rows, 5, np.float64),
-        label_prob=votes["label_prob"].to_numpy(dtype=np.float64, na_value=np.nan)[rows],
+        label_prob=_floats(votes, "label_prob", rows),
         model_top1=_lists(votes["model_top1"], rows),
+        label_posterior=_floats(votes, "label_posterior", rows),
+        best_other=votes["best_other"].fillna(-1).to_numpy(dtype=np.int64)[rows],
+        best_other_posterior=_floats(votes, "best_other_posterior", rows),
+        noise=_floats(votes, "noise_rate", rows),
     )
 
 
@@ -122,6 +128,55 @@ def skipped_in_votes(votes: pd.DataFrame) -> np.ndarray:
     `skip` with that reason, counted as such, never a removal with a null label."""
     reasons = votes["inactive_reason"]
     return reasons.notna().to_numpy() & reasons.fillna("").str.startswith(SKIP_PREFIX).to_numpy()
+
+
+def _floats(votes: pd.DataFrame, column: str, rows: np.ndarray) -> np.ndarray:
+    """A nullable float column of the given rows as float64 (NaN for null)."""
+    values: np.ndarray = votes[column].to_numpy(dtype=np.float64, na_value=np.nan)[rows]
+    return values
+
+
+def _skeleton(
+    votes: pd.DataFrame, manifest: pd.DataFrame, exemptions: np.ndarray
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ledger before any decision: skip rows (unreadable input), earlier removals (inactive,
+    with the labels file's reason) and every active row kept; and the active rows' positions."""
+    n = len(votes)
+    unusable = manifest["skip_reason"].notna().to_numpy()
+    skip = unusable | skipped_in_votes(votes)
+    inactive = votes["inactive_reason"].notna().to_numpy() & ~skip
+    labels = votes["label"].to_numpy(dtype=np.float64, na_value=np.nan)
+    action = np.where(
+        skip, Action.SKIP.value, np.where(inactive, Action.REMOVE.value, Action.KEEP.value)
+    ).astype(object)
+    reason = np.where(
+        unusable,
+        "skip: " + manifest["skip_reason"].fillna("").astype(str),
+        np.where(
+            skip | inactive, votes["inactive_reason"].fillna("").astype(str), Action.KEEP.value
+        ),
+    ).astype(object)
+    ledger = pd.DataFrame(
+        {
+            "image_id": votes["image_id"].to_numpy(),
+            "label": formats.nullable_ints(labels),
+            "action": action,
+            "new_label": formats.nullable_ints(np.where(skip | inactive, np.nan, labels)),
+            "cl_candidates": _lists(votes["cl_candidates"], np.arange(n)),
+            "top5_misses": votes["top5_misses"].fillna(0).to_numpy(dtype=np.int32),
+            "exempted": np.zeros(n, dtype=bool),
+            "reason": reason,
+            "secondary_labels": [[] for _ in range(n)],
+            "confidence": np.full(n, np.nan, dtype=np.float32),
+            "review": np.zeros(n, dtype=bool),
+            "original_label": votes["original_label"].astype("Int32").to_numpy(),
+            "iteration": votes["iteration"].astype("int32").to_numpy(),
+            "merged": False,
+            "override": False,
+            "exemptions": exemptions,
+        }
+    )
+    return ledger, np.flatnonzero(~skip & ~inactive)
 
 
 def apply_rules(
@@ -143,56 +198,26 @@ def apply_rules(
         The ledger (columns of LEDGER_FULL_SCHEMA), one row per votes row, same order.
     """
     _check_votes(votes, manifest, config.thresholds)
-    n = len(votes)
     n_exempt = votes["image_id"].map(exemptions or {}).fillna(0).to_numpy(dtype=np.int32)
-    unusable = manifest["skip_reason"].notna().to_numpy()
-    skip = unusable | skipped_in_votes(votes)
-    inactive = votes["inactive_reason"].notna().to_numpy() & ~skip
-    labels = votes["label"].to_numpy(dtype=np.float64, na_value=np.nan)
-    action = np.where(skip, Action.SKIP, np.where(inactive, Action.REMOVE, Action.KEEP)).astype(
-        object
-    )
-    reason = np.where(
-        unusable,
-        "skip: " + manifest["skip_reason"].fillna("").astype(str),
-        np.where(
-            skip | inactive, votes["inactive_reason"].fillna("").astype(str), Action.KEEP.value
-        ),
-    ).astype(object)
-    new_label = np.where(skip | inactive, np.nan, labels)
-    exempted = np.zeros(n, dtype=bool)
-    secondary: list[list[int]] = [[] for _ in range(n)]
-    active = np.flatnonzero(~skip & ~inactive)
+    ledger, active = _skeleton(votes, manifest, n_exempt)
+    rows = evidence_rows(votes, active, n_exempt)
     decided = STRATEGIES[config.strategy](
-        evidence_rows(votes, active, n_exempt),
-        thresholds=config.thresholds,
-        consensus=config.consensus,
+        rows, thresholds=config.thresholds, options=config.options
     )
-    action[active], reason[active], exempted[active] = (
-        decided.action,
-        decided.reason,
-        decided.exempted,
-    )
+    columns = {
+        name: ledger[name].to_numpy(dtype=object if name in ("action", "reason") else None).copy()
+        for name in ("action", "reason", "exempted", "review", "confidence")
+    }
+    columns["action"][active], columns["reason"][active] = decided.action, decided.reason
+    columns["exempted"][active], columns["review"][active] = decided.exempted, decided.review
+    columns["confidence"][active] = confidence(rows, decided)
+    new_label = ledger["new_label"].to_numpy(dtype=np.float64, na_value=np.nan)
     new_label[active] = np.where(decided.new_label < 0, np.nan, decided.new_label)
+    secondary = list(ledger["secondary_labels"])
     for k, i in enumerate(active):
         secondary[i] = decided.secondary[k]
-    return pd.DataFrame(
-        {
-            "image_id": votes["image_id"].to_numpy(),
-            "label": formats.nullable_ints(labels),
-            "action": action,
-            "new_label": formats.nullable_ints(new_label),
-            "cl_candidates": _lists(votes["cl_candidates"], np.arange(n)),
-            "top5_misses": votes["top5_misses"].fillna(0).to_numpy(dtype=np.int32),
-            "exempted": exempted,
-            "reason": reason,
-            "secondary_labels": secondary,
-            "original_label": votes["original_label"].astype("Int32").to_numpy(),
-            "iteration": votes["iteration"].astype("int32").to_numpy(),
-            "merged": False,
-            "override": False,
-            "exemptions": n_exempt,
-        }
+    return ledger.assign(
+        new_label=formats.nullable_ints(new_label), secondary_labels=secondary, **columns
     )
 
 

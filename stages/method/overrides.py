@@ -211,7 +211,24 @@ def apply_overrides(
         merged=merged,
         override=ledger["override"].to_numpy(bool) | override,
         secondary_labels=pd.Series(extra, index=ledger.index, dtype=object),
+        **_decided_by_a_person(ledger, ledger["image_id"].isin(decided).to_numpy(), override),
     )
+
+
+def _decided_by_a_person(
+    ledger: pd.DataFrame, decided: np.ndarray, reviewed: np.ndarray
+) -> dict[str, np.ndarray]:
+    """`confidence` 1.0 for the rows whose action a person decided, and no `review` flag on any
+    row a person looked at (where the ledger has those columns: the review server checks
+    overrides on a narrower ledger)."""
+    columns = {}
+    if "confidence" in ledger:
+        confidence = ledger["confidence"].to_numpy(dtype=np.float32, na_value=np.nan).copy()
+        confidence[decided] = 1.0
+        columns["confidence"] = confidence
+    if "review" in ledger:
+        columns["review"] = ledger["review"].to_numpy(bool) & ~reviewed
+    return columns
 
 
 def _override_secondary(

@@ -177,6 +177,8 @@ def agreement(
 ) -> dict[str, Any]:
     """The `reference` block of `metrics/<split>.json`: agreement before -> after, fix outcomes,
     removal precision and recall, secondary-label precision (percentages, with their row counts).
+    A kept label that the merges replaced by its merged class agrees after when people accepted
+    the label before (the merged class contains it).
 
     Rows that left the split in an earlier iteration or are unreadable (no current label) and rows
     without a reference entry are not counted. Vectorised over rows (ImageNet train: 1.28M).
@@ -188,6 +190,11 @@ def agreement(
     judged = counted & (accepted.sizes > 0)
     right, new_right = accepted.accepts(label), accepted.accepts(new)
     kept = np.isin(action, list(KEPT))
+    if "merged" in ledger:
+        # a kept label merged into its confusable partner (the paper's merge table) is as right
+        # as the label people accepted: the merged class contains it
+        merged = ledger["merged"].fillna(False).to_numpy(dtype=bool)
+        new_right |= merged & (action == Action.KEEP) & right
     fixes = counted & (action == Action.FIX)
     corrected, broken = fixes & ~right & new_right, fixes & right & ~new_right
     removed = counted & (action == Action.REMOVE)

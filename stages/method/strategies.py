@@ -4,8 +4,11 @@ labels).
 `decide.<split>.strategy` picks one from `STRATEGIES`:
 
 - `paper`: the rules of Kertész (2021), exactly (see `paper`).
-- `consensus` (default): multi-label aware, from the ensemble's evidence (mean of the split's
-  models' probabilities), the CL votes, the top-5 consensus and the CAM veto (see `consensus`).
+- `consensus`: multi-label aware, from the ensemble's evidence, the CL votes, the top-5 consensus
+  and the CAM veto, with thresholds on the ensemble's probabilities (see `consensus`);
+- `expected_benefit` (default): acts only where the estimated probability that the action is right
+  clears one precision knob, removes where removing raises the expected accuracy of the kept
+  labels, and queues the rest for review (`stages.method.expected_benefit`).
 
 A strategy sees only the pipeline's evidence, never reference labels.
 """
@@ -15,100 +18,22 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from stages.contracts.actions import Action
-from stages.contracts.config import fraction
 from stages.contracts.formats import class_label
+from stages.method.decisions import (
+    ConsensusConfig,
+    Decisions,
+    Rows,
+    Strategy,
+    StrategyOptions,
+    describe_candidates,
+    predicted,
+)
+from stages.method.expected_benefit import expected_benefit
 from stages.method.thresholds import Thresholds
-
-
-@dataclass(frozen=True)
-class ConsensusConfig:
-    """params.yaml `decide.consensus` (one setting for every split).
-
-    Attributes:
-        clear: a class is clearly right when the ensemble's mean probability for it is >= clear.
-        support: the ensemble does not support the label when its mean probability is < support.
-        secondary: the label and another class both at >= secondary: the image shows both; the
-            other class becomes a secondary label.
-        max_remove: at most this fraction of a split's active rows is removed per iteration, the
-            weakest labels first (the ensemble's margin, label minus best other class).
-    """
-
-    clear: float = 0.5
-    support: float = 0.15
-    secondary: float = 0.3
-    max_remove: float = 0.04
-
-    def __post_init__(self) -> None:
-        for name in ("clear", "support", "secondary", "max_remove"):
-            fraction(f"decide.consensus.{name}", getattr(self, name))
-
-
-@dataclass(frozen=True, eq=False)
-class Rows:
-    """The evidence of the A active rows a strategy decides (arrays aligned, ledger order).
-
-    Attributes:
-        label: (A,) int current labels.
-        candidates: (A,) object, each an int array: the CL candidates L' (one per flagging model).
-        misses: (A,) int top-5 misses C_s.
-        exemptions: (A,) int number of models whose CAMs exempt the row.
-        ensemble_top: (A, 5) int the ensemble's most probable classes, best first.
-        ensemble_probs: (A, 5) float their mean probabilities.
-        label_prob: (A,) float the ensemble's mean probability of the label.
-        model_top1: (A,) object, each an int array: every model's top-1 class.
-    """
-
-    label: np.ndarray
-    candidates: np.ndarray
-    misses: np.ndarray
-    exemptions: np.ndarray
-    ensemble_top: np.ndarray
-    ensemble_probs: np.ndarray
-    label_prob: np.ndarray
-    model_top1: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class Decisions:
-    """What a strategy decided for the A active rows: action (keep/fix/remove), new_label (-1 for
-    remove), exempted (saved from removal by the CAMs), reason, secondary labels."""
-
-    action: np.ndarray
-    new_label: np.ndarray
-    exempted: np.ndarray
-    reason: np.ndarray
-    secondary: list[list[int]]
-
-    @classmethod
-    def keep_all(cls, rows: Rows) -> Decisions:
-        """Every row kept with its current label (no secondary labels)."""
-        n = len(rows.label)
-        return cls(
-            np.full(n, Action.KEEP.value, dtype=object),
-            rows.label.astype(np.int64).copy(),
-            np.zeros(n, dtype=bool),
-            np.full(n, "keep", dtype=object),
-            [[] for _ in range(n)],
-        )
-
-
-def _describe(counts: Counter[int]) -> str:
-    """`{12 (name): 3, 7 (name): 1}`: candidates by frequency, then class index."""
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return "{" + ", ".join(f"{class_label(c)}: {n}" for c, n in items) + "}"
-
-
-def _predicted(model_top1: Sequence[int]) -> str:
-    """`models predicted 509 (confectionery) x3, 860 (tobacco shop) x1` (most frequent first)."""
-    counts = Counter(int(c) for c in model_top1)
-    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    return "models predicted " + ", ".join(f"{class_label(c)} x{n}" for c, n in items)
 
 
 def _paper_verdict(
@@ -121,7 +46,10 @@ def _paper_verdict(
 ) -> tuple[Action, int, bool, str]:
     """One active row under the paper's rules -> (action, new_label or -1, exempted, reason)."""
     counts = Counter(int(c) for c in candidates)
-    flagged = f"{len(candidates)} of {t.n_models} models flagged it, candidates {_describe(counts)}"
+    flagged = (
+        f"{len(candidates)} of {t.n_models} models flagged it, candidates "
+        f"{describe_candidates(counts)}"
+    )
     if len(candidates) >= t.h1 and len(counts) < 3:
         best = min(counts, key=lambda c: (-counts[c], c))
         if best != label:
@@ -135,9 +63,9 @@ def _paper_verdict(
     missed = f"top-5 missed by {misses} of {t.n_models} models (h3={t.h3})"
     why = []
     if len(counts) >= t.h2:
-        why.append(f"{len(counts)} unique candidates {_describe(counts)} (h2={t.h2})")
+        why.append(f"{len(counts)} unique candidates {describe_candidates(counts)} (h2={t.h2})")
     if misses >= t.h3 and exemptions == 0:
-        why.append(f"{missed}, no CAM exemption; {_predicted(model_top1)}")
+        why.append(f"{missed}, no CAM exemption; {predicted(model_top1)}")
     if why:
         return Action.REMOVE, -1, False, "remove: " + "; ".join(why)
     if misses >= t.h3:
@@ -152,7 +80,7 @@ def _paper_verdict(
     return Action.KEEP, label, False, "keep"
 
 
-def paper(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig) -> Decisions:
+def paper(rows: Rows, *, thresholds: Thresholds, options: StrategyOptions) -> Decisions:
     """Kertész (2021), per row with candidates L' and top-5 misses C_s: **fix** when |L'| >= h1 and
     |unique(L')| < 3 (to the most frequent candidate, ties to the smaller index); **remove** when
     |unique(L')| >= h2, or when C_s >= h3 and no model's CAMs exempt it; a fix is never removed.
@@ -185,7 +113,7 @@ def _best_other(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def consensus(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig) -> Decisions:
+def consensus(rows: Rows, *, thresholds: Thresholds, options: StrategyOptions) -> Decisions:
     """Multi-label aware decisions from the ensemble's evidence, per row with label y, the
     ensemble's mean probability p, and c its most probable other class:
 
@@ -200,7 +128,7 @@ def consensus(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig)
     4. at most `max_remove` of the active rows are removed, the lowest ensemble margins p[y] - p[c]
        first; the other candidates stay, with the reason saying so.
     """
-    c = consensus
+    c = options.consensus
     out = Decisions.keep_all(rows)
     other, other_prob = _best_other(rows)
     p_label = np.nan_to_num(rows.label_prob.astype(np.float64), nan=0.0)
@@ -249,7 +177,7 @@ def consensus(rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig)
 def _votes(rows: Rows, i: int | np.intp, t: Thresholds) -> str:
     n = len(rows.candidates[i])
     return f"{n} of {t.n_models} CL votes" + (
-        f" {_describe(Counter(int(k) for k in rows.candidates[i]))}" if n else ""
+        f" {describe_candidates(Counter(int(k) for k in rows.candidates[i]))}" if n else ""
     )
 
 
@@ -280,28 +208,22 @@ def _remove_within_budget(
         why = (
             f"questioned ({_why(rows, i, p_label, t, c)}), no class clearly right, label "
             f"{class_label(rows.label[i])} {p_label[i]:.2f} (< clear {c.clear}); "
-            f"{_predicted(rows.model_top1[i])}"
+            f"{predicted(rows.model_top1[i])}"
         )
         if rank < budget:
             out.action[i], out.new_label[i] = Action.REMOVE.value, -1
             out.reason[i] = f"remove: {why}"
         else:
+            out.review[i] = True
             out.reason[i] = (
                 f"keep: {why}; beyond the removal budget (max_remove {c.max_remove}: "
                 f"{budget} of {len(rows.label)} active rows)"
             )
 
 
-class Strategy(Protocol):
-    """A decision strategy: the evidence of the active rows -> their decisions. It reads only the
-    pipeline's evidence, never reference labels."""
-
-    def __call__(
-        self, rows: Rows, *, thresholds: Thresholds, consensus: ConsensusConfig
-    ) -> Decisions:
-        """Decide every active row from its evidence."""
-        ...
-
-
-STRATEGIES: dict[str, Strategy] = {"paper": paper, "consensus": consensus}
+STRATEGIES: dict[str, Strategy] = {
+    "paper": paper,
+    "consensus": consensus,
+    "expected_benefit": expected_benefit,
+}
 """`decide.<split>.strategy` -> the function that decides the active rows."""

@@ -34,7 +34,7 @@ class SplitDecideConfig:
     h1: int | str
     h2: int | str
     h3: int | str
-    strategy: Literal["consensus", "paper"] = "consensus"
+    strategy: Literal["expected_benefit", "consensus", "paper"] = "expected_benefit"
 
 
 def count_threshold(value: int | str, n_models: int, *, where: str) -> int:

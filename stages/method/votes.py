@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,17 @@ import pandas as pd
 import pyarrow as pa
 
 from stages.contracts import formats
+from stages.contracts.config import from_section
 from stages.contracts.errors import InputError, MissingInputError
 from stages.contracts.formats import VOTES_SCHEMA
 from stages.contracts.labels import CurrentLabels, current_labels
+from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
 from stages.method.confident import CL_STRATEGIES, FILTER_BY, RANK_BY, ConfidentConfig
-from stages.method.evidence import Evidence, ensemble_evidence
+from stages.method.evidence import Evidence, EvidenceConfig, ensemble_evidence
+from stages.method.pooling import ViewPooled
 from stages.modelling.specs import ModelSpec, model_specs, weights_sha256
+from stages.sources.views import predict_views
 
 logger = logging.getLogger(__name__)
 
@@ -44,31 +48,42 @@ class VoteConfig:
     Attributes:
         split: the split.
         models: the models whose predictions vote (`splits.<split>.models` or `predict.models`).
+        views: the views of each model whose predictions count (`predict.views` for pretrained
+            splits; out-of-fold training predicts the full view only).
         labels: the split's current-labels file (absent file: the manifest's labels).
         out_of_fold: the predictions come from out-of-fold training (for the fix in messages).
         confident: the confident-learning options (`vote.<split>`).
         specs: the models' params entries (`models.<name>`), to refuse stale predictions.
+        evidence: how the ensemble's evidence is computed (`vote.evidence`).
     """
 
     split: str
     models: tuple[str, ...]
+    views: tuple[str, ...]
     labels: str | None
     out_of_fold: bool
     confident: ConfidentConfig
     specs: tuple[ModelSpec, ...] = ()
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
 
     @classmethod
     def from_params(cls, params: Params, split: str) -> VoteConfig:
-        """Raises ConfigError for a bad split entry or `vote:` section."""
+        """Raises ConfigError for a bad split entry, `predict.views` or `vote:` section."""
         entry = SplitEntry.from_params(params, split)
         models = entry.models(params)
+        views = ("full",) if entry.out_of_fold else predict_views(params)
+        evidence = from_section(
+            EvidenceConfig, section(params, "vote").get("evidence"), where="vote.evidence"
+        )
         return cls(
             split,
             models,
+            views,
             entry.labels_file,
             entry.out_of_fold,
             ConfidentConfig.from_params(params, split),
-            tuple(model_specs(params, models)),
+            specs=tuple(model_specs(params, models)),
+            evidence=evidence,
         )
 
 
@@ -236,47 +251,59 @@ def vote(
 
 def prediction_files(
     split: str,
-    models: list[str],
+    models: Sequence[str],
     manifest: pd.DataFrame,
     folder: Path | None = None,
     *,
+    views: Sequence[str] = ("full",),
     out_of_fold: bool = False,
-) -> dict[str, Path]:
-    """Every model's predictions file for the split, checked against the manifest before any is
-    read: it exists, has shape (N, 1000), and its sidecar's row-order digest is the manifest's.
+) -> dict[str, dict[str, Path]]:
+    """Every model x view's predictions file for the split, checked against the manifest before
+    any is read: it exists, has shape (N, 1000), and its sidecar's row-order digest is the
+    manifest's.
+
+    Returns:
+        model -> view -> path, in the given orders.
 
     Raises:
         MissingInputError: a predictions file or its sidecar is missing (the message says how to
             make it: predict, out-of-fold training or `imagenet-clean import-predictions`).
         InputError: wrong shape, or rows in another order than the manifest's.
     """
-    folder = folder or formats.predictions_path(split, models[0]).parent
+    folder = folder or formats.predictions_path(split, "x").parent
     digest = formats.image_ids_sha256(manifest["image_id"])
-    paths = {}
+    files: dict[str, dict[str, Path]] = {}
     for model in models:
-        path = folder / f"{model}.npy"
-        make = (
-            f"run `dvc repro oof@{split}-{model}` (out-of-fold training; the split and "
-            "model must be in params.yaml train.splits and train.models)"
-            if out_of_fold
-            else f"run `dvc repro predict@{split}-{model}` (add {split!r} to params.yaml "
-            "predict.splits if it is missing there)"
-        ) + (
-            ", or bring predictions made elsewhere with "
-            f"`imagenet-clean import-predictions --split {split} --model {model} FILE`"
-        )
-        if not path.is_file():
-            raise MissingInputError(f"predictions {path} do not exist; {make}")
-        shape = formats.load_predictions(split, model, path=path).shape
-        if len(shape) != 2 or shape != (len(manifest), formats.NUM_CLASSES):
-            raise InputError(
-                f"predictions {path} have shape {shape}, expected ({len(manifest)}, "
-                f"{formats.NUM_CLASSES}) for the {len(manifest)}-row manifest of split "
-                f"{split!r}; re-run predict for model {model}"
-            )
-        _check_row_order(path.with_suffix(".json"), digest, make)
-        paths[model] = path
-    return paths
+        for view in views:
+            path = folder / formats.predictions_path(split, model, view).name
+            make = _how_to_make(split, model, view, out_of_fold=out_of_fold)
+            if not path.is_file():
+                raise MissingInputError(f"predictions {path} do not exist; {make}")
+            shape = np.load(path, mmap_mode="r").shape
+            if len(shape) != 2 or shape != (len(manifest), formats.NUM_CLASSES):
+                raise InputError(
+                    f"predictions {path} have shape {shape}, expected ({len(manifest)}, "
+                    f"{formats.NUM_CLASSES}) for the {len(manifest)}-row manifest of split "
+                    f"{split!r}; re-run predict for model {model}, view {view}"
+                )
+            _check_row_order(path.with_suffix(".json"), digest, make)
+            files.setdefault(model, {})[view] = path
+    return files
+
+
+def _how_to_make(split: str, model: str, view: str, *, out_of_fold: bool) -> str:
+    """The command that makes a missing predictions file."""
+    made = (
+        f"run `dvc repro oof@{split}-{model}` (out-of-fold training; the split and model must "
+        "be in params.yaml train.splits and train.models)"
+        if out_of_fold
+        else f"run `dvc repro predict@{split}-{model}-{view}` (add {split!r} to params.yaml "
+        "predict.splits if it is missing there)"
+    )
+    return made + (
+        ", or bring predictions made elsewhere with `imagenet-clean import-predictions "
+        f"--split {split} --model {model} --view {view} FILE`"
+    )
 
 
 def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
@@ -299,30 +326,36 @@ def _check_row_order(sidecar: Path, digest: str, make: str) -> None:
         )
 
 
-def check_weights(split: str, files: Mapping[str, Path], specs: Sequence[ModelSpec]) -> None:
+def check_weights(
+    split: str, files: Mapping[str, Mapping[str, Path]], specs: Sequence[ModelSpec]
+) -> None:
     """Refuse predictions that the predict stage made with other weights than the model's params
-    entry names now (a local model folder or checkpoint overwritten since, or another spec): their
-    sidecar's `spec` and `weights_sha256` must match. Predictions made elsewhere (imported,
-    out-of-fold) and models whose weights are not local are not checked.
+    entry names now (a local model folder or checkpoint overwritten since, or another spec): the
+    sidecar of each of the model's views must record the same `spec` and `weights_sha256`.
+    Predictions made elsewhere (imported, out-of-fold) and models whose weights are not local are
+    not checked.
+
+    Args:
+        files: model -> view -> predictions file (`prediction_files`).
 
     Raises:
         InputError: naming the model, the predictions file and the fix (`dvc repro predict@...`).
     """
     for spec in specs:
-        path = files.get(spec.name)
-        sidecar = json.loads(path.with_suffix(".json").read_text()) if path else {}
-        if sidecar.get("source") != "predict":
-            continue
-        recorded, now = sidecar.get("weights_sha256"), weights_sha256(spec)
-        if sidecar.get("spec") == spec.spec and (recorded is None or recorded == now):
-            continue
-        was = f"{sidecar.get('spec')} (weights sha256 {str(recorded)[:12]}...)"
-        raise InputError(
-            f"predictions {path} of model {spec.name!r} were made with {was}, but "
-            f"params.yaml `models.{spec.name}` now loads {spec.spec} (weights sha256 "
-            f"{str(now)[:12]}...): they are stale; re-run them with "
-            f"`dvc repro predict@{split}-{spec.name}`"
-        )
+        for view, path in files.get(spec.name, {}).items():
+            sidecar = json.loads(path.with_suffix(".json").read_text())
+            if sidecar.get("source") != "predict":
+                continue
+            recorded, now = sidecar.get("weights_sha256"), weights_sha256(spec)
+            if sidecar.get("spec") == spec.spec and (recorded is None or recorded == now):
+                continue
+            was = f"{sidecar.get('spec')} (weights sha256 {str(recorded)[:12]}...)"
+            raise InputError(
+                f"predictions {path} of model {spec.name!r} were made with {was}, but "
+                f"params.yaml `models.{spec.name}` now loads {spec.spec} (weights sha256 "
+                f"{str(now)[:12]}...): they are stale; re-run them with "
+                f"`dvc repro predict@{split}-{spec.name}-{view}`"
+            )
 
 
 UNREADABLE = (
@@ -385,28 +418,37 @@ def split_votes(
     """
     split, confident = config.split, config.confident
     files = prediction_files(
-        split, list(config.models), manifest, predictions, out_of_fold=config.out_of_fold
+        split,
+        config.models,
+        manifest,
+        predictions,
+        views=config.views,
+        out_of_fold=config.out_of_fold,
     )
     check_weights(split, files, config.specs)
     labelled = current_labels(manifest, config.labels)
-    # One pass over every model gives the evidence and the rows predict could not decode; the
-    # evidence does not depend on which active rows those are (label_prob is masked per row).
-    evidence = ensemble_evidence(labelled.label, files, active=labelled.active)
+    # One pass over every model x view gives the evidence and the rows predict could not decode;
+    # rows some file leaves NaN take no part in its calibration, noise estimate or posterior.
+    scratch = (predictions or formats.predictions_path(split, "x").parent).parent
+    evidence = ensemble_evidence(
+        labelled.label, files, active=labelled.active, config=config.evidence, scratch=scratch
+    )
     current = without_unreadable(labelled, split, evidence.nan_rows)
     strategy = confident.resolve_strategy(int(current.active.sum()))
     logger.info(
-        "vote %s: %d rows, %d active, iteration %d, %d models, strategy %s (exact_max_rows "
-        "%d), fn %s",
+        "vote %s: %d rows, %d active, iteration %d, %d models x %d views, strategy %s "
+        "(exact_max_rows %d), fn %s",
         split,
         len(manifest),
         current.active.sum(),
         current.iteration,
         len(files),
+        len(config.views),
         strategy,
         confident.exact_max_rows,
         confident.fn,
     )
-    pairs = ((m, formats.load_predictions(split, m, path=path)) for m, path in files.items())
+    pairs = ((m, ViewPooled(list(views.values()))) for m, views in files.items())
     result = vote(current.label, pairs, config=confident, active=current.active)
     stats = {
         "split": split,
@@ -420,6 +462,7 @@ def split_votes(
         "cleanlab": cleanlab.__version__,
         "filter_by": FILTER_BY,
         "ranked_by": RANK_BY,
+        "views": list(config.views),
         "rows_with_candidates": len(np.unique(np.concatenate([r.flagged for r in result.models]))),
         "models": {
             r.model: {
@@ -429,5 +472,6 @@ def split_votes(
             }
             for r in result.models
         },
+        "evidence": evidence.summary,
     }
     return votes_table(manifest, current, result, evidence), stats

@@ -138,6 +138,7 @@ def assemble(
         split=split,
         source="out-of-fold",
         dtype=dtype.name,
+        view="full",
         spec=first["spec"],
         top1=scores["top1"],
         top5=scores["top5"],

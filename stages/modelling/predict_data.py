@@ -1,5 +1,5 @@
-"""The `predict` data path: decode each manifest image once for every preprocessing group, and keep
-the results in resumable shards.
+"""The `predict` data path: decode each manifest image once for every view and preprocessing
+group, and keep the results in resumable shards.
 
 A model's timm evaluation transform (resize, centre crop, to-tensor, normalise) is split in two:
 the geometric part runs in DataLoader workers on the decoded PIL image and yields a uint8 HWC
@@ -44,6 +44,7 @@ from stages.modelling.models import (
 )
 from stages.modelling.specs import ModelSpec, weights_sha256
 from stages.sources.images import DECODE_ERRORS, open_image
+from stages.sources.views import DEFAULT_MARGIN, VIEWS, Boxes
 
 logger = logging.getLogger(__name__)
 
@@ -171,21 +172,66 @@ def load_member(spec: ModelSpec, *, device: torch.device, channels_last: bool = 
     )
 
 
-class ManifestImages(Dataset):
-    """Manifest rows -> one input tensor per preprocessing group, decoding each image once.
+@dataclass(frozen=True)
+class InputGroup:
+    """One view under one preprocessing: what workers make of a decoded image for the members
+    that share it (`predict.views`, `stages.sources.views`)."""
 
-    paths: (N,) manifest `path` column; item `row` is `(row, None, tensor_group_0, ...)`, or
-    `(row, reason, None, ...)` when the image cannot be decoded (a header-only ingest lets
-    truncated files through): the row's predictions stay NaN and predict counts it unreadable.
+    view: str
+    margin: float
+    transform: InputTransform
+
+    @property
+    def key(self) -> str:
+        """Members with the same key share the decoded, viewed and resized input."""
+        return f"{self.view}:{self.transform.key}"
+
+    def worker_tensor(self, image: Any, boxes: Boxes) -> torch.Tensor:
+        """A decoded RGB image and its boxes -> this view's worker tensor."""
+        return self.transform.worker_tensor(VIEWS[self.view](image, boxes, self.margin))
+
+
+@dataclass(frozen=True)
+class Output:
+    """One predictions file: a member seen through one view."""
+
+    member: Member
+    view: str
+    margin: float = DEFAULT_MARGIN
+
+    @property
+    def name(self) -> str:
+        """`<model>.<view>`, the file stem (`formats.predictions_path`)."""
+        return f"{self.member.name}.{self.view}"
+
+    @property
+    def group(self) -> InputGroup:
+        """The input this output's member reads."""
+        return InputGroup(self.view, self.margin, self.member.transform)
+
+
+class ManifestImages(Dataset):
+    """Manifest rows -> one input tensor per input group, decoding each image once.
+
+    paths: (N,) manifest `path` column; boxes: (N,) its `boxes` (for the `boxes` view). Item
+    `row` is `(row, None, tensor_group_0, ...)`, or `(row, reason, None, ...)` when the image
+    cannot be decoded (a header-only ingest lets truncated files through): the row's predictions
+    stay NaN and predict counts it unreadable.
     """
 
     def __init__(
-        self, root: str | Path, paths: Sequence[str], groups: Sequence[InputTransform]
+        self,
+        root: str | Path,
+        paths: Sequence[str],
+        groups: Sequence[InputGroup],
+        boxes: Sequence[Boxes] | None = None,
     ) -> None:
         self.root = str(root)
         # One fixed-width bytes buffer, not N Python strings: forked workers share it copy-free.
         self.paths = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
         self.groups = tuple(groups)
+        needs_boxes = any(group.view == "boxes" for group in self.groups)
+        self.boxes = list(boxes) if needs_boxes and boxes is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -196,7 +242,8 @@ class ManifestImages(Dataset):
             image = open_image(self.root, path)
         except DECODE_ERRORS as error:
             return (row, f"{type(error).__name__}: {error}", *(None for _ in self.groups))
-        return (row, None, *(group.worker_tensor(image) for group in self.groups))
+        boxes = self.boxes[row] if self.boxes is not None else ()
+        return (row, None, *(group.worker_tensor(image, boxes) for group in self.groups))
 
 
 def collate_rows(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:

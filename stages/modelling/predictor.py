@@ -26,15 +26,16 @@ from tqdm import tqdm
 
 from stages.contracts import formats
 from stages.contracts.config import from_section, positive
+from stages.contracts.errors import ConfigError
 from stages.contracts.params import section
 from stages.contracts.sidecars import predictions_sidecar
 from stages.contracts.splits import Params, SplitEntry
 from stages.modelling import distributed
 from stages.modelling.models import cpu_threads, resolve_device
 from stages.modelling.predict_data import (
-    InputTransform,
     ManifestImages,
     Member,
+    Output,
     ShardBuffers,
     ShardSink,
     ShardStore,
@@ -44,6 +45,7 @@ from stages.modelling.predict_data import (
     plan_batches,
 )
 from stages.modelling.specs import ModelSpec, model_specs, require_tracked_weights
+from stages.sources.views import DEFAULT_MARGIN, VIEWS, box_margin, predict_views
 
 logger = logging.getLogger(__name__)
 
@@ -101,40 +103,58 @@ class PredictOptions:
             ConfigError: an unknown, missing or mistyped key, naming it.
         """
         return from_section(
-            cls, section(params, "predict"), where="predict", ignore=("splits", "models")
+            cls,
+            section(params, "predict"),
+            where="predict",
+            ignore=("splits", "models", "views", "box_margin"),
         )
 
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Everything predict reads for one split: its image root, the models and the options.
+    """Everything predict reads for one split: its image root, the models, their views and the
+    options.
 
     Attributes:
         split: the split; root: its image root.
         specs: the models to predict (one for `predict`, several for `predict-ensemble`).
+        views: the views to predict each model through (`stages.sources.views`).
+        margin: the `boxes` view's margin (`predict.box_margin`; read only when it is asked).
         options: the `predict:` section.
     """
 
     split: str
     root: str
     specs: tuple[ModelSpec, ...]
+    views: tuple[str, ...]
+    margin: float
     options: PredictOptions
 
     @classmethod
     def from_params(
-        cls, params: Params, split: str, models: Sequence[str] | None = None
+        cls,
+        params: Params,
+        split: str,
+        models: Sequence[str] | None = None,
+        views: Sequence[str] | None = None,
     ) -> PredictConfig:
-        """The config of `models` (default: `predict.models`) over `split`.
+        """The config of `models` (default: `predict.models`) through `views` (default:
+        `predict.views`) over `split`.
 
         Raises:
-            ConfigError: a bad split entry, model entry or `predict:` section, or a model whose
-                local weights lie outside `predict.weights_dir`.
+            ConfigError: a bad split entry, model entry, view or `predict:` section, or a
+                model whose local weights lie outside `predict.weights_dir`.
         """
         entry = SplitEntry.from_params(params, split)
+        chosen = tuple(views) if views is not None else predict_views(params)
+        unknown = [v for v in chosen if v not in VIEWS]
+        if unknown or not chosen or len(set(chosen)) != len(chosen):
+            raise ConfigError(f"views {list(chosen)}: give distinct names from {list(VIEWS)}")
+        margin = box_margin(params) if "boxes" in chosen else DEFAULT_MARGIN
         options = PredictOptions.from_params(params)
         specs = tuple(model_specs(params, models))
         require_tracked_weights(specs, options.weights_dir)
-        return cls(split, entry.root, specs, options)
+        return cls(split, entry.root, specs, chosen, margin, options)
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
@@ -166,7 +186,7 @@ def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictOptions
 
 
 def _forward(
-    members: Sequence[Member],
+    outputs: Sequence[Output],
     index: Mapping[str, int],
     rows: np.ndarray,
     inputs: Sequence[torch.Tensor],
@@ -176,23 +196,24 @@ def _forward(
     config: PredictOptions,
     device: torch.device,
 ) -> None:
-    """One batch through every member: each preprocessing group moved to the device once."""
+    """One batch through every output: each input group moved to the device once."""
     ready: dict[int, torch.Tensor] = {}
-    for member in members:
-        group = index[member.transform.key]
+    for output in outputs:
+        group = index[output.group.key]
         if group not in ready:
-            ready[group] = member.transform.to_device(
+            ready[group] = output.member.transform.to_device(
                 inputs[group], device, channels_last=config.channels_last
             )
         start = time.perf_counter()
-        buffers.add(member.name, rows, softmax_batch(member, ready[group], config=config))
-        seconds[member.name] += time.perf_counter() - start
+        probs = softmax_batch(output.member, ready[group], config=config)
+        buffers.add(output.name, rows, probs)
+        seconds[output.name] += time.perf_counter() - start
 
 
 def predict_pass(
     manifest: pd.DataFrame,
     root: str | Path,
-    members: Sequence[Member],
+    outputs: Sequence[Output],
     pending: Mapping[str, set[int]],
     *,
     config: PredictOptions,
@@ -200,21 +221,21 @@ def predict_pass(
     on_shard: ShardSink,
     desc: str = "predict",
 ) -> dict[str, float]:
-    """Compute the pending shards of every member in one pass over the images.
+    """Compute the pending shards of every output in one pass over the images (each image decoded
+    once, each view and preprocessing made once per image).
 
     Args:
-        manifest: (N rows) with `path` and `skip_reason`; skip rows stay NaN and are not decoded.
-        pending: model name -> shard indices to compute.
-        on_shard: called as on_shard(model, shard, probs (rows, 1000)) when a shard is complete.
+        manifest: (N rows) with `path`, `boxes` and `skip_reason`; skip rows stay NaN and are
+            not decoded.
+        outputs: the (member, view) pairs to predict; pending: output name -> shard indices.
+        on_shard: called as on_shard(output name, shard, probs (rows, 1000)) when a shard is done.
 
     Returns:
-        seconds spent in each model's forward pass.
+        seconds spent in each output's forward pass.
     """
     usable = manifest["skip_reason"].isna().to_numpy()
-    members = [m for m in members if pending.get(m.name)]
-    groups: dict[str, InputTransform] = {}
-    for member in members:
-        groups.setdefault(member.transform.key, member.transform)
+    outputs = [o for o in outputs if pending.get(o.name)]
+    groups = {o.group.key: o.group for o in outputs}
     index = {key: i for i, key in enumerate(groups)}
     buffers = ShardBuffers(
         usable, pending, shard_size=config.shard_size, dtype=DTYPES[config.dtype], on_shard=on_shard
@@ -223,23 +244,14 @@ def predict_pass(
     batches = plan_batches(
         usable, buffers.shards, shard_size=config.shard_size, batch_size=config.batch_size
     )
-    images = ManifestImages(root, manifest["path"].fillna("").tolist(), list(groups.values()))
+    boxes = manifest["boxes"].tolist() if "boxes" in manifest else None
+    paths = manifest["path"].fillna("").tolist()
+    images = ManifestImages(root, paths, list(groups.values()), boxes)
     loader = make_loader(images, batches, workers=config.workers, pin_memory=device.type == "cuda")
     seconds = dict.fromkeys(pending, 0.0)
     if not batches:
         return seconds
-    bars = {
-        m.name: tqdm(
-            total=sum(buffers.waiting[s] for s in pending[m.name]),
-            position=i,
-            desc=f"{desc} {m.name}",
-            unit="img",
-            mininterval=2.0,
-            leave=True,
-        )
-        for i, m in enumerate(members)
-    }
-    paths = manifest["path"].fillna("").tolist()
+    bars = _progress_bars(outputs, pending, buffers, desc)
     with torch.inference_mode():
         for rows, bad, *inputs in loader:
             rows = rows.numpy()
@@ -251,25 +263,39 @@ def predict_pass(
                     reason,
                 )
             shard = int(rows[0] if len(rows) else bad[0][0]) // config.shard_size
-            members_now = [m for m in members if shard in pending[m.name]]
+            now = [o for o in outputs if shard in pending[o.name]]
             if len(rows):
-                _forward(
-                    members_now, index, rows, inputs, buffers, seconds, config=config, device=device
-                )
-            for member in members_now:
-                bars[member.name].update(len(rows) + len(bad))
-                bars[member.name].set_postfix_str(
-                    f"forward {bars[member.name].n / max(seconds[member.name], 1e-9):.0f} img/s",
-                    refresh=False,
-                )
+                _forward(now, index, rows, inputs, buffers, seconds, config=config, device=device)
+            for output in now:
+                bar = bars[output.name]
+                bar.update(len(rows) + len(bad))
+                rate = bar.n / max(seconds[output.name], 1e-9)
+                bar.set_postfix_str(f"forward {rate:.0f} img/s", refresh=False)
             buffers.rows_done(shard, len(rows) + len(bad))
     for bar in bars.values():
         bar.close()
     return seconds
 
 
+def _progress_bars(
+    outputs: Sequence[Output], pending: Mapping[str, set[int]], buffers: ShardBuffers, desc: str
+) -> dict[str, tqdm[Any]]:
+    """One progress bar per output, sized to its pending rows."""
+    return {
+        o.name: tqdm(
+            total=sum(buffers.waiting[s] for s in pending[o.name]),
+            position=i,
+            desc=f"{desc} {o.name}",
+            unit="img",
+            mininterval=2.0,
+            leave=True,
+        )
+        for i, o in enumerate(outputs)
+    }
+
+
 def shard_fingerprint(
-    member: Member,
+    output: Output,
     manifest_digest: str,
     root: str | Path,
     *,
@@ -277,8 +303,11 @@ def shard_fingerprint(
     device: torch.device,
 ) -> dict[str, Any]:
     """Everything a shard's bytes depend on; shards under another fingerprint are never reused."""
+    member = output.member
     return {
         "model": member.name,
+        "view": output.view,
+        "view_params": view_params(output),
         "spec": member.spec.spec,
         "pretrained": member.spec.pretrained,
         "kwargs": json.loads(json.dumps(member.spec.kwargs, sort_keys=True, default=str)),
@@ -299,52 +328,71 @@ def shard_fingerprint(
     }
 
 
+def view_params(output: Output) -> dict[str, Any]:
+    """What a view's pixels depend on beyond the image (recorded in the sidecar)."""
+    return {"margin": output.margin} if output.view == "boxes" else {}
+
+
 def _labels(manifest: pd.DataFrame) -> np.ndarray:
     return pd.to_numeric(manifest["label"], errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan
     )
 
 
-def predict_split(
-    manifest: pd.DataFrame,
-    root: str | Path,
+def load_outputs(
     specs: Sequence[ModelSpec],
+    views: Sequence[str],
     *,
-    config: PredictOptions,
-    outs: Mapping[str, str | Path],
-    split: str,
+    device: torch.device,
+    channels_last: bool,
+    margin: float = DEFAULT_MARGIN,
+) -> list[Output]:
+    """Load each model once and pair it with every view (models first, then views)."""
+    members = [load_member(s, device=device, channels_last=channels_last) for s in specs]
+    return [Output(member, view, margin) for member in members for view in views]
+
+
+def predict_split(
+    config: PredictConfig, manifest: pd.DataFrame, outs: Mapping[str, str | Path]
 ) -> dict[str, dict[str, Any]]:
-    """Write each model's predictions + sidecar for a split in one image pass, resuming from shards.
+    """Write each (model, view)'s predictions + sidecar in one image pass, resuming from shards.
 
     Under torchrun each rank computes its share of the missing shards (`distributed.Context.share`)
     into the shared work folders; rank 0 then assembles the final files (outputs must be on a
     filesystem every rank sees).
 
     Args:
-        manifest: (N rows) a split manifest (formats.MANIFEST_SCHEMA).
-        outs: model name -> .npy path; the sidecar is written beside it as `<stem>.json`.
+        config: the split, models, views and options.
+        manifest: (N rows) the split's manifest (formats.MANIFEST_SCHEMA).
+        outs: `<model>.<view>` -> .npy path; the sidecar is written beside it as `<stem>.json`.
 
     Returns:
-        model name -> sidecar dict.
+        `<model>.<view>` -> sidecar dict.
     """
     _check_manifest(manifest)
-    missing = [s.name for s in specs if s.name not in outs]
-    if missing:
-        raise ValueError(f"no output path for models {missing}")
-    ctx = distributed.context()
-    device = distributed.device_for(config.device, ctx)
-    with cpu_threads(config.threads):
-        members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
+    options, ctx = config.options, distributed.context()
+    device = distributed.device_for(options.device, ctx)
+    with cpu_threads(options.threads):
+        outputs = load_outputs(
+            config.specs,
+            config.views,
+            device=device,
+            channels_last=options.channels_last,
+            margin=config.margin,
+        )
+        missing = [o.name for o in outputs if o.name not in outs]
+        if missing:
+            raise ValueError(f"no output path for {missing}")
         digest = manifest_sha256(manifest)
         stores = {
-            m.name: ShardStore(
-                outs[m.name],
-                shard_fingerprint(m, digest, root, config=config, device=device),
+            o.name: ShardStore(
+                outs[o.name],
+                shard_fingerprint(o, digest, config.root, config=options, device=device),
                 n_rows=len(manifest),
-                shard_size=config.shard_size,
-                dtype=DTYPES[config.dtype],
+                shard_size=options.shard_size,
+                dtype=DTYPES[options.dtype],
             )
-            for m in members
+            for o in outputs
         }
         if ctx.is_main:
             for store in stores.values():
@@ -353,29 +401,31 @@ def predict_split(
         pending = rank_shards({name: store.missing() for name, store in stores.items()}, ctx)
         seconds = predict_pass(
             manifest,
-            root,
-            members,
+            config.root,
+            outputs,
             pending,
-            config=config,
+            config=options,
             device=device,
             on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
-            desc=f"predict {split}",
+            desc=f"predict {config.split}",
         )
     distributed.barrier(ctx)
     sidecars = (
-        _assemble(manifest, members, stores, config=config, split=split) if ctx.is_main else {}
+        _assemble(manifest, outputs, stores, config=options, split=config.split)
+        if ctx.is_main
+        else {}
     )
     sidecars = distributed.broadcast(sidecars, ctx)  # the others wait for rank 0's files
-    for member in members:
+    for output in outputs:
         logger.info(
             "predict %s %s (rank %d of %d): top-1 %s, top-5 %s; forward %.1f s",
-            split,
-            member.name,
+            config.split,
+            output.name,
             ctx.rank,
             ctx.world,
-            sidecars[member.name]["top1"],
-            sidecars[member.name]["top5"],
-            seconds.get(member.name, 0.0),
+            sidecars[output.name]["top1"],
+            sidecars[output.name]["top5"],
+            seconds.get(output.name, 0.0),
         )
     return sidecars
 
@@ -389,17 +439,17 @@ def rank_shards(missing: Mapping[str, set[int]], ctx: distributed.Context) -> di
 
 def _assemble(
     manifest: pd.DataFrame,
-    members: Sequence[Member],
+    outputs: Sequence[Output],
     stores: Mapping[str, ShardStore],
     *,
     config: PredictOptions,
     split: str,
 ) -> dict[str, dict[str, Any]]:
-    """Stream each model's shards into its final .npy, write its sidecar, drop its work folder."""
+    """Stream each output's shards into its final .npy, write its sidecar, drop its work folder."""
     labels, usable = _labels(manifest), manifest["skip_reason"].isna().to_numpy()
     sidecars = {}
-    for member in members:
-        store = stores[member.name]
+    for output in outputs:
+        store, member = stores[output.name], output.member
         top1, top5, unreadable = store.assemble(labels, usable)
         if len(unreadable):
             shown = manifest["path"].iloc[unreadable[:20]].tolist()
@@ -408,12 +458,12 @@ def _assemble(
                 "are NaN: %s%s. Re-run `imagenet-clean ingest` with ingest.verify: full "
                 "to mark them skip rows",
                 split,
-                member.name,
+                output.name,
                 len(unreadable),
                 ", ".join(shown),
                 " ..." if len(unreadable) > len(shown) else "",
             )
-        sidecars[member.name] = predictions_sidecar(
+        sidecars[output.name] = predictions_sidecar(
             manifest,
             model=member.name,
             split=split,
@@ -426,16 +476,25 @@ def _assemble(
             weights_sha256=member.weights_sha256,
             preprocessing=member.data_config,
             n_unreadable=len(unreadable),
+            view=output.view,
+            view_params=view_params(output),
         )
-        store.write_sidecar(sidecars[member.name])
+        store.write_sidecar(sidecars[output.name])
         store.remove()
     return sidecars
 
 
 def predict_models(
-    manifest: pd.DataFrame, root: str | Path, specs: Sequence[ModelSpec], *, config: PredictOptions
+    manifest: pd.DataFrame,
+    root: str | Path,
+    specs: Sequence[ModelSpec],
+    *,
+    config: PredictOptions,
+    views: Sequence[str] = ("full",),
+    margin: float = DEFAULT_MARGIN,
 ) -> dict[str, np.ndarray]:
-    """In-memory predictions of several models in one image pass -> name -> (N, 1000) array."""
+    """In-memory predictions of several models x views in one image pass -> `<model>.<view>` ->
+    (N, 1000) array."""
     _check_manifest(manifest)
     device = resolve_device(config.device)
     results: dict[str, np.ndarray] = {}
@@ -444,17 +503,17 @@ def predict_models(
         results[name][shard * config.shard_size : shard * config.shard_size + len(probs)] = probs
 
     with cpu_threads(config.threads):
-        members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
-        for member in members:
-            results[member.name] = np.full(
-                (len(manifest), formats.NUM_CLASSES), np.nan, DTYPES[config.dtype]
-            )
+        outputs = load_outputs(
+            specs, views, device=device, channels_last=config.channels_last, margin=margin
+        )
+        shape = (len(manifest), formats.NUM_CLASSES)
+        results.update({o.name: np.full(shape, np.nan, DTYPES[config.dtype]) for o in outputs})
         every = set(range(-(-len(manifest) // config.shard_size)))
         predict_pass(
             manifest,
             root,
-            members,
-            {m.name: every for m in members},
+            outputs,
+            {o.name: every for o in outputs},
             config=config,
             device=device,
             on_shard=keep,
@@ -463,7 +522,14 @@ def predict_models(
 
 
 def predict_model(
-    manifest: pd.DataFrame, root: str | Path, spec: ModelSpec, *, config: PredictOptions
+    manifest: pd.DataFrame,
+    root: str | Path,
+    spec: ModelSpec,
+    *,
+    config: PredictOptions,
+    view: str = "full",
+    margin: float = DEFAULT_MARGIN,
 ) -> np.ndarray:
-    """One model's in-memory predictions: (N, 1000), NaN rows for skip rows."""
-    return predict_models(manifest, root, [spec], config=config)[spec.name]
+    """One model's in-memory predictions through one view: (N, 1000), NaN rows for skip rows."""
+    outputs = predict_models(manifest, root, [spec], config=config, views=[view], margin=margin)
+    return outputs[f"{spec.name}.{view}"]

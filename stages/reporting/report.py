@@ -38,9 +38,11 @@ WHY = {
     "override": 32,
     "sample": 64,
     "pair": 128,
+    "review": 256,
 }
-"""Why a row is shown (a bit mask in the index): its action, flags, the keep sample, a pair."""
-QUEUES = ("fix", "remove", "secondary", "exempted", "merged", "override")
+"""Why a row is shown (a bit mask in the index): its action, flags, the strategy's review queue,
+the keep sample, a pair."""
+QUEUES = ("review", "fix", "remove", "secondary", "exempted", "merged", "override")
 """The queues a round holds at most `review.queue_rows` rows of."""
 LEDGER_COLUMNS = (
     "image_id",
@@ -247,6 +249,9 @@ class TableSource:
 
 
 def _flags(table: pa.Table, name: str) -> np.ndarray:
+    """A boolean ledger column (all False where the ledger predates it)."""
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool)
     return pc.fill_null(table.column(name), False).to_numpy(zero_copy_only=False).astype(bool)
 
 
@@ -255,7 +260,8 @@ def select_rows(
 ) -> np.ndarray:
     """Why each ledger row is shown: a WHY bit mask per row (0 = not shown), before pairs.
 
-    Each queue (fix, removal, secondary-labelled, CAM-exempted, merged, overridden) keeps its
+    Each queue (the strategy's review queue, fix, removal, secondary-labelled, CAM-exempted,
+    merged, overridden) keeps its
     `config.queue_rows` rows of lowest label quality (`quality`; rows not yet overridden first),
     plus `config.keep_sample` other kept rows drawn with `config.seed`.
     """
@@ -271,6 +277,7 @@ def select_rows(
     )
     overridden = _flags(table, "override")
     for name, hit in (
+        ("review", _flags(table, "review") & ~overridden),
         ("fix", action == Action.FIX),
         ("remove", action == Action.REMOVE),
         ("secondary", secondary),
@@ -494,7 +501,8 @@ def plan_rows(
     label, secondary_labels, exempted, merged, override; votes: label_prob, ensemble_top).
 
     Returns:
-        shown: ledger positions, lowest label quality first (no quality last; ties: ledger order);
+        shown: ledger positions, the strategy's review queue first, then lowest label quality
+            first (no quality last; ties: ledger order);
         why: (N,) WHY bit masks; pairs: `confused_pairs` of the split (rows = ledger positions).
     """
     table = ledger if isinstance(ledger, pa.Table) else pa.Table.from_pandas(ledger)
@@ -512,11 +520,13 @@ def plan_rows(
     for pair in pairs:
         why[pair["rows"]] |= WHY["pair"]
     positions = np.flatnonzero(why)
-    shown = positions[np.lexsort((positions, np.nan_to_num(quality[positions], nan=np.inf)))]
+    later = (why[positions] & WHY["review"]) == 0
+    rank = np.nan_to_num(quality[positions], nan=np.inf)
+    shown = positions[np.lexsort((positions, rank, later))]
     return shown, why, pairs
 
 
-PLAN_LEDGER = ("action", "label", "secondary_labels", "exempted", "merged", "override")
+PLAN_LEDGER = ("action", "label", "secondary_labels", "exempted", "merged", "override", "review")
 PLAN_VOTES = ("label_prob", "ensemble_top")
 EVIDENCE_VOTES = ("cl_models", "ensemble_top", "ensemble_probs", "label_prob", "model_top1")
 

@@ -41,6 +41,10 @@ def make_votes(manifest: pd.DataFrame, rows: dict[int, tuple[list[str], str | No
             "ensemble_probs": [[] for _ in hits],
             "label_prob": [None] * len(manifest),
             "model_top1": [[] for _ in hits],
+            "label_posterior": [None] * len(manifest),
+            "best_other": [None] * len(manifest),
+            "best_other_posterior": [None] * len(manifest),
+            "noise_rate": [None] * len(manifest),
         },
         schema=VOTES_SCHEMA,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
+from evidence_inputs import posterior_fields
 
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError
@@ -22,6 +23,7 @@ CAMS_SCHEMA = formats.CAMS_SCHEMA
 
 
 MODELS = ["m0", "m1", "m2", "m3", "m4"]
+POSTERIOR = ("label_posterior", "best_other", "best_other_posterior", "noise_rate")
 
 
 def paper(h1: int = 3, h2: int = 3, h3: int = 4, n_models: int = 5) -> DecideConfig:
@@ -68,6 +70,7 @@ def vote(
         "ensemble_probs": [] if inactive else [ensemble[c] for c in top],
         "label_prob": None if inactive else ensemble.get(label, 0.001),
         "model_top1": [] if inactive else [top[0]] * 5,
+        **(dict.fromkeys(POSTERIOR) if inactive else posterior_fields(label, ensemble)),
     }
 
 
@@ -213,7 +216,7 @@ def test_a_fix_to_the_current_label_keeps_and_never_removes() -> None:
         (
             {"h1": 3, "h2": 3, "h3": 4, "strategy": "best"},
             r"`decide.val.strategy` must be one of "
-            r"'consensus', 'paper'",
+            r"'expected_benefit', 'consensus', 'paper'",
         ),
         (
             {"h1": 3, "h2": 3, "h3": 4, "stratgy": "paper"},

@@ -96,6 +96,22 @@ def test_agreement_counts_fix_outcomes_removals_and_secondary_labels() -> None:
     assert block["rows"] == 6 and block["removed_fraction"] == 33.3333
 
 
+def test_a_kept_label_merged_into_its_partner_agrees_when_people_accepted_the_label() -> None:
+    """Laptop merged into notebook (the paper's merge table): people said laptop, the merged
+    class contains it; a merged label people did not accept before stays wrong."""
+    ledger = pd.DataFrame(
+        {
+            "label": [620, 620, 3],
+            "action": ["keep", "keep", "keep"],
+            "new_label": [681, 681, 3],
+            "secondary_labels": [[], [], []],
+            "merged": [True, True, False],
+        }
+    )
+    block = agreement(ledger, [frozenset({620}), frozenset({5}), frozenset({3})])
+    assert block["agreement_before"] == block["agreement_after"] == round(200 / 3, 4)
+
+
 def _agreement_row_by_row(ledger: pd.DataFrame, entries: list) -> dict[str, int]:
     """The block's counts computed one row at a time, as the definition reads."""
     t = dict.fromkeys(("before", "agree_before", "after", "agree_after", "active", "bad"), 0)

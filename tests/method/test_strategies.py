@@ -8,40 +8,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from evidence_inputs import rows
 
 from stages.contracts.errors import ConfigError
-from stages.method.strategies import STRATEGIES, ConsensusConfig, Rows, consensus, paper
+from stages.method.decisions import StrategyOptions
+from stages.method.expected_benefit import expected_benefit
+from stages.method.strategies import STRATEGIES, ConsensusConfig, consensus, paper
 from stages.method.thresholds import Thresholds
 
 T = Thresholds(h1=3, h2=3, h3=4, n_models=5)
 C = ConsensusConfig(clear=0.5, support=0.15, secondary=0.3, max_remove=1.0)
-
-
-def rows(*specs: dict) -> Rows:
-    """Rows from dicts: label, ensemble {class: mean prob}, candidates, misses, exemptions."""
-
-    def top(spec: dict) -> list[int]:
-        return sorted(spec["ensemble"], key=lambda c: (-spec["ensemble"][c], c))[:5]
-
-    def padded(values: list, fill: float) -> list:
-        return values + [fill] * (5 - len(values))
-
-    return Rows(
-        label=np.array([s["label"] for s in specs]),
-        candidates=_objects([np.array(s.get("candidates", ()), dtype=np.int64) for s in specs]),
-        misses=np.array([s.get("misses", 0) for s in specs]),
-        exemptions=np.array([s.get("exemptions", 0) for s in specs]),
-        ensemble_top=np.array([padded(top(s), 999) for s in specs]),
-        ensemble_probs=np.array([padded([s["ensemble"][c] for c in top(s)], 0.0) for s in specs]),
-        label_prob=np.array([s["ensemble"].get(s["label"], 0.0) for s in specs]),
-        model_top1=_objects([np.array([top(s)[0]] * 5) for s in specs]),
-    )
-
-
-def _objects(items: list) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
 
 
 def test_two_right_classes_keep_the_label_and_record_a_secondary_label() -> None:
@@ -56,7 +32,7 @@ def test_two_right_classes_keep_the_label_and_record_a_secondary_label() -> None
             }
         ),
         thresholds=T,
-        consensus=C,
+        options=StrategyOptions(consensus=C),
     )
     assert out.action.tolist() == ["keep"] and out.new_label.tolist() == [526]
     assert out.secondary == [[664]]
@@ -76,7 +52,7 @@ def test_a_confident_wrong_label_is_fixed_to_the_clearly_right_class() -> None:
             }
         ),
         thresholds=T,
-        consensus=C,
+        options=StrategyOptions(consensus=C),
     )
     assert out.action.tolist() == ["fix"] and out.new_label.tolist() == [396]
     assert out.secondary == [[]]
@@ -92,7 +68,7 @@ def test_nothing_fits_is_removed_with_what_the_models_predicted() -> None:
     out = consensus(
         rows({"label": 10, "ensemble": spread, "candidates": (611, 612, 444, 665), "misses": 5}),
         thresholds=T,
-        consensus=C,
+        options=StrategyOptions(consensus=C),
     )
     assert out.action.tolist() == ["remove"] and out.new_label.tolist() == [-1]
     assert "no class clearly right" in out.reason[0]
@@ -106,7 +82,7 @@ def test_a_supported_label_is_kept_even_when_questioned() -> None:
             {"label": 10, "ensemble": {10: 0.2, 11: 0.25}, "misses": 5},
         ),
         thresholds=T,
-        consensus=C,
+        options=StrategyOptions(consensus=C),
     )
     assert out.action.tolist() == ["keep", "keep"] and out.secondary == [[], []]
 
@@ -115,7 +91,7 @@ def test_the_cam_veto_keeps_a_removal_candidate() -> None:
     out = consensus(
         rows({"label": 10, "ensemble": {20: 0.3, 10: 0.05}, "misses": 4, "exemptions": 1}),
         thresholds=T,
-        consensus=C,
+        options=StrategyOptions(consensus=C),
     )
     assert out.action.tolist() == ["keep"] and out.exempted.tolist() == [True]
     assert "exempted by the CAMs of 1 model(s)" in out.reason[0]
@@ -127,14 +103,22 @@ def test_removals_stay_within_the_budget_weakest_labels_first() -> None:
         for k in range(4)
     ]
     plain = [{"label": 10, "ensemble": {10: 0.9}}] * 46
-    out = consensus(rows(*weak, *plain), thresholds=T, consensus=ConsensusConfig(max_remove=0.04))
+    out = consensus(
+        rows(*weak, *plain),
+        thresholds=T,
+        options=StrategyOptions(consensus=ConsensusConfig(max_remove=0.04)),
+    )
     assert out.action.tolist()[:4] == ["remove", "remove", "keep", "keep"]  # 4 % of 50 rows = 2
     assert "beyond the removal budget (max_remove 0.04: 2 of 50 active rows)" in out.reason[2]
     assert (out.action[4:] == "keep").all()
 
 
 def test_strategies_are_picked_from_a_dict() -> None:
-    assert {"paper": paper, "consensus": consensus} == STRATEGIES
+    assert {
+        "paper": paper,
+        "consensus": consensus,
+        "expected_benefit": expected_benefit,
+    } == STRATEGIES
 
 
 def test_consensus_knobs_are_fractions() -> None:
@@ -190,7 +174,7 @@ def test_paper_preset_decides_exactly_as_the_paper_rules(t: Thresholds) -> None:
                 "ensemble": {label: float(rng.random())},
             }
         )
-    out = paper(rows(*specs), thresholds=t, consensus=ConsensusConfig())
+    out = paper(rows(*specs), thresholds=t, options=StrategyOptions())
     for i, spec in enumerate(specs):
         action, new, exempted = reference_verdict(
             spec["label"], spec["candidates"], spec["misses"], spec["exemptions"], t

@@ -14,6 +14,6 @@ def test_config_resolves_fractions_against_the_split_models(params: dict) -> Non
     params["decide"]["val"] = {"h1": "M/2", "h2": 3, "h3": "2M/3"}
     config = DecideConfig.from_params(params, "val")
     assert config.thresholds == Thresholds(h1=3, h2=3, h3=4, n_models=5)
-    assert config.strategy == "consensus" and config.overrides == "data/overrides/val.csv"
+    assert config.strategy == "expected_benefit" and config.overrides == "data/overrides/val.csv"
     params["decide"]["val"]["h3"] = "M"
     assert DecideConfig.from_params(params, "val").thresholds.h3 == 5

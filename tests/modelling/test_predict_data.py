@@ -132,9 +132,14 @@ def test_ensemble_one_pass_is_byte_identical_and_decodes_once(
         "--manifest",
         str(_write_manifest(_with_skip_rows(small_manifest.head(32)), tmp_path)),
     ]
+    views = ["full", "boxes"]
     for name in names:
-        out = tmp_path / "single" / f"{name}.npy"
-        assert cli_main(["predict", *common, "--model", name, "--out", str(out)]) == 0
+        for view in views:
+            out = tmp_path / "single" / f"{name}.{view}.npy"
+            assert (
+                cli_main(["predict", *common, "--model", name, "--view", view, "--out", str(out)])
+                == 0
+            )
 
     decoded: list[str] = []
     shaped: list[str] = []
@@ -147,14 +152,18 @@ def test_ensemble_one_pass_is_byte_identical_and_decodes_once(
         "worker_tensor",
         lambda self, image: shaped.append(self.key) or real_shape(self, image),
     )
-    assert cli_main(["predict-ensemble", *common, "--out-dir", str(tmp_path / "ensemble")]) == 0
+    ensemble = ["predict-ensemble", *common, "--views", *views]
+    assert cli_main([*ensemble, "--out-dir", str(tmp_path / "ensemble")]) == 0
 
     assert len(decoded) == len(set(decoded)) == 32 - len(SKIP_ROWS)
-    assert len(shaped) == 2 * len(decoded)  # the two mobilenetv1_050 entries share one resize
+    # the two mobilenetv1_050 entries share one resize per view; each image is decoded once
+    assert len(shaped) == 2 * len(views) * len(decoded)
     for name in names:
-        for suffix in (".npy", ".json"):
-            single = (tmp_path / "single" / name).with_suffix(suffix).read_bytes()
-            assert (tmp_path / "ensemble" / name).with_suffix(suffix).read_bytes() == single, name
+        for view in views:
+            for suffix in (".npy", ".json"):
+                single = tmp_path / "single" / f"{name}.{view}{suffix}"
+                together = tmp_path / "ensemble" / f"{name}.{view}{suffix}"
+                assert together.read_bytes() == single.read_bytes(), (name, view)
 
 
 def _dump(params: dict, folder: Path) -> str:

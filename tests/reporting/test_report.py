@@ -14,10 +14,13 @@ from PIL import Image
 from stages.contracts import formats
 from stages.contracts.errors import InputError
 from stages.reporting.report import (
+    WHY,
+    ReviewOptions,
     build_report,
     confused_pairs,
     list_matrix,
     model_top5,
+    plan_rows,
 )
 
 MODELS = ("model_a", "model_b", "model_c")
@@ -216,3 +219,30 @@ def test_predictions_of_another_split_are_refused(split_root) -> None:
             image_root=root,
             out=root / "out",
         )
+
+
+def test_the_strategys_review_queue_is_shown_first_then_lowest_label_quality() -> None:
+    """Rows the strategy queued for review (kept as they are) come before every other row shown,
+    whatever their label quality; a row a person already decided leaves the queue."""
+    n = 6
+    ledger = pa.table(
+        {
+            "action": ["keep", "fix", "keep", "remove", "keep", "keep"],
+            "label": [1, 2, 3, 4, 5, 6],
+            "secondary_labels": [[]] * n,
+            "exempted": [False] * n,
+            "merged": [False] * n,
+            "override": [False, False, False, False, False, True],
+            "review": [False, False, True, False, False, True],
+        }
+    )
+    votes = pa.table(
+        {
+            "label_prob": [0.9, 0.01, 0.8, 0.02, 0.95, 0.5],
+            "ensemble_top": [[1], [9], [3], [8], [5], [6]],
+        }
+    )
+    config = ReviewOptions(keep_sample=0, queue_rows=10, top_pairs=0)
+    shown, why, _ = plan_rows(ledger, votes, config=config)
+    assert shown.tolist()[:3] == [2, 1, 3]  # the queued row, then the fix and removal by quality
+    assert why[2] & WHY["review"] and not why[5] & WHY["review"]
