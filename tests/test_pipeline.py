@@ -26,10 +26,15 @@ MODELS = [
 ]
 
 
+REPRO: dict[str, str] = {}
+"""The first `dvc repro`'s output (stdout + stderr) of the module's project."""
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", 40)
-    run_in(project, "dvc", "repro")
+    done = run_in(project, "dvc", "repro")
+    REPRO["output"] = done.stdout + done.stderr
     run_in(project, "git", "add", "-A")
     run_in(project, "git", "commit", "-qm", "iteration 0")
     return project
@@ -54,6 +59,19 @@ def test_repro_writes_every_output(project: Path) -> None:
     counts = metrics["counts"]
     assert counts["keep"] + counts["fix"] + counts["remove"] + counts["skip"] == 40
     assert stale_stages(project) == set()
+
+
+def test_default_run_draws_cam_overlays_and_dvc_warns_of_no_empty_output(project: Path) -> None:
+    """explain.overlays > 0 by default: every CAM pair (up to the limit) has its overlay PNG, and
+    every overlays folder holds its index, so DVC never warns that an output folder is empty."""
+    assert "is empty" not in REPRO["output"], REPRO["output"][-3000:]
+    for split in ("val", "train_demo"):
+        cams = pd.read_parquet(project / f"data/cams/{split}.parquet")
+        index = json.loads((project / f"data/cams/{split}-overlays/index.json").read_text())
+        assert len(index["files"]) == min(len(cams), index["explain.overlays"])
+        assert all(
+            (project / f"data/cams/{split}-overlays" / name).is_file() for name in index["files"]
+        )
 
 
 def test_published_folder_loads_with_datasets(project: Path, tmp_path: Path) -> None:
