@@ -142,7 +142,6 @@ PROJECT_FILES = [
     "data/demo/references",
     ".dvc/config",
     ".dvc/.gitignore",
-    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]

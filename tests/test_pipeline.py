@@ -91,6 +91,25 @@ def test_metrics_show_lists_the_split_metrics(project: Path) -> None:
     shown = json.loads(run_in(project, "dvc", "metrics", "show", "--json").stdout)
     files = {name for rev in shown.values() for name in rev.get("data", {})}
     assert "metrics/val.json" in files
+    table = run_in(project, "dvc", "metrics", "show", "metrics/val.json").stdout.splitlines()
+    assert max(map(len, table)) < 1300, "the split's headline figures no longer fit a screen"
+    assert "counts.fix" in table[0] and "reference.agreement_after" in table[0]
+    assert "percent" not in table[0] and "top5" not in table[0]
+    models = pd.read_csv(project / "metrics/val-models.csv")
+    assert models["model"].tolist() == MODELS and "original_top5" in models
+
+
+def test_plots_show_is_complete_offline(project: Path, tmp_path: Path) -> None:
+    """`dvc plots show` writes a page that loads no script and nothing from the network: every
+    plot is a picture the evaluate stage drew."""
+    import re
+
+    run_in(project, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots/index.html").read_text()
+    assert "<script" not in html and not re.search(r"(src|href)=\"https?:", html)
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == 4  # classes and rounds of val and train_demo
+    assert all((tmp_path / "plots" / image).read_bytes()[:4] == b"\x89PNG" for image in images)
 
 
 def test_threshold_change_reruns_only_cheap_stages(project: Path) -> None:
