@@ -67,7 +67,6 @@ PROJECT_FILES = [
     "data/demo/models",
     ".dvc/config",
     ".dvc/.gitignore",
-    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]

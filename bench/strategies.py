@@ -13,11 +13,12 @@ seeded 2-fold split of the images that have a reference entry:
   {0.6, 0.7, 0.8, 0.9}), scored on the other, both ways.
 
 Per half: agreement gain (points), removed share, fix precision corrected / (corrected + broken),
-removal precision, secondary-label precision, each with a 95 % Wilson interval; the last table sums
-both halves. Also the ensemble's top-1 (official labels) and ReaL top-1 per view and combined, and
-each view's predict cost relative to the full view (one model, timed side by side).
+removal precision, secondary-label precision, with 95 % Wilson intervals. Also the ensemble's
+top-1 (official labels) and ReaL top-1 per view and combined, and each view's predict cost
+relative to the full view (one model, timed side by side).
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/strategies.py [--split val] [--json out.json]
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python bench/strategies.py [--split val] \
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -291,9 +292,10 @@ def print_tables(rows: list[dict[str, Any]], split: str) -> None:
     for row in rows:
         for k, h in enumerate(row["halves"]):
             name = row["strategy"] + (f", precision {h['fitted']}" if "fitted" in h else "")
+            half = f"{'BA'[k]} (fit on {'AB'[k]})" if "fitted" in h else "AB"[k]
             f = h["fixes"]
             print(
-                f"| {name} | {'+'.join(row['views'])} | {'AB'[k]} | {h['gain']:+.2f} | "
+                f"| {name} | {'+'.join(row['views'])} | {half} | {h['gain']:+.2f} | "
                 f"{_pct(h['removed_pct'])} | {_ci(h['fix_precision'], h['fix_ci'])} "
                 f"({f['corrected']}/{f['broken']}) | "
                 f"{_ci(h['removal_precision'], h['removal_ci'])} | "

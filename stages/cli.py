@@ -95,6 +95,13 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def describe(doc: str | None) -> str:
+    """A command's `--help` description: the first paragraph of its module docstring, whole (its
+    lines joined), never cut mid-sentence at the docstring's first line break."""
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in paragraph.splitlines())
+
+
 def split_stage_main(
     argv: Sequence[str] | None, *, stage: str, doc: str, run: Callable[[str, dict[str, Any]], Any]
 ) -> int:
@@ -102,14 +109,13 @@ def split_stage_main(
 
     Args:
         argv: the arguments after the stage's name (None: sys.argv's).
-        stage: the command name; doc: the module docstring, whose first line describes the stage.
+        stage: the command name; doc: the module docstring, whose first paragraph describes the
+            stage.
         run: the stage's function of (split, params).
     """
     from stages.contracts.params import load_params
 
-    parser = argparse.ArgumentParser(
-        prog=f"imagenet-clean {stage}", description=doc.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog=f"imagenet-clean {stage}", description=describe(doc))
     parser.add_argument(
         "--split", required=True, help="a split configured under params.yaml splits"
     )

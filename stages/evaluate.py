@@ -1,27 +1,28 @@
 """`evaluate` stage: the ledger, votes and predictions -> `metrics/<split>.json` and the plots.
 
-Metrics (deterministic JSON, null where a ratio has no rows):
+`metrics/<split>.json` (deterministic JSON, null where a ratio has no rows) holds only the
+headline figures a person diffs between iterations, so that `dvc metrics show` stays readable:
+`rows`, `iteration`, `counts` (keep, fix, remove, skip, merge, override, exempted, secondary,
+placeholders, `remove_new` / `remove_carried`), `cam.vetoed`, `models.<name>.original.top1` and
+`.cleaned.top1` (the paper's Table 1, top-1) and, with `evaluate.reference_labels`, `reference`:
+agreement before -> after, removal precision and `worse` (true, with a logged warning, when the
+cleaned labels agree less with people than the input labels). The detail lies beside it, in plain
+data files (DVC outputs, not metrics):
 
-- `counts` / `percent` (of manifest rows): keep, fix, remove, skip, merge, override, exempted,
-  secondary (rows with secondary labels), placeholders; `remove_new` (removed by this iteration's
-  decisions) and `remove_carried` (removed in an earlier iteration); `iteration`; `rows`.
-- `models.<name>`: `cl_label_errors`, `top1/top5` on the `original` labels (the ledger `label`)
-  and on the `cleaned` labels (`new_label` of kept and fixed rows): the paper's Table 1; with a
-  reference, `multi_label_top1` (the model's top-1 among the classes humans accept).
-- `evidence` (`stages.method.evidence_strength`): how strong the evidence is without a reference
-  (noise rate, the ensemble's agreement with the labels, the labels' expected accuracy before and
-  after) and, per action type, rows taken, estimated precision, best estimate offered, and the
-  gate that held a type back.
-- `cam`: `vetoed` removals (exempted rows) and a histogram by number of exempting models.
-- `multi_label_estimate`: the share of active rows whose ensemble gives two or more classes at
-  least `evaluate.multi_label_threshold` (for splits without a reference; Anzaku et al. 2024).
-- `reference` (with `evaluate.reference_labels`, see `stages.method.references`): agreement before
-  -> after, fix outcomes, removal precision, recall of reference-bad rows, secondary-label
-  precision, the reference's multi-label share, and `worse` (true, with a logged warning, when the
-  cleaned labels agree less with people than the input labels).
+- `metrics/<split>-detail.json`: every figure: the above, `percent` of manifest rows, per model
+  `cl_label_errors`, top-1/top-5 and row counts on the original and cleaned labels and
+  `multi_label_top1`, the CAM histogram, the `multi_label_estimate` (share of active rows whose
+  ensemble gives two or more classes at least `evaluate.multi_label_threshold`; Anzaku et al.
+  2024) and the whole `reference` block (fix outcomes, recall of reference-bad rows, secondary-label
+  precision, ...; `stages.method.references`);
+- `metrics/<split>-models.csv`: one row per model, the paper's Table 1 with top-5 and CL errors;
+- `evidence` (headline: noise, expected label accuracy before -> after; detail: per action type
+  rows taken, estimated precision, best estimate offered, and the gate that held a type back;
+  `stages.method.evidence_strength`): how strong the evidence is, without a reference;
 - `metrics/<split>-classes.csv` / `.png`: this iteration's fixes and removals per class (top
-  `evaluate.top_classes`); `metrics/<split>-rounds.csv`: counts and human agreement per iteration
-  (the history `imagenet-clean promote` keeps beside the labels file, plus this iteration).
+  `evaluate.top_classes`); `metrics/<split>-rounds-*.csv` / `-rounds.png`: counts and human
+  agreement per iteration (the history `imagenet-clean promote` keeps beside the labels file, plus
+  this iteration).
 
 Predictions are memory-mapped and scanned model by model in row chunks (`stages.method.scoring`),
 so nothing of size N x 1000 is ever held in memory; rows that are not probabilities are refused.
@@ -40,10 +41,13 @@ from stages.contracts.labels import rounds_history_path, rounds_table
 from stages.contracts.splits import Params
 from stages.method import references
 from stages.method.evidence_strength import StrengthConfig, evidence_strength
-from stages.method.scoring import EvaluateConfig, evaluate_split
+from stages.method.scoring import EvaluateConfig, evaluate_split, headline_metrics, model_table
 from stages.reporting.plots import empty_note, plot_classes, write_rounds
 
 logger = logging.getLogger(__name__)
+
+HEADLINE_EVIDENCE = ("noise", "expected_label_accuracy_before", "expected_label_accuracy_after")
+"""The evidence figures `metrics/<split>.json` keeps (the rest is in `<split>-detail.json`)."""
 
 
 def run_evaluate(split: str, params: Params, *, root: str | Path = ".") -> dict[str, Any]:
@@ -78,9 +82,14 @@ def run_evaluate(split: str, params: Params, *, root: str | Path = ".") -> dict[
     if "label_posterior" in votes and "confidence" in ledger:
         metrics["evidence"] = evidence_strength(ledger, votes, config=strength)
     folder = root / formats.metrics_path(split).parent
-    formats.write_json(metrics, root / formats.metrics_path(split))
-    with formats.atomic_path(folder / f"{split}-classes.csv") as tmp:
-        classes.to_csv(tmp, index=False, lineterminator="\n")
+    head = headline_metrics(metrics)
+    if "evidence" in metrics:
+        head["evidence"] = {k: metrics["evidence"][k] for k in HEADLINE_EVIDENCE}
+    formats.write_json(head, root / formats.metrics_path(split))
+    formats.write_json(metrics, folder / f"{split}-detail.json")
+    for name, table in (("classes", classes), ("models", model_table(metrics))):
+        with formats.atomic_path(folder / f"{split}-{name}.csv") as tmp:
+            table.to_csv(tmp, index=False, lineterminator="\n")
     plot_classes(
         classes,
         folder / f"{split}-classes.png",

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stages.cli import run_as_script
+from stages.cli import describe, run_as_script
 from stages.contracts import formats
 from stages.contracts.errors import InputError
 from stages.contracts.formats import CAMS_SCHEMA
@@ -81,9 +81,7 @@ def run_explain(config: ExplainConfig) -> cams.CamStats:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.explain --split val [--params params.yaml]`; under `torchrun` (or
     with `explain.processes` > 1) each process explains a share of the candidates."""
-    parser = argparse.ArgumentParser(
-        prog="imagenet-clean explain", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="imagenet-clean explain", description=describe(__doc__))
     parser.add_argument(
         "--split", required=True, help="a split configured under params.yaml splits"
     )

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stages.cli import describe, run_as_script
 from stages.contracts import formats
 from stages.contracts.params import load_params
 from stages.contracts.sidecars import predictions_sidecar
@@ -101,7 +102,7 @@ def run_import(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean import-predictions --split S --model M FILE`."""
     parser = argparse.ArgumentParser(
-        prog="imagenet-clean import-predictions", description=__doc__.splitlines()[0]
+        prog="imagenet-clean import-predictions", description=describe(__doc__)
     )
     parser.add_argument("file", help=".npz / .parquet with image_id + probabilities, or .npy")
     parser.add_argument("--split", required=True)
@@ -134,6 +135,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from stages.cli import run_as_script
-
     run_as_script(main)

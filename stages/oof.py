@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.cli import run_as_script
+from stages.cli import describe, run_as_script
 from stages.contracts import formats
 from stages.contracts.params import load_params
 from stages.contracts.splits import Params
@@ -54,7 +54,7 @@ def run_oof(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.oof --split S --model M [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(prog="imagenet-clean oof", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="imagenet-clean oof", description=describe(__doc__))
     parser.add_argument("--split", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--params", default="params.yaml")

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from stages.cli import describe, run_as_script
 from stages.contracts import formats
 from stages.contracts.labels import (
     LABELS_SCHEMA,
@@ -61,9 +62,7 @@ def promote(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean promote --split val [--params params.yaml] [--ledger PATH]`."""
-    parser = argparse.ArgumentParser(
-        prog="imagenet-clean promote", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="imagenet-clean promote", description=describe(__doc__))
     parser.add_argument("--split", required=True)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--ledger", default=None, help="ledger to promote (default: the split's)")
@@ -75,6 +74,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from stages.cli import run_as_script
-
     run_as_script(main)

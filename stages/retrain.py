@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stages.cli import run_as_script
+from stages.cli import describe, run_as_script
 from stages.contracts.params import load_params
 from stages.modelling.launch import launch_or_run
 from stages.modelling.train_config import ARMS, RetrainConfig
@@ -27,9 +27,7 @@ from stages.modelling.training import train_arm
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.retrain --arm original|cleaned [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(
-        prog="imagenet-clean retrain", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="imagenet-clean retrain", description=describe(__doc__))
     parser.add_argument("--arm", required=True, choices=ARMS)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

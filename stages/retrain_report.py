@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.cli import run_as_script
+from stages.cli import describe, run_as_script
 from stages.contracts import formats
 from stages.contracts.params import load_params
 from stages.contracts.splits import Params
@@ -35,7 +35,7 @@ def run_report(params: Params, *, out: Path | None = None) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.retrain_report [--params params.yaml]`."""
     parser = argparse.ArgumentParser(
-        prog="imagenet-clean retrain-report", description=__doc__.splitlines()[0]
+        prog="imagenet-clean retrain-report", description=describe(__doc__)
     )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

@@ -10,19 +10,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import textwrap
 from collections.abc import Sequence
 
-from stages.cli import run_as_script
+from stages.cli import describe, run_as_script
 from stages.contracts.params import load_params
 from stages.reporting.server import ServeReviewConfig, make_server
 
 logger = logging.getLogger(__name__)
 
+API = """\
+The page's buttons call a JSON API that scripts may use too (docs/review.md, "The HTTP API"):
+  GET  /api/overrides             -> {"split", "path", "rows": [{image_id, action, ...}]}
+  POST /api/overrides  {"rows": [{"image_id": ..., "action": "keep|fix|remove|secondary",
+                                  "new_label": <class index or wnid>, "note": ...}, ...]}
+                                  -> the same listing, updated
+  POST /api/undo       {"image_id": ...}  drops that image's rows -> the same listing, updated
+  GET  /api/record?image_id=...   -> any image's evidence record
+  GET  /api/thumb/<row>.jpg       -> a ledger row's thumbnail
+POST bodies are Content-Type: application/json; a refused request gets a 4xx {"error": why}
+and leaves the overrides file as it was."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `imagenet-clean serve-review --split val [--port 8765] [--host 127.0.0.1]`."""
     parser = argparse.ArgumentParser(
-        prog="imagenet-clean serve-review", description=__doc__.splitlines()[0]
+        prog="imagenet-clean serve-review",
+        description=textwrap.fill(describe(__doc__), 79),
+        epilog=API,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--split", required=True, help="a split configured under params.yaml splits"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stages.cli import run_as_script
+from stages.cli import describe, run_as_script
 from stages.contracts.params import load_params
 from stages.modelling.launch import launch_or_run
 from stages.modelling.train_config import TrainConfig
@@ -31,9 +31,7 @@ from stages.modelling.training import train_fold
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: `python -m stages.train --split S --model M --fold K [--params params.yaml]`."""
-    parser = argparse.ArgumentParser(
-        prog="imagenet-clean train", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="imagenet-clean train", description=describe(__doc__))
     parser.add_argument("--split", required=True)
     parser.add_argument("--model", required=True, help="a key of params.yaml `models:`")
     parser.add_argument("--fold", required=True, type=int)

@@ -29,10 +29,57 @@ SHARED_DEMO = ROOT.parent / "shared" / "demo" / "imagenet-val-1300"
 pytest_plugins = ["hub_inputs"]
 
 
+USER_STATE = ("data/overrides", "iterations")
+"""What a user's own review and iteration rounds write into the project (overrides, promoted labels
+and their rounds history): never read by a test, so that committing a correction (as the README's
+review workflow does) cannot break `make test`."""
+
+
+def fresh_user_state(dest: Path, params_file: Path) -> None:
+    """Write the state of a fresh clone into `dest`: a header-only overrides file for every split
+    and an `iterations/` folder without promoted labels."""
+    params = load_params(params_file)
+    for entry in (params.get("splits") or {}).values():
+        overrides = entry.get("overrides") if isinstance(entry, dict) else None
+        if overrides and not Path(overrides).is_absolute():
+            (dest / overrides).parent.mkdir(parents=True, exist_ok=True)
+            (dest / overrides).write_text("image_id,action,new_label,note\n")
+    (dest / "iterations").mkdir(exist_ok=True)
+    if (ROOT / "iterations/README.md").is_file():
+        shutil.copy(ROOT / "iterations/README.md", dest / "iterations/README.md")
+
+
+PRISTINE_LINKS = (
+    "stages",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "data/demo",
+    "data/table_a1_merges.csv",
+    "docs",
+    "README.md",
+)
+"""The project's own files a test's working folder links to (the code, the configuration and the
+committed demo); everything else there (the user's overrides, iterations, DVC outputs) is fresh."""
+
+
+@pytest.fixture(scope="session")
+def pristine_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working folder laid out like a fresh clone of the project: links to its code, params and
+    demo, fresh overrides and iterations, and no DVC output of the user's runs."""
+    folder = tmp_path_factory.mktemp("pristine")
+    for name in PRISTINE_LINKS:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).symlink_to(ROOT / name)
+    fresh_user_state(folder, ROOT / "params.yaml")
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def _project_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stages resolve params paths relative to the project root, as `dvc repro` runs them."""
-    monkeypatch.chdir(ROOT)
+def _project_cwd(monkeypatch: pytest.MonkeyPatch, pristine_project: Path) -> None:
+    """Stages resolve params paths relative to the project root, as `dvc repro` runs them: tests
+    run in a fresh-clone copy of it (`pristine_project`), never in the user's working tree."""
+    monkeypatch.chdir(pristine_project)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +142,6 @@ PROJECT_FILES = [
     "data/demo/references",
     ".dvc/config",
     ".dvc/.gitignore",
-    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]
@@ -104,6 +150,8 @@ PROJECT_FILES = [
 def copy_project(dest: Path, n_images: int) -> Path:
     """Copy the project into `dest` with only the first `n_images` demo images, git-init it."""
     for name in PROJECT_FILES:
+        if name in USER_STATE:
+            continue
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -128,6 +176,7 @@ def copy_project(dest: Path, n_images: int) -> Path:
             split / "ILSVRC/Annotations/CLS-LOC/val",
         )
     _shrink_train_demo(dest / "params.yaml", n_images)
+    fresh_user_state(dest, dest / "params.yaml")
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(git + ["add", "-A"], cwd=dest, check=True)

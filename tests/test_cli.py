@@ -68,3 +68,27 @@ def test_the_commands_are_exactly_the_doors_in_stages() -> None:
 
     doors = {p.stem for p in Path(cli.__file__).parent.glob("*.py")} - {"__init__", "cli"}
     assert {module.split(".")[1] for module in cli.COMMANDS.values()} == doors
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_help_describes_each_command_in_whole_sentences(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`imagenet-clean <command> --help` never stops mid-sentence at a docstring's line break."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    description = " ".join(text.split("\n\n")[1].split())
+    paragraph = cli.describe(importlib.import_module(cli.COMMANDS[command]).__doc__)
+    cut = paragraph.startswith(description) and paragraph != description
+    assert not cut, f"{command} --help stops mid-sentence: {description!r}"
+
+
+def test_serve_review_help_lists_the_http_api(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve-review", "--help"])
+    text = capsys.readouterr().out
+    for endpoint in ("GET  /api/overrides", "POST /api/overrides", "POST /api/undo"):
+        assert endpoint in text
+    assert '{"rows": [{"image_id": ...' in text and "which the next `dvc repro` applies." in text

@@ -116,6 +116,7 @@ INTEGRATION = {
     "test_docs",
     "test_dvc_contract",
     "test_errors",
+    "test_hermetic",
     "test_pipeline",
     "test_pipeline_ingest",
     "test_review_browser",

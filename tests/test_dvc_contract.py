@@ -229,6 +229,38 @@ def test_stages_read_only_declared_params_and_paths(
     assert stale_stages(built) == set()
 
 
+@pytest.mark.slow
+def test_adding_a_split_makes_only_its_own_stages_stale(built: Path) -> None:
+    """Each stage depends on the files it reads, not on their folder: a new split's manifest in
+    data/manifests leaves the retrain arms (26 GPU-hours at full scale) and every other split's
+    stages up to date. Only publish, whose deps are whole folders (DVC cannot list a file per
+    `publish.splits` entry), sees the new manifest."""
+    params_file, lock_file = built / "params.yaml", built / "dvc.lock"
+    saved = params_file.read_text(), lock_file.read_text()
+    raw = yaml.safe_load(saved[0])
+    raw["splits"]["extra"] = {
+        **raw["splits"]["val"],
+        "limit": 4,
+        "labels": "iterations/extra.parquet",
+        "overrides": "data/overrides/extra.csv",
+    }
+    raw["vote"]["extra"], raw["decide"]["extra"] = raw["vote"]["val"], raw["decide"]["val"]
+    (built / "data/overrides/extra.csv").write_text("image_id,action,new_label,note\n")
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        run_in(built, "dvc", "repro", "ingest@extra")
+        stale = stale_stages(built)
+    finally:
+        params_file.write_text(saved[0])
+        lock_file.write_text(saved[1])
+        for path in ("data/overrides/extra.csv", "data/manifests/extra.parquet"):
+            (built / path).unlink(missing_ok=True)
+        (built / "metrics/ingest/extra.json").unlink(missing_ok=True)
+    assert (built / "data/manifests/val.parquet").is_file()
+    others = {name for name in stale if not name.endswith("@extra")}
+    assert others == {"publish"}, f"adding split extra made these stale: {sorted(others)}"
+
+
 def test_outputs_are_linked_into_the_dvc_cache_not_copied() -> None:
     """`.dvc/config` asks for link cache types first, copy last, so that outputs (26.6 GB of
     float32 predictions at 1.33M images) are not stored twice."""

@@ -47,9 +47,17 @@ def test_run_evaluate_writes_metrics_plot_data_and_png(tmp_path: Path, params: d
     run_evaluate("val", params, root=tmp_path)
     text = (tmp_path / "metrics/val.json").read_text()
     metrics = json.loads(text)
-    assert metrics["counts"]["fix"] == 1 and metrics["cam"]["images_examined"] == 1
+    assert metrics["counts"]["fix"] == 1 and metrics["cam"] == {"vetoed": 1}
     assert metrics["reference"]["removal_precision"] is None and "NaN" not in text
     assert metrics["reference"]["agreement_after"] == 100.0
+    assert sorted(metrics) == ["cam", "counts", "iteration", "models", "reference", "rows"]
+    assert metrics["models"] == {"a": {"original": {"top1": 60.0}, "cleaned": {"top1": 75.0}}}
+    detail = json.loads((tmp_path / "metrics/val-detail.json").read_text())
+    assert detail["cam"]["images_examined"] == 1 and "percent" in detail
+    assert detail["reference"]["agreement_after"] == 100.0 and "fixes" in detail["reference"]
+    models = pd.read_csv(tmp_path / "metrics/val-models.csv")
+    assert models["model"].tolist() == ["a"]
+    assert models.loc[0, "original_top5"] == detail["models"]["a"]["original"]["top5"]
     classes = pd.read_csv(tmp_path / "metrics/val-classes.csv")
     assert list(classes.columns) == ["class", "action", "count"] and classes["count"].sum() == 2
     png = tmp_path / "metrics/val-classes.png"

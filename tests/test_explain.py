@@ -7,6 +7,7 @@ else is real: demo images, demo models, pytorch-grad-cam.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,21 +87,28 @@ def test_stage_writes_contract_table_and_overlays_deterministically(stage_dir) -
         cheap = int(row.gradcam >= 0.01) + int(row.gradcampp >= 0.01)
         assert np.isnan(row.scorecam) == (cheap != 1)  # early exit: Score-CAM only when undecided
     overlays = folder / "data/cams/val-overlays"
-    pngs = sorted(p.name for p in overlays.iterdir())
+    pngs = sorted(p.name for p in overlays.glob("*.png"))
     assert pngs == sorted([f"{ids[0]}__{MODELS[0]}.png", f"{ids[0]}__{MODELS[1]}.png"])
+    index = json.loads((overlays / "index.json").read_text())
+    assert index == {"explain.overlays": 2, "files": pngs}
+    assert sorted(p.name for p in overlays.iterdir()) == sorted([*pngs, "index.json"])
     first = {p: (overlays / p).read_bytes() for p in pngs} | {"table": out.read_bytes()}
     assert explain.main(["--split", "val", "--params", "params.yaml"]) == 0
     again = {p: (overlays / p).read_bytes() for p in pngs} | {"table": out.read_bytes()}
     assert again == first
 
 
-def test_stage_with_no_candidates_writes_an_empty_table_and_folder(stage_dir) -> None:
+def test_stage_with_no_candidates_writes_an_empty_table_and_an_index_of_no_overlays(
+    stage_dir,
+) -> None:
     folder, manifest = stage_dir
     formats.write_table(make_votes(manifest, {}), folder / formats.votes_path("val"))
     explain.main(["--split", "val", "--params", "params.yaml"])
     table = pq.read_table(folder / formats.cams_path("val"))
     assert table.num_rows == 0 and table.schema.remove_metadata() == formats.CAMS_SCHEMA
-    assert list((folder / "data/cams/val-overlays").iterdir()) == []
+    overlays = folder / "data/cams/val-overlays"  # never empty: DVC warns of empty outputs
+    assert [p.name for p in overlays.iterdir()] == ["index.json"]
+    assert json.loads((overlays / "index.json").read_text())["files"] == []
 
 
 def test_stage_refuses_votes_of_another_ensemble(stage_dir) -> None:

@@ -26,10 +26,15 @@ MODELS = [
 ]
 
 
+REPRO: dict[str, str] = {}
+"""The first `dvc repro`'s output (stdout + stderr) of the module's project."""
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     project = copy_project(tmp_path_factory.mktemp("pipeline") / "project", 40)
-    run_in(project, "dvc", "repro")
+    done = run_in(project, "dvc", "repro")
+    REPRO["output"] = done.stdout + done.stderr
     run_in(project, "git", "add", "-A")
     run_in(project, "git", "commit", "-qm", "iteration 0")
     return project
@@ -57,6 +62,19 @@ def test_repro_writes_every_output(project: Path) -> None:
     assert stale_stages(project) == set()
 
 
+def test_default_run_draws_cam_overlays_and_dvc_warns_of_no_empty_output(project: Path) -> None:
+    """explain.overlays > 0 by default: every CAM pair (up to the limit) has its overlay PNG, and
+    every overlays folder holds its index, so DVC never warns that an output folder is empty."""
+    assert "is empty" not in REPRO["output"], REPRO["output"][-3000:]
+    for split in ("val", "train_demo"):
+        cams = pd.read_parquet(project / f"data/cams/{split}.parquet")
+        index = json.loads((project / f"data/cams/{split}-overlays/index.json").read_text())
+        assert len(index["files"]) == min(len(cams), index["explain.overlays"])
+        assert all(
+            (project / f"data/cams/{split}-overlays" / name).is_file() for name in index["files"]
+        )
+
+
 def test_published_folder_loads_with_datasets(project: Path, tmp_path: Path) -> None:
     from datasets import load_dataset
 
@@ -74,6 +92,25 @@ def test_metrics_show_lists_the_split_metrics(project: Path) -> None:
     shown = json.loads(run_in(project, "dvc", "metrics", "show", "--json").stdout)
     files = {name for rev in shown.values() for name in rev.get("data", {})}
     assert "metrics/val.json" in files
+    table = run_in(project, "dvc", "metrics", "show", "metrics/val.json").stdout.splitlines()
+    assert max(map(len, table)) < 1300, "the split's headline figures no longer fit a screen"
+    assert "counts.fix" in table[0] and "reference.agreement_after" in table[0]
+    assert "percent" not in table[0] and "top5" not in table[0]
+    models = pd.read_csv(project / "metrics/val-models.csv")
+    assert models["model"].tolist() == MODELS and "original_top5" in models
+
+
+def test_plots_show_is_complete_offline(project: Path, tmp_path: Path) -> None:
+    """`dvc plots show` writes a page that loads no script and nothing from the network: every
+    plot is a picture the evaluate stage drew."""
+    import re
+
+    run_in(project, "dvc", "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots/index.html").read_text()
+    assert "<script" not in html and not re.search(r"(src|href)=\"https?:", html)
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == 4  # classes and rounds of val and train_demo
+    assert all((tmp_path / "plots" / image).read_bytes()[:4] == b"\x89PNG" for image in images)
 
 
 def test_threshold_change_reruns_only_cheap_stages(project: Path) -> None:

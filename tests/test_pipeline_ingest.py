@@ -132,3 +132,61 @@ def test_only_a_changed_image_is_read_again_and_only_its_row_changes(make_projec
     )
     predicts = {f"predict@val-{m}-{v}" for m in MODELS for v in ("full", "boxes")}
     assert {"ingest@val", "vote@val"} | predicts == _ran(changed)
+
+
+def _official_devkit_downloads(folder, n_images: int) -> list[tuple[str, str]]:
+    """The official downloads of the first `n_images` demo images, unpacked side by side as
+    docs/real-imagenet.md's devkit example names them: ILSVRC2012_img_val (the JPEGs only),
+    ILSVRC2012_devkit_t12/data/ (meta.mat in a shuffled ILSVRC2012_ID order and the ground
+    truth) and ILSVRC2012_bbox_val (the box XMLs). Returns (image_id, wnid) of the images."""
+    import numpy as np
+    from scipy.io import savemat
+
+    solution = pd.read_csv(DEMO_ROOT / "LOC_val_solution.csv").sort_values("ImageId")
+    rows = [(i, p.split()[0]) for i, p in zip(solution["ImageId"], solution["PredictionString"])]
+    rows = rows[:n_images]
+    images, data, boxes = (
+        folder / "ILSVRC2012_img_val",
+        folder / "ILSVRC2012_devkit_t12/data",
+        folder / "ILSVRC2012_bbox_val",
+    )
+    for made in (images, data, boxes):
+        made.mkdir(parents=True)
+    order = list(np.random.default_rng(1).permutation(formats.class_wnids()))
+    synsets = np.zeros(1000, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    for k, wnid in enumerate(order):
+        synsets[k] = (k + 1, wnid, 0)
+    savemat(data / "meta.mat", {"synsets": synsets})
+    truth = {int(image_id.rsplit("_", 1)[1]): order.index(wnid) + 1 for image_id, wnid in rows}
+    lines = [str(truth.get(n, 1)) for n in range(1, max(truth) + 1)]
+    (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
+    for image_id, _ in rows:
+        shutil.copy(DEMO_ROOT / "ILSVRC/Data/CLS-LOC/val" / f"{image_id}.JPEG", images)
+        shutil.copy(DEMO_ROOT / "ILSVRC/Annotations/CLS-LOC/val" / f"{image_id}.xml", boxes)
+    images.chmod(0o555)  # a read-only shared copy: ingest writes nothing there
+    return rows
+
+
+@pytest.mark.slow
+def test_the_documented_devkit_example_runs_as_written(make_project, tmp_path) -> None:
+    """docs/real-imagenet.md's `val_devkit` entry, copied as written (only /data/ replaced by the
+    folder holding the downloads), ingests a devkit-layout copy of the demo under dvc repro."""
+    docs = (DEMO_ROOT.parents[2] / "docs/real-imagenet.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", docs, re.S)
+    assert block, "docs/real-imagenet.md lost its params example"
+    example = yaml.safe_load(re.sub(r"(?<= )/data/", f"{tmp_path}/downloads/", block.group(1)))
+    entry = example["splits"]["val_devkit"]
+    rows = _official_devkit_downloads(tmp_path / "downloads", 12)
+    project = make_project(4)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["splits"]["val_devkit"] = entry
+    params["ingest"]["on_missing_image"] = "skip"  # the demo holds 12 of the ground truth's lines
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / entry["overrides"]).write_text("image_id,action,new_label,note\n")
+    try:
+        run_in(project, "dvc", "repro", "ingest@val_devkit")
+    finally:
+        (tmp_path / "downloads/ILSVRC2012_img_val").chmod(0o755)
+    manifest = pd.read_parquet(project / "data/manifests/val_devkit.parquet")
+    assert list(zip(manifest["image_id"], manifest["wnid"])) == rows
+    assert manifest["boxes"].map(len).gt(0).all()

@@ -230,6 +230,21 @@ def test_served_page_opens_any_image_with_a_thumbnail_drawn_on_demand(
     )
 
 
+def test_class_names_in_the_top5_tables_are_shown_whole(demo, browser) -> None:
+    """Every class name in the per-model top-5 tables is shown in full (wrapped, never cut to
+    "Kerry blu…"): no name's text is wider than its box."""
+    browser.get((demo / "data/review/val/index.html").as_uri())
+    wait_ready(browser)
+    names = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.top5 td .name')).map(function (e) {"
+        " return [e.textContent, e.scrollWidth, e.clientWidth]; })"
+    )
+    assert len(names) > 100
+    cut = [name for name, needed, shown in names if needed > shown]
+    assert cut == [], f"class names cut in the top-5 tables: {cut[:10]}"
+    assert max(len(name) for name, _, _ in names) > 12  # long names are there, and whole
+
+
 def test_file_mode_merges_rows_by_the_servers_rules(demo, browser) -> None:
     from stages.reporting.server import Decision, RequestError, merge_rows
 

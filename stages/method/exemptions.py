@@ -450,7 +450,8 @@ def explain_candidates(
     Args:
         candidates: as `select_candidates` returns (C rows). root: the split's image root.
         specs: the ensemble, `predict.models` order. overlay_dir: where the first
-            `config.overlays` pairs' PNGs go (`<image_id>__<model>.png`); None writes none.
+            `config.overlays` pairs' PNGs go (`<image_id>__<model>.png`, listed in
+            `index.json`); None writes none.
 
     Returns:
         A CAMS_SCHEMA table, candidate order, then ensemble order within a candidate.
@@ -485,6 +486,8 @@ def explain_candidates(
         for key, data in pngs.items():
             with formats.atomic_path(overlays[key]) as tmp:
                 tmp.write_bytes(data)
+        if overlay_dir is not None:
+            write_overlay_index(overlay_dir, sorted(overlays[key].name for key in pngs), config)
     rows = [results[key] for key in order]
     return pa.table(
         {
@@ -499,6 +502,17 @@ def explain_candidates(
         },
         schema=CAMS_SCHEMA,
     )
+
+
+OVERLAY_INDEX = "index.json"
+"""The overlays folder's listing: always written, so the folder is never empty (DVC warns of an
+empty output folder) and a reader sees which pairs have a picture."""
+
+
+def write_overlay_index(folder: Path, files: Sequence[str], config: CamOptions) -> None:
+    """`<folder>/index.json`: the overlay PNGs written and the `explain.overlays` limit."""
+    index = {"explain.overlays": config.overlays, "files": list(files)}
+    formats.write_json(index, Path(folder) / OVERLAY_INDEX)
 
 
 def overlays_dir(split: str) -> Path:

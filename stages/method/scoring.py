@@ -286,3 +286,49 @@ def evaluate_split(
         block["worse"] = references.warn_if_worse(block, split)
         metrics["reference"] = block
     return metrics, class_table(ledger, top=top_classes)
+
+
+HEADLINE_REFERENCE = ("agreement_before", "agreement_after", "removal_precision", "worse")
+"""The `reference` figures `metrics/<split>.json` keeps (the rest: `<split>-detail.json`)."""
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures a person diffs between iterations (`metrics/<split>.json`, what `dvc metrics
+    show` prints): rows, iteration, counts, CAM vetoes, each model's top-1 on the original and
+    cleaned labels and, with a reference, agreement before -> after and removal precision. The
+    full figures go to `<split>-detail.json`, the per-model table to `<split>-models.csv`."""
+    head: dict[str, Any] = {
+        "rows": metrics["rows"],
+        "iteration": metrics["iteration"],
+        "counts": dict(metrics["counts"]),
+        "cam": {"vetoed": metrics["cam"]["vetoed"]},
+        "models": {
+            name: {arm: {"top1": entry[arm]["top1"]} for arm in ("original", "cleaned")}
+            for name, entry in metrics["models"].items()
+        },
+    }
+    if "reference" in metrics:
+        head["reference"] = {k: metrics["reference"].get(k) for k in HEADLINE_REFERENCE}
+    return head
+
+
+def model_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per model: CL label errors, top-1/top-5 and rows on the original and cleaned labels
+    (the paper's Table 1) and, with a reference, the multi-label top-1."""
+    rows = [
+        {
+            "model": name,
+            "cl_label_errors": entry["cl_label_errors"],
+            **{
+                f"{arm}_{key}": entry[arm][key]
+                for arm in ("original", "cleaned")
+                for key in ("top1", "top5", "rows")
+            },
+            "multi_label_top1": entry.get("multi_label_top1"),
+        }
+        for name, entry in metrics["models"].items()
+    ]
+    columns = ["model", "cl_label_errors"] + [
+        f"{arm}_{key}" for arm in ("original", "cleaned") for key in ("top1", "top5", "rows")
+    ]
+    return pd.DataFrame(rows, columns=[*columns, "multi_label_top1"])

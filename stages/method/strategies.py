@@ -142,10 +142,9 @@ def consensus(rows: Rows, *, thresholds: Thresholds, options: StrategyOptions) -
     for i in np.flatnonzero(fix):
         out.action[i], out.new_label[i] = Action.FIX.value, int(other[i])
         out.reason[i] = (
-            f"fix: the ensemble gives {class_label(other[i])} {other_prob[i]:.2f} "
-            f"(>= clear {c.clear}) and the label {class_label(rows.label[i])} "
+            f"fix: to {class_label(other[i])}, which the ensemble gives {other_prob[i]:.2f} "
+            f"(>= clear {c.clear}), while the label {class_label(rows.label[i])} gets "
             f"{p_label[i]:.2f} (< support {c.support}); {_votes(rows, i, thresholds)}"
-            f" -> {class_label(other[i])}"
         )
     for i in np.flatnonzero(shared):
         top, probs = rows.ensemble_top[i], rows.ensemble_probs[i]
@@ -176,8 +175,10 @@ def consensus(rows: Rows, *, thresholds: Thresholds, options: StrategyOptions) -
 
 def _votes(rows: Rows, i: int | np.intp, t: Thresholds) -> str:
     n = len(rows.candidates[i])
-    return f"{n} of {t.n_models} CL votes" + (
-        f" {describe_candidates(Counter(int(k) for k in rows.candidates[i]))}" if n else ""
+    return f"CL: {n} of {t.n_models} models flag the label" + (
+        f", candidates {describe_candidates(Counter(int(k) for k in rows.candidates[i]))}"
+        if n
+        else ""
     )
 
 

@@ -233,21 +233,34 @@ def read_imagenetv2(source: Source) -> list[Found]:
     return found
 
 
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+
+
+def devkit_ground_truth(source: Source) -> Path | None:
+    """Where the devkit's ground truth lies: beside `synsets` (the devkit's `data/` folder holds
+    both meta.mat and the ground truth, as ILSVRC2012_devkit_t12.tar.gz unpacks), else in the image
+    root; None when neither holds it."""
+    folders = ([source.synsets.parent] if source.synsets is not None else []) + [source.root]
+    return next((f / GROUND_TRUTH for f in folders if (f / GROUND_TRUTH).is_file()), None)
+
+
 def read_devkit(source: Source) -> list[Found]:
     """Official devkit: flat val folder + `ILSVRC2012_validation_ground_truth.txt` (ILSVRC2012_IDs,
     mapped through `synsets` = meta.mat or a synset list in ILSVRC2012_ID order), optional bbox
-    XMLs."""
+    XMLs. Every input may lie where the official downloads put it (the root may be read-only)."""
     root = _require_dir(source.root, "image")
-    truth = source.root / "ILSVRC2012_validation_ground_truth.txt"
     if source.synsets is None:
         raise ConfigError(
             f"layout devkit needs params.yaml `{source.where}.synsets`: the devkit's "
-            "meta.mat or a synset list in ILSVRC2012_ID order"
+            "data/meta.mat (ILSVRC2012_devkit_t12.tar.gz) or a synset list in ILSVRC2012_ID order"
         )
-    if not truth.is_file():
+    truth = devkit_ground_truth(source)
+    if truth is None:
         raise MissingInputError(
-            f"{truth} not found (the devkit's ground truth, one ILSVRC2012_ID "
-            "per line in image order)"
+            f"{GROUND_TRUTH} not found beside {source.synsets} nor in {source.root}: it is the "
+            "devkit's ground truth (one ILSVRC2012_ID per line in image order), in data/ of "
+            f"ILSVRC2012_devkit_t12.tar.gz; set `{source.where}.synsets` to that folder's "
+            "meta.mat, or put the file in the image folder"
         )
     order = devkit_synsets(Path(source.synsets))
     ids = ground_truth(truth, len(order))
@@ -333,7 +346,7 @@ def labelled_without_image(source: Source, found: list[Found]) -> tuple[Path | N
             return None, []
         return path, sorted(set(kaggle_solution(path)) - have)
     if source.layout == "devkit":
-        path = source.root / "ILSVRC2012_validation_ground_truth.txt"
+        path = devkit_ground_truth(source) or source.root / GROUND_TRUTH
         lines = len(ground_truth(path, 1000)) if path.is_file() else 0
         tails = (r.image_id.rsplit("_", 1)[-1] for r in found)
         numbers = {int(tail) for tail in tails if tail.isdigit()}

@@ -57,9 +57,24 @@ def test_a_confident_wrong_label_is_fixed_to_the_clearly_right_class() -> None:
     assert out.action.tolist() == ["fix"] and out.new_label.tolist() == [396]
     assert out.secondary == [[]]
     assert out.reason[0] == (
-        "fix: the ensemble gives 396 (lionfish) 0.93 (>= clear 0.5) and the "
-        "label 397 (puffer) 0.00 (< support 0.15); 4 of 5 CL votes "
-        "{396 (lionfish): 4} -> 396 (lionfish)"
+        "fix: to 396 (lionfish), which the ensemble gives 0.93 (>= clear 0.5), while the "
+        "label 397 (puffer) gets 0.00 (< support 0.15); CL: 4 of 5 models flag the label, "
+        "candidates {396 (lionfish): 4}"
+    )
+
+
+def test_a_fix_no_model_voted_for_says_the_ensemble_chose_the_class() -> None:
+    """The paintbrush image of the demo: no CL vote, the ensemble says pot. The reason names the
+    ensemble as what chose the class; the CL count is evidence about the label, never `-> class`."""
+    out = consensus(
+        rows({"label": 696, "ensemble": {738: 0.98, 696: 0.01}}),
+        thresholds=T,
+        options=StrategyOptions(consensus=C),
+    )
+    assert out.action.tolist() == ["fix"] and out.new_label.tolist() == [738]
+    assert out.reason[0] == (
+        "fix: to 738 (pot), which the ensemble gives 0.98 (>= clear 0.5), while the label "
+        "696 (paintbrush) gets 0.01 (< support 0.15); CL: 0 of 5 models flag the label"
     )
 
 

@@ -178,7 +178,7 @@ def test_explain_with_two_processes_writes_the_one_process_table_and_overlays(
     cams = folder / formats.cams_path("val")
     overlays = folder / "data/cams/val-overlays"
     first = {p.name: p.read_bytes() for p in [cams, *overlays.iterdir()]}
-    assert len(first) == 4 and pd.read_parquet(cams).shape[0] >= 3
+    assert len(first) == 5 and pd.read_parquet(cams).shape[0] >= 3  # 3 PNGs + index.json
     cams.unlink()
     edited = {**params, "explain": {**params["explain"], "processes": 2}}
     (folder / "params-2.yaml").write_text(yaml.safe_dump(edited))

@@ -415,3 +415,38 @@ def test_any_image_beyond_the_round_is_looked_up_and_its_thumbnail_drawn_on_dema
     )
     assert request(server, "GET", f"/api/thumb/{len(ledger)}.jpg")[0] == 404
     assert request(server, "GET", "/api/thumb/x.png")[0] == 404
+
+
+def test_the_documented_curl_commands_work_as_written(served) -> None:
+    """docs/review.md's HTTP API examples, run with curl against a served split (its port and one
+    of its kept images in place of the demo's 8765 and ILSVRC2012_val_00003797)."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    server, ledger, path = served
+    docs = (Path(__file__).resolve().parents[2] / "docs/review.md").read_text()
+    block = re.search(r"From a shell.*?```bash\n(.*?)```", docs, re.S)
+    assert block, "docs/review.md lost its curl examples"
+    commands = block.group(1).replace("\\\n", " ").strip().splitlines()
+    assert len(commands) == 5
+    mask = (ledger["action"] == "keep") & ~ledger["label"].isin([696, 738])
+    image_id = first(ledger, mask)
+    port = str(server.server_address[1])
+    answers = []
+    for command in commands:
+        command = command.replace("8765", port).replace("ILSVRC2012_val_00003797", image_id)
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout))
+    assert answers[0] == {"split": "val", "path": str(path), "rows": []}
+    assert answers[1]["rows"] == [
+        {"image_id": image_id, "action": "fix", "new_label": "738", "note": "a pot"}
+    ]
+    assert {"image_id": image_id, "action": "secondary", "new_label": "696", "note": ""} in (
+        answers[2]["rows"]
+    )
+    assert answers[3]["id"] == image_id
+    assert answers[4]["rows"] == [] and path.read_text() == HEADER

@@ -170,6 +170,46 @@ def test_devkit_with_meta_mat(tmp_path: Path, demo_root: Path) -> None:
     assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
 
 
+def test_devkit_inputs_where_the_official_downloads_put_them(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    """ILSVRC2012_img_val (read-only, images only), ILSVRC2012_devkit_t12/data/ (meta.mat and the
+    ground truth) and ILSVRC2012_bbox_val: three folders side by side, nothing moved."""
+    val, rows, order = _devkit_tree(tmp_path, demo_root)
+    data = tmp_path / "ILSVRC2012_devkit_t12/data"
+    data.mkdir(parents=True)
+    (val / "ILSVRC2012_validation_ground_truth.txt").rename(
+        data / "ILSVRC2012_validation_ground_truth.txt"
+    )
+    (data / "synsets.txt").write_text("\n".join(order) + "\n")
+    (val / "bbox").rename(tmp_path / "ILSVRC2012_bbox_val")
+    val.chmod(0o555)
+    try:
+        source = Source(
+            val, "devkit", synsets=data / "synsets.txt", boxes=tmp_path / "ILSVRC2012_bbox_val"
+        )
+        manifest, stats = build_manifest(source, config=SPARSE)
+    finally:
+        val.chmod(0o755)
+    assert list(manifest["wnid"]) == [wnid for _, wnid, _ in rows]
+    assert [[list(b) for b in bs] for bs in manifest["boxes"]] == [b for _, _, b in rows]
+    assert stats["label_rows_without_image"] > 0  # counted from the ground truth in data/
+
+
+def test_devkit_without_its_ground_truth_says_where_it_comes_from(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    val, _rows, order = _devkit_tree(tmp_path, demo_root)
+    (val / "ILSVRC2012_validation_ground_truth.txt").unlink()
+    (tmp_path / "synsets.txt").write_text("\n".join(order) + "\n")
+    with pytest.raises(
+        MissingInputError,
+        match=r"not found beside .*synsets.txt nor in .*val: it "
+        r"is the devkit's ground truth .* in data/ of ILSVRC2012_devkit_t12.tar.gz",
+    ):
+        read_source(Source(val, "devkit", synsets=tmp_path / "synsets.txt"))
+
+
 def test_devkit_needs_synsets(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synsets"):
         read_source(Source(tmp_path, "devkit"))
