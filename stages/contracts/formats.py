@@ -62,11 +62,16 @@ LEDGER_SCHEMA = pa.schema(
         ("exempted", pa.bool_()),
         ("reason", pa.string()),
         ("secondary_labels", pa.list_(pa.int32())),
+        ("duplicate_group", pa.int32()),
+        ("issues", pa.list_(pa.string())),
     ]
 )
 """The decision ledger contract (DESIGN.md). Stages may append more columns after these.
 `secondary_labels` (added in the multi-label-aware release) lists other classes the evidence
-supports for an image that shows several (empty for most rows)."""
+supports for an image that shows several (empty for most rows). `duplicate_group` (added with
+duplicates, nullable) is the image's `group` in `data/duplicates/<decide.<split>.duplicates.group>
+.parquet`; `issues` lists its image-quality findings (dark, blurry, low_information, grayscale,
+odd_size, odd_aspect, outlier; empty for most rows and when the split has no duplicates group)."""
 
 VOTES_SCHEMA = pa.schema(
     [
@@ -155,6 +160,26 @@ def predictions_path(split: str, model: str) -> Path:
 def sidecar_path(split: str, model: str) -> Path:
     """The JSON sidecar describing a predictions file."""
     return Path("data/predictions") / split / f"{model}.json"
+
+
+def embeddings_path(split: str, model: str) -> Path:
+    """Where `embed` writes a model's (N, D) float16 pooled features (sidecar `<model>.json`)."""
+    return Path("data/embeddings") / split / f"{model}.npy"
+
+
+def fingerprints_path(split: str) -> Path:
+    """Where `embed` writes a split's image fingerprints (pixel hash, pHash, quality scores)."""
+    return Path("data/fingerprints") / f"{split}.parquet"
+
+
+def duplicates_path(group: str) -> Path:
+    """Where `duplicates` writes a group's members table."""
+    return Path("data/duplicates") / f"{group}.parquet"
+
+
+def duplicate_issues_path(group: str) -> Path:
+    """Where `duplicates` writes the quality issues and nearest neighbour of a group's images."""
+    return Path("data/duplicates") / f"{group}.issues.parquet"
 
 
 def votes_path(split: str) -> Path:
