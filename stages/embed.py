@@ -2,11 +2,11 @@
 
 Writes `data/embeddings/<split>/<model>.npy` (float16 (N, D) pooled pre-logit features of the
 model `duplicates.model`, manifest order, NaN rows for images not decoded) with its JSON sidecar
-(model identity, preprocessing, D, Pillow/torch/timm versions), and `data/fingerprints/<split>.parquet`
-(decoded-pixel sha256, 64-bit pHash and raw quality scores per image), from one decode of each
-image. It uses predict's options (`predict.batch_size`, `workers`, `device`, ...), is resumable
-by shards of `predict.shard_size` rows, and writes its files atomically. The duplicates stage
-reads them (docs/duplicates.md).
+(model identity, preprocessing, D, Pillow/torch/timm versions), and
+`data/fingerprints/<split>.parquet` (decoded-pixel sha256, 64-bit pHash and raw quality scores
+per image), from one decode of each image. It uses predict's options (`predict.batch_size`,
+`workers`, `device`, ...), is resumable by shards of `predict.shard_size` rows, and writes its
+files atomically. The duplicates stage reads them (docs/duplicates.md).
 """
 
 from __future__ import annotations

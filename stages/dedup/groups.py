@@ -29,7 +29,7 @@ from stages.contracts.config import fraction, from_section, positive
 from stages.contracts.errors import ConfigError
 from stages.contracts.params import section
 from stages.dedup import neighbours as nb
-from stages.dedup.fingerprints import PILLOW_VERSION, hamming, phash_ints
+from stages.dedup.fingerprints import PILLOW_VERSION, phash_ints
 from stages.dedup.quality import QualityThresholds, issues, outliers
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def candidate_pairs(
     j = np.concatenate([ej, pj, kj])
     cos = np.concatenate([np.full(len(ei), 1.0), np.full(len(pi), np.nan), kc]).astype(np.float32)
     exact = np.concatenate([np.ones(len(ei), bool), np.zeros(len(pi) + len(ki), bool)])
-    close = hamming(hashes[i], hashes[j]) <= config.phash_distance
+    close = nb.phash_pairs(hashes, valid, i, j, config.phash_distance)
     near = ~exact & (close | (cos >= config.cosine))
     similar = ~exact & ~near & (cos >= config.review_cosine)
     kind = np.where(exact, "exact", np.where(near, "near", np.where(similar, "similar", "")))

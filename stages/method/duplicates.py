@@ -148,12 +148,10 @@ def _rule(
         )
     if len(own) < 2:
         return None
-    ids = ", ".join(own["image_id"].head(5))
+    what = f"duplicate group {int(first['group'])} ({', '.join(own['image_id'].head(5))})"
     if len(labels) > 1:
-        return policy.conflict, (
-            f"duplicate group {int(first['group'])} ({ids}) with conflicting labels {_names(labels)}"
-        )
-    return policy.repeat, f"duplicate group {int(first['group'])} ({ids}), same label"
+        return policy.conflict, f"{what} with conflicting labels {_names(labels)}"
+    return policy.repeat, f"{what}, same label"
 
 
 def apply_duplicates(
