@@ -288,7 +288,10 @@ def _members(
     part["match"] = rows["image_id"].to_numpy()[match[in_group]]
     part["match_split"] = rows["split"].to_numpy()[match[in_group]]
     by_group = part.groupby("group")
-    labels = by_group["label"].agg(lambda s: sorted({int(v) for v in s.dropna()}))
+    labels = {
+        g: sorted({int(v) for v in s.dropna()})
+        for g, s in by_group["label"]  # per group
+    }
     spans = by_group["split"].agg(lambda s: [x for x in split_order if x in set(s)])
     part["labels"] = part["group"].map(labels)
     part["conflicting"] = part["labels"].map(len) > 1

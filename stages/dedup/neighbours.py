@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -58,6 +58,7 @@ def build_index(x: np.ndarray, options: IndexOptions) -> faiss.Index:
     kind = options.index
     if kind == "auto":
         kind = "flat" if n <= options.flat_max_rows else "ivf"
+    index: Any
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     else:

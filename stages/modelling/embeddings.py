@@ -49,8 +49,9 @@ def features_and_logits(
     demo model; checked in tests/modelling/test_embeddings.py)."""
     cuda = batch.device.type == "cuda"
     with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=cuda and amp):
-        pooled = module.forward_head(module.forward_features(batch), pre_logits=True)
-        logits = module.get_classifier()(pooled)
+        timm_model: Any = module  # timm's forward_features / forward_head / get_classifier
+        pooled = timm_model.forward_head(timm_model.forward_features(batch), pre_logits=True)
+        logits = timm_model.get_classifier()(pooled)
     return pooled.float(), logits.float()
 
 
@@ -187,7 +188,8 @@ def _compute_shard(
     device: torch.device,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """One shard's features (NaN rows where not decoded) and fingerprints (null rows likewise)."""
-    features = np.full((rows.stop - rows.start, module.num_features), np.nan, EMBEDDING_DTYPE)
+    dim = int(getattr(module, "num_features"))  # noqa: B009 (timm attribute, untyped)
+    features = np.full((rows.stop - rows.start, dim), np.nan, EMBEDDING_DTYPE)
     prints = _empty_prints(ids)
     for batch_rows, bad, found, inputs in items:
         for row, reason in bad:
@@ -222,7 +224,7 @@ def embed_split(
     device = resolve_device(options.device)
     with cpu_threads(options.threads), torch.inference_mode():
         member = pdata.load_member(spec, device=device, channels_last=options.channels_last)
-        dim = int(member.module.num_features)
+        dim = int(getattr(member.module, "num_features"))  # noqa: B009 (timm attribute)
         run = {
             "model": member.name,
             "weights": member.identity,
