@@ -23,6 +23,8 @@ COMMANDS = {
     "predict-ensemble": "stages.predict",
     "vote": "stages.vote",
     "explain": "stages.explain",
+    "embed": "stages.embed",
+    "duplicates": "stages.duplicates",
     "decide": "stages.decide",
     "evaluate": "stages.evaluate",
     "publish": "stages.publish",

@@ -24,6 +24,7 @@ from pathlib import Path
 from stages.cli import run_as_script, split_stage_main
 from stages.contracts import formats
 from stages.contracts.splits import Params
+from stages.method.duplicates import DuplicateEvidence
 from stages.method.ledger import DecideConfig, decide_split, reconcile
 from stages.method.merges import load_merges
 from stages.method.overrides import load_overrides
@@ -40,6 +41,16 @@ def run_decide(split: str, params: Params, *, root: str | Path = ".") -> dict[st
     cams = formats.read_table(root / formats.cams_path(split), what=f"CAM scores of {split!r}")
     merges = load_merges(root / config.merges.table) if config.merges.enabled else {}
     overrides = load_overrides(root / config.overrides) if config.overrides else None
+    group = config.duplicates.group
+    duplicates = None
+    if group is not None:
+        duplicates = DuplicateEvidence(
+            formats.read_table(root / formats.duplicates_path(group), what=f"duplicates {group!r}"),
+            formats.read_table(
+                root / formats.duplicate_issues_path(group), what=f"duplicate issues {group!r}"
+            ),
+            config.duplicates,
+        )
     ledger, clean = decide_split(
         votes,
         manifest,
@@ -48,6 +59,8 @@ def run_decide(split: str, params: Params, *, root: str | Path = ".") -> dict[st
         merges=merges,
         overrides=overrides,
         overrides_source=str(config.overrides),
+        duplicates=duplicates,
+        split=split,
     )
     formats.write_table(
         ledger, root / formats.ledger_path(split), schema=formats.LEDGER_FULL_SCHEMA
@@ -60,6 +73,8 @@ def run_decide(split: str, params: Params, *, root: str | Path = ".") -> dict[st
         exempted=int(ledger["exempted"].sum()),
         secondary=int((ledger["secondary_labels"].map(len) > 0).sum()),
         placeholders=int(clean["placeholder"].sum()),
+        duplicates=int(ledger["duplicate_group"].notna().sum()),
+        with_issues=int((ledger["issues"].map(len) > 0).sum()),
     )
     t = config.thresholds
     logger.info(

@@ -47,6 +47,7 @@ def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
     params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
     params["predict"]["models"] = MODELS
     params["decide"]["val"]["strategy"] = "paper"
+    params["decide"]["val"]["duplicates"]["group"] = None  # see test_run_decide_applies_...
     counts = run_decide("val", params, root=tmp_path)
     assert counts == {
         "keep": 1,
@@ -58,13 +59,21 @@ def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
         "exempted": 0,
         "secondary": 0,
         "placeholders": 21,
+        "duplicates": 0,
+        "with_issues": 0,
     }
     ledger_file = tmp_path / formats.ledger_path("val")
     first = ledger_file.read_bytes()
     assert pq.read_schema(ledger_file).names == LEDGER_FULL_SCHEMA.names
     assert LEDGER_FULL_SCHEMA.names[: len(formats.LEDGER_SCHEMA)] == formats.LEDGER_SCHEMA.names
     # additive contract changes only: the later releases' columns come after the first eight
-    assert formats.LEDGER_SCHEMA.names[8:] == ["secondary_labels", "confidence", "review"]
+    assert formats.LEDGER_SCHEMA.names[8:] == [
+        "secondary_labels",
+        "confidence",
+        "review",
+        "duplicate_group",
+        "issues",
+    ]
     assert pq.read_schema(tmp_path / formats.clean_path("val")).equals(CLEAN_SCHEMA)
     run_decide("val", params, root=tmp_path)
     assert ledger_file.read_bytes() == first
@@ -84,6 +93,7 @@ def test_each_split_reads_only_its_own_overrides_file(tmp_path: Path, params: di
     params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
     params["predict"]["models"] = MODELS
     params["splits"]["v2"] = {**params["splits"]["val"], "overrides": "data/overrides/v2.csv"}
+    params["decide"]["val"]["duplicates"]["group"] = None
     params["decide"]["v2"] = params["decide"]["val"]
     for split in ("val", "v2"):
         votes, manifest = tables(*rows)
@@ -98,3 +108,52 @@ def test_each_split_reads_only_its_own_overrides_file(tmp_path: Path, params: di
     assert run_decide("v2", params, root=tmp_path)["override"] == 0
     v2 = pd.read_parquet(tmp_path / formats.ledger_path("v2")).set_index("image_id")
     assert v2.loc["ILSVRC2012_val_00000002", "action"] == "keep"
+
+
+def test_run_decide_applies_the_duplicates_policy(tmp_path: Path, params: dict) -> None:
+    """A val image in a duplicates group with a train image is removed as a leak, with a reason
+    naming the copy; the issues table fills `issues`; overrides still win over the policy."""
+    votes, manifest = tables(
+        vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
+        vote("ILSVRC2012_val_00000002", 10),
+        vote("ILSVRC2012_val_00000003", TYPEWRITER),
+    )
+    formats.write_table(
+        manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
+    )
+    formats.write_table(votes, tmp_path / formats.votes_path("val"), schema=VOTES_SCHEMA)
+    formats.write_table(
+        pa.Table.from_pylist([], schema=CAMS_SCHEMA), tmp_path / formats.cams_path("val")
+    )
+    (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
+    (tmp_path / "data/overrides").mkdir()
+    (tmp_path / "data/overrides/val.csv").write_text(
+        "image_id,action,new_label,note\nILSVRC2012_val_00000002,keep,,a person checked it\n"
+    )
+    ids = list(manifest["image_id"])
+    member = {"kind": "exact", "similarity": 1.0, "size": 2, "conflicting": True}
+    table = pd.DataFrame(
+        [
+            {**member, "image_id": ids[k], "split": "val", "row": k, "group": k, "label": 10}
+            for k in (1, 2)
+        ]
+        + [
+            {**member, "image_id": f"n0_{k}", "split": "train", "row": k, "group": k, "label": 3}
+            for k in (1, 2)
+        ]
+    )
+    formats.write_table(table, tmp_path / formats.duplicates_path("vt"))
+    issues = pd.DataFrame({"image_id": ids, "split": "val", "issues": [[], ["dark"], []]})
+    formats.write_table(issues, tmp_path / formats.duplicate_issues_path("vt"))
+    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
+    params["predict"]["models"] = MODELS
+    params["splits"]["train"] = params["splits"]["val"]
+    params["duplicates"]["groups"] = {"vt": ["val", "train"]}
+    params["decide"]["val"]["duplicates"].update(group="vt", leak_from=["train"])
+    counts = run_decide("val", params, root=tmp_path)
+    ledger = pd.read_parquet(tmp_path / formats.ledger_path("val"))
+    assert ledger["action"][2] == "remove" and counts["duplicates"] == 2
+    assert "duplicate leak: exact copy of train image n0_2 labelled 3 (" in ledger["reason"][2]
+    assert ledger["action"][1] == "keep" and ledger["override"][1]  # the override wins
+    assert ledger["duplicate_group"].tolist()[1:] == [1, 2]
+    assert [list(i) for i in ledger["issues"]] == [[], ["dark"], []]

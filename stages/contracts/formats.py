@@ -64,6 +64,8 @@ LEDGER_SCHEMA = pa.schema(
         ("secondary_labels", pa.list_(pa.int32())),
         ("confidence", pa.float32()),
         ("review", pa.bool_()),
+        ("duplicate_group", pa.int32()),
+        ("issues", pa.list_(pa.string())),
     ]
 )
 """The decision ledger contract (DESIGN.md). Stages may append more columns after these; readers
@@ -73,7 +75,10 @@ image that shows several (empty for most rows); `confidence` (the expected-benef
 estimated probability that the decision is right (keep: the label is right; fix: the new label is;
 remove: the label is wrong; 1.0 for a human override; null for skip rows and earlier removals);
 `review` marks rows the strategy left as they are but queues for a person (the review page shows
-them first)."""
+them first); `duplicate_group` (the duplicates release, nullable) is the image's `group` in
+`data/duplicates/<decide.<split>.duplicates.group>.parquet`; `issues` lists its image-quality
+findings (dark, blurry, low_information, grayscale, odd_size, odd_aspect, outlier; empty for most
+rows and when the split has no duplicates group)."""
 
 VOTES_SCHEMA = pa.schema(
     [
@@ -170,6 +175,26 @@ def predictions_path(split: str, model: str, view: str = "full") -> Path:
 def sidecar_path(split: str, model: str, view: str = "full") -> Path:
     """The JSON sidecar describing a predictions file."""
     return predictions_path(split, model, view).with_suffix(".json")
+
+
+def embeddings_path(split: str, model: str) -> Path:
+    """Where `embed` writes a model's (N, D) float16 pooled features (sidecar `<model>.json`)."""
+    return Path("data/embeddings") / split / f"{model}.npy"
+
+
+def fingerprints_path(split: str) -> Path:
+    """Where `embed` writes a split's image fingerprints (pixel hash, pHash, quality scores)."""
+    return Path("data/fingerprints") / f"{split}.parquet"
+
+
+def duplicates_path(group: str) -> Path:
+    """Where `duplicates` writes a group's members table."""
+    return Path("data/duplicates") / f"{group}.parquet"
+
+
+def duplicate_issues_path(group: str) -> Path:
+    """Where `duplicates` writes the quality issues and nearest neighbour of a group's images."""
+    return Path("data/duplicates") / f"{group}.issues.parquet"
 
 
 def votes_path(split: str) -> Path:

@@ -40,7 +40,10 @@ class StrengthConfig:
     def from_params(cls, params: Params, split: str) -> StrengthConfig:
         """Raises ConfigError for a bad `decide.<split>` or `decide.expected_benefit`."""
         own = from_section(
-            SplitDecideConfig, section(params, "decide", split), where=f"decide.{split}"
+            SplitDecideConfig,
+            section(params, "decide", split),
+            where=f"decide.{split}",
+            ignore=("duplicates",),
         )
         return cls(own.strategy, StrategyOptions.from_params(params).expected_benefit)
 

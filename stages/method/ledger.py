@@ -18,6 +18,7 @@ from stages.contracts.errors import InputError
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
 from stages.method.decisions import Rows, StrategyOptions, confidence
+from stages.method.duplicates import DuplicateEvidence, DuplicatePolicy, apply_duplicates
 from stages.method.merges import MergesConfig, apply_merges, merge_overrides
 from stages.method.overrides import apply_overrides
 from stages.method.strategies import STRATEGIES
@@ -35,6 +36,7 @@ class DecideConfig:
     options: StrategyOptions = field(default_factory=StrategyOptions)
     merges: MergesConfig = field(default_factory=MergesConfig)
     overrides: str | None = None
+    duplicates: DuplicatePolicy = field(default_factory=DuplicatePolicy)
 
     @classmethod
     def from_params(cls, params: Params, split: str) -> DecideConfig:
@@ -54,6 +56,7 @@ class DecideConfig:
             StrategyOptions.from_params(params),
             from_section(MergesConfig, shared.get("merges"), where="decide.merges"),
             SplitEntry.from_params(params, split).overrides,
+            DuplicatePolicy.from_params(params, split),
         )
 
 
@@ -283,10 +286,14 @@ def decide_split(
     merges: dict[int, int] | None = None,
     overrides: pd.DataFrame | None = None,
     overrides_source: str = "overrides",
+    duplicates: DuplicateEvidence | None = None,
+    split: str = "",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Strategy, then merges, then overrides, then placeholders -> (ledger, cleaned split)."""
+    """Strategy, then merges, then the duplicates policy, then overrides, then placeholders ->
+    (ledger, cleaned split)."""
     ledger = apply_rules(votes, manifest, config=config, exemptions=count_exemptions(cams))
     ledger = apply_merges(ledger, merges or {})
+    ledger = apply_duplicates(ledger, duplicates, split=split)
     if overrides is not None and len(overrides):
         ledger = apply_overrides(ledger, overrides, source=overrides_source)
         ledger = merge_overrides(ledger, merges or {}, source=overrides_source)

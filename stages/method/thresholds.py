@@ -62,7 +62,12 @@ def resolve_thresholds(params: Params, split: str) -> tuple[Thresholds, SplitDec
         ConfigError: unknown/missing keys, bad thresholds, a threshold above |M| (which would
             switch its rule off silently).
     """
-    own = from_section(SplitDecideConfig, section(params, "decide", split), where=f"decide.{split}")
+    own = from_section(
+        SplitDecideConfig,
+        section(params, "decide", split),
+        where=f"decide.{split}",
+        ignore=("duplicates",),  # stages.method.duplicates.DuplicatePolicy
+    )
     n_models = len(SplitEntry.from_params(params, split).models(params))
     counts = {
         name: count_threshold(getattr(own, name), n_models, where=f"decide.{split}.{name}")

@@ -1,0 +1,1 @@
+"""Duplicates and leakage: image fingerprints, neighbour search, groups and quality issues."""

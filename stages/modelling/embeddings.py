@@ -1,0 +1,297 @@
+"""Image embeddings: a model's pooled pre-logit features (timm `forward_features` then
+`forward_head(pre_logits=True)`), float16 (N, D) in manifest order, written with the image
+fingerprints (`stages.dedup.fingerprints`) from the same decode of each image.
+
+The logits are the classifier applied to these features, so `features_and_logits` gives both from
+one forward pass: a predictor that calls it instead of `module(batch)` gets the embeddings for
+free. The `embed` stage runs one named model (`duplicates.model`) through the predict data path
+(`stages.modelling.predict_data`: the model's own preprocessing, shard-aligned batches) into
+resumable shards in `data/embeddings/.work/<split>/<model>/`; the final files appear atomically
+when every shard is done, and a killed run resumes with the missing shards only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from tqdm import tqdm
+
+from stages.contracts import formats
+from stages.dedup.fingerprints import FINGERPRINT_SCHEMA, PILLOW_VERSION, fingerprint
+from stages.modelling import predict_data as pdata
+from stages.modelling.models import cpu_threads, resolve_device
+from stages.modelling.predictor import PredictOptions
+from stages.modelling.specs import ModelSpec
+from stages.sources.images import DECODE_ERRORS, open_image
+from stages.sources.views import DEFAULT_MARGIN
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_DTYPE = np.float16
+
+
+def features_and_logits(
+    module: torch.nn.Module, batch: torch.Tensor, *, amp: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass -> (pooled pre-logit features (B, D), logits (B, classes)), float32.
+
+    The logits equal `module(batch)` for timm models whose head is pool -> classifier (every
+    demo model; checked in tests/modelling/test_embeddings.py)."""
+    cuda = batch.device.type == "cuda"
+    with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=cuda and amp):
+        timm_model: Any = module  # timm's forward_features / forward_head / get_classifier
+        pooled = timm_model.forward_head(timm_model.forward_features(batch), pre_logits=True)
+        logits = timm_model.get_classifier()(pooled)
+    return pooled.float(), logits.float()
+
+
+class FingerprintedImages(pdata.ManifestImages):
+    """Manifest rows -> (row, reason, fingerprint dict, model input) from one decode each."""
+
+    def __getitem__(self, row: int) -> tuple[Any, ...]:
+        path = self.paths[row].decode("utf-8")
+        try:
+            image = open_image(self.root, path)
+        except DECODE_ERRORS as error:
+            return (row, f"{type(error).__name__}: {error}", None, None)
+        found = dataclasses.asdict(fingerprint(image))
+        return (row, None, found, self.groups[0].worker_tensor(image, []))
+
+
+def collate(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Items -> (rows, [(row, reason)], [fingerprints], stacked inputs or None)."""
+    good = [item for item in items if item[1] is None]
+    bad = [(int(item[0]), str(item[1])) for item in items if item[1] is not None]
+    rows = torch.tensor([int(item[0]) for item in good], dtype=torch.long)
+    stacked = torch.stack([item[3] for item in good]) if good else None
+    return rows, bad, [item[2] for item in good], stacked
+
+
+class FeatureStore:
+    """The work folder of one (split, model): `fingerprint.json`, `shard-N.npy` (features) and
+    `shard-N.parquet` (image fingerprints) per shard; wiped when the run's fingerprint differs."""
+
+    def __init__(
+        self, out: Path, run: dict[str, Any], *, n_rows: int, shard_size: int, dim: int
+    ) -> None:
+        self.out, self.run, self.n_rows = out, run, n_rows
+        self.shard_size, self.dim = shard_size, dim
+        self.folder = pdata.work_folder(out)
+        self.n_shards = -(-n_rows // shard_size)
+
+    def rows(self, shard: int) -> slice:
+        """The manifest rows of a shard."""
+        return slice(shard * self.shard_size, min(self.n_rows, (shard + 1) * self.shard_size))
+
+    def _valid(self, shard: int) -> bool:
+        npy, table = (
+            self.folder / f"shard-{shard:06d}.npy",
+            self.folder / f"shard-{shard:06d}.parquet",
+        )
+        if not (npy.is_file() and table.is_file()):
+            return False
+        try:
+            array = np.load(npy, mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        n = self.rows(shard).stop - self.rows(shard).start
+        return array.shape == (n, self.dim) and array.dtype == EMBEDDING_DTYPE
+
+    def missing(self) -> list[int]:
+        """Prepare the folder (wiped on another fingerprint) -> the shards still to compute."""
+        saved = self.folder / pdata.FINGERPRINT
+        if self.folder.exists() and (
+            not saved.is_file() or json.loads(saved.read_text()) != self.run
+        ):
+            logger.warning("%s: shards of another model or manifest; discarding them", self.folder)
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not saved.is_file():
+            formats.write_json(self.run, saved)
+        missing = [s for s in range(self.n_shards) if not self._valid(s)]
+        if len(missing) < self.n_shards:
+            logger.info(
+                "%s: resuming, %d of %d shards to compute", self.out, len(missing), self.n_shards
+            )
+        return missing
+
+    def write(self, shard: int, features: np.ndarray, prints: pd.DataFrame) -> None:
+        """Atomically store one shard (features first: a shard counts once both exist)."""
+        formats.write_table(
+            prints, self.folder / f"shard-{shard:06d}.parquet", schema=FINGERPRINT_SCHEMA
+        )
+        formats.write_npy(features, self.folder / f"shard-{shard:06d}.npy")
+
+    def assemble(self, fingerprints_out: Path) -> tuple[int, pd.DataFrame]:
+        """Stream the shards into the final .npy and fingerprint table -> (rows without features,
+        the fingerprint table)."""
+        parts, unreadable = [], 0
+        with formats.atomic_path(self.out, within=self.folder) as tmp:
+            array = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=EMBEDDING_DTYPE, shape=(self.n_rows, self.dim)
+            )
+            for shard in range(self.n_shards):
+                part = np.load(self.folder / f"shard-{shard:06d}.npy")
+                array[self.rows(shard)] = part
+                unreadable += int(np.isnan(part[:, 0]).sum()) if self.dim else 0
+                parts.append(formats.read_table(self.folder / f"shard-{shard:06d}.parquet"))
+            array.flush()
+            del array
+        table = pd.concat(parts, ignore_index=True)
+        formats.write_table(table, fingerprints_out, schema=FINGERPRINT_SCHEMA)
+        return unreadable, table
+
+    def remove(self) -> None:
+        """Delete the work folder and its empty parents."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in (self.folder.parent, self.folder.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+
+def _empty_prints(ids: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({name: [None] * len(ids) for name in FINGERPRINT_SCHEMA.names})
+    frame["image_id"] = list(ids)
+    return frame
+
+
+def _shard_batches(
+    loader: Any, batches: Sequence[np.ndarray], shard_size: int
+) -> Iterator[tuple[int, list[Any]]]:
+    """The loader's batches grouped by shard (planned batches never span two shards and come in
+    shard order, so consecutive batches of one shard make it whole)."""
+    planned = (int(b[0]) // shard_size for b in batches)
+    for shard, group in itertools.groupby(zip(planned, loader), key=lambda pair: pair[0]):
+        yield shard, [item for _, item in group]
+
+
+def _compute_shard(
+    module: torch.nn.Module,
+    member: pdata.Member,
+    items: list[Any],
+    rows: slice,
+    ids: Sequence[str],
+    *,
+    options: PredictOptions,
+    device: torch.device,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """One shard's features (NaN rows where not decoded) and fingerprints (null rows likewise)."""
+    dim = int(getattr(module, "num_features"))  # noqa: B009 (timm attribute, untyped)
+    features = np.full((rows.stop - rows.start, dim), np.nan, EMBEDDING_DTYPE)
+    prints = _empty_prints(ids)
+    for batch_rows, bad, found, inputs in items:
+        for row, reason in bad:
+            logger.warning("row %d cannot be decoded (%s): no embedding", row, reason)
+        if inputs is None:
+            continue
+        x = member.transform.to_device(inputs, device, channels_last=options.channels_last)
+        pooled, _ = features_and_logits(module, x, amp=options.amp)
+        local = batch_rows.numpy() - rows.start
+        features[local] = pooled.cpu().numpy().astype(EMBEDDING_DTYPE)
+        for k, values in zip(local, found):
+            for key, value in values.items():
+                prints.at[int(k), key] = value
+    return features, prints
+
+
+def embed_split(
+    manifest: pd.DataFrame,
+    root: str | Path,
+    spec: ModelSpec,
+    *,
+    options: PredictOptions,
+    out: Path,
+    fingerprints_out: Path,
+    split: str,
+) -> dict[str, Any]:
+    """Write a split's embeddings (+ JSON sidecar) and fingerprints, resuming from shards.
+
+    Returns:
+        the sidecar (model identity, preprocessing, N, D, dtype, rows without features, versions).
+    """
+    device = resolve_device(options.device)
+    with cpu_threads(options.threads), torch.inference_mode():
+        member = pdata.load_member(spec, device=device, channels_last=options.channels_last)
+        dim = int(getattr(member.module, "num_features"))  # noqa: B009 (timm attribute)
+        run = {
+            "model": member.name,
+            "weights": member.identity,
+            "preprocessing": member.data_config,
+            "manifest_sha256": pdata.manifest_sha256(manifest),
+            "root": str(root),
+            "shard_size": options.shard_size,
+            "batch_size": options.batch_size,
+            "device": device.type,
+            "torch": torch.__version__,
+            "pillow": PILLOW_VERSION,
+        }
+        store = FeatureStore(out, run, n_rows=len(manifest), shard_size=options.shard_size, dim=dim)
+        shards = store.missing()
+        usable = manifest["skip_reason"].isna().to_numpy()
+        batches = pdata.plan_batches(
+            usable, shards, shard_size=options.shard_size, batch_size=options.batch_size
+        )
+        dataset = FingerprintedImages(
+            root,
+            manifest["path"].fillna("").tolist(),
+            [pdata.InputGroup("full", DEFAULT_MARGIN, member.transform)],
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=options.workers,
+            collate_fn=collate,
+        )
+        ids = manifest["image_id"].tolist()
+        bar = tqdm(total=int(sum(len(b) for b in batches)), desc=f"embed {split}", unit="img")
+        computed = set()
+        for shard, items in _shard_batches(loader, batches, options.shard_size):
+            rows = store.rows(shard)
+            feats, prints = _compute_shard(
+                member.module, member, items, rows, ids[rows], options=options, device=device
+            )
+            store.write(shard, feats, prints)
+            computed.add(shard)
+            bar.update(sum(len(i[0]) + len(i[1]) for i in items))
+        bar.close()
+        for shard in set(shards) - computed:  # shards of skip rows only: nothing to decode
+            rows = store.rows(shard)
+            empty = np.full((rows.stop - rows.start, dim), np.nan, EMBEDDING_DTYPE)
+            store.write(shard, empty, _empty_prints(ids[rows]))
+    unreadable, _ = store.assemble(fingerprints_out)
+    sidecar = {
+        **run,
+        "split": split,
+        "spec": spec.spec,
+        "n": len(manifest),
+        "dim": dim,
+        "dtype": "float16",
+        "n_skipped": int((~usable).sum()),
+        "n_without_features": unreadable,
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
+        "timm": timm.__version__,
+    }
+    formats.write_json(sidecar, out.with_suffix(".json"), within=store.folder)
+    store.remove()
+    logger.info(
+        "embed %s %s: %d x %d float16, %d rows without features",
+        split,
+        spec.name,
+        len(manifest),
+        dim,
+        unreadable,
+    )
+    return sidecar
