@@ -187,7 +187,7 @@ def test_outputs_restore_from_a_dvc_remote_and_an_experiment_reverts_cleanly(
     run_in(tmp_path, "git", "clone", "-q", str(project), str(clone))
     run_in(clone, "dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"))
     run_in(clone, "dvc", "pull")
-    assert (clone / "data/predictions/val/mobilenetv1_025.json").is_file()
+    assert (clone / "data/predictions/val/mobilenetv1_025.full.json").is_file()
     assert stale_stages(clone) == set()
     original = (project / "params.yaml").read_text()
     edit_params(project, lambda p: p["decide"]["val"].update(strategy="paper"))

@@ -101,6 +101,11 @@ def project(
     return folder, params
 
 
+VIEWS = ("full", "boxes")
+FILES = [f"{m}.{v}" for m in MODELS for v in VIEWS]
+"""The predictions files of every model x view (the project's `predict.views`)."""
+
+
 @pytest.fixture(scope="module")
 def predicted(project: tuple[Path, dict]) -> Path:
     """Predictions of one process (folder `one`) and of `torchrun --nproc-per-node 2` (`two`)."""
@@ -127,7 +132,7 @@ def predicted(project: tuple[Path, dict]) -> Path:
 
 @pytest.mark.slow
 def test_predict_under_torchrun_writes_the_one_process_files(predicted: Path) -> None:
-    for model in MODELS:
+    for model in FILES:
         one = np.load(predicted / "one" / f"{model}.npy")
         two = np.load(predicted / "two" / f"{model}.npy")
         assert one.shape == two.shape == (ROWS, formats.NUM_CLASSES)
@@ -138,7 +143,7 @@ def test_predict_under_torchrun_writes_the_one_process_files(predicted: Path) ->
         ]
         assert sidecars[0] == sidecars[1]
     assert sorted(p.name for p in (predicted / "two").iterdir()) == sorted(
-        f"{m}{ext}" for m in MODELS for ext in (".npy", ".json")
+        f"{m}{ext}" for m in FILES for ext in (".npy", ".json")
     )  # no work folders, no temp files
 
 
@@ -149,7 +154,7 @@ def test_votes_from_torchrun_predictions_are_identical(predicted: Path) -> None:
     active[5] = False
     tables = []
     for run in ("one", "two"):
-        probs = {m: np.load(predicted / run / f"{m}.npy", mmap_mode="r") for m in MODELS}
+        probs = {m: np.load(predicted / run / f"{m}.npy", mmap_mode="r") for m in FILES}
         for strategy in ("exact", "streaming"):
             tables.append(
                 vote(

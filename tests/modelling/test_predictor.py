@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -46,15 +47,12 @@ def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_
     assert sorted(published) == sorted(params["predict"]["models"])
     manifest, _ = build_manifest(Source(shared_demo, "kaggle", "val"))
     assert len(manifest) == 1300
-    specs = model_specs(params)
-    sidecars = predictor.predict_split(
-        manifest,
-        shared_demo,
-        specs,
-        config=predictor.PredictOptions.from_params(params),
-        outs={s.name: tmp_path / f"{s.name}.npy" for s in specs},
-        split="val",
+    config = dataclasses.replace(
+        predictor.PredictConfig.from_params(params, "val", views=["full"]), root=str(shared_demo)
     )
+    outs = {f"{s.name}.full": tmp_path / f"{s.name}.full.npy" for s in config.specs}
+    found = predictor.predict_split(config, manifest, outs)
+    sidecars = {name.removesuffix(".full"): sidecar for name, sidecar in found.items()}
     for name, (top1, top5) in published.items():
         print(
             f"{name}: top-1 {sidecars[name]['top1']:.2f} (published {top1}), "
