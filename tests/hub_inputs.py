@@ -41,6 +41,11 @@ METRICS = {
         },
     },
     "reference": {"agreement_before": 81.25, "agreement_after": 87.5, "fix_precision": 66.7},
+    "evidence": {
+        "noise": 0.1,
+        "expected_label_accuracy_before": 0.9411,
+        "expected_label_accuracy_after": 0.9644,
+    },
 }
 
 

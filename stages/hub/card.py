@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,11 @@ from datasets import DatasetInfo
 from huggingface_hub import DatasetCardData
 
 from stages.contracts import formats
+from stages.contracts.errors import ConfigError
 from stages.contracts.params import resolve_threshold
 from stages.hub.shards import metadata_yaml
+from stages.method.decisions import StrategyOptions
+from stages.method.evidence_strength import StrengthConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ BIBTEX = (
     "  url     = {https://arxiv.org/abs/2103.16324}\n"
     "}"
 )
-COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge")
+COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge", "secondary", "override")
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
 SIZE_CATEGORIES = (
@@ -74,6 +77,8 @@ class CardContext:
     methods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     explain: Mapping[str, Any] = field(default_factory=dict)
     merges: bool | None = None
+    strategies: Mapping[str, str] = field(default_factory=dict)
+    options: StrategyOptions = field(default_factory=StrategyOptions)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,11 @@ def summarize_split(
     counts = {item["values"]: item["counts"] for item in actions if item["values"] is not None}
     if "merged" in ledger.column_names:
         counts["merge"] = _true_count(ledger.column("merged"))
+    if "override" in ledger.column_names:
+        counts["override"] = _true_count(ledger.column("override"))
+    if "secondary_labels" in ledger.column_names:
+        lengths = pc.fill_null(pc.list_value_length(ledger.column("secondary_labels")), 0)
+        counts["secondary"] = int(pc.sum(pc.greater(lengths, 0)).as_py() or 0)
     columns = ledger.column_names
     iteration = pc.max(ledger.column("iteration")).as_py() if "iteration" in columns else None
     placeholders = pq.read_table(clean, columns=["placeholder"]).column("placeholder")
@@ -156,12 +166,24 @@ def card_context(params: Mapping[str, Any], *, repo_id: str) -> CardContext:
             row[key] = _threshold_text(decide.get(key), len(names), key)
         methods[split] = row
     merges = ((params.get("decide") or {}).get("merges") or {}).get("enabled")
+    strategies = {}
+    for split in methods:
+        try:
+            strategies[split] = StrengthConfig.from_params(params, split).strategy
+        except ConfigError:
+            continue
+    try:
+        options = StrategyOptions.from_params(params)
+    except ConfigError:
+        options = StrategyOptions()
     return CardContext(
         repo_id=repo_id,
         models=specs,
         methods=methods,
         explain=dict(params.get("explain") or {}),
         merges=merges,
+        strategies=strategies,
+        options=options,
     )
 
 
@@ -239,7 +261,8 @@ def _intro(
         if include_placeholders
         else "left out"
     )
-    return f"""# ImageNet-Clean
+    return (
+        f"""# ImageNet-Clean
 
 ImageNet-Clean is ILSVRC2012 ImageNet with its labelling mistakes corrected and its ambiguous images
 removed by the automated heuristics of Kertész (2021): model consensus, explainability (CAMs) and
@@ -255,7 +278,32 @@ confident learning. This repository was produced by the ImageNet-Clean DVC pipel
   pipeline's cleaned split so that the 1000-class interface stays; here they are {placeholder}.
 - **Labels** are indices into the 1000 ILSVRC2012 classes in sorted-wnid order (the usual ImageNet
   order), published as `ClassLabel`; the two classes named "crane" carry their wnid in the name.
-""" + _agreement(splits)
+"""
+        + _agreement(splits)
+        + _evidence(splits)
+    )
+
+
+def _evidence(splits: Sequence[SplitSummary]) -> str:
+    """How strong the evidence was, estimated without any reference (metrics `evidence`)."""
+    cells = [
+        f"`{split.name}`: label noise {e['noise']:.1%}, expected label accuracy "
+        f"{e['expected_label_accuracy_before']:.1%} before -> "
+        f"{e['expected_label_accuracy_after']:.1%} after"
+        for split in splits
+        if isinstance(e := split.metrics.get("evidence"), Mapping)
+        and all(
+            isinstance(e.get(k), (int, float))
+            for k in ("noise", "expected_label_accuracy_before", "expected_label_accuracy_after")
+        )
+    ]
+    if not cells:
+        return ""
+    return (
+        "- **Evidence strength** (estimated from the models alone, no reference): "
+        + "; ".join(cells)
+        + ".\n"
+    )
 
 
 def _agreement(splits: Sequence[SplitSummary]) -> str:
@@ -298,29 +346,78 @@ def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
     return None if before is None or after is None else (float(before), float(after))
 
 
+def _paper_rules(options: StrategyOptions) -> str:
+    return (
+        "`paper` (Kertész 2021): a sample is **fixed** when |L'| >= h1 with fewer than 3 "
+        "distinct candidates, **removed** when it has >= h2 distinct candidates, or when >= h3 "
+        "models miss its label in their top-5, unless GradCAM / GradCAM++ / ScoreCAM heatmaps of "
+        "a model that hits the label show it inside the ground-truth boxes (**exemption**)."
+    )
+
+
+def _consensus_rules(options: StrategyOptions) -> str:
+    c = options.consensus
+    return (
+        "`consensus`: **fix** to the ensemble's best other class when its mean probability is "
+        f">= {c.clear} and the label's < {c.support}; keep the label with a **secondary label** "
+        f"when both reach {c.secondary}; **remove** a questioned label (CL majority h1 or top-5 "
+        f"consensus h3) the ensemble does not support, unless the CAMs exempt it, at most "
+        f"{c.max_remove:.0%} of the rows, weakest first."
+    )
+
+
+def _expected_benefit_rules(options: StrategyOptions) -> str:
+    e = options.expected_benefit
+    veto = ", unless the CAMs find the label in its boxes" if e.cam_veto else ""
+    return (
+        "`expected_benefit`: from the calibrated ensemble of every model x view and the split's "
+        "label-noise rate eps, the posterior that each label is right; **fix** only where the new "
+        f"class is right with estimated probability >= {e.precision}; **remove** only labels at "
+        f"least {e.removal_margin} x as likely wrong as the split's average (P(wrong) >= "
+        f"{e.removal_margin} eps){veto}, at most {e.max_remove:.0%} of the rows, least likely "
+        f"first; **secondary labels** only at estimated precision >= {e.precision}; rows where "
+        f"an action would be right with P >= {e.review} stay as they are and are flagged for "
+        "review (ledger `review`); every decision has its estimated probability of being right "
+        "(ledger `confidence`)."
+    )
+
+
+STRATEGY_RULES: dict[str, Callable[[StrategyOptions], str]] = {
+    "paper": _paper_rules,
+    "consensus": _consensus_rules,
+    "expected_benefit": _expected_benefit_rules,
+}
+"""The card's description of each decision strategy, with the knobs as run."""
+
+
 def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
+    used = sorted({context.strategies[s.name] for s in splits if s.name in context.strategies})
     lines = [
         "## How it was made",
         "",
         "Per split, each model's softmax predictions vote: confident learning (cleanlab, "
-        "`prune_by_noise_rate`) flags samples and proposes candidates L'; a sample is **fixed** "
-        "when |L'| >= h1 with fewer than 3 distinct candidates, **removed** when it has >= h2 "
-        "distinct candidates, or when >= h3 models miss its label in their top-5, unless "
-        "GradCAM / GradCAM++ / ScoreCAM heatmaps of a model that does hit the label show it "
-        "inside the ground-truth boxes (**exemption**). Then the paper's Table A.1 category "
-        "merges apply.",
+        "`prune_by_noise_rate`) flags samples and proposes candidates L', and the top-5 "
+        "consensus counts the models that miss the label. Then the split's decision strategy "
+        "decides, the paper's Table A.1 category merges apply, and human overrides from the "
+        "review page win over both.",
+        "",
+        *[f"- {STRATEGY_RULES[name](context.options)}" for name in used if name in STRATEGY_RULES],
         "",
     ]
     if context.models:
         lines += ["| model | timm spec |", "|---|---|"]
         lines += [f"| {name} | `{spec}` |" for name, spec in context.models]
         lines.append("")
-    lines += ["| split | source layout | fn | h1 | h2 | h3 |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| split | source layout | strategy | fn | h1 | h2 | h3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for split in splits:
         row = context.methods.get(split.name, {})
         lines.append(
-            f"| {split.name} | "
-            + " | ".join(str(row.get(key, "?")) for key in ("layout", "fn", "h1", "h2", "h3"))
+            f"| {split.name} | {row.get('layout', '?')} | "
+            f"{context.strategies.get(split.name, '?')} | "
+            + " | ".join(str(row.get(key, "?")) for key in ("fn", "h1", "h2", "h3"))
             + " |"
         )
     explain = ", ".join(
@@ -350,8 +447,9 @@ def _counts(splits: Sequence[SplitSummary]) -> str:
         "From `metrics/<split>.json` (evaluate stage) where present, else counted from the "
         "ledger; percentages of the split's images.",
         "",
-        "| split | images | keep | fix | remove | skip | merge | placeholders | published rows |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| split | images | keep | fix | remove | skip | merge | secondary labels | overrides "
+        "| placeholders | published rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for split in splits:
         cells = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from datasets import load_dataset_builder
 from hub_inputs import ROWS, build, front_matter
 from huggingface_hub import DatasetCard
@@ -30,8 +31,8 @@ def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params
     assert ledger.info.splits["val"].num_examples == ROWS
     text = card.text
     assert (
-        "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |"
-        in text
+        "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) "
+        "| 2 (10.00 %) | 0 (0.00 %) | 2 | 16 |" in text
     )
     assert (
         "| model | top1 original | top1 cleaned | top5 original | top5 cleaned | cl_label_errors "
@@ -40,7 +41,7 @@ def test_card_front_matter_parses_and_declares_features(inputs, tmp_path, params
     assert "| mobilenetv1_025 | 41.50 | 44.25 | 66.00 | 69.75 | 4 | 16 | 19 |" in text
     assert "| mobilenetv1_050 | 50.00 | 52.00 | 70.00 | 72.00 |  |  |  |" in text
     assert "`local-dir:data/demo/models/mobilenetv1_025.tf_in1k`" in text
-    assert "| val | kaggle | 1.0 | M/2 (= 3) | 3 | 2M/3 (= 4) |" in text
+    assert "| val | kaggle | expected_benefit | 1.0 | M/2 (= 3) | 3 | 2M/3 (= 4) |" in text
     assert "arXiv:2103.16324" in text and 'load_dataset("someone/imagenet-clean"' in text
 
 
@@ -48,8 +49,8 @@ def test_card_tolerates_missing_metrics(inputs, tmp_path) -> None:
     inputs.metrics.unlink()
     text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
     assert (
-        "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) | 2 | 16 |"
-        in text
+        "| val | 20 | 13 (65.00 %) | 3 (15.00 %) | 3 (15.00 %) | 1 (5.00 %) | 1 (5.00 %) "
+        "| 2 (10.00 %) | 0 (0.00 %) | 2 | 16 |" in text
     )
     assert "no per-model metrics recorded" in text
 
@@ -87,3 +88,30 @@ def test_card_describes_secondary_labels(inputs, tmp_path) -> None:
     text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
     assert "`secondary_labels` (List)" in text or "`secondary_labels` (Sequence)" in text
     assert "`secondary_labels` are other classes the evidence supports" in text
+
+
+@pytest.mark.parametrize(
+    "strategy, says, never",
+    [
+        ("expected_benefit", "with estimated probability >= 0.8", "fewer than 3 distinct"),
+        ("consensus", "mean probability is >= 0.5 and the label's < 0.15", "estimated probability"),
+        ("paper", "fewer than 3 distinct candidates", "estimated probability"),
+    ],
+)
+def test_the_card_states_the_strategy_that_ran_with_its_knobs(
+    inputs, tmp_path, params, strategy: str, says: str, never: str
+) -> None:
+    params["decide"]["val"]["strategy"] = strategy
+    context = card_context(params, repo_id="someone/imagenet-clean")
+    text = (build(inputs, tmp_path / "hub", context=context).path / "README.md").read_text()
+    method = text[text.index("## How it was made") : text.index("## Counts")]
+    assert f"- `{strategy}`" in method and says in method and never not in method
+    assert f"| val | kaggle | {strategy} |" in method
+
+
+def test_the_card_says_how_strong_the_evidence_was(inputs, tmp_path) -> None:
+    text = (build(inputs, tmp_path / "hub").path / "README.md").read_text()
+    assert (
+        "- **Evidence strength** (estimated from the models alone, no reference): `val`: label "
+        "noise 10.0%, expected label accuracy 94.1% before -> 96.4% after."
+    ) in text

@@ -189,3 +189,42 @@ def test_the_full_ensemble_does_not_lower_dev_agreement_on_either_half(
         mask[part] = True
         before, after = dev_agreement(params, demo_manifest, dev, models, mask)
         assert after >= before, (before, after)
+
+
+@pytest.mark.slow
+def test_the_ledger_does_not_change_when_the_predictions_move_by_one_part_in_a_million(
+    params, demo_manifest, dev, tmp_path
+) -> None:
+    """Decisions compare posteriors rounded to 4 decimals and temperatures are rounded too, so a
+    fresh clone whose CPU arithmetic differs in the last bits decides the same (issue 21)."""
+    import shutil
+
+    from stages.contracts import formats
+    from stages.method.ledger import DecideConfig, decide_split
+    from stages.method.merges import load_merges
+    from stages.method.votes import VoteConfig, split_votes
+
+    folder, models, _ = dev
+    nudged = tmp_path / "nudged"
+    nudged.mkdir()
+    rng = np.random.default_rng(0)
+    for path in folder.glob("*.npy"):
+        probs = np.load(path).astype(np.float64)
+        probs = probs * (1 + rng.uniform(-1e-6, 1e-6, probs.shape))  # float32's last bits
+        formats.write_npy(
+            (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32), nudged / path.name
+        )
+        shutil.copy(path.with_suffix(".json"), nudged / path.with_suffix(".json").name)
+    vote = dataclasses.replace(
+        VoteConfig.from_params(params, "val"), models=models, views=VIEWS, specs=()
+    )
+    decide = DecideConfig.from_params(params, "val")
+    merges = load_merges(decide.merges.table)
+    ledgers = []
+    for source in (folder, nudged):
+        votes, _ = split_votes(vote, demo_manifest, predictions=source)
+        ledgers.append(
+            decide_split(votes.to_pandas(), demo_manifest, config=decide, merges=merges)[0]
+        )
+    columns = ["action", "new_label", "reason", "review"]
+    assert ledgers[0][columns].compare(ledgers[1][columns]).empty
