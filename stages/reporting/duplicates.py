@@ -97,8 +97,9 @@ def _member(row: Any, split: str) -> dict[str, Any]:
 def duplicate_view(
     source: DuplicateSource | None, *, split: str, ids: np.ndarray, limit: int
 ) -> DuplicateView:
-    """The groups holding images of `split`, at most `limit` of them: duplicates before similar
-    groups, conflicting labels first, then groups spanning several splits, then by group id.
+    """The groups holding images of `split`, at most `limit` of them: duplicate groups before
+    similar ones; among them conflicting labels first, then groups spanning several splits, then
+    exact before near, then by group id.
 
     Args:
         source: the group's table (None: the split has no `decide.<split>.duplicates.group`).
@@ -117,7 +118,8 @@ def duplicate_view(
     ):
         raise InputError(
             f"the duplicates table of group {source.group!r} does not match the ledger of "
-            f"{split!r}; re-run `dvc repro duplicates@{source.group}` (it is older than the manifest)"
+            f"{split!r}; re-run `dvc repro duplicates@{source.group}` (it is older than the "
+            "manifest)"
         )
     held = table[table["group"].isin(mine["group"].unique())]
     summary = held.groupby("group").agg(
@@ -125,8 +127,10 @@ def duplicate_view(
         conflicting=("conflicting", "first"),
         spans=("splits", lambda s: len(s.iloc[0])),
     )
+    summary["similar"] = summary["kind"] >= KIND_RANK["similar"]
     order = summary.reset_index().sort_values(
-        ["kind", "conflicting", "spans", "group"], ascending=[True, False, False, True]
+        ["similar", "conflicting", "spans", "kind", "group"],
+        ascending=[True, False, False, True, True],
     )
     chosen = order["group"].to_numpy()[:limit]
     groups, positions = [], []
