@@ -150,8 +150,14 @@ def test_filter_relabel_writes_overrides_that_decide_applies(
             "note": "a goldfish, checked by eye",
         }
     ]
-    counts = run_decide("val", params, root=demo)
-    after = pd.read_parquet(demo / formats.ledger_path("val")).set_index("image_id")
+    ledger_file = demo / formats.ledger_path("val")
+    saved = ledger_file.read_bytes()
+    try:
+        counts = run_decide("val", params, root=demo)
+        after = pd.read_parquet(ledger_file).set_index("image_id")
+    finally:  # the other tests pick actions from the ledger the report was built from
+        ledger_file.unlink()
+        ledger_file.write_bytes(saved)
     assert (after.at[image_id, "action"], after.at[image_id, "new_label"]) == ("fix", 1)
     assert after.at[image_id, "override"]
     assert after.at[image_id, "reason"] == "override: a goldfish, checked by eye"
