@@ -10,6 +10,9 @@ review priority: the ensemble's label quality (`label_prob` of the votes: the me
 the current label), lowest first. A "class pairs" view lists the most
 confused class pairs of the split (ensemble top-1 vs current label, over all active rows and all
 1000 classes), each with its images ranked by the same priority (the DataHeroes review workflow).
+A "Duplicates" view shows the duplicate groups of the split's `decide.<split>.duplicates.group`
+(`data/duplicates/<group>.parquet`) side by side, with keep / remove / relabel per image; a split
+without a group gets the view's "no duplicates group configured".
 
 Layout (no network, no CDN; opens from disk or from `imagenet-clean review`):
 
@@ -33,6 +36,8 @@ from stages.cli import run_as_script, split_stage_main
 from stages.contracts import formats
 from stages.contracts.errors import MissingInputError
 from stages.contracts.splits import Params
+from stages.method.duplicates import DuplicatePolicy
+from stages.reporting.duplicates import DuplicateSource
 from stages.reporting.report import ReviewConfig, build_report, report_dir
 
 
@@ -49,6 +54,8 @@ def run_review(split: str, params: Params) -> dict[str, Any]:
             )
         predictions.append(path)
     overlays = formats.cams_path(split).with_name(f"{split}-overlays")
+    group = DuplicatePolicy.from_params(params, split).group
+    duplicates = None if group is None else DuplicateSource(group, formats.duplicates_path(group))
     return build_report(
         formats.ledger_path(split),
         formats.votes_path(split),
@@ -60,6 +67,7 @@ def run_review(split: str, params: Params) -> dict[str, Any]:
         out=report_dir(split),
         overlay_dir=overlays,
         config=config.options,
+        duplicates=duplicates,
     )
 
 

@@ -197,3 +197,51 @@ def test_50k_row_report_is_bounded_by_its_queues_not_the_split(tmp_path: Path, m
     assert figures["shown"] <= 6 * 500 + 200 + 50 * 50
     assert figures["max_chunk_bytes"] < 150_000  # one page load stays small
     assert figures["index_bytes"] < 60 * figures["shown"]
+
+
+def test_duplicates_view_holds_the_groups_members_as_shown_records(split_root) -> None:
+    """With `decide.val.duplicates.group` set, meta.js lists the group's duplicate groups; the
+    split's members are shown records (thumbnail, issues) that their slots point at; without it,
+    the view is empty and says no group is configured."""
+    from stages.dedup.groups import DUPLICATES_SCHEMA
+
+    root, params = split_root
+    run_review("val", params)
+    meta = read_data(root / "data/review/val/data/meta.js")
+    assert meta["duplicates"] == {"group": None, "total": 0, "groups": []}
+    ledger = pd.read_parquet(root / formats.ledger_path("val"))
+    ids = ledger["image_id"]
+    ledger["duplicate_group"] = pd.array([0, 0] + [pd.NA] * (len(ledger) - 2), dtype="Int32")
+    ledger["issues"] = [["dark"]] + [[] for _ in range(len(ledger) - 1)]
+    formats.write_table(ledger, root / formats.ledger_path("val"))
+    table = pd.DataFrame(
+        {
+            "image_id": [ids[0], ids[1], "t0"],
+            "split": ["val", "val", "train"],
+            "row": [0, 1, 0],
+            "group": [0, 0, 0],
+            "kind": ["exact", "near", "exact"],
+            "similarity": [1.0, 0.9, 1.0],
+            "match": [ids[1], ids[0], ids[0]],
+            "match_split": ["val", "val", "val"],
+            "label": [1, 2, 3],
+            "labels": [[1, 2, 3]] * 3,
+            "conflicting": True,
+            "splits": [["val", "train"]] * 3,
+            "size": 3,
+        }
+    )
+    formats.write_table(table, root / formats.duplicates_path("vt"), schema=DUPLICATES_SCHEMA)
+    params["duplicates"] = {"groups": {"vt": ["val", "train"]}}
+    params["decide"]["val"]["duplicates"] = {"group": "vt"}
+    figures = run_review("val", params)
+    meta = read_data(root / "data/review/val/data/meta.js")
+    assert figures["duplicate_groups"] == 1 and meta["duplicates"]["group"] == "vt"
+    (group,) = meta["duplicates"]["groups"]
+    assert [m["id"] for m in group["members"]] == [ids[0], ids[1], "t0"]
+    assert group["members"][2]["slot"] is None and group["conflicting"]
+    rows = report_rows(root / "data/review/val")
+    first = rows[group["members"][0]["slot"]]
+    assert first["id"] == ids[0] and first["issues"] == ["dark"] and first["dup"] == 0
+    assert "duplicate" in rows[group["members"][1]["slot"]]["why"]
+    assert (root / "data/review/val" / first["thumb"]).is_file()

@@ -150,8 +150,14 @@ def test_filter_relabel_writes_overrides_that_decide_applies(
             "note": "a goldfish, checked by eye",
         }
     ]
-    counts = run_decide("val", params, root=demo)
-    after = pd.read_parquet(demo / formats.ledger_path("val")).set_index("image_id")
+    ledger_file = demo / formats.ledger_path("val")
+    saved = ledger_file.read_bytes()
+    try:
+        counts = run_decide("val", params, root=demo)
+        after = pd.read_parquet(ledger_file).set_index("image_id")
+    finally:  # the other tests pick actions from the ledger the report was built from
+        ledger_file.unlink()
+        ledger_file.write_bytes(saved)
     assert (after.at[image_id, "action"], after.at[image_id, "new_label"]) == ("fix", 1)
     assert after.at[image_id, "override"]
     assert after.at[image_id, "reason"] == "override: a goldfish, checked by eye"
@@ -324,3 +330,136 @@ def test_every_fix_removal_and_secondary_label_of_the_demo_is_in_the_report(demo
         meta["rows"] == len(ledger)
         and meta["models"] == load_params(demo / "params.yaml")["predict"]["models"]
     )
+
+
+@pytest.fixture
+def duplicates_split(tmp_path: Path, params: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Split `a` of constructed cases from real demo images (tests/dedup/cases.py: a byte copy, a
+    lossless and a lossy re-encode... of four demo images; split `b` shares one of them under
+    another label) run through the real embed and duplicates stages and decide's duplicates
+    policy; its ledger, votes and predictions are synthetic (tests/reporting/test_report.py), its
+    review report is built by the real review stage."""
+    from conftest import DEMO_ROOT
+    from test_report import write_split
+
+    from stages import duplicates, embed
+    from stages.method.duplicates import DuplicateEvidence, DuplicatePolicy, apply_duplicates
+    from stages.review import run_review
+    from stages.sources.layouts import Source
+    from stages.sources.manifest import build_manifest
+    from tests.dedup.cases import build_cases
+
+    images = sorted((DEMO_ROOT / "ILSVRC/Data/CLS-LOC/val").glob("*.JPEG"))[:4]
+    build_cases(images, tmp_path / "images", 1)
+    for split in ("a", "b"):
+        folder = tmp_path / "images" / split
+        manifest, _ = build_manifest(Source(folder, "imagefolder"))
+        formats.write_table(
+            manifest, tmp_path / formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA
+        )
+        params["splits"][split] = {"root": str(folder), "layout": "imagefolder"}
+    params["duplicates"]["groups"] = {"ab": ["a", "b"]}
+    params["predict"]["workers"] = 0
+    for split in ("a", "b"):
+        embed.run_embed(split, params, root=tmp_path)
+    duplicates.run_duplicates("ab", params, root=tmp_path)
+    models = tuple(params["predict"]["models"])
+    synthetic = write_split(
+        tmp_path,
+        0,
+        split="a",
+        models=models,
+        manifest=manifest_of(tmp_path, "a"),
+        image_root=tmp_path / "images" / "a",
+    )
+    params["splits"]["a"] = synthetic["splits"]["a"]
+    params["review"] = {**params["review"], **synthetic["review"]}
+    params["decide"]["a"] = {"duplicates": {"group": "ab", "leak_from": ["b"]}}
+    monkeypatch.chdir(tmp_path)
+    evidence = DuplicateEvidence(
+        pd.read_parquet(formats.duplicates_path("ab")),
+        pd.read_parquet(formats.duplicate_issues_path("ab")),
+        DuplicatePolicy.from_params(params, "a"),
+    )
+    ledger = apply_duplicates(pd.read_parquet(formats.ledger_path("a")), evidence, split="a")
+    formats.write_table(ledger, formats.ledger_path("a"))
+    run_review("a", params)
+    return params
+
+
+def manifest_of(root: Path, split: str) -> pd.DataFrame:
+    return pd.read_parquet(root / formats.manifest_path(split))
+
+
+def test_duplicates_view_shows_groups_side_by_side_and_writes_removals(
+    duplicates_split, browser, tmp_path
+) -> None:
+    """The Duplicates view of a split with constructed copies: the byte copy's group shows the
+    copies side by side (thumbnails, labels, kind and similarity, the leak's other split); its
+    remove button writes the row to the overrides file through the server."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    params = duplicates_split
+    table = pd.read_parquet(formats.duplicates_path("ab"))
+    copy = table[table["image_id"].str.startswith("byte_copy_")].iloc[0]
+    group = table[table["group"] == copy["group"]]
+    assert copy["kind"] == "exact" and len(group) >= 2
+    config = ServeReviewConfig.from_params(params, "a")
+    server = make_server(config, port=0, root=tmp_path)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        browser.get(server.url)
+        wait_ready(browser)
+        browser.find_element("id", "tab-duplicates").click()
+        box = browser.find_element("css selector", f".dup-group[data-group='{copy['group']}']")
+        assert "exact" in box.find_element("tag name", "h2").text
+        members = box.find_elements("css selector", ".dup-member")
+        assert {m.get_attribute("data-id") for m in members} == set(group["image_id"])
+        own = [m for m in members if "other-split" not in m.get_attribute("class")]
+        tops = {m.location["y"] for m in own}
+        lefts = {m.location["x"] for m in own}
+        assert len(tops) == 1 and len(lefts) == len(own) >= 2  # side by side, one row
+        kinds = group.set_index("image_id")
+        for member in own:
+            found = kinds.loc[member.get_attribute("data-id")]
+            shown = f"{found['kind']} · similarity {found['similarity']:.3f}"
+            assert shown in member.text and "label " in member.text
+            thumb = member.find_element("css selector", "img.thumb")
+            WebDriverWait(browser, 10).until(
+                lambda _, t=thumb: browser.execute_script("return arguments[0].naturalWidth", t)
+            )
+        name = formats.class_names()[int(copy["label"])].split(",")[0]
+        assert f"{name} ({int(copy['label'])})" in box.text
+        browser.save_screenshot(str(tmp_path / "duplicates.png"))
+        target = next(m for m in own if m.get_attribute("data-id") == copy["image_id"])
+        target.find_element("css selector", "button[data-do=remove]").click()
+        WebDriverWait(browser, 10).until(lambda _: "override: remove" in target.text)
+        assert read_rows(tmp_path / config.overrides) == [
+            {
+                "image_id": copy["image_id"],
+                "action": "remove",
+                "new_label": "",
+                "note": f"review: duplicate group {copy['group']}: remove this copy",
+            }
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_duplicates_view_says_when_no_group_is_configured(split_root, browser) -> None:
+    """A split without `decide.<split>.duplicates.group`: the page still loads and the
+    Duplicates view says so."""
+    from stages.review import run_review
+
+    root, params = split_root
+    assert "duplicates" not in params["decide"]["val"]
+    run_review("val", params)
+    browser.get((root / "data/review/val/index.html").as_uri())
+    wait_ready(browser)
+    browser.find_element("id", "tab-duplicates").click()
+    assert "No duplicates group configured" in browser.find_element("id", "duplicates").text
+    assert browser.find_element("id", "n-duplicates").text == "0"

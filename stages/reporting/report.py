@@ -23,6 +23,7 @@ from stages.contracts.actions import ACTIONS, Action
 from stages.contracts.config import from_section, positive
 from stages.contracts.errors import InputError, MissingInputError
 from stages.contracts.splits import Params, SplitEntry
+from stages.reporting.duplicates import DuplicateSource, DuplicateView, duplicate_view
 from stages.sources.thumbnails import thumb_name, write_thumbnails
 
 logger = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ WHY = {
     "sample": 64,
     "pair": 128,
     "review": 256,
+    "duplicate": 512,
 }
 """Why a row is shown (a bit mask in the index): its action, flags, the strategy's review queue,
-the keep sample, a pair."""
+the keep sample, a pair, a duplicate group of the Duplicates view."""
 QUEUES = ("review", "fix", "remove", "secondary", "exempted", "merged", "override")
 """The queues a round holds at most `review.queue_rows` rows of."""
 LEDGER_COLUMNS = (
@@ -58,6 +60,8 @@ LEDGER_COLUMNS = (
     "merged",
     "override",
 )
+OPTIONAL_LEDGER = ("duplicate_group", "issues")
+"""Ledger columns shown when the ledger has them (decide writes them since the duplicates stage)."""
 VOTES_COLUMNS = (
     "image_id",
     "label",
@@ -85,6 +89,7 @@ class ReviewOptions:
         queue_rows: rows per queue (fix, remove, secondary, exempted, merged, override) in one
             report: a review round, lowest label quality first, rows not yet overridden before
             overridden ones; the report's size does not grow with the split.
+        duplicate_groups: duplicate groups in the Duplicates view (conflicting labels first).
     """
 
     keep_sample: int = 200
@@ -95,11 +100,12 @@ class ReviewOptions:
     pair_images: int = 50
     workers: int = 2
     queue_rows: int = 500
+    duplicate_groups: int = 200
 
     def __post_init__(self) -> None:
         for key in ("chunk_rows", "thumb_size", "pair_images", "workers", "queue_rows"):
             positive(f"review.{key}", getattr(self, key))
-        for key in ("keep_sample", "seed", "top_pairs"):
+        for key in ("keep_sample", "seed", "top_pairs", "duplicate_groups"):
             positive(f"review.{key}", getattr(self, key), minimum=0)
 
 
@@ -383,6 +389,11 @@ def _int(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
+def _strings(values: Any) -> list[str]:
+    """A list column's value (None, a list or an array) as a list of strings."""
+    return [] if values is None else [str(v) for v in values]
+
+
 def _records(
     ledger: pd.DataFrame,
     votes: pa.Table,
@@ -443,6 +454,8 @@ def _records(
                     for m in range(len(models))
                 ],
                 "thumb": None if pos in no_thumb else thumb(int(pos)),
+                "issues": _strings(getattr(row, "issues", None)),
+                "dup": _int(getattr(row, "duplicate_group", None)),
                 "cams": cams.get(int(pos), []),
             }
         )
@@ -495,10 +508,15 @@ def _check_aligned(ledger: TableSource, votes: TableSource, manifest: TableSourc
 
 
 def plan_rows(
-    ledger: pa.Table | pd.DataFrame, votes: pa.Table, *, config: ReviewOptions
+    ledger: pa.Table | pd.DataFrame,
+    votes: pa.Table,
+    *,
+    config: ReviewOptions,
+    duplicates: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """What the report shows, in review order, from a few columns of every row (ledger: action,
-    label, secondary_labels, exempted, merged, override; votes: label_prob, ensemble_top).
+    label, secondary_labels, exempted, merged, override; votes: label_prob, ensemble_top), plus
+    the `duplicates` rows (ledger positions of the Duplicates view's members).
 
     Returns:
         shown: ledger positions, the strategy's review queue first, then lowest label quality
@@ -519,6 +537,8 @@ def plan_rows(
     )
     for pair in pairs:
         why[pair["rows"]] |= WHY["pair"]
+    if duplicates is not None:
+        why[duplicates] |= WHY["duplicate"]
     positions = np.flatnonzero(why)
     later = (why[positions] & WHY["review"]) == 0
     rank = np.nan_to_num(quality[positions], nan=np.inf)
@@ -543,6 +563,7 @@ def build_report(
     out: str | Path,
     overlay_dir: Path | None = None,
     config: ReviewOptions = ReviewOptions(),
+    duplicates: DuplicateSource | None = None,
 ) -> dict[str, Any]:
     """Write the static report of one split into `out` (atomically) and return its figures.
 
@@ -558,6 +579,8 @@ def build_report(
             arrays).
         image_root: the split's root (manifest paths are relative to it).
         overlay_dir: explain's overlay folder (None: no CAM overlays).
+        duplicates: the duplicates table of the split's `decide.<split>.duplicates.group` (None:
+            no group configured; the Duplicates view says so).
     """
     started = time.perf_counter()
     ledger_src = TableSource(ledger, f"ledger of {split!r}")
@@ -575,14 +598,20 @@ def build_report(
                 f"predictions of {model} have shape {shape}, expected "
                 f"({n}, 1000) in ledger order; re-run `dvc repro predict`"
             )
+    ids = ledger_src.columns(["image_id"]).column("image_id").to_numpy(zero_copy_only=False)
+    view = duplicate_view(
+        duplicates, split=split, ids=ids.astype(object), limit=config.duplicate_groups
+    )
     light = ledger_src.columns(PLAN_LEDGER)
-    shown, why, pairs = plan_rows(light, votes_src.columns(PLAN_VOTES), config=config)
+    shown, why, pairs = plan_rows(
+        light, votes_src.columns(PLAN_VOTES), config=config, duplicates=view.rows
+    )
     slot = {int(p): k for k, p in enumerate(shown)}
     ascending = np.sort(shown)
     classes, probs = model_top5(predictions, ascending)
     back = np.searchsorted(ascending, shown)
     top5 = (classes[:, back], probs[:, back])
-    shown_ledger = ledger_src.rows(shown, LEDGER_COLUMNS).to_pandas()
+    shown_ledger = ledger_src.rows(shown, evidence_columns(ledger_src)).to_pandas()
     shown_votes = votes_src.rows(shown, EVIDENCE_VOTES)
     thumbs = manifest_src.rows(ascending, ("path", "boxes")).to_pandas()
     with formats.atomic_folder(out) as tmp:
@@ -627,6 +656,7 @@ def build_report(
                 "queues": _queue_sizes(light, why),
                 "why": WHY,
                 "pairs": [{**p, "rows": [slot[r] for r in p["rows"]]} for p in pairs],
+                "duplicates": _duplicates_meta(view, slot),
             },
         )
     figures = {
@@ -636,11 +666,35 @@ def build_report(
         "max_chunk_bytes": max(sizes, default=0),
         "index_bytes": index_bytes,
         "pairs": len(pairs),
+        "duplicate_groups": len(view.groups),
         "no_thumbnail": len(no_thumb),
         "seconds": round(time.perf_counter() - started, 2),
     }
     logger.info("review %s: %s", split, figures)
     return figures
+
+
+def evidence_columns(ledger: TableSource) -> tuple[str, ...]:
+    """The ledger columns of an evidence record: LEDGER_COLUMNS and those of OPTIONAL_LEDGER
+    the ledger has."""
+    present = set(ledger.column_names)
+    return LEDGER_COLUMNS + tuple(c for c in OPTIONAL_LEDGER if c in present)
+
+
+def _duplicates_meta(view: DuplicateView, slot: dict[int, int]) -> dict[str, Any]:
+    """The Duplicates view in meta.js: the group name (None: not configured), the groups shown
+    of all groups holding the split's images, each member's `slot` (its record's index in the
+    report; None for other splits' members)."""
+    groups = [
+        {
+            **g,
+            "members": [
+                {**m, "slot": None if m["pos"] is None else slot[m["pos"]]} for m in g["members"]
+            ],
+        }
+        for g in view.groups
+    ]
+    return {"group": view.group, "total": view.total, "groups": groups}
 
 
 def _queue_sizes(ledger: pa.Table, why: np.ndarray) -> dict[str, list[int]]:
@@ -664,8 +718,9 @@ def record_on_demand(
     row of each predictions file), no CAM overlays; `thumb(pos)` names its thumbnail URL."""
     shown = np.array([position], dtype=np.int64)
     top5 = model_top5(predictions, shown)
+    source = TableSource(ledger, "ledger")
     return _records(
-        TableSource(ledger, "ledger").rows(shown, LEDGER_COLUMNS).to_pandas(),
+        source.rows(shown, evidence_columns(source)).to_pandas(),
         TableSource(votes, "votes").rows(shown, EVIDENCE_VOTES),
         shown,
         np.zeros(1, dtype=np.int64),

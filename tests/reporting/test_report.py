@@ -58,28 +58,41 @@ def _predictions(
 
 
 def write_split(
-    root: Path, n: int, *, seed: int = 0, split: str = "val", models: tuple[str, ...] = MODELS
+    root: Path,
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "val",
+    models: tuple[str, ...] = MODELS,
+    manifest: pd.DataFrame | None = None,
+    image_root: Path | None = None,
 ) -> dict[str, Any]:
     """A synthetic split under `root` in the project layout: manifest, predictions, votes with the
-    evidence columns, a ledger with secondary_labels; returns params for it."""
+    evidence columns, a ledger with secondary_labels; returns params for it. Given a real
+    `manifest` (and the `image_root` of its paths), its rows, ids and labels are used instead of
+    synthetic images."""
     rng = np.random.default_rng(seed)
-    names = _images(root / "images")
-    ids = [f"img_{k:06d}" for k in range(n)]
-    labels = rng.integers(0, 1000, n).astype(np.int32)
+    if manifest is None:
+        names = _images(root / "images")
+        ids = [f"img_{k:06d}" for k in range(n)]
+        labels = rng.integers(0, 1000, n).astype(np.int32)
+        manifest = pd.DataFrame(
+            {
+                "image_id": ids,
+                "path": [names[k % len(names)] for k in range(n)],
+                "label": labels,
+                "wnid": np.array(formats.class_wnids())[labels],
+                "boxes": [[[50, 40, 300, 250]] if k % 3 else [] for k in range(n)],
+                "width": 500,
+                "height": 375,
+                "skip_reason": None,
+                "sha256": None,
+            }
+        )
+    else:
+        n, ids = len(manifest), list(manifest["image_id"])
+        labels = manifest["label"].to_numpy(dtype=np.int32)
     inactive = rng.random(n) < 0.01
-    manifest = pd.DataFrame(
-        {
-            "image_id": ids,
-            "path": [names[k % len(names)] for k in range(n)],
-            "label": labels,
-            "wnid": np.array(formats.class_wnids())[labels],
-            "boxes": [[[50, 40, 300, 250]] if k % 3 else [] for k in range(n)],
-            "width": 500,
-            "height": 375,
-            "skip_reason": None,
-            "sha256": None,
-        }
-    )
     formats.write_table(
         manifest, root / formats.manifest_path(split), schema=formats.MANIFEST_SCHEMA
     )
@@ -145,7 +158,7 @@ def write_split(
     return {
         "splits": {
             split: {
-                "root": str(root / "images"),
+                "root": str(image_root or root / "images"),
                 "layout": "imagefolder",
                 "overrides": f"data/overrides/{split}.csv",
             }

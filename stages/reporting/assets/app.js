@@ -243,6 +243,8 @@
         record.orig !== record.label ? " (ImageNet's label " + named(record.orig) + ")" : ""]),
       record.sec.length ? el("p", { class: "secondary", text: "secondary labels: " + record.sec.map(named).join("; ") }) : null,
       el("p", { class: "reason", text: record.reason }),
+      issuesLine(record),
+      record.dup !== null && record.dup !== undefined ? el("p", { class: "dup", text: "duplicate group " + record.dup }) : null,
       el("p", { class: "scores", text: "label quality " + quality(record.q) + " · the label is the top-1 of " +
         (record.agree === null ? "—" : record.agree) + " of " + state.meta.models.length +
         " models · top-5 missed by " + record.misses + (record.exempted ? " · CAM-exempted" : "") }),
@@ -260,6 +262,11 @@
     return node;
   }
 
+  function issuesLine(record) {
+    const found = record.issues || [];
+    return found.length ? el("p", { class: "issues", text: "image issues: " + found.join(", ") }) : null;
+  }
+
   function pendingText(id) {
     return state.rows.filter(function (r) { return r.image_id === id; }).map(function (r) {
       return r.action + (r.new_label ? " " + named(+r.new_label) : r.action === "secondary" ? " (none)" : "") + (r.note ? " — " + r.note : "");
@@ -268,7 +275,7 @@
 
   function refreshCorrections() {
     $("n-corrections").textContent = String(state.rows.length);
-    document.querySelectorAll(".card").forEach(function (node) {
+    document.querySelectorAll(".card, .dup-member:not(.other-split)").forEach(function (node) {
       const text = pendingText(node.getAttribute("data-id"));
       node.querySelector(".pending").textContent = text ? "override: " + text : "";
       node.classList.toggle("has-pending", !!text);
@@ -361,6 +368,79 @@
     }
   }
 
+  // ---- duplicates view: each group of the split side by side ----------------------------------
+  function chunkName(slot) { return "chunk-" + String(Math.floor(slot / state.meta.chunk_rows)).padStart(5, "0"); }
+
+  async function recordAt(slot) { return (await load(chunkName(slot)))[slot % state.meta.chunk_rows]; }
+
+  function dupRows(record, group, what, node) {
+    const row = function (action, label, text) {
+      return [{ image_id: record.id, action: action, new_label: label === null ? "" : String(label),
+        note: "review: duplicate group " + group.group + ": " + text }];
+    };
+    if (what === "keep") return row("keep", null, "keep this one as " + named(record.label));
+    if (what === "remove") return row("remove", null, "remove this copy");
+    const input = node.querySelector(".relabel");
+    const cls = parseClass(input.value);
+    if (cls === null) throw new Error("unknown class " + JSON.stringify(input.value) + ": pick one from the list");
+    return row("fix", cls, "relabel to " + named(cls));
+  }
+
+  function dupMember(group, member, record) {
+    const sim = member.sim === null ? "—" : member.sim.toFixed(3);
+    const match = member.match ? " to " + member.match + (member.match_split !== member.split ? " (" + member.match_split + ")" : "") : "";
+    const parts = [
+      record && record.thumb ? el("img", { class: "thumb", src: record.thumb, alt: member.id })
+        : el("div", { class: "thumb missing", text: record ? "image unreadable" : "image of split " + member.split }),
+      el("p", {}, [el("code", { text: member.id }), " · " + member.split]),
+      el("p", { class: "dup-kind", text: member.kind + " · similarity " + sim + match }),
+    ];
+    if (!record) {
+      parts.push(el("p", { class: "labels" }, ["label ", el("b", { text: named(member.label) })]));
+      parts.push(el("p", { class: "other", text: "correct it in the review of split " + member.split }));
+      return el("div", { class: "dup-member other-split", "data-id": member.id }, parts);
+    }
+    const arrow = record.action === "remove" ? "removed" : record.new === record.label ? "kept" : named(record.new);
+    const b = function (what, text) { return el("button", { type: "button", "data-do": what, text: text }); };
+    parts.push(el("p", { class: "labels" }, ["label ", el("b", { text: named(record.label) }), " → " + arrow]));
+    parts.push(issuesLine(record));
+    parts.push(el("p", { class: "reason", text: record.reason }));
+    parts.push(el("div", { class: "controls" }, [
+      el("div", {}, [record.label !== null ? b("keep", "Keep") : null, b("remove", "Remove"), b("undo", "Undo")]),
+      el("div", {}, [el("input", { class: "relabel", list: "class-list", placeholder: "relabel to…", size: 14 }), b("fix", "Relabel")]),
+    ]));
+    parts.push(el("p", { class: "pending" }));
+    const node = el("div", { class: "dup-member", "data-id": record.id }, parts);
+    node.addEventListener("click", function (event) {
+      const what = event.target.getAttribute("data-do");
+      if (!what) return;
+      if (what === "undo") { undo(record); return; }
+      try { submit(record, dupRows(record, group, what, node), node); } catch (error) { say(error.message); }
+    });
+    return node;
+  }
+
+  async function renderDuplicates() {
+    const dup = state.meta.duplicates || { group: null, groups: [], total: 0 }, box = $("duplicates");
+    box.textContent = "";
+    $("n-duplicates").textContent = String(dup.groups.length);
+    if (dup.group === null) {
+      box.appendChild(el("p", { class: "empty", text: "No duplicates group configured for this split (decide." + state.meta.split + ".duplicates.group in params.yaml)." }));
+      return;
+    }
+    if (!dup.groups.length) box.appendChild(el("p", { class: "empty", text: "No duplicate groups hold images of this split (duplicates group " + dup.group + ")." }));
+    else box.appendChild(el("p", { text: "Duplicates group " + dup.group + ": " + dup.groups.length + " of " + dup.total + " groups shown." }));
+    for (const group of dup.groups) {
+      const records = await Promise.all(group.members.map(function (m) { return m.slot === null ? null : recordAt(m.slot); }));
+      const title = "group " + group.group + " · " + group.kind + " · " + group.members.length + " images · labels " +
+        group.labels.map(named).join(", ") + (group.conflicting ? " · conflicting labels" : "") + " · splits " + group.splits.join(", ");
+      box.appendChild(el("article", { class: "dup-group" + (group.conflicting ? " conflicting" : ""), "data-group": String(group.group) }, [
+        el("h2", { text: title }),
+        el("div", { class: "dup-members" }, group.members.map(function (m, i) { return dupMember(group, m, records[i]); })),
+      ]));
+    }
+  }
+
   function renderPairs() {
     const table = $("pairs-table");
     table.textContent = "";
@@ -389,7 +469,7 @@
 
   function switchView(view) {
     state.view = view;
-    ["decisions", "pairs", "corrections"].forEach(function (v) {
+    ["decisions", "pairs", "duplicates", "corrections"].forEach(function (v) {
       $("view-" + v).hidden = v !== view;
       $("tab-" + v).classList.toggle("active", v === view);
     });
@@ -448,6 +528,7 @@
     $("lookup").hidden = !state.server;
     $("lookup").onsubmit = function (event) { event.preventDefault(); lookUp($("lookup-id").value.trim()); };
     renderPairs();
+    await renderDuplicates();
     await recompute();
   }
 
