@@ -233,8 +233,9 @@ def test_stages_read_only_declared_params_and_paths(
 def test_adding_a_split_makes_only_its_own_stages_stale(built: Path) -> None:
     """Each stage depends on the files it reads, not on their folder: a new split's manifest in
     data/manifests leaves the retrain arms (26 GPU-hours at full scale) and every other split's
-    stages up to date. Only publish, whose deps are whole folders (DVC cannot list a file per
-    `publish.splits` entry), sees the new manifest."""
+    stages up to date. Only publish and the duplicates groups, whose deps are whole folders (DVC
+    cannot list a file per `publish.splits` entry or per split of a `duplicates.groups` entry),
+    see the new manifest."""
     params_file, lock_file = built / "params.yaml", built / "dvc.lock"
     saved = params_file.read_text(), lock_file.read_text()
     raw = yaml.safe_load(saved[0])
@@ -258,7 +259,8 @@ def test_adding_a_split_makes_only_its_own_stages_stale(built: Path) -> None:
         (built / "metrics/ingest/extra.json").unlink(missing_ok=True)
     assert (built / "data/manifests/val.parquet").is_file()
     others = {name for name in stale if not name.endswith("@extra")}
-    assert others == {"publish"}, f"adding split extra made these stale: {sorted(others)}"
+    folders = {"publish"} | {f"duplicates@{group}" for group in raw["duplicates"]["groups"]}
+    assert others == folders, f"adding split extra made these stale: {sorted(others)}"
 
 
 def test_outputs_are_linked_into_the_dvc_cache_not_copied() -> None:
