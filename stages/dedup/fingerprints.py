@@ -85,8 +85,8 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def phash_ints(values: list[str | None]) -> np.ndarray:
-    """Hex pHashes -> uint64 (0 for null; callers mask those rows)."""
-    return np.array([int(v, 16) if v else 0 for v in values], dtype=np.uint64)
+    """Hex pHashes -> uint64 (0 for null, NaN or empty; callers mask those rows)."""
+    return np.array([int(v, 16) if isinstance(v, str) and v else 0 for v in values], np.uint64)
 
 
 def quality_scores(image: Image.Image) -> tuple[float, float, float, float, float]:

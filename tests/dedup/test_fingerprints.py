@@ -64,3 +64,16 @@ def test_fingerprint_has_the_schema_fields() -> None:
     found = fp.fingerprint(open_rgb(IMAGES[3]))
     assert set(found.__dict__) | {"image_id"} == set(fp.FINGERPRINT_SCHEMA.names)
     assert len(found.phash) == 16 and len(found.pixel_sha256) == 64
+
+
+def test_phash_ints_read_missing_hashes_as_zero_whatever_pandas_made_of_them() -> None:
+    """An image that could not be decoded has no pHash: None, or NaN once pandas' string column
+    masks it (`Series.where`), never an error."""
+    import pandas as pd
+
+    from stages.dedup.fingerprints import phash_ints
+
+    column = pd.Series(["ff00", "0001", None], dtype="string")
+    masked = column.where(pd.Series([True, False, True]), None).tolist()
+    assert phash_ints(masked).tolist() == [0xFF00, 0, 0]
+    assert phash_ints(["", float("nan")]).tolist() == [0, 0]
