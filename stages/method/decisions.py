@@ -7,8 +7,9 @@ A strategy sees only the pipeline's evidence, never reference labels.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -103,6 +104,35 @@ class Decisions:
             [[] for _ in range(n)],
             np.zeros(n, dtype=bool),
         )
+
+
+def remove_within_budget(
+    out: Decisions,
+    order: np.ndarray,
+    why: Callable[[int], str],
+    *,
+    max_remove: float,
+    kept: str,
+) -> None:
+    """Remove the removal candidates in `order` (first = removed first) up to the budget,
+    floor(max_remove x the A active rows); the others stay, flagged for review, their reason
+    `<kept>: <why>; beyond the removal budget (...)`.
+
+    order: (C,) row positions; why: row -> the evidence text of its reason.
+    """
+    n = len(out.action)
+    budget = math.floor(max_remove * n + 1e-9)
+    for rank, i in enumerate(order):
+        reason = why(int(i))
+        if rank < budget:
+            out.action[i], out.new_label[i] = Action.REMOVE.value, -1
+            out.reason[i] = f"remove: {reason}"
+        else:
+            out.review[i] = True
+            out.reason[i] = (
+                f"{kept}: {reason}; beyond the removal budget (max_remove {max_remove}: "
+                f"{budget} of {n} active rows)"
+            )
 
 
 def describe_candidates(counts: Counter[int]) -> str:

@@ -31,13 +31,17 @@ pi(y) for a keep, pi(c*) for a fix, 1 - pi(y) for a removal.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from stages.contracts.actions import Action
 from stages.contracts.formats import class_label
-from stages.method.decisions import Decisions, ExpectedBenefitConfig, Rows, StrategyOptions
+from stages.method.decisions import (
+    Decisions,
+    ExpectedBenefitConfig,
+    Rows,
+    StrategyOptions,
+    remove_within_budget,
+)
 from stages.method.thresholds import Thresholds
 
 PRECISION_DIGITS = 4
@@ -101,25 +105,18 @@ def _remove_within_budget(
 ) -> None:
     """Remove the candidates whose label is least likely right, up to the budget (ties: row
     order); the others stay, queued for review."""
-    budget = math.floor(knobs.max_remove * len(rows.label) + 1e-9)
-    order = candidates[np.lexsort((candidates, own[candidates]))]
-    for rank, i in enumerate(order):
-        why = (
+
+    def why(i: int) -> str:
+        return (
             f"P(label {class_label(rows.label[i])} is wrong) = {wrong[i]:.2f} >= "
             f"{knobs.removal_margin} x noise {noise[i]:.2f} (removing it raises the expected "
             "accuracy of the kept labels); the "
             f"ensemble's best other class {class_label(rows.best_other[i])} has P = "
             f"{rows.best_other_posterior[i]:.2f}"
         )
-        if rank < budget:
-            out.action[i], out.new_label[i] = Action.REMOVE.value, -1
-            out.reason[i] = f"remove: {why}"
-        else:
-            out.review[i] = True
-            out.reason[i] = (
-                f"keep, review: {why}; beyond the removal budget (max_remove "
-                f"{knobs.max_remove}: {budget} of {len(rows.label)} active rows)"
-            )
+
+    order = candidates[np.lexsort((candidates, own[candidates]))]
+    remove_within_budget(out, order, why, max_remove=knobs.max_remove, kept="keep, review")
 
 
 def _secondary_and_review(

@@ -15,7 +15,6 @@ A strategy sees only the pipeline's evidence, never reference labels.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -31,6 +30,7 @@ from stages.method.decisions import (
     StrategyOptions,
     describe_candidates,
     predicted,
+    remove_within_budget,
 )
 from stages.method.expected_benefit import expected_benefit
 from stages.method.thresholds import Thresholds
@@ -203,23 +203,16 @@ def _remove_within_budget(
     c: ConsensusConfig,
 ) -> None:
     """Remove the weakest candidates (lowest margin, then row order) up to the budget."""
-    budget = math.floor(c.max_remove * len(rows.label) + 1e-9)
-    order = candidates[np.lexsort((candidates, margin[candidates]))]
-    for rank, i in enumerate(order):
-        why = (
+
+    def why(i: int) -> str:
+        return (
             f"questioned ({_why(rows, i, p_label, t, c)}), no class clearly right, label "
             f"{class_label(rows.label[i])} {p_label[i]:.2f} (< clear {c.clear}); "
             f"{predicted(rows.model_top1[i])}"
         )
-        if rank < budget:
-            out.action[i], out.new_label[i] = Action.REMOVE.value, -1
-            out.reason[i] = f"remove: {why}"
-        else:
-            out.review[i] = True
-            out.reason[i] = (
-                f"keep: {why}; beyond the removal budget (max_remove {c.max_remove}: "
-                f"{budget} of {len(rows.label)} active rows)"
-            )
+
+    order = candidates[np.lexsort((candidates, margin[candidates]))]
+    remove_within_budget(out, order, why, max_remove=c.max_remove, kept="keep")
 
 
 STRATEGIES: dict[str, Strategy] = {
