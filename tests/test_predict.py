@@ -318,8 +318,9 @@ def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_
     make_project,
 ) -> None:
     """`kill -9` of the `dvc repro` process alone: its predict child ends too (it used to run on
-    as an orphan), nothing is left in the output folder DVC hashes (the work folder is outside
-    it), and the next `dvc repro` computes only the missing shards."""
+    as an orphan, and still did behind dash where SHELL is unset, as on CI), nothing is left in
+    the output folder DVC hashes (the work folder is outside it), and the next `dvc repro`
+    computes only the missing shards."""
     project = make_project(96)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["predict"].update(shard_size=2, batch_size=2, workers=0, threads=1)
@@ -330,6 +331,7 @@ def test_kill_9_of_dvc_ends_its_predict_stage_leaves_no_stray_file_and_the_next_
     outputs = project / "data/predictions/val"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], "HF_HUB_OFFLINE": "1"}
+    env.pop("SHELL", None)  # DVC then runs the stage through /bin/sh -c: dash stays in between
     dvc = subprocess.Popen(
         ["dvc", "repro", stage],
         cwd=project,

@@ -1,13 +1,15 @@
 """The one private part of the operating system the project relies on: Linux's parent-death signal
 (libc's `prctl(PR_SET_PDEATHSIG)`, through ctypes), so that a stage process dies with its parent.
 
-`dvc repro` starts each stage command as its child (through `$SHELL -c`, which bash, dash and zsh
-replace by the command itself). Killed with SIGKILL, DVC cannot pass anything on, and its stage
-would run on as an orphan: a prediction of hours writing into folders nobody is waiting for. So
-every stage entry point asks the kernel for SIGTERM when its parent exits (`die_with_parent`), and
-a stage that starts `torchrun` asks the same for it (`parent_death_preexec`), whose workers are
-stage entry points again. Where prctl is missing (not Linux), a daemon thread checks the parent
-every second instead.
+`dvc repro` starts each stage command through `$SHELL -c` (`/bin/sh -c` where SHELL is unset, as
+in many containers and CI runners). bash and zsh replace themselves by the command; dash, Debian's
+`/bin/sh`, does not, and stays between DVC and the stage. Killed with SIGKILL, DVC cannot pass
+anything on, and its stage would run on as an orphan: a prediction of hours writing into folders
+nobody is waiting for. So every stage entry point asks the kernel for SIGTERM when its parent exits
+(`die_with_parent`) and, where that parent is a shell running only a `-c` command, also watches the
+shell's parent (DVC) through a pidfd; a stage that starts `torchrun` asks the same for it
+(`parent_death_preexec`), whose workers are stage entry points again. Where prctl or pidfd is
+missing, a daemon thread checks every second instead.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ SIGNAL = signal.SIGTERM
 """What a stage gets when its parent dies: SIGTERM ends Python at once and lets torchrun's agent
 stop its workers first."""
 POLL_SECONDS = 1.0
+SHELLS = frozenset({"sh", "dash", "ash", "bash", "zsh", "ksh", "mksh", "busybox"})
+"""Programs that `dvc repro` may run a stage command through (`$SHELL -c` or `/bin/sh -c`)."""
 
 
 def set_parent_death_signal(sig: int = SIGNAL) -> bool:
@@ -54,13 +60,52 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), SIGNAL)
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent of process `pid` (from /proc), or None where it cannot be read."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def shell_wrapper_parent(parent: int) -> int | None:
+    """The parent of `parent` when `parent` is a shell running a `-c` command (dash does not
+    replace itself by the command, so it stands between DVC and the stage), else None."""
+    try:
+        argv = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    name = os.path.basename(argv[0].decode(errors="replace")).lstrip("-")
+    if name not in SHELLS or b"-c" not in argv[1:]:
+        return None
+    return _parent_of(parent)
+
+
+def _watch_grandparent(shell: int, grandparent: int) -> None:
+    """Terminate this process once `grandparent` (the shell's parent) has exited: at once through a
+    pidfd, else by checking every second whether the shell was re-parented."""
+    try:
+        pidfd = os.pidfd_open(grandparent)
+    except (AttributeError, OSError):
+        while _parent_of(shell) == grandparent:
+            time.sleep(POLL_SECONDS)
+    else:
+        select.select([pidfd], [], [])
+    logger.error("the process %d that started this stage's shell is gone; stopping", grandparent)
+    os.kill(os.getpid(), SIGNAL)
+
+
 def die_with_parent() -> None:
-    """Make this process end when the process that started it ends (kill -9 included)."""
+    """Make this process end when the process that started it ends (kill -9 included), or the
+    process that started its `sh -c` wrapper."""
     parent = os.getppid()
     if not set_parent_death_signal():
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     elif os.getppid() != parent:  # the parent died before the kernel was asked
         os.kill(os.getpid(), SIGNAL)
+    grandparent = shell_wrapper_parent(parent)
+    if grandparent is not None and grandparent > 1:
+        threading.Thread(target=_watch_grandparent, args=(parent, grandparent), daemon=True).start()
 
 
 def parent_death_preexec() -> None:
