@@ -63,7 +63,10 @@ def run_decide(split: str, params: Params, *, root: str | Path = ".") -> dict[st
         split=split,
     )
     formats.write_table(
-        ledger, root / formats.ledger_path(split), schema=formats.LEDGER_FULL_SCHEMA
+        ledger,
+        root / formats.ledger_path(split),
+        schema=formats.LEDGER_FULL_SCHEMA,
+        nullable_integers=formats.LEDGER_NULLABLE_INTEGERS,
     )
     formats.write_table(clean, root / formats.clean_path(split), schema=formats.CLEAN_SCHEMA)
     counts = reconcile(ledger, manifest)

@@ -79,6 +79,47 @@ def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
     assert ledger_file.read_bytes() == first
 
 
+def test_the_ledger_s_nullable_integers_read_as_integers_in_pandas_and_datasets(
+    tmp_path: Path, params: dict
+) -> None:
+    """`new_label` is null on removals and `duplicate_group` outside groups: pandas must not turn
+    them into float64 (pandas' `Int32` with <NA>), and `datasets` reads int32 with None."""
+    votes, manifest = tables(
+        vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
+        vote("ILSVRC2012_val_00000002", 10, misses=5),
+    )
+    formats.write_table(
+        manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
+    )
+    formats.write_table(votes, tmp_path / formats.votes_path("val"), schema=VOTES_SCHEMA)
+    formats.write_table(
+        pa.Table.from_pylist([], schema=CAMS_SCHEMA), tmp_path / formats.cams_path("val")
+    )
+    (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
+    (tmp_path / "data/overrides").mkdir()
+    (tmp_path / "data/overrides/val.csv").write_text("image_id,action,new_label,note\n")
+    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
+    params["predict"]["models"] = MODELS
+    params["decide"]["val"]["strategy"] = "paper"
+    params["decide"]["val"]["duplicates"]["group"] = None
+    run_decide("val", params, root=tmp_path)
+    ledger_file = tmp_path / formats.ledger_path("val")
+
+    frame = pd.read_parquet(ledger_file).set_index("image_id")
+    for column in formats.LEDGER_NULLABLE_INTEGERS:
+        assert frame[column].dtype == pd.Int32Dtype(), column
+    assert frame.loc["ILSVRC2012_val_00000001", "new_label"] == 7
+    assert frame.loc["ILSVRC2012_val_00000002", "new_label"] is pd.NA
+    assert frame["label"].dtype == "int32"  # never null: stays a plain integer
+
+    import datasets
+
+    rows = datasets.Dataset.from_parquet(str(ledger_file), cache_dir=str(tmp_path / "hf"))
+    assert rows.features["new_label"] == datasets.Value("int32")
+    assert rows.features["duplicate_group"] == datasets.Value("int32")
+    assert rows["new_label"] == [7, None]
+
+
 def test_each_split_reads_only_its_own_overrides_file(tmp_path: Path, params: dict) -> None:
     """A valid override of a val image neither breaks another split that shares image ids nor
     applies to it (one overrides file per split, `splits.<split>.overrides`)."""

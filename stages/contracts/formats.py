@@ -2,7 +2,9 @@
 
 Every writer here writes to a temporary file beside the target and renames it into place, so an
 interrupted stage never leaves a half-written output under its final name. Tables are written
-with fixed schemas and without pandas metadata, so the same inputs give the same bytes.
+with fixed schemas and without pandas' version-stamped metadata, so the same inputs give the same
+bytes; the one piece of it kept is the dtype of nullable integer columns, written by hand, so that
+`pandas.read_parquet` reads them as pandas' `Int32` (not float64 with NaN).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,10 @@ LEDGER_EXTRAS = [
 LEDGER_FULL_SCHEMA = pa.schema(list(LEDGER_SCHEMA) + [pa.field(n, t) for n, t in LEDGER_EXTRAS])
 """The ledger as written: the contract columns, then original_label, iteration, merged, override,
 exemptions (number of models whose CAMs exempted the row)."""
+LEDGER_NULLABLE_INTEGERS = ("new_label", "duplicate_group")
+"""Ledger integer columns with nulls (`new_label` on remove and skip rows, `duplicate_group` outside
+every group): the file records them as nullable, so `pandas.read_parquet` gives pandas' `Int32`
+(`<NA>` for null) and `datasets` gives `Value("int32")` with None, never float64."""
 
 CLEAN_SCHEMA = pa.schema(
     [
@@ -247,18 +253,53 @@ def atomic_path(
             tmp_path.unlink()
 
 
+def nullable_integer_metadata(schema: pa.Schema, columns: Sequence[str]) -> dict[bytes, bytes]:
+    """The part of pandas' parquet metadata that makes `pandas.read_parquet` read `columns` as
+    nullable integers (`Int32` for int32, ...), with nothing version-specific in it.
+
+    Raises:
+        ValueError: a column that is not in `schema`, or not of an integer type.
+    """
+    entries = []
+    for name in columns:
+        if name not in schema.names or not pa.types.is_integer(schema.field(name).type):
+            raise ValueError(
+                f"nullable integer column {name!r} is not an integer column of the table "
+                f"({schema}); name only integer columns"
+            )
+        kind = schema.field(name).type
+        dtype = f"{'U' if pa.types.is_unsigned_integer(kind) else ''}Int{kind.bit_width}"
+        entries.append(
+            {
+                "name": name,
+                "field_name": name,
+                "pandas_type": str(kind),
+                "numpy_type": dtype,
+                "metadata": None,
+            }
+        )
+    if not entries:
+        return {}
+    meta = {"index_columns": [], "column_indexes": [], "columns": entries}
+    return {b"pandas": json.dumps(meta, sort_keys=True).encode()}
+
+
 def write_table(
     table: pa.Table | pd.DataFrame,
     target: str | os.PathLike[str],
     *,
     schema: pa.Schema | None = None,
+    nullable_integers: Sequence[str] = (),
 ) -> None:
-    """Atomically write a parquet file with a fixed schema and no pandas index metadata."""
+    """Atomically write a parquet file with a fixed schema and no pandas index metadata;
+    `nullable_integers` name integer columns with nulls that pandas should read as `Int32`."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     elif schema is not None:
         table = table.cast(schema)
-    table = table.replace_schema_metadata(None)
+    table = table.replace_schema_metadata(
+        nullable_integer_metadata(table.schema, nullable_integers) or None
+    )
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

@@ -78,3 +78,14 @@ def test_class_label_and_parse_class() -> None:
 def test_image_ids_digest_depends_on_order() -> None:
     assert formats.image_ids_sha256(["a", "b"]) != formats.image_ids_sha256(["b", "a"])
     assert formats.image_ids_sha256(pd.Series(["a", "b"])) == formats.image_ids_sha256(["a", "b"])
+
+
+def test_nullable_integer_columns_must_be_integer_columns(tmp_path: Path) -> None:
+    table = pa.table({"image_id": ["a"], "new_label": pa.array([None], pa.int32())})
+    with pytest.raises(ValueError, match="'image_id' is not an integer column"):
+        formats.write_table(table, tmp_path / "t.parquet", nullable_integers=["image_id"])
+    with pytest.raises(ValueError, match="'nope' is not an integer column"):
+        formats.write_table(table, tmp_path / "t.parquet", nullable_integers=["nope"])
+    assert not (tmp_path / "t.parquet").exists()
+    formats.write_table(table, tmp_path / "t.parquet", nullable_integers=["new_label"])
+    assert pd.read_parquet(tmp_path / "t.parquet")["new_label"].dtype == pd.Int32Dtype()
