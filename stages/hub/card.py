@@ -46,7 +46,19 @@ BIBTEX = (
     "}"
 )
 COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge", "secondary", "override")
-YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class CardDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper (what `DatasetCardData.to_yaml` uses) naming the anchors it writes for
+    shared objects: the class names, written once and referred to by every ClassLabel column
+    (`class_label: &class_names` ... `class_label: *class_names`)."""
+
+    def generate_anchor(self, node: yaml.Node) -> str:
+        """`class_names`, then `class_names_2`, ... (only the class-name lists are shared)."""
+        self.anchors_written = getattr(self, "anchors_written", 0) + 1
+        return "class_names" if self.anchors_written == 1 else f"class_names_{self.anchors_written}"
+
+
 TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
 SIZE_CATEGORIES = (
     (1_000, "n<1K"),
@@ -219,10 +231,10 @@ def render_card(
     ]
     metadata = yaml.dump(
         front_matter(splits, infos).to_dict(),
-        Dumper=YAML_DUMPER,
+        Dumper=CardDumper,
         sort_keys=False,
         allow_unicode=True,
-    )  # what DatasetCardData.to_yaml writes, with libyaml
+    )  # what DatasetCardData.to_yaml writes, with named anchors
     return "---\n" + metadata + "---\n\n" + "\n".join(body)
 
 

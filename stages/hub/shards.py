@@ -84,27 +84,36 @@ def ledger_features(schema: pa.Schema, names: Sequence[str]) -> Features:
     )
 
 
-def _feature_yaml(feature: Any) -> dict[str, Any]:
+ClassNames = dict[tuple[str, ...], dict[str, Any]]
+"""One `class_label` YAML mapping per distinct list of class names, shared by every column that
+uses it: the YAML dumper writes a shared object once (an anchor) and refers to it (aliases)."""
+
+
+def _feature_yaml(feature: Any, shared: ClassNames) -> dict[str, Any]:
     """One feature in the card's YAML form, e.g. {"dtype": "int32"} or {"list": "int32"}."""
     if isinstance(feature, Value):
         return {"dtype": feature.dtype}
     if isinstance(feature, ClassLabel):
-        return {
-            "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(feature.names)}}}
-        }
+        key = tuple(feature.names)
+        if key not in shared:
+            shared[key] = {"names": {str(i): n for i, n in enumerate(feature.names)}}
+        return {"dtype": {"class_label": shared[key]}}
     if isinstance(feature, Image):
         return {"dtype": "image"}
     if isinstance(feature, ListFeature):
-        inner = _feature_yaml(feature.feature)
+        inner = _feature_yaml(feature.feature, shared)
         item = inner["dtype"] if list(inner) == ["dtype"] else inner
         length = getattr(feature, "length", -1)
         return {LIST_KEY: item, **({"length": length} if length not in (-1, None) else {})}
     raise TypeError(f"feature {feature!r} has no card YAML form here; extend shards._feature_yaml")
 
 
-def features_yaml(features: Features) -> list[dict[str, Any]]:
-    """The card's `features:` list: one {name, dtype | list} entry per column, in order."""
-    return [{"name": name, **_feature_yaml(feature)} for name, feature in features.items()]
+def features_yaml(features: Features, shared: ClassNames | None = None) -> list[dict[str, Any]]:
+    """The card's `features:` list: one {name, dtype | list} entry per column, in order; every
+    ClassLabel with the same names (in these features and in those `shared` was passed with
+    before) holds the same `class_label` object, so the card lists the 1000 names once."""
+    shared = {} if shared is None else shared
+    return [{"name": name, **_feature_yaml(feature, shared)} for name, feature in features.items()]
 
 
 def metadata_yaml(
@@ -121,12 +130,13 @@ def metadata_yaml(
             ],
         }
         configs.append({**entry, "default": True} if config == default else entry)
-    dataset_info = []
+    dataset_info: list[dict[str, Any]] = []
+    shared: ClassNames = {}
     for config, info in infos.items():
         dataset_info.append(
             {
                 "config_name": config,
-                "features": features_yaml(info.features),
+                "features": features_yaml(info.features, shared),
                 "splits": [
                     {"name": name, "num_bytes": split.num_bytes, "num_examples": split.num_examples}
                     for name, split in info.splits.items()

@@ -115,3 +115,25 @@ def test_the_card_says_how_strong_the_evidence_was(inputs, tmp_path) -> None:
         "- **Evidence strength** (estimated from the models alone, no reference): `val`: label "
         "noise 10.0%, expected label accuracy 94.1% before -> 96.4% after."
     ) in text
+
+
+def test_card_lists_the_class_names_once_and_every_label_column_still_has_them(
+    inputs, tmp_path, cache
+) -> None:
+    """The 1000 names sat in the YAML seven times (282 KB on the demo): each ClassLabel column now
+    refers to one anchored list, which `datasets` and `huggingface_hub` resolve."""
+    folder = build(inputs, tmp_path / "hub").path
+    card = (folder / "README.md").read_text()
+    assert card.count("tench, Tinca tinca") == 1
+    assert card.count("class_label: &class_names") == 1
+    assert card.count("class_label: *class_names") == 6
+    assert len(card.encode()) < 80_000
+    assert DatasetCard.load(folder / "README.md").data.dataset_info[1]["config_name"] == "ledger"
+    names = hub_class_names()
+    default = load_dataset_builder(str(folder), cache_dir=cache).info.features
+    ledger = load_dataset_builder(str(folder), "ledger", cache_dir=cache).info.features
+    assert default["label"].names == default["original_label"].names == names
+    assert default["secondary_labels"].feature.names == names
+    for column in ("label", "new_label", "original_label"):
+        assert ledger[column].names == names, column
+    assert ledger["secondary_labels"].feature.names == names
