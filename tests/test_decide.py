@@ -26,14 +26,10 @@ from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.decide import run_decide
 
 
-def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
-    tmp_path: Path, params: dict
-) -> None:
-    votes, manifest = tables(
-        vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
-        vote("ILSVRC2012_val_00000002", 10, misses=5),
-        vote("ILSVRC2012_val_00000003", TYPEWRITER),
-    )
+def _paper_project(tmp_path: Path, params: dict, *rows: dict) -> None:
+    """A project folder in `tmp_path` whose split `val` has these votes rows, no CAM rows, the
+    paper's merge table, no overrides; `params` set for the paper strategy on the test models."""
+    votes, manifest = tables(*rows)
     formats.write_table(
         manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
     )
@@ -47,6 +43,18 @@ def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
     params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
     params["predict"]["models"] = MODELS
     params["decide"]["val"]["strategy"] = "paper"
+
+
+def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
+    tmp_path: Path, params: dict
+) -> None:
+    _paper_project(
+        tmp_path,
+        params,
+        vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
+        vote("ILSVRC2012_val_00000002", 10, misses=5),
+        vote("ILSVRC2012_val_00000003", TYPEWRITER),
+    )
     params["decide"]["val"]["duplicates"]["group"] = None  # see test_run_decide_applies_...
     counts = run_decide("val", params, root=tmp_path)
     assert counts == {
@@ -84,23 +92,12 @@ def test_the_ledger_s_nullable_integers_read_as_integers_in_pandas_and_datasets(
 ) -> None:
     """`new_label` is null on removals and `duplicate_group` outside groups: pandas must not turn
     them into float64 (pandas' `Int32` with <NA>), and `datasets` reads int32 with None."""
-    votes, manifest = tables(
+    _paper_project(
+        tmp_path,
+        params,
         vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
         vote("ILSVRC2012_val_00000002", 10, misses=5),
     )
-    formats.write_table(
-        manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
-    )
-    formats.write_table(votes, tmp_path / formats.votes_path("val"), schema=VOTES_SCHEMA)
-    formats.write_table(
-        pa.Table.from_pylist([], schema=CAMS_SCHEMA), tmp_path / formats.cams_path("val")
-    )
-    (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
-    (tmp_path / "data/overrides").mkdir()
-    (tmp_path / "data/overrides/val.csv").write_text("image_id,action,new_label,note\n")
-    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
-    params["predict"]["models"] = MODELS
-    params["decide"]["val"]["strategy"] = "paper"
     params["decide"]["val"]["duplicates"]["group"] = None
     run_decide("val", params, root=tmp_path)
     ledger_file = tmp_path / formats.ledger_path("val")

@@ -44,6 +44,7 @@ class TrainSettings:
     input_size: int = 64
     init: Literal["scratch", "pretrained"] = "scratch"
     allow_imagenet_weights: bool = False
+    freeze_bn: bool = False
     opt: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9

@@ -34,6 +34,7 @@ import timm
 import torch
 import torch.distributed as dist
 from timm.data import Mixup
+from timm.layers import freeze_batch_norm_2d
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -111,7 +112,9 @@ def imagenet_weights(model: torch.nn.Module) -> str | None:
 
 def build_model(spec: ModelSpec, settings: TrainSettings, device: torch.device) -> torch.nn.Module:
     """A 1000-class train-mode model: random init (`scratch`) or the spec's weights with a head
-    re-initialised by timm when theirs has another size (`pretrained`)."""
+    re-initialised by timm when theirs has another size (`pretrained`); with `freeze_bn` every
+    BatchNorm keeps its stored statistics and affine parameters (timm's `freeze_batch_norm_2d`),
+    as fine-tuning needs for weights whose batch norm was folded into the convolutions."""
     pretrained = settings.init == "pretrained"
     kwargs = {**spec.kwargs, "num_classes": NUM_CLASSES}
     model = create_model(
@@ -126,6 +129,8 @@ def build_model(spec: ModelSpec, settings: TrainSettings, device: torch.device) 
                 "fold. Use `train.settings.init: scratch`, weights that never saw ImageNet "
                 "train, or set `train.settings.allow_imagenet_weights: true` knowingly"
             )
+    if settings.freeze_bn:
+        model = freeze_batch_norm_2d(model)
     return model.train()
 
 

@@ -47,6 +47,25 @@ def test_imagenet_weights_are_refused_unless_allowed(project_root: Path) -> None
     assert imagenet_weights(model) and model.training
 
 
+def test_freeze_bn_keeps_the_pretrained_features_in_train_mode(project_root: Path) -> None:
+    """The demo weights have batch norm folded in (running mean 0, variance 1): in train mode a
+    live BatchNorm normalises by the batch and the features are lost; frozen, the train-mode model
+    computes what the pretrained model computes, and only non-BatchNorm weights train."""
+    spec = ModelSpec("demo", f"local-dir:{project_root}/data/demo/models/mobilenetv1_025.tf_in1k")
+    settings = TrainSettings(init="pretrained", allow_imagenet_weights=True)
+    images = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    reference = build_model(spec, settings, torch.device("cpu")).eval()
+    live = build_model(spec, settings, torch.device("cpu"))
+    frozen = build_model(spec, dataclasses.replace(settings, freeze_bn=True), torch.device("cpu"))
+    assert live.training and frozen.training
+    with torch.no_grad():
+        expected = reference(images)
+        assert not torch.allclose(live(images), expected, atol=1e-2)
+        assert torch.allclose(frozen(images), expected, atol=1e-4)
+    trainable = {name for name, weight in frozen.named_parameters() if weight.requires_grad}
+    assert trainable and not any(".bn" in name for name in trainable)
+
+
 def _job(tmp_path: Path, root: Path, manifest: pd.DataFrame, train_rows: list[int]) -> Job:
     """A job training on `train_rows` of `manifest` (labels -1 elsewhere)."""
     labels = np.full(len(manifest), -1, dtype=np.int64)
