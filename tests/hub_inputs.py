@@ -25,6 +25,7 @@ EXEMPTED = 5
 ITERATION = 1
 TOKEN = "hf_publishTestSecretToken0123456789"
 SECONDARY = {3: [5, 7], 12: [2]}  # image index -> secondary labels (a keep and a fix)
+DUPLICATES = {1: 4, 13: 4, 16: 9}  # image index -> duplicate group (a keep, a fix, a removal)
 CLEAN_SCHEMA = formats.CLEAN_SCHEMA
 LEDGER_SCHEMA = formats.LEDGER_FULL_SCHEMA
 METRICS = {
@@ -79,6 +80,7 @@ def ledger_rows(manifest: list[dict], wnids: list[str]) -> list[dict]:
                 "exempted": exempted,
                 "reason": reason,
                 "secondary_labels": SECONDARY.get(index, []),
+                "duplicate_group": DUPLICATES.get(index),
                 "original_label": label,
                 "iteration": ITERATION,
                 "merged": index == MERGED,

@@ -566,6 +566,9 @@ def _fields(infos: Mapping[str, DatasetInfo]) -> str:
         "`new_label` is null for removed and skipped images, `cl_candidates` are class "
         "indices (one per model that flagged the image), "
         "`top5_misses` counts the models whose top-5 misses the label, and `reason` says why. "
+        "`duplicate_group` (both configs) is the image's group of exact or near duplicates "
+        "(`data/duplicates/<group>.parquet` in the pipeline), null outside every group; the "
+        "ledger's `issues` lists image-quality findings. "
         "`boxes` are the ImageNet boxes ([xmin, ymin, xmax, ymax], original pixels) of the "
         "original annotation.",
         "",

@@ -244,7 +244,8 @@ def default_table(
     inputs: SplitInputs, *, include_placeholders: bool, ledger: pa.Table | None = None
 ) -> pa.Table:
     """The cleaned split's published rows (contract columns, in order, then `secondary_labels`
-    from the cleaned split, else from the ledger by image_id, else empty), placeholders optional."""
+    from the cleaned split, else from the ledger by image_id, else empty, then the ledger's
+    `duplicate_group` by image_id, null outside groups), placeholders optional."""
     table = _read(inputs.clean, "cleaned split", "decide", inputs.name)
     missing = [name for name in CLEAN_COLUMNS if name not in table.column_names]
     if missing:
@@ -254,9 +255,20 @@ def default_table(
         )
     if not include_placeholders:
         table = table.filter(pc.invert(pc.fill_null(table.column("placeholder"), False)))
-    return table.select(list(CLEAN_COLUMNS)).append_column(
-        "secondary_labels", _secondary_labels(table, ledger)
+    return (
+        table.select(list(CLEAN_COLUMNS))
+        .append_column("secondary_labels", _secondary_labels(table, ledger))
+        .append_column("duplicate_group", _duplicate_groups(table, ledger))
     )
+
+
+def _duplicate_groups(table: pa.Table, ledger: pa.Table | None) -> pa.ChunkedArray:
+    """(N,) int32 for the rows of `table`: the ledger's `duplicate_group` by image_id; null for
+    rows in no group, placeholders, and a ledger written before the duplicates release."""
+    if ledger is None or "duplicate_group" not in ledger.column_names:
+        return pa.chunked_array([pa.nulls(table.num_rows, pa.int32())])
+    positions = pc.index_in(table.column("image_id"), value_set=ledger.column("image_id"))
+    return ledger.column("duplicate_group").cast(pa.int32()).take(positions)
 
 
 def _secondary_labels(table: pa.Table, ledger: pa.Table | None) -> pa.ChunkedArray:

@@ -64,6 +64,7 @@ def default_features(names: Sequence[str], *, images: bool) -> Features:
             "height": Value("int32"),
             "iteration": Value("int32"),
             "secondary_labels": ListFeature(ClassLabel(names=list(names))),
+            "duplicate_group": Value("int32"),
         }
     )
 

@@ -98,6 +98,10 @@ def test_both_configs_load_with_classlabel_features(inputs, tmp_path, cache, mod
     assert clean["val"]["path"] == [row["path"] for row in source]
     manifest = pq.read_table(inputs.manifest).to_pylist()
     assert ledger["val"]["path"] == [row["path"] for row in manifest]
+    groups = dict(zip(ledger["val"]["image_id"], ledger["val"]["duplicate_group"], strict=True))
+    assert clean["val"].features["duplicate_group"] == Value("int32")
+    assert clean["val"]["duplicate_group"] == [groups[i] for i in clean["val"]["image_id"]]
+    assert sorted(g for g in clean["val"]["duplicate_group"] if g is not None) == [4, 4]
     assert ledger["val"]["action"].count("remove") == 3
     assert ledger["val"][FIX[0]]["cl_candidates"] == [(manifest[FIX[0]]["label"] + 1) % 1000] * 3
     assert ledger["val"][EXEMPTED]["exempted"] is True
