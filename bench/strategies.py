@@ -1,10 +1,13 @@
 """Decision strategies x views, cross-validated on the dev reference: honest figures.
 
 Reads what `dvc repro` wrote for a split (manifest, predictions of every model x view, CAM scores)
-and the params; predicts the views it lacks (`hflip` by default) into a cache folder; then, for each
-set of views, re-runs the vote (CL votes and the ensemble's evidence) and every strategy in memory
-(no overrides), and scores the ledger against the split's human reference on the two halves of a
-seeded 2-fold split of the images that have a reference entry:
+and the params; predicts the views it lacks (`hflip` by default) into a cache folder; then splits
+the images that have a reference entry into two seeded halves and cleans **each half as a split of
+its own** (its rows of every predictions file, its CAM rows): for each set of views it re-runs the
+vote (CL votes, the ensemble's evidence, calibration and noise estimate on that half only) and
+every strategy in memory (no overrides), and scores each half's ledger against the human
+reference. So a half's removal budget is its own (`max_remove` of the half), and nothing about the
+other half reaches its decisions:
 
 - `paper` and `consensus` (the old default: `vote.evidence.pooling: mean`) with their knobs as in
   params.yaml (`consensus` was tuned on the whole dev set earlier: its figures are optimistic);
@@ -137,6 +140,31 @@ class Inputs:
     folder: Path
 
 
+def half_inputs(inputs: Inputs, k: int) -> Inputs:
+    """Half `k` as a split of its own: its manifest rows, its rows of every predictions file (a
+    cache folder, sidecars re-digested for the new row order), its CAM rows and reference entries;
+    its one mask covers every row."""
+    rows = np.flatnonzero(inputs.masks[k])
+    manifest = inputs.manifest.iloc[rows].reset_index(drop=True)
+    folder = CACHE / "halves" / f"{inputs.split}-{k}"
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = formats.image_ids_sha256(manifest["image_id"])
+    for source in sorted(inputs.folder.glob("*.npy")):
+        np.save(folder / source.name, np.load(source, mmap_mode="r")[rows])
+        sidecar = json.loads(source.with_suffix(".json").read_text())
+        sidecar.update(image_ids_sha256=digest, n=len(rows))
+        (folder / source.with_suffix(".json").name).write_text(json.dumps(sidecar))
+    ids = set(manifest["image_id"])
+    return dataclasses.replace(
+        inputs,
+        manifest=manifest,
+        cams=inputs.cams[inputs.cams["image_id"].isin(ids)].reset_index(drop=True),
+        entries=[inputs.entries[r] for r in rows],
+        masks=[np.ones(len(rows), dtype=bool)],
+        folder=folder,
+    )
+
+
 def ledger_for(
     inputs: Inputs, views: tuple[str, ...], strategy: str, pooling: str, options: StrategyOptions
 ) -> pd.DataFrame:
@@ -155,8 +183,9 @@ def ledger_for(
 
 
 def configurations(inputs: Inputs, view_sets: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
-    """Every strategy x view set, scored per half."""
+    """Every strategy x view set, each half cleaned on its own and scored."""
     options = StrategyOptions.from_params(inputs.params)
+    parts = [half_inputs(inputs, k) for k in range(len(inputs.masks))]
     rows = []
     for views in view_sets:
         for strategy, pooling in (
@@ -164,42 +193,50 @@ def configurations(inputs: Inputs, view_sets: Sequence[tuple[str, ...]]) -> list
             ("consensus", "mean"),
             ("expected_benefit", "calibrated"),
         ):
-            ledger = ledger_for(inputs, views, strategy, pooling, options)
-            scored = [score(ledger, inputs.entries, m) for m in inputs.masks]
+            scored = [
+                score(ledger_for(part, views, strategy, pooling, options), part.entries, mask)
+                for part in parts
+                for mask in part.masks
+            ]
             rows.append({"strategy": strategy, "views": views, "halves": scored})
         rows.append(
             {
                 "strategy": "expected_benefit (fitted)",
                 "views": views,
-                "halves": fitted(inputs, views),
+                "halves": fitted(parts, views, options),
             }
         )
     return rows
 
 
-def fitted(inputs: Inputs, views: tuple[str, ...]) -> list[dict[str, Any]]:
-    """`precision` chosen on one half by agreement gain, scored on the other (both ways)."""
-    options = StrategyOptions.from_params(inputs.params)
-    ledgers = {
-        p: ledger_for(
-            inputs,
-            views,
-            "expected_benefit",
-            "calibrated",
-            dataclasses.replace(
-                options,
-                expected_benefit=dataclasses.replace(options.expected_benefit, precision=p),
-            ),
-        )
-        for p in FITTED_PRECISIONS
-    }
+def fitted(
+    parts: Sequence[Inputs], views: tuple[str, ...], options: StrategyOptions
+) -> list[dict[str, Any]]:
+    """`precision` chosen on one half by agreement gain, used on the other (both ways)."""
+    scores = [
+        {
+            p: score(
+                ledger_for(
+                    part,
+                    views,
+                    "expected_benefit",
+                    "calibrated",
+                    dataclasses.replace(
+                        options,
+                        expected_benefit=dataclasses.replace(options.expected_benefit, precision=p),
+                    ),
+                ),
+                part.entries,
+                part.masks[0],
+            )
+            for p in FITTED_PRECISIONS
+        }
+        for part in parts
+    ]
     out = []
     for fit, held in ((0, 1), (1, 0)):
-        gains = {
-            p: score(ledgers[p], inputs.entries, inputs.masks[fit])["gain"] or 0.0 for p in ledgers
-        }
-        best = max(gains, key=lambda p: (gains[p], p))
-        out.append({**score(ledgers[best], inputs.entries, inputs.masks[held]), "fitted": best})
+        best = max(scores[fit], key=lambda p: (scores[fit][p]["gain"] or 0.0, p))
+        out.append({**scores[held][best], "fitted": best})
     return out
 
 

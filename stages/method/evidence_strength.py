@@ -106,20 +106,18 @@ def _actions(
     decided = active & ~ledger["override"].to_numpy(bool)
     own = _floats(votes, "label_posterior")
     other = _floats(votes, "best_other_posterior")
-    second = np.array(
-        [p[1] if p is not None and len(p) > 1 else np.nan for p in votes["ensemble_probs"]]
-    )
+    both = np.fmin(own, other)  # a secondary label's estimated precision (expected_benefit)
     secondary = ledger["secondary_labels"].map(len).to_numpy() > 0
     out = {}
     for name, taken, offered in (
         ("fix", action == Action.FIX, other),
         ("remove", action == Action.REMOVE, 1.0 - own),
-        ("secondary", secondary, second),
+        ("secondary", secondary, both),
     ):
         rows = taken & decided
         out[name] = {
             "count": int(rows.sum()),
-            "estimated_precision": _mean(right[rows]) if name != "secondary" else None,
+            "estimated_precision": _mean((right if name != "secondary" else both)[rows]),
             "best_available": _max(offered[decided]),
         }
     out["review"] = {"count": int((ledger["review"].to_numpy(bool) & decided).sum())}
@@ -149,6 +147,8 @@ def _add_gates(actions: dict[str, dict[str, Any]], knobs: ExpectedBenefitConfig,
     secondary["gate"] = (
         None
         if secondary["count"]
-        else f"no second class reaches precision {knobs.precision} while the label does "
-        f"(the best second class has q = {secondary['best_available']})"
+        else "expected_benefit publishes none: a secondary label is right only if the image "
+        "shows both classes, and a single-label posterior gives the two at most 1 together "
+        f"(the best min(P(label), P(other)) is {secondary['best_available']}); candidates are "
+        "reviewed"
     )

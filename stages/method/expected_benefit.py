@@ -18,10 +18,13 @@ break ties by row order.
    with `cam_veto`, a candidate whose label some model's CAMs find inside its boxes is kept;
 3. at most `max_remove` of the active rows are removed, the least likely labels first; the other
    candidates are kept and queued for review;
-4. **secondary labels** are published only where their estimated precision clears `precision`:
-   the evidence estimates it by q(c), the ensemble's probability of the other class, which the
-   demo's evidence never brings that high while the label stays likely; candidates (q(c) >=
-   `review`) are queued for review instead;
+4. **secondary labels** are never published by this strategy, only queued for review (q(c) >=
+   `review`). A secondary label is right only if the image shows both classes, so its precision
+   is at most min(pi(y), pi(c*)); the posterior is single-label (pi(y) + pi(c*) <= 1), and
+   wherever that minimum clears `precision` so does pi(c*), which makes the row a fix. The
+   ensemble's q(c) alone overstates it (q(c) >= 0.8 with pi(y) >= 0.8 means the models contradict
+   the prior; such secondary labels were wrong on held-out dev images). Evidence that sees several
+   objects (a multi-label model) would be needed; `consensus` publishes them on its own rule;
 5. **review queue**: kept rows where a fix, a removal or a secondary label would be right with
    probability >= `review`, and removal candidates beyond the budget.
 
@@ -90,7 +93,7 @@ def expected_benefit(rows: Rows, *, thresholds: Thresholds, options: StrategyOpt
             f"{int(rows.exemptions[i])} model(s) find it in its boxes"
         )
     _remove_within_budget(rows, out, np.flatnonzero(candidate), own, wrong, noise, knobs)
-    _secondary_and_review(rows, out, own, other, wrong, knobs)
+    _review_queue(rows, out, own, other, wrong, knobs)
     return out
 
 
@@ -119,7 +122,7 @@ def _remove_within_budget(
     remove_within_budget(out, order, why, max_remove=knobs.max_remove, kept="keep, review")
 
 
-def _secondary_and_review(
+def _review_queue(
     rows: Rows,
     out: Decisions,
     own: np.ndarray,
@@ -127,19 +130,14 @@ def _secondary_and_review(
     wrong: np.ndarray,
     knobs: ExpectedBenefitConfig,
 ) -> None:
-    """Secondary labels where their estimated precision clears the knob; the review queue."""
+    """The review queue (with the second class a row may also show; none is published)."""
     known = ~np.isnan(rows.label_posterior.astype(np.float64))
     kept = (out.action.astype(str) == Action.KEEP) & known
     extra, q_extra = _best_secondary(rows)
     q_extra = np.round(q_extra.astype(np.float64), 4)
-    publish = kept & (extra >= 0) & (q_extra >= knobs.precision) & (own >= knobs.precision)
-    for i in np.flatnonzero(publish):
-        out.secondary[i] = [int(extra[i])]
-        out.reason[i] += f"; secondary {class_label(extra[i])}: q = {q_extra[i]:.2f}"
     queued = (
         kept
         & ~out.review
-        & ~publish
         & (
             (other >= knobs.review)
             | (wrong >= knobs.review)

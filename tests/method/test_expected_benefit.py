@@ -96,6 +96,18 @@ def test_secondary_labels_are_never_published_below_the_precision_knob() -> None
     assert out.review.tolist() == [True] and "may also show 664 (" in out.reason[0]
 
 
+def test_secondary_labels_are_reviewed_not_published_even_where_the_ensemble_is_sure() -> None:
+    """q(664) = 0.85 while pi(label) = 0.90 (a low noise rate): the old rule published 664 as a
+    secondary label at 'precision' q, and such labels were wrong on held-out dev images. A single-
+    label posterior gives pi(664) = 0.10: the row is reviewed, nothing is published."""
+    confident = {"label": 526, "ensemble": {664: 0.85, 526: 0.14}, "noise": 0.02}
+    knobs = dataclasses.replace(ALL, removal_margin=10.0, review=0.5)  # no removal either
+    out = decide(confident, knobs=knobs)[0]
+    assert out.action.tolist() == ["keep"] and out.secondary == [[]]
+    assert out.review.tolist() == [True]
+    assert "may also show 664 (monitor) (q = 0.85)" in out.reason[0]
+
+
 def test_decisions_do_not_flip_on_the_last_bits_of_the_evidence() -> None:
     specs = [WRONG, DOUBTFUL, CLEAN] * 20
     evidence = rows(*specs)
