@@ -26,9 +26,10 @@ from stages.contracts.formats import CLEAN_SCHEMA, LEDGER_FULL_SCHEMA
 from stages.decide import run_decide
 
 
-def _paper_project(tmp_path: Path, params: dict, *rows: dict) -> None:
+def _project(tmp_path: Path, params: dict, *rows: dict, overrides: str = "") -> list[str]:
     """A project folder in `tmp_path` whose split `val` has these votes rows, no CAM rows, the
-    paper's merge table, no overrides; `params` set for the paper strategy on the test models."""
+    paper's merge table and these overrides rows (CSV lines); `params` set for the test models.
+    Returns the split's image ids."""
     votes, manifest = tables(*rows)
     formats.write_table(
         manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
@@ -39,22 +40,23 @@ def _paper_project(tmp_path: Path, params: dict, *rows: dict) -> None:
     )
     (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
     (tmp_path / "data/overrides").mkdir()
-    (tmp_path / "data/overrides/val.csv").write_text("image_id,action,new_label,note\n")
+    (tmp_path / "data/overrides/val.csv").write_text("image_id,action,new_label,note\n" + overrides)
     params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
     params["predict"]["models"] = MODELS
-    params["decide"]["val"]["strategy"] = "paper"
+    return list(manifest["image_id"])
 
 
 def test_run_decide_writes_the_ledger_and_clean_split_deterministically(
     tmp_path: Path, params: dict
 ) -> None:
-    _paper_project(
+    _project(
         tmp_path,
         params,
         vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
         vote("ILSVRC2012_val_00000002", 10, misses=5),
         vote("ILSVRC2012_val_00000003", TYPEWRITER),
     )
+    params["decide"]["val"]["strategy"] = "paper"
     params["decide"]["val"]["duplicates"]["group"] = None  # see test_run_decide_applies_...
     counts = run_decide("val", params, root=tmp_path)
     assert counts == {
@@ -92,12 +94,13 @@ def test_the_ledger_s_nullable_integers_read_as_integers_in_pandas_and_datasets(
 ) -> None:
     """`new_label` is null on removals and `duplicate_group` outside groups: pandas must not turn
     them into float64 (pandas' `Int32` with <NA>), and `datasets` reads int32 with None."""
-    _paper_project(
+    _project(
         tmp_path,
         params,
         vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
         vote("ILSVRC2012_val_00000002", 10, misses=5),
     )
+    params["decide"]["val"]["strategy"] = "paper"
     params["decide"]["val"]["duplicates"]["group"] = None
     run_decide("val", params, root=tmp_path)
     ledger_file = tmp_path / formats.ledger_path("val")
@@ -151,24 +154,14 @@ def test_each_split_reads_only_its_own_overrides_file(tmp_path: Path, params: di
 def test_run_decide_applies_the_duplicates_policy(tmp_path: Path, params: dict) -> None:
     """A val image in a duplicates group with a train image is removed as a leak, with a reason
     naming the copy; the issues table fills `issues`; overrides still win over the policy."""
-    votes, manifest = tables(
+    ids = _project(
+        tmp_path,
+        params,
         vote("ILSVRC2012_val_00000001", 10, (7, 7, 7)),
         vote("ILSVRC2012_val_00000002", 10),
         vote("ILSVRC2012_val_00000003", TYPEWRITER),
+        overrides="ILSVRC2012_val_00000002,keep,,a person checked it\n",
     )
-    formats.write_table(
-        manifest, tmp_path / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
-    )
-    formats.write_table(votes, tmp_path / formats.votes_path("val"), schema=VOTES_SCHEMA)
-    formats.write_table(
-        pa.Table.from_pylist([], schema=CAMS_SCHEMA), tmp_path / formats.cams_path("val")
-    )
-    (tmp_path / "data/table_a1_merges.csv").write_text(MERGE_TABLE.read_text())
-    (tmp_path / "data/overrides").mkdir()
-    (tmp_path / "data/overrides/val.csv").write_text(
-        "image_id,action,new_label,note\nILSVRC2012_val_00000002,keep,,a person checked it\n"
-    )
-    ids = list(manifest["image_id"])
     member = {"kind": "exact", "similarity": 1.0, "size": 2, "conflicting": True}
     table = pd.DataFrame(
         [
@@ -183,8 +176,6 @@ def test_run_decide_applies_the_duplicates_policy(tmp_path: Path, params: dict) 
     formats.write_table(table, tmp_path / formats.duplicates_path("vt"))
     issues = pd.DataFrame({"image_id": ids, "split": "val", "issues": [[], ["dark"], []]})
     formats.write_table(issues, tmp_path / formats.duplicate_issues_path("vt"))
-    params["models"].update({m: {"spec": f"local-dir:{m}"} for m in MODELS})
-    params["predict"]["models"] = MODELS
     params["splits"]["train"] = params["splits"]["val"]
     params["duplicates"]["groups"] = {"vt": ["val", "train"]}
     params["decide"]["val"]["duplicates"].update(group="vt", leak_from=["train"])
