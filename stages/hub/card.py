@@ -7,27 +7,18 @@ the same inputs give the same card.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 from datasets import DatasetInfo
 from huggingface_hub import DatasetCardData
 
-from stages.contracts import formats
-from stages.contracts.errors import ConfigError
-from stages.contracts.params import resolve_threshold
+from stages.hub.card_inputs import CardContext, SplitSummary
+from stages.hub.card_tables import counts_table, flatten, table1
 from stages.hub.shards import metadata_yaml
 from stages.method.decisions import StrategyOptions
-from stages.method.evidence_strength import StrengthConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +36,6 @@ BIBTEX = (
     "  url     = {https://arxiv.org/abs/2103.16324}\n"
     "}"
 )
-COUNT_KEYS = ("keep", "fix", "remove", "skip", "merge", "secondary", "override")
 
 
 class CardDumper(yaml.SafeDumper):
@@ -59,7 +49,6 @@ class CardDumper(yaml.SafeDumper):
         return "class_names" if self.anchors_written == 1 else f"class_names_{self.anchors_written}"
 
 
-TABLE1 = (("top1", "original"), ("top1", "cleaned"), ("top5", "original"), ("top5", "cleaned"))
 SIZE_CATEGORIES = (
     (1_000, "n<1K"),
     (10_000, "1K<n<10K"),
@@ -80,135 +69,6 @@ MODE_TEXT = {
 }
 
 
-@dataclass(frozen=True)
-class CardContext:
-    """What the card says about how the data was made (from params.yaml; see `card_context`)."""
-
-    repo_id: str = "imagenet-clean/imagenet-clean"
-    models: tuple[tuple[str, str], ...] = ()
-    methods: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    explain: Mapping[str, Any] = field(default_factory=dict)
-    merges: bool | None = None
-    strategies: Mapping[str, str] = field(default_factory=dict)
-    options: StrategyOptions = field(default_factory=StrategyOptions)
-
-
-@dataclass(frozen=True)
-class SplitSummary:
-    """One published split as the card reports it."""
-
-    name: str
-    iteration: int
-    manifest_rows: int
-    ledger_counts: Mapping[str, int]
-    default_rows: int
-    placeholders: int
-    metrics: Mapping[str, Any]
-    sha256: Mapping[str, str]
-
-
-def read_metrics(path: Path | None) -> dict[str, Any]:
-    """metrics/<split>.json as a dict; {} (with a log line) when absent or unreadable."""
-    if path is None or not Path(path).is_file():
-        logger.info("no metrics file %s; the card counts from the ledger", path)
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        logger.warning(
-            "metrics file %s is unreadable (%s); the card counts from the ledger", path, error
-        )
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _true_count(column: pa.ChunkedArray) -> int:
-    return int(pc.sum(pc.fill_null(column, False).cast(pa.int64())).as_py() or 0)
-
-
-def summarize_split(
-    name: str,
-    default: pa.Table,
-    ledger: pa.Table,
-    *,
-    clean: Path,
-    metrics: Path | None,
-    sources: Mapping[str, Path],
-) -> SplitSummary:
-    """What the card reports of a split: counts, iteration, metrics and input checksums.
-
-    default / ledger: the published tables; clean: the cleaned split file (placeholders counted
-    there, published or not); sources: input name -> file, checksummed for provenance.
-    """
-    actions = pc.value_counts(ledger.column("action")).to_pylist()
-    counts = {item["values"]: item["counts"] for item in actions if item["values"] is not None}
-    if "merged" in ledger.column_names:
-        counts["merge"] = _true_count(ledger.column("merged"))
-    if "override" in ledger.column_names:
-        counts["override"] = _true_count(ledger.column("override"))
-    if "secondary_labels" in ledger.column_names:
-        lengths = pc.fill_null(pc.list_value_length(ledger.column("secondary_labels")), 0)
-        counts["secondary"] = int(pc.sum(pc.greater(lengths, 0)).as_py() or 0)
-    columns = ledger.column_names
-    iteration = pc.max(ledger.column("iteration")).as_py() if "iteration" in columns else None
-    placeholders = pq.read_table(clean, columns=["placeholder"]).column("placeholder")
-    return SplitSummary(
-        name=name,
-        iteration=int(iteration or 0),
-        manifest_rows=ledger.num_rows,
-        ledger_counts=counts,
-        default_rows=default.num_rows,
-        placeholders=_true_count(placeholders),
-        metrics=read_metrics(metrics),
-        sha256={label: formats.file_sha256(path) for label, path in sources.items()},
-    )
-
-
-def card_context(params: Mapping[str, Any], *, repo_id: str) -> CardContext:
-    """Read the card's provenance from params.yaml, tolerating absent sections."""
-    models = params.get("models") or {}
-    names = list((params.get("predict") or {}).get("models") or [])
-    specs = tuple((name, str((models.get(name) or {}).get("spec", "?"))) for name in names)
-    methods = {}
-    for split, split_params in (params.get("splits") or {}).items():
-        decide = (params.get("decide") or {}).get(split) or {}
-        vote = (params.get("vote") or {}).get(split) or {}
-        row = {"layout": str(split_params.get("layout", "?")), "fn": str(vote.get("fn", "?"))}
-        for key in ("h1", "h2", "h3"):
-            row[key] = _threshold_text(decide.get(key), len(names), key)
-        methods[split] = row
-    merges = ((params.get("decide") or {}).get("merges") or {}).get("enabled")
-    strategies = {}
-    for split in methods:
-        try:
-            strategies[split] = StrengthConfig.from_params(params, split).strategy
-        except ConfigError:
-            continue
-    try:
-        options = StrategyOptions.from_params(params)
-    except ConfigError:
-        options = StrategyOptions()
-    return CardContext(
-        repo_id=repo_id,
-        models=specs,
-        methods=methods,
-        explain=dict(params.get("explain") or {}),
-        merges=merges,
-        strategies=strategies,
-        options=options,
-    )
-
-
-def _threshold_text(value: Any, n_models: int, name: str) -> str:
-    if value is None:
-        return "?"
-    try:
-        count = resolve_threshold(value, n_models, name=name)
-    except (TypeError, ValueError):
-        return str(value)
-    return str(value) if str(value) == str(count) else f"{value} (= {count})"
-
-
 def render_card(
     *,
     context: CardContext,
@@ -221,8 +81,8 @@ def render_card(
     body = [
         _intro(context, splits, mode, include_placeholders),
         _method(context, splits),
-        _counts(splits),
-        _table1(splits),
+        counts_table(splits),
+        table1(splits),
         _fields(infos),
         _loading(context, splits, mode),
         _provenance(splits),
@@ -353,7 +213,7 @@ def _agreement(splits: Sequence[SplitSummary]) -> str:
 
 def _reference_pair(metrics: Mapping[str, Any]) -> tuple[float, float] | None:
     reference = metrics.get("reference")
-    flat = _flatten(reference) if isinstance(reference, Mapping) else {}
+    flat = flatten(reference) if isinstance(reference, Mapping) else {}
     before, after = flat.get("agreement_before"), flat.get("agreement_after")
     return None if before is None or after is None else (float(before), float(after))
 
@@ -443,112 +303,6 @@ def _method(context: CardContext, splits: Sequence[SplitSummary]) -> str:
     if context.merges is not None:
         lines += ["", f"Category merges (Table A.1): {'on' if context.merges else 'off'}."]
     return "\n".join(lines) + "\n"
-
-
-def _count(metrics: Mapping[str, Any], key: str) -> float | None:
-    counts = metrics.get("counts")
-    value = counts.get(key) if isinstance(counts, Mapping) else None
-    if isinstance(value, Mapping):
-        value = value.get("count", value.get("n"))
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _counts(splits: Sequence[SplitSummary]) -> str:
-    lines = [
-        "## Counts",
-        "",
-        "From `metrics/<split>.json` (evaluate stage) where present, else counted from the "
-        "ledger; percentages of the split's images.",
-        "",
-        "| split | images | keep | fix | remove | skip | merge | secondary labels | overrides "
-        "| placeholders | published rows |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for split in splits:
-        cells = []
-        for key in COUNT_KEYS:
-            value = _count(split.metrics, key)
-            value = split.ledger_counts.get(key, 0) if value is None else value
-            share = f" ({100 * value / split.manifest_rows:.2f} %)" if split.manifest_rows else ""
-            cells.append(f"{value:,}{share}" if isinstance(value, int) else f"{value}{share}")
-        lines.append(
-            f"| {split.name} | {split.manifest_rows:,} | "
-            + " | ".join(cells)
-            + f" | {split.placeholders:,} | {split.default_rows:,} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, float]:
-    if isinstance(value, Mapping):
-        out: dict[str, float] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return {prefix or "value": value}
-    return {}
-
-
-def _table1_row(flat: Mapping[str, float]) -> dict[str, float]:
-    """Name a model's metrics: `top1 original` whatever the nesting (original.top1 or
-    top1.original), other keys with spaces for dots."""
-    named = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        pair = next(
-            (
-                f"{metric} {variant}"
-                for metric, variant in TABLE1
-                if sorted(parts) == sorted([metric, variant])
-            ),
-            None,
-        )
-        named[pair or " ".join(parts)] = value
-    return named
-
-
-def _table1(splits: Sequence[SplitSummary]) -> str:
-    lines = [
-        "## Model accuracy on original vs cleaned labels (the paper's Table 1)",
-        "",
-        "Top-1/top-5 (percent) of each model on the original labels and on the cleaned ones "
-        "(kept and fixed images), as recorded by the evaluate stage.",
-        "",
-    ]
-    for split in splits:
-        models = split.metrics.get("models")
-        rows = {
-            str(name): _table1_row(_flatten(entry))
-            for name, entry in (models.items() if isinstance(models, Mapping) else ())
-        }
-        found = {key for row in rows.values() for key in row}
-        first = [
-            f"{metric} {variant}" for metric, variant in TABLE1 if f"{metric} {variant}" in found
-        ]
-        columns = first + sorted(found - set(first))
-        if not columns:
-            lines += [
-                f"`{split.name}`: no per-model metrics recorded (metrics/{split.name}.json).",
-                "",
-            ]
-            continue
-        lines += [
-            f"`{split.name}`:",
-            "",
-            "| model | " + " | ".join(columns) + " |",
-            "|---" * (len(columns) + 1) + "|",
-        ]
-        lines += [
-            f"| {name} | " + " | ".join(_number(row.get(key)) for key in columns) + " |"
-            for name, row in rows.items()
-        ]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:.2f}"
 
 
 def _fields(infos: Mapping[str, DatasetInfo]) -> str:

@@ -28,7 +28,8 @@ from stages.contracts.config import from_section, positive, require
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
-from stages.hub.card import CardContext, SplitSummary, card_context, render_card, summarize_split
+from stages.hub.card import render_card
+from stages.hub.card_inputs import CardContext, SplitSummary, card_context, summarize_split
 from stages.hub.repo import REPO_ID, exclusive_build
 from stages.hub.shards import (
     HEADROOM,

@@ -9,7 +9,7 @@ from datasets import load_dataset_builder
 from hub_inputs import ROWS, build, front_matter
 from huggingface_hub import DatasetCard
 
-from stages.hub.card import card_context
+from stages.hub.card_inputs import card_context
 from stages.hub.shards import default_features, hub_class_names
 
 
