@@ -9,6 +9,10 @@
     Also checks the one-pass files are byte-identical to the per-model ones.
 (c) peak RSS of this process (stage runs only, measured before the bare-forward tensors are built)
     and of its DataLoader worker processes.
+(d) `predict.embeddings`: the one-pass ensemble again with every output's pooled features
+    written from the same forward pass, vs (b) (the two alternate twice, each keeps its faster
+    run): added wall and CPU time, and added bytes (features vs probabilities files); checks the
+    probabilities are byte-identical either way.
 
 Usage (the images are decoded from --root, a Kaggle-layout folder; the manifest is built with
 stages.sources.manifest.build_manifest):
@@ -27,6 +31,7 @@ with other jobs, `--threads 1` avoids multi-threaded ops stalling on descheduled
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import resource
@@ -43,15 +48,18 @@ from stages.modelling.models import resolve_device
 from stages.modelling.predict_data import plan_batches
 from stages.modelling.predictor import (
     PredictConfig,
+    PredictOptions,
     cpu_threads,
     load_member,
     predict_split,
+    softmax_and_features,
     softmax_batch,
 )
 from stages.modelling.specs import ModelSpec, model_specs
 from stages.sources.images import open_image
 from stages.sources.layouts import Source
 from stages.sources.manifest import build_manifest
+from stages.sources.views import DEFAULT_MARGIN
 
 
 def _peak_mb(who: int) -> float:
@@ -69,34 +77,46 @@ def _cpu_s() -> float:
 
 def _timed_split(
     manifest: pd.DataFrame,
-    root: Path,
     specs: Sequence[ModelSpec],
     config: PredictConfig,
     out_dir: Path,
+    *,
+    embeddings: bool = False,
 ) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one `predict_split` run; CPU time barely moves with the
-    other jobs on a shared machine, wall time does."""
+    """(wall seconds, CPU seconds) of one `predict_split` run (with features in
+    `out_dir/features` when `embeddings`); CPU time barely moves with the other jobs on a shared
+    machine, wall time does."""
+    names = [f"{s.name}.full" for s in specs]
+    options = dataclasses.replace(config.options, embeddings=embeddings)
     start, cpu = time.perf_counter(), _cpu_s()
     predict_split(
+        dataclasses.replace(config, specs=tuple(specs), options=options),
         manifest,
-        root,
-        specs,
-        config=config,
-        outs={s.name: out_dir / f"{s.name}.npy" for s in specs},
-        split="bench",
+        {name: out_dir / f"{name}.npy" for name in names},
+        features={name: out_dir / "features" / f"{name}.npy" for name in names}
+        if embeddings
+        else None,
     )
     return time.perf_counter() - start, _cpu_s() - cpu
 
 
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.npy"))
+
+
 def _bare_forward_s(
-    manifest: pd.DataFrame, root: Path, specs: Sequence[ModelSpec], config: PredictConfig
-) -> dict[str, float]:
-    """Seconds of each model's forward + softmax on pre-decoded inputs, in the stage's batches."""
+    manifest: pd.DataFrame, root: Path, specs: Sequence[ModelSpec], config: PredictOptions
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds of each model's forward + softmax on pre-decoded inputs, in the stage's batches,
+    without and with its features kept (`softmax_and_features`)."""
     device = resolve_device(config.device)
     usable = manifest["skip_reason"].isna().to_numpy()
     batches = plan_batches(usable, [0], shard_size=len(manifest), batch_size=config.batch_size)
     members = [load_member(s, device=device, channels_last=config.channels_last) for s in specs]
-    seconds, inputs = {}, {}
+    print(f"  bare forwards of {len(members)} models on pre-decoded inputs ...", flush=True)
+    seconds: dict[str, float] = {}
+    with_features: dict[str, float] = {}
+    inputs: dict[str, list[torch.Tensor]] = {}
     for member in members:
         transform = member.transform
         if transform.key not in inputs:
@@ -114,11 +134,14 @@ def _bare_forward_s(
             softmax_batch(member, inputs[transform.key][0], config=config)  # warm-up, not timed
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
-            for batch in inputs[transform.key]:
-                softmax_batch(member, batch, config=config)
-            seconds[member.name] = time.perf_counter() - start
-    return seconds
+            for forward, into in ((softmax_batch, seconds), (softmax_and_features, with_features)):
+                start = time.perf_counter()
+                for batch in inputs[transform.key]:
+                    forward(member, batch, config=config)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                into[member.name] = time.perf_counter() - start
+    return seconds, with_features
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,9 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     params["predict"].update(overrides)
-    config = PredictConfig.from_params(params)
+    options = PredictOptions.from_params(params)
     specs = model_specs(params, args.models)
     root = Path(args.root)
+    config = PredictConfig("bench", str(root), tuple(specs), ("full",), DEFAULT_MARGIN, options)
     manifest, _ = build_manifest(Source(root, "kaggle", "val"))
     manifest = manifest.head(args.limit).reset_index(drop=True) if args.limit else manifest
     n = int(manifest["skip_reason"].isna().sum())
@@ -161,31 +185,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         (root / path).read_bytes()
     print(
         f"predict bench: {n} images from {root}, models {[s.name for s in specs]}, "
-        f"batch {config.batch_size}, workers {config.workers}, device "
-        f"{resolve_device(config.device)}, "
-        f"torch threads {config.threads or torch.get_num_threads()}, "
+        f"batch {options.batch_size}, workers {options.workers}, device "
+        f"{resolve_device(options.device)}, "
+        f"torch threads {options.threads or torch.get_num_threads()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared machine)"
     )
 
     with tempfile.TemporaryDirectory(prefix="predict-bench-") as tmp:
         tmp_path = Path(tmp)
-        ensemble_s, ensemble_cpu = _timed_split(
-            manifest, root, specs, config, tmp_path / "ensemble"
-        )
-        single = {
-            s.name: _timed_split(manifest, root, [s], config, tmp_path / "single") for s in specs
-        }
+        # (b) and (d) alternate twice and keep each one's faster run: the first pays warm-up
+        runs = [
+            _timed_split(
+                manifest, specs, config, tmp_path / folder, embeddings=folder != "ensemble"
+            )
+            for folder in ("ensemble", "features", "ensemble", "features")
+        ]
+        ensemble_s, ensemble_cpu = min(runs[0::2])
+        features_s, features_cpu = min(runs[1::2])
+        single = {s.name: _timed_split(manifest, [s], config, tmp_path / "single") for s in specs}
         single_s = {name: wall for name, (wall, _) in single.items()}
         single_cpu = sum(cpu for _, cpu in single.values())
         identical = all(
-            (tmp_path / "ensemble" / f"{s.name}{x}").read_bytes()
-            == (tmp_path / "single" / f"{s.name}{x}").read_bytes()
+            (tmp_path / "ensemble" / f"{s.name}.full{x}").read_bytes()
+            == (tmp_path / other / f"{s.name}.full{x}").read_bytes()
             for s in specs
             for x in (".npy", ".json")
+            for other in ("single", "features")
         )
+        probs_bytes = _bytes(tmp_path / "ensemble")
+        features_bytes = _bytes(tmp_path / "features" / "features")
     rss_self, rss_workers = _peak_mb(resource.RUSAGE_SELF), _peak_mb(resource.RUSAGE_CHILDREN)
-    with cpu_threads(config.threads):
-        bare_s = _bare_forward_s(manifest, root, specs, config)
+    with cpu_threads(options.threads):
+        bare_s, bare_features_s = _bare_forward_s(manifest, root, specs, options)
 
     print("\n(a) input path: end-to-end vs bare forward (goal >= 0.85)")
     print(f"{'model':<22}{'e2e img/s':>11}{'bare img/s':>12}{'ratio':>8}")
@@ -207,6 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n(c) peak RSS: stage process {rss_self:.0f} MB, largest DataLoader worker "
         f"{rss_workers:.0f} MB (then {_peak_mb(resource.RUSAGE_SELF):.0f} MB with the bench's "
         f"pre-decoded tensors); load average now {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"\n(d) predict.embeddings: one-pass ensemble with features {features_s:.1f} s vs "
+        f"{ensemble_s:.1f} s without: {100 * (features_s / ensemble_s - 1):+.1f} % wall, "
+        f"{100 * (features_cpu / ensemble_cpu - 1):+.1f} % CPU; bytes {features_bytes:,} of "
+        f"features beside {probs_bytes:,} of probabilities "
+        f"(+{100 * features_bytes / probs_bytes:.0f} %, {features_bytes / n / len(specs):,.0f} B "
+        f"per image per output); probabilities byte-identical: {identical}; bare forwards "
+        f"with features / without {sum(bare_features_s.values()) / total_bare:.3f}"
     )
     return 0 if identical else 1
 

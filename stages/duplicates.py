@@ -2,7 +2,7 @@
 
 For each group of `duplicates.groups` (e.g. `val: [val]`, `val+train: [val, train]`) it reads
 every split's manifest (file sha256), fingerprints (decoded-pixel sha256, pHash, quality scores)
-and embeddings (`embed` stage) and writes:
+and embeddings (`embed` stage, or predict's own with `predict.embeddings` on) and writes:
 
     data/duplicates/<group>.parquet          one row per image in a group (stages.dedup.groups)
     data/duplicates/<group>.issues.parquet   every image's quality issues and nearest neighbour
@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 def _split_data(split: str, model: str, root: Path) -> SplitData:
-    """A split's manifest, fingerprints and embeddings, checked to be of the same rows."""
+    """A split's manifest, fingerprints and embeddings, checked to be of the same rows (the
+    embeddings are predict's where the embed sidecar names them in `features_from`)."""
     manifest = formats.read_manifest(split, path=root / formats.manifest_path(split))
     prints_path = root / formats.fingerprints_path(split)
     emb_path = root / formats.embeddings_path(split, model)
@@ -51,6 +52,19 @@ def _split_data(split: str, model: str, root: Path) -> SplitData:
             raise MissingInputError(f"{path} does not exist; run `dvc repro embed@{split}` first")
     prints = formats.read_table(prints_path, what=f"fingerprints of {split!r}")
     sidecar = json.loads(emb_path.with_suffix(".json").read_text())
+    if sidecar.get("features_from"):
+        emb_path = root / sidecar["features_from"]
+        if not emb_path.with_suffix(".json").is_file():
+            raise MissingInputError(
+                f"{emb_path} does not exist (the embed sidecar of {split!r} names it); run "
+                f"`dvc repro predict` with predict.embeddings: true first"
+            )
+        sidecar = json.loads(emb_path.with_suffix(".json").read_text())
+        if not sidecar.get("enabled", True):
+            raise InputError(
+                f"{emb_path} is predict's placeholder (predict.embeddings was off when it ran); "
+                f"re-run `dvc repro predict` and `embed@{split}`"
+            )
     if sidecar.get("image_ids_sha256") != formats.image_ids_sha256(manifest["image_id"]) or list(
         prints["image_id"]
     ) != list(manifest["image_id"]):

@@ -7,6 +7,11 @@ model `duplicates.model`, manifest order, NaN rows for images not decoded) with 
 per image), from one decode of each image. It uses predict's options (`predict.batch_size`,
 `workers`, `device`, ...), is resumable by shards of `predict.shard_size` rows, and writes its
 files atomically. The duplicates stage reads them (docs/duplicates.md).
+
+With `predict.embeddings` on, predict already writes the `full` view's features of every model
+of `predict.models` over every split of `predict.splits` from its own forward pass. For such a
+split embed runs no model: it fingerprints the images and writes a (N, 0) embeddings file whose
+sidecar names predict's (`features_from`), which is what the duplicates stage then reads.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from stages.contracts.splits import Params, SplitEntry
 from stages.modelling.embeddings import embed_split
 from stages.modelling.predictor import PredictOptions
 from stages.modelling.specs import model_specs, require_tracked_weights
+from stages.sources.views import predict_views
 
 
 def run_embed(split: str, params: Params, *, root: str | Path = ".") -> dict[str, Any]:
@@ -37,14 +43,28 @@ def run_embed(split: str, params: Params, *, root: str | Path = ".") -> dict[str
     specs = model_specs(params, [model])
     require_tracked_weights(specs, options.weights_dir)
     manifest = formats.read_manifest(split, path=root / formats.manifest_path(split))
+    from_predict = predict_writes_features(params, split, model)
     return embed_split(
         manifest,
         SplitEntry.from_params(params, split).root,
-        specs[0],
+        None if from_predict else specs[0],
         options=options,
         out=root / formats.embeddings_path(split, model),
         fingerprints_out=root / formats.fingerprints_path(split),
         split=split,
+        features_from=formats.features_path(split, model) if from_predict else None,
+    )
+
+
+def predict_writes_features(params: Params, split: str, model: str) -> bool:
+    """Whether predict writes `model`'s `full` features over `split` (`predict.embeddings` on,
+    the split in `predict.splits`, the model in `predict.models`, `full` in `predict.views`)."""
+    predict = section(params, "predict")
+    return (
+        predict.get("embeddings") is True
+        and split in (predict.get("splits") or [])
+        and model in (predict.get("models") or [])
+        and "full" in predict_views(params)
     )
 
 

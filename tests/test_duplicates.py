@@ -16,7 +16,8 @@ from conftest import DEMO_ROOT
 from stages import duplicates as door
 from stages import embed
 from stages.contracts import formats
-from stages.contracts.errors import ConfigError, MissingInputError
+from stages.contracts.errors import ConfigError, InputError, MissingInputError
+from stages.modelling.predictor import PredictConfig, predict_split
 from stages.sources.layouts import Source
 from stages.sources.manifest import build_manifest
 from tests.dedup.cases import CASES, build_cases
@@ -107,6 +108,46 @@ def test_unknown_group_and_missing_embeddings_are_clear_errors(
         door.run_duplicates("nope", params, root=tmp_path)
     with pytest.raises(MissingInputError, match=r"run `dvc repro embed@a`"):
         door.run_duplicates("ab", params, root=tmp_path)
+
+
+def _predict_features(tmp: Path, params: dict[str, Any], split: str) -> None:
+    """predict's own run over a case split (mobilenetv1_050, full view), with its features."""
+    config = PredictConfig.from_params(params, split, ["mobilenetv1_050"], ["full"])
+    manifest = formats.read_manifest(split, path=tmp / formats.manifest_path(split))
+    name = "mobilenetv1_050.full"
+    predict_split(
+        config,
+        manifest,
+        {name: tmp / formats.predictions_path(split, "mobilenetv1_050")},
+        features={name: tmp / formats.features_path(split, "mobilenetv1_050")},
+    )
+
+
+def test_duplicates_read_predicts_own_features_where_embed_points_at_them(
+    tmp_path: Path, params: dict
+) -> None:
+    """predict.embeddings on: embed runs no model and the duplicates table is the same bytes."""
+    _, computed = case_project(tmp_path / "embed", params, n_images=6, per_case=1)
+    computed["predict"]["embeddings"] = False
+    for split in ("a", "b"):
+        embed.run_embed(split, computed, root=tmp_path / "embed")
+    door.run_duplicates("ab", computed, root=tmp_path / "embed")
+
+    root = tmp_path / "predict"
+    _, params = case_project(root, params, n_images=6, per_case=1)
+    params["predict"].update(embeddings=True, splits=["a", "b"])
+    for split in ("a", "b"):
+        _predict_features(root, params, split)
+        assert embed.run_embed(split, params, root=root)["features_from"]
+    door.run_duplicates("ab", params, root=root)
+    assert (root / formats.duplicates_path("ab")).read_bytes() == (
+        tmp_path / "embed" / formats.duplicates_path("ab")
+    ).read_bytes()
+
+    params["predict"]["embeddings"] = False  # predict writes its placeholder
+    _predict_features(root, params, "a")
+    with pytest.raises(InputError, match="placeholder"):
+        door.run_duplicates("ab", params, root=root)
 
 
 @pytest.mark.slow

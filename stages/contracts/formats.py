@@ -188,6 +188,13 @@ def embeddings_path(split: str, model: str) -> Path:
     return Path("data/embeddings") / split / f"{model}.npy"
 
 
+def features_path(split: str, model: str, view: str = "full") -> Path:
+    """Where `predict` writes a model's (N, D) float16 features through one view when
+    `predict.embeddings` is on (else a (N, 0) placeholder):
+    `data/embeddings/<split>/<model>.<view>.npy` (sidecar `<model>.<view>.json`)."""
+    return Path("data/embeddings") / split / f"{model}.{view}.npy"
+
+
 def fingerprints_path(split: str) -> Path:
     """Where `embed` writes a split's image fingerprints (pixel hash, pHash, quality scores)."""
     return Path("data/fingerprints") / f"{split}.parquet"

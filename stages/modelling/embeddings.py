@@ -2,12 +2,15 @@
 `forward_head(pre_logits=True)`), float16 (N, D) in manifest order, written with the image
 fingerprints (`stages.dedup.fingerprints`) from the same decode of each image.
 
-The logits are the classifier applied to these features, so `features_and_logits` gives both from
-one forward pass: a predictor that calls it instead of `module(batch)` gets the embeddings for
-free. The `embed` stage runs one named model (`duplicates.model`) through the predict data path
-(`stages.modelling.predict_data`: the model's own preprocessing, shard-aligned batches) into
-resumable shards in `data/embeddings/.work/<split>/<model>/`; the final files appear atomically
-when every shard is done, and a killed run resumes with the missing shards only.
+The logits are the classifier applied to these features, so `predict_data.features_and_logits`
+gives both from one forward pass: with `predict.embeddings` on, predict writes every output's
+features itself (`stages.modelling.predict_features`). The `embed` stage runs one named model
+(`duplicates.model`) through the predict data path (`stages.modelling.predict_data`: the model's
+own preprocessing, shard-aligned batches) into resumable shards in
+`data/embeddings/.work/<split>/<model>/`; the final files appear atomically when every shard is
+done, and a killed run resumes with the missing shards only. Where predict already wrote that
+model's `full` features, embed runs no model (`spec=None`): it fingerprints the images and writes
+a (N, 0) embeddings file whose sidecar names predict's file (`features_from`).
 """
 
 from __future__ import annotations
@@ -41,21 +44,6 @@ logger = logging.getLogger(__name__)
 EMBEDDING_DTYPE = np.float16
 
 
-def features_and_logits(
-    module: torch.nn.Module, batch: torch.Tensor, *, amp: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass -> (pooled pre-logit features (B, D), logits (B, classes)), float32.
-
-    The logits equal `module(batch)` for timm models whose head is pool -> classifier (every
-    demo model; checked in tests/modelling/test_embeddings.py)."""
-    cuda = batch.device.type == "cuda"
-    with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=cuda and amp):
-        timm_model: Any = module  # timm's forward_features / forward_head / get_classifier
-        pooled = timm_model.forward_head(timm_model.forward_features(batch), pre_logits=True)
-        logits = timm_model.get_classifier()(pooled)
-    return pooled.float(), logits.float()
-
-
 class FingerprintedImages(pdata.ManifestImages):
     """Manifest rows -> (row, reason, fingerprint dict, model input) from one decode each."""
 
@@ -66,15 +54,17 @@ class FingerprintedImages(pdata.ManifestImages):
         except DECODE_ERRORS as error:
             return (row, f"{type(error).__name__}: {error}", None, None)
         found = dataclasses.asdict(fingerprint(image))
-        return (row, None, found, self.groups[0].worker_tensor(image, []))
+        tensor = self.groups[0].worker_tensor(image, []) if self.groups else None
+        return (row, None, found, tensor)
 
 
 def collate(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """Items -> (rows, [(row, reason)], [fingerprints], stacked inputs or None)."""
+    """Items -> (rows, [(row, reason)], [fingerprints], stacked inputs or None (no image decoded,
+    or no model))."""
     good = [item for item in items if item[1] is None]
     bad = [(int(item[0]), str(item[1])) for item in items if item[1] is not None]
     rows = torch.tensor([int(item[0]) for item in good], dtype=torch.long)
-    stacked = torch.stack([item[3] for item in good]) if good else None
+    stacked = torch.stack([item[3] for item in good]) if good and good[0][3] is not None else None
     return rows, bad, [item[2] for item in good], stacked
 
 
@@ -179,119 +169,158 @@ def _shard_batches(
 
 
 def _compute_shard(
-    module: torch.nn.Module,
-    member: pdata.Member,
+    member: pdata.Member | None,
     items: list[Any],
     rows: slice,
     ids: Sequence[str],
     *,
     options: PredictOptions,
     device: torch.device,
+    dim: int,
 ) -> tuple[np.ndarray, pd.DataFrame]:
-    """One shard's features (NaN rows where not decoded) and fingerprints (null rows likewise)."""
-    dim = int(getattr(module, "num_features"))  # noqa: B009 (timm attribute, untyped)
+    """One shard's features (NaN rows where not decoded; width 0 without a model) and
+    fingerprints (null rows likewise)."""
     features = np.full((rows.stop - rows.start, dim), np.nan, EMBEDDING_DTYPE)
     prints = _empty_prints(ids)
     for batch_rows, bad, found, inputs in items:
         for row, reason in bad:
-            logger.warning("row %d cannot be decoded (%s): no embedding", row, reason)
-        if inputs is None:
-            continue
-        x = member.transform.to_device(inputs, device, channels_last=options.channels_last)
-        pooled, _ = features_and_logits(module, x, amp=options.amp)
+            logger.warning(
+                "row %d cannot be decoded (%s): no fingerprint, no embedding", row, reason
+            )
         local = batch_rows.numpy() - rows.start
-        features[local] = pooled.cpu().numpy().astype(EMBEDDING_DTYPE)
+        if inputs is not None and member is not None:
+            x = member.transform.to_device(inputs, device, channels_last=options.channels_last)
+            pooled, _ = pdata.features_and_logits(member.module, x, amp=options.amp)
+            features[local] = pooled.cpu().numpy().astype(EMBEDDING_DTYPE)
         for k, values in zip(local, found):
             for key, value in values.items():
                 prints.at[int(k), key] = value
     return features, prints
 
 
+def _run_fingerprint(
+    member: pdata.Member | None,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    *,
+    options: PredictOptions,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Everything a shard's bytes depend on (shards under another are discarded)."""
+    return {
+        "model": member.name if member else None,
+        "weights": member.identity if member else None,
+        "preprocessing": member.data_config if member else None,
+        "manifest_sha256": pdata.manifest_sha256(manifest),
+        "root": str(root),
+        "shard_size": options.shard_size,
+        "batch_size": options.batch_size,
+        "device": device.type,
+        "torch": torch.__version__,
+        "pillow": PILLOW_VERSION,
+    }
+
+
+def _compute_missing(
+    store: FeatureStore,
+    manifest: pd.DataFrame,
+    root: str | Path,
+    member: pdata.Member | None,
+    *,
+    options: PredictOptions,
+    device: torch.device,
+    split: str,
+) -> None:
+    """Decode, fingerprint (and embed, with a model) the shards the store lacks."""
+    shards = store.missing()
+    usable = manifest["skip_reason"].isna().to_numpy()
+    batches = pdata.plan_batches(
+        usable, shards, shard_size=options.shard_size, batch_size=options.batch_size
+    )
+    groups = [pdata.InputGroup("full", DEFAULT_MARGIN, member.transform)] if member else []
+    dataset = FingerprintedImages(root, manifest["path"].fillna("").tolist(), groups)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=options.workers,
+        collate_fn=collate,
+    )
+    ids = manifest["image_id"].tolist()
+    bar = tqdm(total=int(sum(len(b) for b in batches)), desc=f"embed {split}", unit="img")
+    computed = set()
+    for shard, items in _shard_batches(loader, batches, options.shard_size):
+        rows = store.rows(shard)
+        feats, prints = _compute_shard(
+            member, items, rows, ids[rows], options=options, device=device, dim=store.dim
+        )
+        store.write(shard, feats, prints)
+        computed.add(shard)
+        bar.update(sum(len(i[0]) + len(i[1]) for i in items))
+    bar.close()
+    for shard in set(shards) - computed:  # shards of skip rows only: nothing to decode
+        rows = store.rows(shard)
+        empty = np.full((rows.stop - rows.start, store.dim), np.nan, EMBEDDING_DTYPE)
+        store.write(shard, empty, _empty_prints(ids[rows]))
+
+
 def embed_split(
     manifest: pd.DataFrame,
     root: str | Path,
-    spec: ModelSpec,
+    spec: ModelSpec | None,
     *,
     options: PredictOptions,
     out: Path,
     fingerprints_out: Path,
     split: str,
+    features_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write a split's embeddings (+ JSON sidecar) and fingerprints, resuming from shards.
 
+    Args:
+        spec: the model whose features to compute; None when `features_from` names the features
+            predict already wrote (`predict.embeddings`): then no model runs, and `out` is a
+            (N, 0) file whose sidecar points there.
+
     Returns:
-        the sidecar (model identity, preprocessing, N, D, dtype, rows without features, versions).
+        the sidecar (model identity, preprocessing, N, D, dtype, rows without features, versions,
+        `features_from`).
     """
+    if (spec is None) == (features_from is None):
+        raise ValueError("embed_split: give a model spec, or features_from (not both)")
     device = resolve_device(options.device)
     with cpu_threads(options.threads), torch.inference_mode():
-        member = pdata.load_member(spec, device=device, channels_last=options.channels_last)
-        dim = int(getattr(member.module, "num_features"))  # noqa: B009 (timm attribute)
-        run = {
-            "model": member.name,
-            "weights": member.identity,
-            "preprocessing": member.data_config,
-            "manifest_sha256": pdata.manifest_sha256(manifest),
-            "root": str(root),
-            "shard_size": options.shard_size,
-            "batch_size": options.batch_size,
-            "device": device.type,
-            "torch": torch.__version__,
-            "pillow": PILLOW_VERSION,
-        }
+        member = (
+            pdata.load_member(spec, device=device, channels_last=options.channels_last)
+            if spec is not None
+            else None
+        )
+        dim = int(getattr(member.module, "num_features")) if member else 0  # noqa: B009
+        run = _run_fingerprint(member, manifest, root, options=options, device=device)
         store = FeatureStore(out, run, n_rows=len(manifest), shard_size=options.shard_size, dim=dim)
-        shards = store.missing()
-        usable = manifest["skip_reason"].isna().to_numpy()
-        batches = pdata.plan_batches(
-            usable, shards, shard_size=options.shard_size, batch_size=options.batch_size
-        )
-        dataset = FingerprintedImages(
-            root,
-            manifest["path"].fillna("").tolist(),
-            [pdata.InputGroup("full", DEFAULT_MARGIN, member.transform)],
-        )
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=[b.tolist() for b in batches],
-            num_workers=options.workers,
-            collate_fn=collate,
-        )
-        ids = manifest["image_id"].tolist()
-        bar = tqdm(total=int(sum(len(b) for b in batches)), desc=f"embed {split}", unit="img")
-        computed = set()
-        for shard, items in _shard_batches(loader, batches, options.shard_size):
-            rows = store.rows(shard)
-            feats, prints = _compute_shard(
-                member.module, member, items, rows, ids[rows], options=options, device=device
-            )
-            store.write(shard, feats, prints)
-            computed.add(shard)
-            bar.update(sum(len(i[0]) + len(i[1]) for i in items))
-        bar.close()
-        for shard in set(shards) - computed:  # shards of skip rows only: nothing to decode
-            rows = store.rows(shard)
-            empty = np.full((rows.stop - rows.start, dim), np.nan, EMBEDDING_DTYPE)
-            store.write(shard, empty, _empty_prints(ids[rows]))
+        _compute_missing(store, manifest, root, member, options=options, device=device, split=split)
     unreadable, _ = store.assemble(fingerprints_out)
+    usable = manifest["skip_reason"].isna().to_numpy()
     sidecar = {
         **run,
         "split": split,
-        "spec": spec.spec,
+        "spec": spec.spec if spec else None,
         "n": len(manifest),
         "dim": dim,
         "dtype": "float16",
         "n_skipped": int((~usable).sum()),
-        "n_without_features": unreadable,
+        "n_without_features": unreadable if member else None,
         "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
         "timm": timm.__version__,
+        "features_from": str(features_from) if features_from is not None else None,
     }
     formats.write_json(sidecar, out.with_suffix(".json"), within=store.folder)
     store.remove()
     logger.info(
-        "embed %s %s: %d x %d float16, %d rows without features",
+        "embed %s: %d images fingerprinted; embeddings %s",
         split,
-        spec.name,
         len(manifest),
-        dim,
-        unreadable,
+        f"{spec.name}: {len(manifest)} x {dim} float16, {unreadable} rows without features"
+        if spec
+        else f"from predict's {features_from}",
     )
     return sidecar

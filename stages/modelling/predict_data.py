@@ -49,7 +49,25 @@ from stages.sources.views import DEFAULT_MARGIN, VIEWS, Boxes
 logger = logging.getLogger(__name__)
 
 FINGERPRINT = "fingerprint.json"
+FEATURES_DTYPE = np.float16
 ShardSink = Callable[[str, int, np.ndarray], None]
+
+
+def features_and_logits(
+    module: torch.nn.Module, batch: torch.Tensor, *, amp: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass -> (pooled pre-logit features (B, D), logits (B, classes)), float32.
+
+    timm's `forward_features`, then `forward_head(pre_logits=True)`, then the classifier: the
+    logits equal `module(batch)` for timm models whose head is pool -> classifier (every demo
+    model; checked in tests/modelling/test_predict_data.py), so predict writes the features of
+    its own forward pass (`predict.embeddings`) and the embed stage those of one model."""
+    cuda = batch.device.type == "cuda"
+    with torch.autocast(device_type=batch.device.type, dtype=torch.float16, enabled=cuda and amp):
+        timm_model: Any = module  # timm's forward_features / forward_head / get_classifier
+        pooled = timm_model.forward_head(timm_model.forward_features(batch), pre_logits=True)
+        logits = timm_model.get_classifier()(pooled)
+    return pooled.float(), logits.float()
 
 
 @dataclass(frozen=True)
@@ -297,10 +315,13 @@ def make_loader(
 
 
 class ShardBuffers:
-    """Collects batch results per (model, shard); hands a shard on once all its usable rows are in.
+    """Collects batch results per (output, shard); hands a shard on once all its usable rows are
+    in.
 
-    usable: (N,) bool; pending: model name -> shard indices to compute; on_shard(model, shard,
-    probs (rows of the shard, 1000)) receives each complete shard (NaN rows for skip rows).
+    usable: (N,) bool; pending: output name -> shard indices to compute; on_shard(name, shard,
+    values (rows of the shard, width)) receives each complete shard (NaN rows for skip rows).
+    Every output is (rows, 1000) probabilities in `dtype` unless `layouts` gives it another
+    (width, dtype), as for features (`features_name`).
     """
 
     def __init__(
@@ -311,9 +332,11 @@ class ShardBuffers:
         shard_size: int,
         dtype: type[np.floating],
         on_shard: ShardSink,
+        layouts: Mapping[str, tuple[int, type[np.floating]]] | None = None,
     ) -> None:
         self.usable, self.pending, self.on_shard = usable, pending, on_shard
         self.shard_size, self.dtype = shard_size, dtype
+        self.layouts = dict(layouts or {})
         self.shards = sorted(set().union(*pending.values())) if pending else []
         self.waiting = {
             s: int(usable[s * shard_size : (s + 1) * shard_size].sum()) for s in self.shards
@@ -323,13 +346,18 @@ class ShardBuffers:
     def _buffer(self, name: str, shard: int) -> np.ndarray:
         if (name, shard) not in self.buffers:
             rows = min(self.shard_size, len(self.usable) - shard * self.shard_size)
-            self.buffers[name, shard] = np.full((rows, NUM_CLASSES), np.nan, dtype=self.dtype)
+            width, dtype = self.layouts.get(name, (NUM_CLASSES, self.dtype))
+            self.buffers[name, shard] = np.full((rows, width), np.nan, dtype=dtype)
         return self.buffers[name, shard]
 
-    def add(self, name: str, rows: np.ndarray, probs: np.ndarray) -> None:
-        """Store a batch: rows (B,) manifest row indices within one shard, probs (B, 1000)."""
+    def wants(self, name: str, shard: int) -> bool:
+        """Whether output `name` is to be computed for `shard`."""
+        return shard in self.pending.get(name, ())
+
+    def add(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """Store a batch: rows (B,) manifest row indices within one shard, values (B, width)."""
         shard = int(rows[0]) // self.shard_size
-        self._buffer(name, shard)[rows - shard * self.shard_size] = probs
+        self._buffer(name, shard)[rows - shard * self.shard_size] = values
 
     def rows_done(self, shard: int, count: int) -> None:
         """Count `count` rows of `shard` as computed by every model pending it."""
@@ -357,6 +385,11 @@ def manifest_sha256(manifest: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def features_name(output: str) -> str:
+    """The buffer and store name of an output's features (`<model>.<view>:features`)."""
+    return f"{output}:features"
+
+
 def work_folder(out: str | Path) -> Path:
     """A model's work folder for its output `<root>/<split>/<model>.npy`:
     `<root>/.work/<split>/<model>/`, beside the output folder but outside it, so that a killed run
@@ -368,7 +401,7 @@ def work_folder(out: str | Path) -> Path:
 
 class ShardStore:
     """A model's work folder (`work_folder`) with `fingerprint.json` and one `shard-NNNNNN.npy`
-    per shard.
+    per shard of (rows, width) values: probabilities (width 1000) or features (width D).
 
     Shards are written atomically; the folder is wiped when its fingerprint differs from this
     run's, so stale shards of another model, preprocessing, manifest or option set are never used.
@@ -383,9 +416,10 @@ class ShardStore:
         n_rows: int,
         shard_size: int,
         dtype: type[np.floating],
+        width: int = NUM_CLASSES,
     ) -> None:
         self.out, self.fingerprint, self.n_rows = Path(out), fingerprint, n_rows
-        self.shard_size, self.dtype = shard_size, np.dtype(dtype)
+        self.shard_size, self.dtype, self.width = shard_size, np.dtype(dtype), width
         self.folder = work_folder(self.out)
         self.n_shards = -(-n_rows // shard_size)
 
@@ -401,7 +435,7 @@ class ShardStore:
             array = np.load(self.path(shard), mmap_mode="r")
         except (OSError, ValueError):
             return False
-        return array.shape == (self._rows(shard), NUM_CLASSES) and array.dtype == self.dtype
+        return array.shape == (self._rows(shard), self.width) and array.dtype == self.dtype
 
     def open(self) -> set[int]:
         """Prepare the work folder (wiped when its fingerprint differs) -> the missing shards."""
@@ -446,38 +480,58 @@ class ShardStore:
             )
         return missing
 
-    def write(self, shard: int, probs: np.ndarray) -> None:
-        """Atomically store one complete shard: probs (rows of the shard, 1000)."""
-        write_npy(probs, self.path(shard))
+    def write(self, shard: int, values: np.ndarray) -> None:
+        """Atomically store one complete shard: values (rows of the shard, width)."""
+        write_npy(values, self.path(shard))
+
+    def _stream(self, usable: np.ndarray, visit: Callable[[slice, np.ndarray], None]) -> np.ndarray:
+        """Stream the shards into the final .npy (atomic rename), calling visit(rows, shard) on
+        each -> the (U,) usable rows left NaN (images that could not be decoded). Holds one shard
+        in RAM at a time."""
+        unreadable = []
+        with atomic_path(self.out, within=self.folder) as tmp:
+            array = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, self.width)
+            )
+            for shard in range(self.n_shards):
+                rows = slice(shard * self.shard_size, shard * self.shard_size + self._rows(shard))
+                values = np.load(self.path(shard))
+                array[rows] = values
+                visit(rows, values)
+                unreadable.append(
+                    np.flatnonzero(usable[rows] & np.isnan(values[:, 0])) + rows.start
+                )
+            array.flush()
+            del array
+        return np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
 
     def assemble(
         self, labels: np.ndarray, usable: np.ndarray
     ) -> tuple[float | None, float | None, np.ndarray]:
-        """Stream the shards into the final .npy (atomic rename) -> (top-1, top-5) in percent and
-        the (U,) usable rows whose predictions are NaN (images that could not be decoded).
+        """Stream probability shards into the final .npy -> (top-1, top-5) in percent and the
+        (U,) usable rows whose predictions are NaN.
 
-        labels: (N,) float (NaN where unknown); usable: (N,) bool. Holds one shard in RAM at a time.
+        labels: (N,) float (NaN where unknown); usable: (N,) bool.
         """
-        hits, scored = np.zeros(2, dtype=np.int64), 0
-        unreadable = []
-        with atomic_path(self.out, within=self.folder) as tmp:
-            array = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, NUM_CLASSES)
-            )
-            for shard in range(self.n_shards):
-                rows = slice(shard * self.shard_size, shard * self.shard_size + self._rows(shard))
-                probs = np.load(self.path(shard))
-                array[rows] = probs
-                shard_hits, shard_scored = topk_hits(probs, labels[rows], usable[rows])
-                hits, scored = hits + shard_hits, scored + shard_scored
-                unreadable.append(np.flatnonzero(usable[rows] & np.isnan(probs[:, 0])) + rows.start)
-            array.flush()
-            del array
-        missing = np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
-        return percent(int(hits[0]), scored), percent(int(hits[1]), scored), missing
+        totals = np.zeros(3, dtype=np.int64)  # top-1 hits, top-5 hits, rows scored
+
+        def count(rows: slice, probs: np.ndarray) -> None:
+            hits, scored = topk_hits(probs, labels[rows], usable[rows])
+            totals[:2] += hits
+            totals[2] += scored
+
+        missing = self._stream(usable, count)
+        scored = int(totals[2])
+        return percent(int(totals[0]), scored), percent(int(totals[1]), scored), missing
+
+    def assemble_features(self, usable: np.ndarray) -> np.ndarray:
+        """Stream feature shards into the final .npy -> the (U,) usable rows without features.
+
+        usable: (N,) bool."""
+        return self._stream(usable, lambda rows, values: None)
 
     def write_sidecar(self, sidecar: dict[str, Any]) -> None:
-        """Write the output's JSON sidecar `<model>.json`, its temporary file in the work folder."""
+        """Write the output's JSON sidecar `<stem>.json`, its temporary file in the work folder."""
         write_json(sidecar, self.out.with_suffix(".json"), within=self.folder)
 
     def remove(self) -> None:

@@ -33,17 +33,21 @@ from stages.contracts.splits import Params, SplitEntry
 from stages.modelling import distributed
 from stages.modelling.models import cpu_threads, resolve_device
 from stages.modelling.predict_data import (
+    FEATURES_DTYPE,
     ManifestImages,
     Member,
     Output,
     ShardBuffers,
     ShardSink,
     ShardStore,
+    features_and_logits,
+    features_name,
     load_member,
     make_loader,
     manifest_sha256,
     plan_batches,
 )
+from stages.modelling.predict_features import assemble_features, features_store, write_placeholder
 from stages.modelling.specs import ModelSpec, model_specs, require_tracked_weights
 from stages.sources.views import DEFAULT_MARGIN, VIEWS, box_margin, predict_views
 
@@ -77,6 +81,9 @@ class PredictOptions:
             one per GPU); each takes a share of the shards. Results do not depend on it.
         weights_dir: the folder holding every local model folder and checkpoint file (a DVC
             dependency of predict and vote, so that new weights re-run predict).
+        embeddings: also write each output's pooled pre-logit features, float16 (N, D), from
+            the same forward pass (`data/embeddings/<split>/<model>.<view>.npy`); the
+            probabilities are the same bytes either way.
     """
 
     batch_size: int = 64
@@ -89,6 +96,7 @@ class PredictOptions:
     threads: int | None = None
     processes: int = 1
     weights_dir: str = "data/demo/models"
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shard_size", "threads", "processes"):
@@ -170,6 +178,15 @@ def _check_manifest(manifest: pd.DataFrame) -> None:
         raise ValueError("manifest has no rows; ingest a source that holds images first")
 
 
+def _probabilities(member: Member, logits: torch.Tensor, *, config: PredictOptions) -> np.ndarray:
+    if logits.ndim != 2 or logits.shape[1] != formats.NUM_CLASSES:
+        raise ValueError(
+            f"model {member.name!r} returned logits of shape {tuple(logits.shape)}; "
+            f"expected (batch, {formats.NUM_CLASSES})"
+        )
+    return torch.softmax(logits.float(), dim=1).to(TORCH_DTYPES[config.dtype]).cpu().numpy()
+
+
 def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictOptions) -> np.ndarray:
     """batch: (B, 3, H, W) -> (B, 1000) probabilities in the storage dtype."""
     cuda = batch.device.type == "cuda"
@@ -177,12 +194,16 @@ def softmax_batch(member: Member, batch: torch.Tensor, *, config: PredictOptions
         device_type=batch.device.type, dtype=torch.float16, enabled=cuda and config.amp
     ):
         logits = member.module(batch)
-    if logits.ndim != 2 or logits.shape[1] != formats.NUM_CLASSES:
-        raise ValueError(
-            f"model {member.name!r} returned logits of shape {tuple(logits.shape)}; "
-            f"expected (batch, {formats.NUM_CLASSES})"
-        )
-    return torch.softmax(logits.float(), dim=1).to(TORCH_DTYPES[config.dtype]).cpu().numpy()
+    return _probabilities(member, logits, config=config)
+
+
+def softmax_and_features(
+    member: Member, batch: torch.Tensor, *, config: PredictOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """batch: (B, 3, H, W) -> ((B, 1000) probabilities in the storage dtype, (B, D) float16
+    pooled pre-logit features), from one forward pass."""
+    pooled, logits = features_and_logits(member.module, batch, amp=config.amp)
+    return _probabilities(member, logits, config=config), pooled.to(torch.float16).cpu().numpy()
 
 
 def _forward(
@@ -196,8 +217,10 @@ def _forward(
     config: PredictOptions,
     device: torch.device,
 ) -> None:
-    """One batch through every output: each input group moved to the device once."""
+    """One batch through every output (and its features where they are pending): each input
+    group moved to the device once."""
     ready: dict[int, torch.Tensor] = {}
+    shard = int(rows[0]) // config.shard_size
     for output in outputs:
         group = index[output.group.key]
         if group not in ready:
@@ -205,8 +228,13 @@ def _forward(
                 inputs[group], device, channels_last=config.channels_last
             )
         start = time.perf_counter()
-        probs = softmax_batch(output.member, ready[group], config=config)
-        buffers.add(output.name, rows, probs)
+        if buffers.wants(features_name(output.name), shard):
+            probs, features = softmax_and_features(output.member, ready[group], config=config)
+            buffers.add(features_name(output.name), rows, features)
+        else:
+            probs = softmax_batch(output.member, ready[group], config=config)
+        if buffers.wants(output.name, shard):
+            buffers.add(output.name, rows, probs)
         seconds[output.name] += time.perf_counter() - start
 
 
@@ -227,18 +255,26 @@ def predict_pass(
     Args:
         manifest: (N rows) with `path`, `boxes` and `skip_reason`; skip rows stay NaN and are
             not decoded.
-        outputs: the (member, view) pairs to predict; pending: output name -> shard indices.
-        on_shard: called as on_shard(output name, shard, probs (rows, 1000)) when a shard is done.
+        outputs: the (member, view) pairs to predict; pending: output name -> shard indices, and
+            `features_name(output name)` -> shards whose features to compute as well.
+        on_shard: called as on_shard(name, shard, values) when a shard is done: probs (rows, 1000)
+            under the output name, float16 features (rows, D) under its features name.
 
     Returns:
         seconds spent in each output's forward pass.
     """
     usable = manifest["skip_reason"].isna().to_numpy()
-    outputs = [o for o in outputs if pending.get(o.name)]
+    todo = {o.name: _output_shards(o, pending) for o in outputs}
+    outputs = [o for o in outputs if todo[o.name]]
     groups = {o.group.key: o.group for o in outputs}
     index = {key: i for i, key in enumerate(groups)}
     buffers = ShardBuffers(
-        usable, pending, shard_size=config.shard_size, dtype=DTYPES[config.dtype], on_shard=on_shard
+        usable,
+        {name: shards for name, shards in pending.items() if shards},
+        shard_size=config.shard_size,
+        dtype=DTYPES[config.dtype],
+        on_shard=on_shard,
+        layouts={features_name(o.name): (_feature_width(o), FEATURES_DTYPE) for o in outputs},
     )
     buffers.flush_empty()
     batches = plan_batches(
@@ -248,10 +284,10 @@ def predict_pass(
     paths = manifest["path"].fillna("").tolist()
     images = ManifestImages(root, paths, list(groups.values()), boxes)
     loader = make_loader(images, batches, workers=config.workers, pin_memory=device.type == "cuda")
-    seconds = dict.fromkeys(pending, 0.0)
+    seconds = dict.fromkeys(todo, 0.0)
     if not batches:
         return seconds
-    bars = _progress_bars(outputs, pending, buffers, desc)
+    bars = _progress_bars(outputs, todo, buffers, desc)
     with torch.inference_mode():
         for rows, bad, *inputs in loader:
             rows = rows.numpy()
@@ -263,7 +299,7 @@ def predict_pass(
                     reason,
                 )
             shard = int(rows[0] if len(rows) else bad[0][0]) // config.shard_size
-            now = [o for o in outputs if shard in pending[o.name]]
+            now = [o for o in outputs if shard in todo[o.name]]
             if len(rows):
                 _forward(now, index, rows, inputs, buffers, seconds, config=config, device=device)
             for output in now:
@@ -277,13 +313,23 @@ def predict_pass(
     return seconds
 
 
+def _output_shards(output: Output, pending: Mapping[str, set[int]]) -> set[int]:
+    """The shards an output is run on: those of its probabilities and of its features."""
+    return set(pending.get(output.name, ())) | set(pending.get(features_name(output.name), ()))
+
+
+def _feature_width(output: Output) -> int:
+    """D, the width of the model's pooled pre-logit features (timm `num_features`)."""
+    return int(getattr(output.member.module, "num_features"))  # noqa: B009 (timm attribute)
+
+
 def _progress_bars(
-    outputs: Sequence[Output], pending: Mapping[str, set[int]], buffers: ShardBuffers, desc: str
+    outputs: Sequence[Output], todo: Mapping[str, set[int]], buffers: ShardBuffers, desc: str
 ) -> dict[str, tqdm[Any]]:
     """One progress bar per output, sized to its pending rows."""
     return {
         o.name: tqdm(
-            total=sum(buffers.waiting[s] for s in pending[o.name]),
+            total=sum(buffers.waiting[s] for s in todo[o.name]),
             position=i,
             desc=f"{desc} {o.name}",
             unit="img",
@@ -353,7 +399,11 @@ def load_outputs(
 
 
 def predict_split(
-    config: PredictConfig, manifest: pd.DataFrame, outs: Mapping[str, str | Path]
+    config: PredictConfig,
+    manifest: pd.DataFrame,
+    outs: Mapping[str, str | Path],
+    *,
+    features: Mapping[str, str | Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write each (model, view)'s predictions + sidecar in one image pass, resuming from shards.
 
@@ -365,6 +415,9 @@ def predict_split(
         config: the split, models, views and options.
         manifest: (N rows) the split's manifest (formats.MANIFEST_SCHEMA).
         outs: `<model>.<view>` -> .npy path; the sidecar is written beside it as `<stem>.json`.
+        features: `<model>.<view>` -> .npy path of its features (`predict_features`): float16
+            (N, D) from the same forward pass when `predict.embeddings` is on, else a (N, 0)
+            placeholder; None writes none.
 
     Returns:
         `<model>.<view>` -> sidecar dict.
@@ -380,20 +433,13 @@ def predict_split(
             channels_last=options.channels_last,
             margin=config.margin,
         )
-        missing = [o.name for o in outputs if o.name not in outs]
+        missing = [
+            o.name for o in outputs if o.name not in outs or o.name not in (features or outs)
+        ]
         if missing:
             raise ValueError(f"no output path for {missing}")
-        digest = manifest_sha256(manifest)
-        stores = {
-            o.name: ShardStore(
-                outs[o.name],
-                shard_fingerprint(o, digest, config.root, config=options, device=device),
-                n_rows=len(manifest),
-                shard_size=options.shard_size,
-                dtype=DTYPES[options.dtype],
-            )
-            for o in outputs
-        }
+        kept = features if options.embeddings and features else {}
+        stores = _stores(config, manifest, outputs, outs, kept, device=device)
         if ctx.is_main:
             for store in stores.values():
                 store.prepare()
@@ -406,7 +452,7 @@ def predict_split(
             pending,
             config=options,
             device=device,
-            on_shard=lambda name, shard, probs: stores[name].write(shard, probs),
+            on_shard=lambda name, shard, values: stores[name].write(shard, values),
             desc=f"predict {config.split}",
         )
     distributed.barrier(ctx)
@@ -415,6 +461,9 @@ def predict_split(
         if ctx.is_main
         else {}
     )
+    if ctx.is_main and features and not kept:
+        for output in outputs:
+            write_placeholder(features[output.name], manifest, output, split=config.split)
     sidecars = distributed.broadcast(sidecars, ctx)  # the others wait for rank 0's files
     for output in outputs:
         logger.info(
@@ -428,6 +477,38 @@ def predict_split(
             seconds.get(output.name, 0.0),
         )
     return sidecars
+
+
+def _stores(
+    config: PredictConfig,
+    manifest: pd.DataFrame,
+    outputs: Sequence[Output],
+    outs: Mapping[str, str | Path],
+    features: Mapping[str, str | Path],
+    *,
+    device: torch.device,
+) -> dict[str, ShardStore]:
+    """Each output's probability store, and its features store where `features` names a path."""
+    options, digest = config.options, manifest_sha256(manifest)
+    stores = {}
+    for output in outputs:
+        fingerprint = shard_fingerprint(output, digest, config.root, config=options, device=device)
+        stores[output.name] = ShardStore(
+            outs[output.name],
+            fingerprint,
+            n_rows=len(manifest),
+            shard_size=options.shard_size,
+            dtype=DTYPES[options.dtype],
+        )
+        if output.name in features:
+            stores[features_name(output.name)] = features_store(
+                features[output.name],
+                fingerprint,
+                n_rows=len(manifest),
+                shard_size=options.shard_size,
+                width=_feature_width(output),
+            )
+    return stores
 
 
 def rank_shards(missing: Mapping[str, set[int]], ctx: distributed.Context) -> dict[str, set[int]]:
@@ -481,6 +562,8 @@ def _assemble(
         )
         store.write_sidecar(sidecars[output.name])
         store.remove()
+        if features_name(output.name) in stores:
+            assemble_features(stores[features_name(output.name)], manifest, output, split=split)
     return sidecars
 
 

@@ -8,28 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from stages.contracts import formats
 from stages.modelling.embeddings import _compute_shard as emb_compute
-from stages.modelling.embeddings import embed_split, features_and_logits
-from stages.modelling.predict_data import load_member, work_folder
+from stages.modelling.embeddings import embed_split
+from stages.modelling.predict_data import work_folder
 from stages.modelling.predictor import PredictOptions
 from stages.modelling.specs import model_specs
-
-MODELS = ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075", "mobilenetv2_100_tf"]
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_logits_from_the_features_equal_the_models_own(params: dict, name: str) -> None:
-    """The hook's premise: logits = classifier(pooled features), so one pass gives both."""
-    member = load_member(model_specs(params, [name])[0], device=torch.device("cpu"))
-    batch = torch.randn(2, 3, 224, 224)
-    with torch.inference_mode():
-        pooled, logits = features_and_logits(member.module, batch)
-        expected = member.module(batch)
-    assert pooled.shape == (2, member.module.num_features)
-    torch.testing.assert_close(logits, expected)
 
 
 def run(tmp: Path, manifest: pd.DataFrame, params: dict, demo_root: Path, **kw: int) -> dict:

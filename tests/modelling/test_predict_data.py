@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 
@@ -170,3 +171,17 @@ def _dump(params: dict, folder: Path) -> str:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return str(path)
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilenetv1_025", "mobilenetv1_050", "mobilenetv1_075", "mobilenetv2_100_tf"]
+)
+def test_logits_from_the_features_equal_the_models_own(params: dict, name: str) -> None:
+    """The hook's premise: logits = classifier(pooled features), so one pass gives both."""
+    member = predict_data.load_member(model_specs(params, [name])[0], device=torch.device("cpu"))
+    batch = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        pooled, logits = predict_data.features_and_logits(member.module, batch)
+        expected = member.module(batch)
+    assert pooled.shape == (2, member.module.num_features)
+    torch.testing.assert_close(logits, expected)

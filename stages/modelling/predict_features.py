@@ -1,0 +1,105 @@
+"""Embeddings from predict's own forward pass (`predict.embeddings`).
+
+With the switch on, every predict output (a model through a view) also keeps the pooled pre-logit
+features of the forward pass that gives its probabilities (`predict_data.features_and_logits`):
+float16 (N, D) in manifest order, NaN rows for skip rows and undecodable images, at
+`data/embeddings/<split>/<model>.<view>.npy` with a JSON sidecar. They go through the same
+resumable shards as the probabilities (a `ShardStore` of width D in
+`data/embeddings/.work/<split>/<model>.<view>/`) and appear atomically when complete. With the
+switch off the same paths hold a (N, 0) file whose sidecar says `"enabled": false`, so that the
+DVC stage always has its outputs. The embed stage then reads no model for a split whose
+`duplicates.model` features predict already wrote (docs/duplicates.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+
+from stages.contracts import formats
+from stages.modelling.predict_data import FEATURES_DTYPE, Output, ShardStore
+
+logger = logging.getLogger(__name__)
+
+
+def features_store(
+    out: str | Path, fingerprint: dict[str, Any], *, n_rows: int, shard_size: int, width: int
+) -> ShardStore:
+    """The resumable shards of one output's features; `fingerprint` is its probabilities'
+    (`predictor.shard_fingerprint`), marked as features so the two never share shards."""
+    return ShardStore(
+        out,
+        {**fingerprint, "features": "pooled pre-logit", "features_dtype": "float16"},
+        n_rows=n_rows,
+        shard_size=shard_size,
+        dtype=FEATURES_DTYPE,
+        width=width,
+    )
+
+
+def features_sidecar(
+    manifest: pd.DataFrame, output: Output, *, split: str, dim: int, n_without: int | None
+) -> dict[str, Any]:
+    """The JSON sidecar of an output's features (dim 0 and `enabled` false for the placeholder)."""
+    member = output.member
+    usable = manifest["skip_reason"].isna().to_numpy()
+    return {
+        "source": "predict",
+        "enabled": dim > 0,
+        "split": split,
+        "model": member.name,
+        "view": output.view,
+        "spec": member.spec.spec,
+        "weights": member.identity,
+        "architecture": member.architecture,
+        "preprocessing": member.data_config,
+        "n": len(manifest),
+        "dim": dim,
+        "dtype": "float16",
+        "n_skipped": int((~usable).sum()),
+        "n_without_features": n_without,
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
+
+
+def assemble_features(
+    store: ShardStore, manifest: pd.DataFrame, output: Output, *, split: str
+) -> dict[str, Any]:
+    """Stream an output's feature shards into its .npy, write its sidecar, drop its work folder
+    -> the sidecar."""
+    usable = manifest["skip_reason"].isna().to_numpy()
+    without = store.assemble_features(usable)
+    sidecar = features_sidecar(
+        manifest, output, split=split, dim=store.width, n_without=len(without)
+    )
+    store.write_sidecar(sidecar)
+    store.remove()
+    logger.info(
+        "predict %s %s: features %d x %d float16 (%d usable rows without)",
+        split,
+        output.name,
+        len(manifest),
+        store.width,
+        len(without),
+    )
+    return sidecar
+
+
+def write_placeholder(
+    out: str | Path, manifest: pd.DataFrame, output: Output, *, split: str
+) -> dict[str, Any]:
+    """With `predict.embeddings` off: a (N, 0) float16 file and its sidecar at the features path
+    (a DVC output must exist) -> the sidecar."""
+    out = Path(out)
+    formats.write_npy(np.zeros((len(manifest), 0), FEATURES_DTYPE), out)
+    sidecar = features_sidecar(manifest, output, split=split, dim=0, n_without=None)
+    formats.write_json(sidecar, out.with_suffix(".json"))
+    return sidecar
