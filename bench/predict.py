@@ -45,10 +45,9 @@ import torch
 
 from stages.contracts.params import load_params
 from stages.modelling.models import resolve_device
+from stages.modelling.predict_config import PredictConfig, PredictOptions
 from stages.modelling.predict_data import plan_batches
 from stages.modelling.predictor import (
-    PredictConfig,
-    PredictOptions,
     cpu_threads,
     load_member,
     predict_split,

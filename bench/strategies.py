@@ -47,7 +47,8 @@ from stages.method.merges import load_merges
 from stages.method.pooling import ViewPooled
 from stages.method.scoring import EvaluateConfig
 from stages.method.votes import VoteConfig, split_votes
-from stages.modelling.predictor import PredictConfig, predict_split
+from stages.modelling.predict_config import PredictConfig
+from stages.modelling.predictor import predict_split
 
 CACHE = Path("bench/.cache")
 FITTED_PRECISIONS = (0.6, 0.7, 0.8, 0.9)

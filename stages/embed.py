@@ -26,7 +26,7 @@ from stages.contracts.errors import ConfigError
 from stages.contracts.params import section
 from stages.contracts.splits import Params, SplitEntry
 from stages.modelling.embeddings import embed_split
-from stages.modelling.predictor import PredictOptions
+from stages.modelling.predict_config import PredictOptions
 from stages.modelling.specs import model_specs, require_tracked_weights
 from stages.sources.views import predict_views
 

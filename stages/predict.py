@@ -30,7 +30,8 @@ from stages.contracts.params import load_params
 from stages.contracts.splits import Params
 from stages.modelling import distributed
 from stages.modelling.launch import launch_or_run
-from stages.modelling.predictor import PredictConfig, PredictOptions, predict_split
+from stages.modelling.predict_config import PredictConfig, PredictOptions
+from stages.modelling.predictor import predict_split
 from stages.sources.views import VIEWS
 
 

@@ -17,7 +17,8 @@ from stages import duplicates as door
 from stages import embed
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError, InputError, MissingInputError
-from stages.modelling.predictor import PredictConfig, predict_split
+from stages.modelling.predict_config import PredictConfig
+from stages.modelling.predictor import predict_split
 from stages.sources.layouts import Source
 from stages.sources.manifest import build_manifest
 from tests.dedup.cases import CASES, build_cases

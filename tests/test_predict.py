@@ -23,7 +23,7 @@ from test_predict_data import SKIP_ROWS, _dump, _small_params, _with_skip_rows, 
 from stages import predict
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError
-from stages.modelling import predict_data, predictor
+from stages.modelling import predict_config, predict_data, predictor
 from stages.modelling.models import create_model, data_config, eval_transform
 from stages.modelling.specs import model_specs
 from stages.sources.images import open_image
@@ -222,7 +222,7 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
 def _plant_zero_shard(
     params: dict, manifest: pd.DataFrame, out: Path, *, fingerprint_edit: dict
 ) -> None:
-    config = predictor.PredictOptions.from_params(params)
+    config = predict_config.PredictOptions.from_params(params)
     member = predictor.load_member(
         model_specs(params, ["mobilenetv1_025"])[0], device=torch.device("cpu")
     )

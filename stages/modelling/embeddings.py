@@ -34,7 +34,7 @@ from stages.contracts import formats
 from stages.dedup.fingerprints import FINGERPRINT_SCHEMA, PILLOW_VERSION, fingerprint
 from stages.modelling import predict_data as pdata
 from stages.modelling.models import cpu_threads, resolve_device
-from stages.modelling.predictor import PredictOptions
+from stages.modelling.predict_config import PredictOptions
 from stages.modelling.specs import ModelSpec
 from stages.sources.images import DECODE_ERRORS, open_image
 from stages.sources.views import DEFAULT_MARGIN

@@ -153,7 +153,8 @@ def test_streaming_equals_cleanlab_with_1000_classes(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def demo_predictions(demo_manifest: pd.DataFrame, demo_root: Path, _params: dict) -> dict:
     """Two real demo models over the 500 embedded demo images, by the real predict code."""
-    from stages.modelling.predictor import PredictOptions, predict_models
+    from stages.modelling.predict_config import PredictOptions
+    from stages.modelling.predictor import predict_models
     from stages.modelling.specs import model_specs
 
     specs = model_specs(_params, ["mobilenetv1_025", "mobilenetv1_050"])

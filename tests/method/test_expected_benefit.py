@@ -144,7 +144,8 @@ VIEWS = ("full", "boxes")
 def dev(tmp_path_factory: pytest.TempPathFactory, demo_manifest, _params: dict):
     """Every demo model x view predicted over the 500 dev images, and the dev reference."""
     from stages.method import references
-    from stages.modelling.predictor import PredictConfig, predict_split
+    from stages.modelling.predict_config import PredictConfig
+    from stages.modelling.predictor import predict_split
 
     folder = tmp_path_factory.mktemp("dev") / "predictions"
     models = tuple(_params["predict"]["models"])

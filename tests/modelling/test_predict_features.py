@@ -17,7 +17,8 @@ from test_predict_data import SKIP_ROWS, _small_params, _with_skip_rows
 from stages.contracts import formats
 from stages.modelling import predict_data
 from stages.modelling.embeddings import embed_split
-from stages.modelling.predictor import PredictConfig, PredictOptions, predict_split
+from stages.modelling.predict_config import PredictConfig, PredictOptions
+from stages.modelling.predictor import predict_split
 from stages.modelling.specs import model_specs
 
 NAME = "mobilenetv1_050.full"

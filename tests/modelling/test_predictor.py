@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.modelling import predictor
+from stages.modelling import predict_config, predictor
 from stages.modelling.specs import model_specs
 
 
@@ -19,7 +19,7 @@ def test_manifest_without_required_columns_is_rejected(params, small_manifest, d
             small_manifest.drop(columns="skip_reason"),
             demo_root,
             spec,
-            config=predictor.PredictOptions(workers=0),
+            config=predict_config.PredictOptions(workers=0),
         )
 
 
@@ -48,7 +48,8 @@ def test_demo_models_reproduce_published_accuracy_on_1300_images(params, shared_
     manifest, _ = build_manifest(Source(shared_demo, "kaggle", "val"))
     assert len(manifest) == 1300
     config = dataclasses.replace(
-        predictor.PredictConfig.from_params(params, "val", views=["full"]), root=str(shared_demo)
+        predict_config.PredictConfig.from_params(params, "val", views=["full"]),
+        root=str(shared_demo),
     )
     outs = {f"{s.name}.full": tmp_path / f"{s.name}.full.npy" for s in config.specs}
     found = predictor.predict_split(config, manifest, outs)
