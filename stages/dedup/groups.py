@@ -15,9 +15,10 @@ see DUPLICATES_SCHEMA.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,10 @@ ISSUES_SCHEMA = pa.schema(
 then manifest order): its quality issues and its nearest other image by cosine."""
 
 
+SEARCH_KEYS = tuple(f.name for f in fields(nb.IndexOptions))
+"""The `duplicates:` keys that configure the faiss search (flat in params.yaml)."""
+
+
 @dataclass(frozen=True)
 class DuplicatesConfig:
     """params.yaml `duplicates` (see docs/duplicates.md).
@@ -82,7 +87,8 @@ class DuplicatesConfig:
         phash_distance: near at a pHash Hamming distance <= this (of 64 bits).
         cosine: near at an embedding cosine >= this.
         review_cosine: similar (review only) at a cosine in [review_cosine, cosine).
-        index, neighbours, flat_max_rows, ivf_lists, nprobe, seed: `neighbours.IndexOptions`.
+        search: the faiss search (`neighbours.IndexOptions`), from the flat keys `index`,
+            `neighbours`, `flat_max_rows`, `ivf_lists`, `nprobe`, `seed`.
         quality: the `quality.QualityThresholds`.
     """
 
@@ -91,20 +97,13 @@ class DuplicatesConfig:
     phash_distance: int = 6
     cosine: float = 0.876
     review_cosine: float = 0.82
-    index: Literal["auto", "flat", "ivf"] = "auto"
-    neighbours: int = 16
-    flat_max_rows: int = 200_000
-    ivf_lists: int = 4096
-    nprobe: int = 48
-    seed: int = 0
+    search: nb.IndexOptions = field(default_factory=nb.IndexOptions)
     quality: QualityThresholds = field(default_factory=QualityThresholds)
 
     def __post_init__(self) -> None:
         fraction("duplicates.cosine", self.cosine, low=-1.0)
         fraction("duplicates.review_cosine", self.review_cosine, low=-1.0, high=self.cosine)
         positive("duplicates.phash_distance", self.phash_distance, minimum=0)
-        for key in ("neighbours", "flat_max_rows", "ivf_lists", "nprobe"):
-            positive(f"duplicates.{key}", getattr(self, key))
 
     @classmethod
     def from_params(cls, params: Any) -> DuplicatesConfig:
@@ -113,7 +112,12 @@ class DuplicatesConfig:
         quality = from_section(
             QualityThresholds, values.pop("quality", None), where="duplicates.quality"
         )
-        config = from_section(cls, values, where="duplicates")
+        search = from_section(
+            nb.IndexOptions,
+            {key: values[key] for key in SEARCH_KEYS if key in values},
+            where="duplicates",
+        )
+        config = from_section(cls, values, where="duplicates", ignore=SEARCH_KEYS)
         known = set(params.get("splits") or {})
         for name, splits in config.groups.items():
             unknown = [s for s in splits if s not in known]
@@ -122,14 +126,7 @@ class DuplicatesConfig:
                     f"params.yaml `duplicates.groups.{name}` must list distinct configured "
                     f"splits (configured: {sorted(known)}), got {list(splits)}"
                 )
-        return cls(**{**config.__dict__, "quality": quality})
-
-    @property
-    def index_options(self) -> nb.IndexOptions:
-        """The faiss search options."""
-        return nb.IndexOptions(
-            self.index, self.neighbours, self.flat_max_rows, self.ivf_lists, self.nprobe, self.seed
-        )
+        return dataclasses.replace(config, search=search, quality=quality)
 
 
 @dataclass(frozen=True)
@@ -204,7 +201,7 @@ def candidate_pairs(
     """Every classified pair, plus each row's nearest other row and its cosine (-1 when none)."""
     valid = rows["valid"].to_numpy()
     hashes = phash_ints(rows["phash"].where(rows["valid"], None).tolist())
-    sims, ids = nb.knn(x, config.index_options)
+    sims, ids = nb.knn(x, config.search)
     ids = np.where(valid[np.clip(ids, 0, None)] & (ids >= 0), ids, -1)
     ki, kj, kc = nb.pairs_above(sims, ids, -np.inf)
     keep = valid[ki] & valid[kj]
@@ -398,8 +395,8 @@ def _metrics(
             "phash_distance": config.phash_distance,
             "cosine": config.cosine,
             "review_cosine": config.review_cosine,
-            "index": config.index,
-            "neighbours": config.neighbours,
+            "index": config.search.index,
+            "neighbours": config.search.neighbours,
             "pillow": PILLOW_VERSION,
         },
     }

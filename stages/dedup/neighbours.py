@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from stages.contracts.config import positive
 from stages.dedup.fingerprints import hamming
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class IndexOptions:
     ivf_lists: int = 4096
     nprobe: int = 48
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("neighbours", "flat_max_rows", "ivf_lists", "nprobe"):
+            positive(f"duplicates.{key}", getattr(self, key))
 
 
 def normalised(embeddings: np.ndarray) -> np.ndarray:

@@ -73,3 +73,15 @@ def test_config_from_params(params: dict) -> None:
     params["duplicates"]["quality"]["darkk"] = 1
     with pytest.raises(ConfigError, match="did you mean 'dark'"):
         DuplicatesConfig.from_params(params)
+
+
+def test_the_flat_search_keys_configure_the_faiss_search(params: dict) -> None:
+    params["duplicates"].update(index="ivf", nprobe=8)
+    search = DuplicatesConfig.from_params(params).search
+    assert (search.index, search.nprobe, search.neighbours) == ("ivf", 8, 16)
+    params["duplicates"]["neighbours"] = 0
+    with pytest.raises(ConfigError, match=r"`duplicates.neighbours` must be an int >= 1, got 0"):
+        DuplicatesConfig.from_params(params)
+    params["duplicates"].update(neighbours=16, nprobee=8)
+    with pytest.raises(ConfigError, match="did you mean 'nprobe'"):
+        DuplicatesConfig.from_params(params)
