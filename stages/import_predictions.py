@@ -11,9 +11,12 @@ ids are refused, naming some. Probabilities are checked on the manifest's usable
 in [0, 1], each row summing to 1; logits or NaN rows are refused naming the row and the fix. The
 manifest's skip rows become NaN rows, as predict writes them. The output is
 `data/predictions/<split>/<model>.npy` in manifest row order (dtype `predict.dtype`) plus the
-sidecar predict writes, with `source: imported`, `image_ids_sha256` and the file's sha256. In a DVC
-project the import is recorded with `dvc commit -f predict@<split>-<model>`, so `dvc status` and
-`dvc repro` treat the stage as up to date.
+sidecar predict writes, with `source: imported`, `image_ids_sha256` and the file's sha256. For a
+predict stage's own path it also writes that stage's features output,
+`data/embeddings/<split>/<model>.<view>.npy`, as the (N, 0) placeholder (imported predictions carry
+no features; docs/duplicates.md). In a DVC project the import is recorded with
+`dvc commit -f predict@<split>-<model>-<view>`, so `dvc status` and `dvc repro` treat the stage as
+up to date.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from stages.cli import describe, run_as_script
 from stages.contracts import formats
 from stages.contracts.params import load_params
-from stages.contracts.sidecars import predictions_sidecar
+from stages.contracts.sidecars import predictions_sidecar, write_features_placeholder
 from stages.contracts.splits import Params
 from stages.modelling.imported import ImportConfig, dvc_commit, import_predictions, open_predictions
 from stages.sources.views import VIEWS
@@ -80,6 +83,16 @@ def run_import(
     )
     stage = f"predict@{split}-{model}-{view}"
     in_matrix = config.in_matrix
+    if in_matrix and out == formats.predictions_path(split, model, view):
+        # the stage's features output: imported predictions come without features
+        write_features_placeholder(
+            formats.features_path(split, model, view),
+            manifest,
+            split=split,
+            model=model,
+            view=view,
+            source="imported",
+        )
     if (
         commit
         and Path(".dvc").is_dir()

@@ -218,9 +218,13 @@ def test_import_in_a_dvc_project_leaves_predict_up_to_date(make_project) -> None
     assert stage not in everything and "predict@val-mobilenetv1_050" in everything
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
     assert sorted(out["path"] for out in lock["outs"]) == [
+        f"data/embeddings/val/{MODEL}.full.json",
+        f"data/embeddings/val/{MODEL}.full.npy",
         f"data/predictions/val/{MODEL}.full.json",
         f"data/predictions/val/{MODEL}.full.npy",
     ]
+    features = json.loads((project / f"data/embeddings/val/{MODEL}.full.json").read_text())
+    assert features["source"] == "imported" and not features["enabled"]
     result = run_in(project, "dvc", "repro", "--dry", stage)
     assert f"Stage '{stage}' didn't change" in result.stdout + result.stderr
 
@@ -233,3 +237,5 @@ def test_cli_writes_the_contract_files(params, manifest, probs, tmp_path, monkey
     assert Path(f"data/predictions/val/{MODEL}.full.npy").is_file()
     sidecar = json.loads(Path(f"data/predictions/val/{MODEL}.full.json").read_text())
     assert sidecar["source"] == "imported" and sidecar["view"] == "full"
+    # the predict stage's features output: imported predictions come without features
+    assert np.load(f"data/embeddings/val/{MODEL}.full.npy").shape == (len(ids_of(manifest)), 0)

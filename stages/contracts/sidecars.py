@@ -1,10 +1,12 @@
 """Predictions sidecars (`<model>.json` beside `<model>.npy`): the keys every sidecar has,
-whoever made the predictions (predict, out-of-fold training, import-predictions), and the top-k
-scoring they report. Torch-free, so importing predictions made elsewhere starts in seconds.
+whoever made the predictions (predict, out-of-fold training, import-predictions), the top-k
+scoring they report, and the placeholder of a predict stage's features output. Torch-free, so
+importing predictions made elsewhere starts in seconds.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,3 +80,32 @@ def predictions_sidecar(
         "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
         **extra,
     }
+
+
+def write_features_placeholder(
+    out: str | Path, manifest: pd.DataFrame, *, split: str, model: str, view: str, source: str
+) -> dict[str, Any]:
+    """The (N, 0) float16 features file and its sidecar (`"enabled": false`) that a predict
+    stage's features output holds when no features were computed: `predict.embeddings` off, or
+    predictions imported (`source`). A DVC stage must always produce its declared outputs.
+
+    Returns:
+        the sidecar written beside `out` as `<stem>.json`.
+    """
+    out = Path(out)
+    formats.write_npy(np.zeros((len(manifest), 0), np.float16), out)
+    sidecar = {
+        "source": source,
+        "enabled": False,
+        "split": split,
+        "model": model,
+        "view": view,
+        "n": len(manifest),
+        "dim": 0,
+        "dtype": "float16",
+        "n_skipped": int(manifest["skip_reason"].notna().sum()),
+        "n_without_features": None,
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
+    }
+    formats.write_json(sidecar, out.with_suffix(".json"))
+    return sidecar

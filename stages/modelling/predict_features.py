@@ -6,9 +6,10 @@ float16 (N, D) in manifest order, NaN rows for skip rows and undecodable images,
 `data/embeddings/<split>/<model>.<view>.npy` with a JSON sidecar. They go through the same
 resumable shards as the probabilities (a `ShardStore` of width D in
 `data/embeddings/.work/<split>/<model>.<view>/`) and appear atomically when complete. With the
-switch off the same paths hold a (N, 0) file whose sidecar says `"enabled": false`, so that the
-DVC stage always has its outputs. The embed stage then reads no model for a split whose
-`duplicates.model` features predict already wrote (docs/duplicates.md).
+switch off the same paths hold a (N, 0) file whose sidecar says `"enabled": false`
+(`contracts.sidecars.write_features_placeholder`), so that the DVC stage always has its outputs.
+The embed stage then reads no model for a split whose `duplicates.model` features predict already
+wrote (docs/duplicates.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import timm
 import torch
@@ -90,16 +90,4 @@ def assemble_features(
         store.width,
         len(without),
     )
-    return sidecar
-
-
-def write_placeholder(
-    out: str | Path, manifest: pd.DataFrame, output: Output, *, split: str
-) -> dict[str, Any]:
-    """With `predict.embeddings` off: a (N, 0) float16 file and its sidecar at the features path
-    (a DVC output must exist) -> the sidecar."""
-    out = Path(out)
-    formats.write_npy(np.zeros((len(manifest), 0), FEATURES_DTYPE), out)
-    sidecar = features_sidecar(manifest, output, split=split, dim=0, n_without=None)
-    formats.write_json(sidecar, out.with_suffix(".json"))
     return sidecar

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from stages.contracts import formats
-from stages.contracts.sidecars import predictions_sidecar
+from stages.contracts.sidecars import predictions_sidecar, write_features_placeholder
 from stages.modelling import distributed
 from stages.modelling.models import cpu_threads, resolve_device
 from stages.modelling.predict_config import DTYPES, PredictConfig, PredictOptions
@@ -43,7 +43,7 @@ from stages.modelling.predict_data import (
     manifest_sha256,
     plan_batches,
 )
-from stages.modelling.predict_features import assemble_features, features_store, write_placeholder
+from stages.modelling.predict_features import assemble_features, features_store
 from stages.modelling.specs import ModelSpec
 from stages.sources.views import DEFAULT_MARGIN
 
@@ -353,7 +353,14 @@ def predict_split(
     )
     if ctx.is_main and features and not kept:
         for output in outputs:
-            write_placeholder(features[output.name], manifest, output, split=config.split)
+            write_features_placeholder(
+                features[output.name],
+                manifest,
+                split=config.split,
+                model=output.member.name,
+                view=output.view,
+                source="predict",
+            )
     sidecars = distributed.broadcast(sidecars, ctx)  # the others wait for rank 0's files
     for output in outputs:
         logger.info(

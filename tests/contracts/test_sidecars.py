@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from stages.contracts import formats
-from stages.contracts.sidecars import predictions_sidecar, topk_hits
+from stages.contracts.sidecars import predictions_sidecar, topk_hits, write_features_placeholder
 
 
 def test_topk_counts_ties_as_hits_and_skips_unknown_labels_and_nan_rows() -> None:
@@ -46,3 +46,15 @@ def test_a_sidecar_names_its_source_and_the_row_order_digest() -> None:
             top1=None,
             top5=None,
         )
+
+
+def test_the_features_placeholder_has_the_manifests_rows_and_no_columns(tmp_path) -> None:
+    manifest = pd.DataFrame({"image_id": ["a", "b", "c"], "skip_reason": [None, "empty", None]})
+    out = tmp_path / "emb" / "m.full.npy"
+    sidecar = write_features_placeholder(
+        out, manifest, split="val", model="m", view="full", source="imported"
+    )
+    assert np.load(out).shape == (3, 0) and np.load(out).dtype == np.float16
+    assert sidecar["enabled"] is False and sidecar["dim"] == 0 and sidecar["n_skipped"] == 1
+    assert sidecar["image_ids_sha256"] == formats.image_ids_sha256(manifest["image_id"])
+    assert (tmp_path / "emb" / "m.full.json").is_file()
