@@ -79,8 +79,11 @@ def test_dvc_repro_cleans_a_train_split_from_out_of_fold_predictions(tmp_path: P
     assert sidecar["source"] == "out-of-fold" and sidecar["n"] == 20
     votes = pd.read_parquet(project / formats.votes_path("train_demo"))
     assert (votes["n_models"] == 1).all()  # the split's own models
-    # val's predict never ran (ingest@val did, for the duplicates group: an empty folder)
-    assert not list((project / "data/predictions/val").glob("*.npy"))
+    # val's predict ran only for the duplicates group val (decide reads data/duplicates): with
+    # predict.embeddings on, embed@val takes duplicates.model's features from predict@val
+    embedded = json.loads((project / "data/embeddings/val/mobilenetv1_050.json").read_text())
+    assert embedded["features_from"] == "data/embeddings/val/mobilenetv1_050.full.npy"
+    assert not (project / formats.votes_path("val")).exists()
     assert stale_stages(project, "decide@train_demo", "--with-deps") == set()
 
 
