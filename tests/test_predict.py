@@ -23,7 +23,7 @@ from test_predict_data import SKIP_ROWS, _dump, _small_params, _with_skip_rows, 
 from stages import predict
 from stages.contracts import formats
 from stages.contracts.errors import ConfigError
-from stages.modelling import predict_config, predict_data, predictor
+from stages.modelling import predict_config, predict_data, predictor, shards
 from stages.modelling.models import create_model, data_config, eval_transform
 from stages.modelling.specs import model_specs
 from stages.sources.images import open_image
@@ -208,7 +208,7 @@ def test_resume_after_kill_9_is_byte_identical(params, demo_manifest, tmp_path, 
     assert 1 <= done < 8, f"kill landed after {done} of 8 shards"
     assert not out.parent.exists() or list(out.parent.iterdir()) == []  # nothing DVC hashes
 
-    caplog.set_level(logging.INFO, logger="stages.modelling.predict_data")
+    caplog.set_level(logging.INFO, logger="stages.modelling.shards")
     assert predict.main([*args, "--out", str(out)]) == 0
     assert f"resuming; {done} of 8 shards already done, computing {8 - done}" in caplog.text
     reference = tmp_path / "uninterrupted" / "mobilenetv1_050.npy"
@@ -229,12 +229,12 @@ def _plant_zero_shard(
     with predictor.cpu_threads(config.threads):
         fingerprint = predictor.shard_fingerprint(
             predict_data.Output(member, "full"),
-            predict_data.manifest_sha256(manifest),
+            shards.manifest_sha256(manifest),
             params["splits"]["val"]["root"],
             config=config,
             device=torch.device("cpu"),
         )
-    store = predict_data.ShardStore(
+    store = shards.ShardStore(
         out,
         {**fingerprint, **fingerprint_edit},
         n_rows=len(manifest),

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from stages.contracts import formats
 from stages.dedup.fingerprints import FINGERPRINT_SCHEMA, PILLOW_VERSION, fingerprint
 from stages.modelling import predict_data as pdata
+from stages.modelling import shards
 from stages.modelling.models import cpu_threads, resolve_device
 from stages.modelling.predict_config import PredictOptions
 from stages.modelling.specs import ModelSpec
@@ -77,7 +78,7 @@ class FeatureStore:
     ) -> None:
         self.out, self.run, self.n_rows = out, run, n_rows
         self.shard_size, self.dim = shard_size, dim
-        self.folder = pdata.work_folder(out)
+        self.folder = shards.work_folder(out)
         self.n_shards = -(-n_rows // shard_size)
 
     def rows(self, shard: int) -> slice:
@@ -100,7 +101,7 @@ class FeatureStore:
 
     def missing(self) -> list[int]:
         """Prepare the folder (wiped on another fingerprint) -> the shards still to compute."""
-        saved = self.folder / pdata.FINGERPRINT
+        saved = self.folder / shards.FINGERPRINT
         if self.folder.exists() and (
             not saved.is_file() or json.loads(saved.read_text()) != self.run
         ):
@@ -211,7 +212,7 @@ def _run_fingerprint(
         "model": member.name if member else None,
         "weights": member.identity if member else None,
         "preprocessing": member.data_config if member else None,
-        "manifest_sha256": pdata.manifest_sha256(manifest),
+        "manifest_sha256": shards.manifest_sha256(manifest),
         "root": str(root),
         "shard_size": options.shard_size,
         "batch_size": options.batch_size,

@@ -23,7 +23,8 @@ import timm
 import torch
 
 from stages.contracts import formats
-from stages.modelling.predict_data import FEATURES_DTYPE, Output, ShardStore
+from stages.modelling.predict_data import FEATURES_DTYPE, Output
+from stages.modelling.shards import ShardStore
 
 logger = logging.getLogger(__name__)
 

@@ -33,17 +33,19 @@ from stages.modelling.predict_data import (
     ManifestImages,
     Member,
     Output,
-    ShardBuffers,
-    ShardSink,
-    ShardStore,
     features_and_logits,
-    features_name,
     load_member,
     make_loader,
-    manifest_sha256,
     plan_batches,
 )
 from stages.modelling.predict_features import assemble_features, features_store
+from stages.modelling.shards import (
+    ShardBuffers,
+    ShardSink,
+    ShardStore,
+    features_name,
+    manifest_sha256,
+)
 from stages.modelling.specs import ModelSpec
 from stages.sources.views import DEFAULT_MARGIN
 

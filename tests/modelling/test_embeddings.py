@@ -13,7 +13,7 @@ from stages.contracts import formats
 from stages.modelling.embeddings import _compute_shard as emb_compute
 from stages.modelling.embeddings import embed_split
 from stages.modelling.predict_config import PredictOptions
-from stages.modelling.predict_data import work_folder
+from stages.modelling.shards import work_folder
 from stages.modelling.specs import model_specs
 
 

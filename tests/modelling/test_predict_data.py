@@ -1,6 +1,6 @@
 """stages.modelling.predict_data: the fast uint8 input path equals timm's own eval transform bit for
-bit on a real demo image for every demo model, batches are planned so that none crosses a shard, and
-a model's shards resume only under their fingerprint and assemble into its predictions file."""
+bit on a real demo image for every demo model, batches are planned so that none crosses a shard,
+an ensemble decodes each image once, and one forward pass gives the features and the logits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import yaml
 
 from stages.cli import main as cli_main
 from stages.contracts import formats
-from stages.contracts.formats import NUM_CLASSES
 from stages.modelling import predict_data
 from stages.modelling.models import create_model, data_config, eval_transform
 from stages.modelling.specs import model_specs
@@ -47,45 +46,6 @@ def test_batches_never_span_shards() -> None:
         12,
         13,
     ]
-
-
-def _ranked_rows(n: int) -> np.ndarray:
-    """(n, 1000) float32: classes 10..15 hold 0.5, 0.2, 0.1, 0.08, 0.07, 0.05 on every row."""
-    probs = np.zeros((n, NUM_CLASSES), dtype=np.float32)
-    probs[:, 10:16] = [0.5, 0.2, 0.1, 0.08, 0.07, 0.05]
-    return probs
-
-
-def test_shard_store_resumes_under_its_fingerprint_and_assembles_the_rows(tmp_path: Path) -> None:
-    out = tmp_path / "preds" / "m.npy"
-    fingerprint = {"model": "m", "weights": "abc", "shard_size": 2}
-    probs = _ranked_rows(5)
-    probs[3:] = np.nan  # row 3: an image that could not be decoded; row 4: a skip row
-    labels = np.array([10, 14, 15, 10, np.nan])  # top-1 hit, top-5 hit (5th), miss (6th)
-    usable = np.array([True, True, True, True, False])
-
-    def store(under: dict) -> predict_data.ShardStore:
-        return predict_data.ShardStore(out, under, n_rows=5, shard_size=2, dtype=np.float32)
-
-    first = store(fingerprint)
-    assert first.open() == {0, 1, 2}
-    first.write(0, probs[0:2])
-    first.write(2, probs[4:5])
-    resumed = store(dict(fingerprint))
-    assert resumed.open() == {1}  # a killed run's shards are kept under the same fingerprint
-    resumed.write(1, probs[2:4])
-    top1, top5, unreadable = resumed.assemble(labels, usable)
-    assert (top1, top5) == (33.3333, 66.6667)  # rows 0..2 scored: 1 and 2 of 3
-    assert unreadable.tolist() == [3]
-    np.testing.assert_array_equal(np.load(out), probs)
-    resumed.remove()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["m.npy"]
-
-    store(fingerprint).open()
-    store(fingerprint).write(0, probs[0:2])
-    other = store({**fingerprint, "weights": "another model"})
-    assert other.open() == {0, 1, 2}  # shards of another fingerprint are discarded, not reused
-    assert not other.path(0).exists()
 
 
 SKIP_ROWS = (3, 10)

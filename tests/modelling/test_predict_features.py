@@ -15,7 +15,7 @@ import pytest
 from test_predict_data import SKIP_ROWS, _small_params, _with_skip_rows
 
 from stages.contracts import formats
-from stages.modelling import predict_data
+from stages.modelling import shards
 from stages.modelling.embeddings import embed_split
 from stages.modelling.predict_config import PredictConfig, PredictOptions
 from stages.modelling.predictor import predict_split
@@ -85,11 +85,11 @@ def test_killed_features_resume_from_their_own_shards(
     manifest = small_manifest.head(40)  # shards of 16 rows: 3
     _run(params, manifest, tmp_path / "whole", embeddings=True)
 
-    write = predict_data.ShardStore.write
+    write = shards.ShardStore.write
     written: list[str] = []
 
     def killed_after_one_feature_shard(
-        store: predict_data.ShardStore, shard: int, values: np.ndarray
+        store: shards.ShardStore, shard: int, values: np.ndarray
     ) -> None:
         if store.width != formats.NUM_CLASSES:
             if written:
@@ -97,13 +97,13 @@ def test_killed_features_resume_from_their_own_shards(
             written.append(store.out.name)
         write(store, shard, values)
 
-    monkeypatch.setattr(predict_data.ShardStore, "write", killed_after_one_feature_shard)
+    monkeypatch.setattr(shards.ShardStore, "write", killed_after_one_feature_shard)
     with pytest.raises(KeyboardInterrupt):
         _run(params, manifest, tmp_path / "killed", embeddings=True)
     assert not (tmp_path / "killed/emb" / f"{NAME}.npy").exists()
-    monkeypatch.setattr(predict_data.ShardStore, "write", write)
+    monkeypatch.setattr(shards.ShardStore, "write", write)
 
-    caplog.set_level(logging.INFO, logger="stages.modelling.predict_data")
+    caplog.set_level(logging.INFO, logger="stages.modelling.shards")
     _run(params, manifest, tmp_path / "killed", embeddings=True)
     assert f"{NAME}.npy: resuming; 1 of 3 shards already done, computing 2" in caplog.text
     for part in ("emb", "preds"):
