@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,87 +68,50 @@ def collate(items: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
 
 
 class FeatureStore:
-    """The work folder of one (split, model): `fingerprint.json`, `shard-N.npy` (features) and
-    `shard-N.parquet` (image fingerprints) per shard; wiped when the run's fingerprint differs."""
+    """The work folder of one (split, model): a `shards.ShardStore` of the features (width D; 0
+    when no model runs) and one `shard-N.parquet` of image fingerprints beside each of its shards;
+    wiped when the run's fingerprint differs."""
 
     def __init__(
         self, out: Path, run: dict[str, Any], *, n_rows: int, shard_size: int, dim: int
     ) -> None:
-        self.out, self.run, self.n_rows = out, run, n_rows
-        self.shard_size, self.dim = shard_size, dim
-        self.folder = shards.work_folder(out)
-        self.n_shards = -(-n_rows // shard_size)
+        self.features = shards.ShardStore(
+            out, run, n_rows=n_rows, shard_size=shard_size, dtype=EMBEDDING_DTYPE, width=dim
+        )
+        self.out, self.n_rows, self.shard_size, self.dim = out, n_rows, shard_size, dim
+        self.folder = self.features.folder
 
     def rows(self, shard: int) -> slice:
         """The manifest rows of a shard."""
         return slice(shard * self.shard_size, min(self.n_rows, (shard + 1) * self.shard_size))
 
-    def _valid(self, shard: int) -> bool:
-        npy, table = (
-            self.folder / f"shard-{shard:06d}.npy",
-            self.folder / f"shard-{shard:06d}.parquet",
-        )
-        if not (npy.is_file() and table.is_file()):
-            return False
-        try:
-            array = np.load(npy, mmap_mode="r")
-        except (OSError, ValueError):
-            return False
-        n = self.rows(shard).stop - self.rows(shard).start
-        return array.shape == (n, self.dim) and array.dtype == EMBEDDING_DTYPE
+    def _prints(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:06d}.parquet"
 
     def missing(self) -> list[int]:
         """Prepare the folder (wiped on another fingerprint) -> the shards still to compute."""
-        saved = self.folder / shards.FINGERPRINT
-        if self.folder.exists() and (
-            not saved.is_file() or json.loads(saved.read_text()) != self.run
-        ):
-            logger.warning("%s: shards of another model or manifest; discarding them", self.folder)
-            shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not saved.is_file():
-            formats.write_json(self.run, saved)
-        missing = [s for s in range(self.n_shards) if not self._valid(s)]
-        if len(missing) < self.n_shards:
-            logger.info(
-                "%s: resuming, %d of %d shards to compute", self.out, len(missing), self.n_shards
-            )
-        return missing
+        self.features.prepare()
+        without = self.features.missing()
+        every = range(self.features.n_shards)
+        return [s for s in every if s in without or not self._prints(s).is_file()]
 
     def write(self, shard: int, features: np.ndarray, prints: pd.DataFrame) -> None:
-        """Atomically store one shard (features first: a shard counts once both exist)."""
-        formats.write_table(
-            prints, self.folder / f"shard-{shard:06d}.parquet", schema=FINGERPRINT_SCHEMA
-        )
-        formats.write_npy(features, self.folder / f"shard-{shard:06d}.npy")
+        """Atomically store one shard (fingerprints first: a shard counts once both exist)."""
+        formats.write_table(prints, self._prints(shard), schema=FINGERPRINT_SCHEMA)
+        self.features.write(shard, features)
 
     def assemble(self, fingerprints_out: Path) -> tuple[int, pd.DataFrame]:
         """Stream the shards into the final .npy and fingerprint table -> (rows without features,
-        the fingerprint table)."""
-        parts, unreadable = [], 0
-        with formats.atomic_path(self.out, within=self.folder) as tmp:
-            array = np.lib.format.open_memmap(
-                tmp, mode="w+", dtype=EMBEDDING_DTYPE, shape=(self.n_rows, self.dim)
-            )
-            for shard in range(self.n_shards):
-                part = np.load(self.folder / f"shard-{shard:06d}.npy")
-                array[self.rows(shard)] = part
-                unreadable += int(np.isnan(part[:, 0]).sum()) if self.dim else 0
-                parts.append(formats.read_table(self.folder / f"shard-{shard:06d}.parquet"))
-            array.flush()
-            del array
+        skip rows included; the fingerprint table)."""
+        without = self.features.assemble_features(np.ones(self.n_rows, dtype=bool))
+        parts = [formats.read_table(self._prints(s)) for s in range(self.features.n_shards)]
         table = pd.concat(parts, ignore_index=True)
         formats.write_table(table, fingerprints_out, schema=FINGERPRINT_SCHEMA)
-        return unreadable, table
+        return len(without), table
 
     def remove(self) -> None:
         """Delete the work folder and its empty parents."""
-        shutil.rmtree(self.folder, ignore_errors=True)
-        for parent in (self.folder.parent, self.folder.parent.parent):
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        self.features.remove()
 
 
 def _empty_prints(ids: Sequence[str]) -> pd.DataFrame:

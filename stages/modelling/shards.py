@@ -215,9 +215,9 @@ class ShardStore:
                 values = np.load(self.path(shard))
                 array[rows] = values
                 visit(rows, values)
-                unreadable.append(
-                    np.flatnonzero(usable[rows] & np.isnan(values[:, 0])) + rows.start
-                )
+                if self.width:  # a (N, 0) store has no values to be NaN
+                    nan = np.isnan(values[:, 0])
+                    unreadable.append(np.flatnonzero(usable[rows] & nan) + rows.start)
             array.flush()
             del array
         return np.concatenate(unreadable) if unreadable else np.empty(0, dtype=np.int64)
