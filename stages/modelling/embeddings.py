@@ -40,8 +40,6 @@ from stages.sources.views import DEFAULT_MARGIN
 
 logger = logging.getLogger(__name__)
 
-EMBEDDING_DTYPE = np.float16
-
 
 class FingerprintedImages(pdata.ManifestImages):
     """Manifest rows -> (row, reason, fingerprint dict, model input) from one decode each."""
@@ -76,7 +74,7 @@ class FeatureStore:
         self, out: Path, run: dict[str, Any], *, n_rows: int, shard_size: int, dim: int
     ) -> None:
         self.features = shards.ShardStore(
-            out, run, n_rows=n_rows, shard_size=shard_size, dtype=EMBEDDING_DTYPE, width=dim
+            out, run, n_rows=n_rows, shard_size=shard_size, dtype=pdata.FEATURES_DTYPE, width=dim
         )
         self.out, self.n_rows, self.shard_size, self.dim = out, n_rows, shard_size, dim
         self.folder = self.features.folder
@@ -142,7 +140,7 @@ def _compute_shard(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """One shard's features (NaN rows where not decoded; width 0 without a model) and
     fingerprints (null rows likewise)."""
-    features = np.full((rows.stop - rows.start, dim), np.nan, EMBEDDING_DTYPE)
+    features = np.full((rows.stop - rows.start, dim), np.nan, pdata.FEATURES_DTYPE)
     prints = _empty_prints(ids)
     for batch_rows, bad, found, inputs in items:
         for row, reason in bad:
@@ -153,7 +151,7 @@ def _compute_shard(
         if inputs is not None and member is not None:
             x = member.transform.to_device(inputs, device, channels_last=options.channels_last)
             pooled, _ = pdata.features_and_logits(member.module, x, amp=options.amp)
-            features[local] = pooled.cpu().numpy().astype(EMBEDDING_DTYPE)
+            features[local] = pooled.cpu().numpy().astype(pdata.FEATURES_DTYPE)
         for k, values in zip(local, found):
             for key, value in values.items():
                 prints.at[int(k), key] = value
@@ -221,7 +219,7 @@ def _compute_missing(
     bar.close()
     for shard in set(shards) - computed:  # shards of skip rows only: nothing to decode
         rows = store.rows(shard)
-        empty = np.full((rows.stop - rows.start, store.dim), np.nan, EMBEDDING_DTYPE)
+        empty = np.full((rows.stop - rows.start, store.dim), np.nan, pdata.FEATURES_DTYPE)
         store.write(shard, empty, _empty_prints(ids[rows]))
 
 
