@@ -82,6 +82,35 @@ def predictions_sidecar(
     }
 
 
+def features_sidecar(
+    manifest: pd.DataFrame,
+    *,
+    split: str,
+    model: str,
+    view: str,
+    source: str,
+    dim: int,
+    n_without: int | None,
+    **identity: Any,
+) -> dict[str, Any]:
+    """The JSON sidecar of a predict stage's features output (`<model>.<view>.json`): float16
+    (N, dim), `enabled` when dim > 0; `identity` adds what made them (spec, weights, ...)."""
+    return {
+        "source": source,
+        "enabled": dim > 0,
+        "split": split,
+        "model": model,
+        "view": view,
+        **identity,
+        "n": len(manifest),
+        "dim": dim,
+        "dtype": "float16",
+        "n_skipped": int(manifest["skip_reason"].notna().sum()),
+        "n_without_features": n_without,
+        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
+    }
+
+
 def write_features_placeholder(
     out: str | Path, manifest: pd.DataFrame, *, split: str, model: str, view: str, source: str
 ) -> dict[str, Any]:
@@ -94,18 +123,8 @@ def write_features_placeholder(
     """
     out = Path(out)
     formats.write_npy(np.zeros((len(manifest), 0), np.float16), out)
-    sidecar = {
-        "source": source,
-        "enabled": False,
-        "split": split,
-        "model": model,
-        "view": view,
-        "n": len(manifest),
-        "dim": 0,
-        "dtype": "float16",
-        "n_skipped": int(manifest["skip_reason"].notna().sum()),
-        "n_without_features": None,
-        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
-    }
+    sidecar = features_sidecar(
+        manifest, split=split, model=model, view=view, source=source, dim=0, n_without=None
+    )
     formats.write_json(sidecar, out.with_suffix(".json"))
     return sidecar

@@ -76,12 +76,12 @@ class FeatureStore:
         self.features = shards.ShardStore(
             out, run, n_rows=n_rows, shard_size=shard_size, dtype=pdata.FEATURES_DTYPE, width=dim
         )
-        self.out, self.n_rows, self.shard_size, self.dim = out, n_rows, shard_size, dim
-        self.folder = self.features.folder
+        self.folder, self.dim = self.features.folder, dim
 
     def rows(self, shard: int) -> slice:
         """The manifest rows of a shard."""
-        return slice(shard * self.shard_size, min(self.n_rows, (shard + 1) * self.shard_size))
+        size, n_rows = self.features.shard_size, self.features.n_rows
+        return slice(shard * size, min(n_rows, (shard + 1) * size))
 
     def _prints(self, shard: int) -> Path:
         return self.folder / f"shard-{shard:06d}.parquet"
@@ -101,7 +101,7 @@ class FeatureStore:
     def assemble(self, fingerprints_out: Path) -> tuple[int, pd.DataFrame]:
         """Stream the shards into the final .npy and fingerprint table -> (rows without features,
         skip rows included; the fingerprint table)."""
-        without = self.features.assemble_features(np.ones(self.n_rows, dtype=bool))
+        without = self.features.assemble_features(np.ones(self.features.n_rows, dtype=bool))
         parts = [formats.read_table(self._prints(s)) for s in range(self.features.n_shards)]
         table = pd.concat(parts, ignore_index=True)
         formats.write_table(table, fingerprints_out, schema=FINGERPRINT_SCHEMA)
@@ -192,10 +192,10 @@ def _compute_missing(
     split: str,
 ) -> None:
     """Decode, fingerprint (and embed, with a model) the shards the store lacks."""
-    shards = store.missing()
+    todo = store.missing()
     usable = manifest["skip_reason"].isna().to_numpy()
     batches = pdata.plan_batches(
-        usable, shards, shard_size=options.shard_size, batch_size=options.batch_size
+        usable, todo, shard_size=options.shard_size, batch_size=options.batch_size
     )
     groups = [pdata.InputGroup("full", DEFAULT_MARGIN, member.transform)] if member else []
     dataset = FingerprintedImages(root, manifest["path"].fillna("").tolist(), groups)
@@ -217,7 +217,7 @@ def _compute_missing(
         computed.add(shard)
         bar.update(sum(len(i[0]) + len(i[1]) for i in items))
     bar.close()
-    for shard in set(shards) - computed:  # shards of skip rows only: nothing to decode
+    for shard in set(todo) - computed:  # shards of skip rows only: nothing to decode
         rows = store.rows(shard)
         empty = np.full((rows.stop - rows.start, store.dim), np.nan, pdata.FEATURES_DTYPE)
         store.write(shard, empty, _empty_prints(ids[rows]))
@@ -254,7 +254,7 @@ def embed_split(
             if spec is not None
             else None
         )
-        dim = int(getattr(member.module, "num_features")) if member else 0  # noqa: B009
+        dim = member.feature_width if member else 0
         run = _run_fingerprint(member, manifest, root, options=options, device=device)
         store = FeatureStore(out, run, n_rows=len(manifest), shard_size=options.shard_size, dim=dim)
         _compute_missing(store, manifest, root, member, options=options, device=device, split=split)

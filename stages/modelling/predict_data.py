@@ -149,6 +149,11 @@ class Member:
         """The model's short name (its spec's)."""
         return self.spec.name
 
+    @property
+    def feature_width(self) -> int:
+        """D, the width of its pooled pre-logit features (timm `num_features`)."""
+        return int(getattr(self.module, "num_features"))  # noqa: B009 (timm attribute, untyped)
+
 
 def _state_sha256(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()

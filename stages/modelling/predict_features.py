@@ -22,7 +22,7 @@ import pandas as pd
 import timm
 import torch
 
-from stages.contracts import formats
+from stages.contracts.sidecars import features_sidecar
 from stages.modelling.predict_data import FEATURES_DTYPE, Output
 from stages.modelling.shards import ShardStore
 
@@ -44,33 +44,6 @@ def features_store(
     )
 
 
-def features_sidecar(
-    manifest: pd.DataFrame, output: Output, *, split: str, dim: int, n_without: int | None
-) -> dict[str, Any]:
-    """The JSON sidecar of an output's features (dim 0 and `enabled` false for the placeholder)."""
-    member = output.member
-    usable = manifest["skip_reason"].isna().to_numpy()
-    return {
-        "source": "predict",
-        "enabled": dim > 0,
-        "split": split,
-        "model": member.name,
-        "view": output.view,
-        "spec": member.spec.spec,
-        "weights": member.identity,
-        "architecture": member.architecture,
-        "preprocessing": member.data_config,
-        "n": len(manifest),
-        "dim": dim,
-        "dtype": "float16",
-        "n_skipped": int((~usable).sum()),
-        "n_without_features": n_without,
-        "image_ids_sha256": formats.image_ids_sha256(manifest["image_id"]),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-    }
-
-
 def assemble_features(
     store: ShardStore, manifest: pd.DataFrame, output: Output, *, split: str
 ) -> dict[str, Any]:
@@ -78,8 +51,21 @@ def assemble_features(
     -> the sidecar."""
     usable = manifest["skip_reason"].isna().to_numpy()
     without = store.assemble_features(usable)
+    member = output.member
     sidecar = features_sidecar(
-        manifest, output, split=split, dim=store.width, n_without=len(without)
+        manifest,
+        split=split,
+        model=member.name,
+        view=output.view,
+        source="predict",
+        dim=store.width,
+        n_without=len(without),
+        spec=member.spec.spec,
+        weights=member.identity,
+        architecture=member.architecture,
+        preprocessing=member.data_config,
+        torch=torch.__version__,
+        timm=timm.__version__,
     )
     store.write_sidecar(sidecar)
     store.remove()

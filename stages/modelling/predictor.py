@@ -166,7 +166,7 @@ def predict_pass(
         shard_size=config.shard_size,
         dtype=DTYPES[config.dtype],
         on_shard=on_shard,
-        layouts={features_name(o.name): (_feature_width(o), FEATURES_DTYPE) for o in outputs},
+        layouts={features_name(o.name): (o.member.feature_width, FEATURES_DTYPE) for o in outputs},
     )
     buffers.flush_empty()
     batches = plan_batches(
@@ -208,11 +208,6 @@ def predict_pass(
 def _output_shards(output: Output, pending: Mapping[str, set[int]]) -> set[int]:
     """The shards an output is run on: those of its probabilities and of its features."""
     return set(pending.get(output.name, ())) | set(pending.get(features_name(output.name), ()))
-
-
-def _feature_width(output: Output) -> int:
-    """D, the width of the model's pooled pre-logit features (timm `num_features`)."""
-    return int(getattr(output.member.module, "num_features"))  # noqa: B009 (timm attribute)
 
 
 def _progress_bars(
@@ -326,7 +321,9 @@ def predict_split(
             margin=config.margin,
         )
         missing = [
-            o.name for o in outputs if o.name not in outs or o.name not in (features or outs)
+            o.name
+            for o in outputs
+            if o.name not in outs or (features is not None and o.name not in features)
         ]
         if missing:
             raise ValueError(f"no output path for {missing}")
@@ -405,7 +402,7 @@ def _stores(
                 fingerprint,
                 n_rows=len(manifest),
                 shard_size=options.shard_size,
-                width=_feature_width(output),
+                width=output.member.feature_width,
             )
     return stores
 
