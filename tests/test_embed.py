@@ -20,7 +20,10 @@ def _ten_rows(root: Path, manifest: pd.DataFrame, params: dict, *, embeddings: b
     formats.write_table(
         manifest.head(10), root / formats.manifest_path("val"), schema=formats.MANIFEST_SCHEMA
     )
-    params["predict"].update(workers=0, embeddings=embeddings)
+    params["predict"].update(
+        workers=0, embeddings=embeddings, splits=["val"], models=["mobilenetv1_050"], views=["full"]
+    )
+    params["duplicates"]["model"] = "mobilenetv1_050"
 
 
 def test_run_embed_writes_the_stage_outputs(
@@ -61,7 +64,9 @@ def test_with_predict_embeddings_on_embed_runs_no_model_and_points_at_predicts_f
 def test_embed_runs_its_model_where_predict_does_not_cover_it(
     params: dict, change: str, value: object
 ) -> None:
-    params["predict"]["embeddings"] = True
+    params["predict"].update(
+        embeddings=True, splits=["val"], models=["mobilenetv1_050"], views=["full", "boxes"]
+    )
     assert embed.predict_writes_features(params, "val", "mobilenetv1_050")
     params["predict"][change] = value
     assert not embed.predict_writes_features(params, "val", "mobilenetv1_050")

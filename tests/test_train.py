@@ -55,6 +55,7 @@ def add_train_pipeline(project: Path) -> None:
         train_sections("data/demo/imagenet-val", limit=20),
     )
     params["train"]["models"] = [MODEL]
+    params["predict"]["embeddings"] = True  # what the val duplicates path below checks
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_in(project, "git", "add", "-A")
     run_in(project, "git", "commit", "-qm", "train_demo: 20 images, one out-of-fold model")

@@ -76,7 +76,7 @@ def test_config_from_params(params: dict) -> None:
 
 
 def test_the_flat_search_keys_configure_the_faiss_search(params: dict) -> None:
-    params["duplicates"].update(index="ivf", nprobe=8)
+    params["duplicates"].update(index="ivf", nprobe=8, neighbours=16)
     search = DuplicatesConfig.from_params(params).search
     assert (search.index, search.nprobe, search.neighbours) == ("ivf", 8, 16)
     params["duplicates"]["neighbours"] = 0

@@ -3,16 +3,18 @@ key and the fix; a split's config resolves its root, models and views."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from stages.contracts.errors import ConfigError
 from stages.modelling.predict_config import DTYPES, PredictConfig, PredictOptions
 
 
-def test_the_demo_section_gives_typed_options(params: dict) -> None:
+def test_the_section_gives_typed_options(params: dict) -> None:
+    params["predict"].update(embeddings=True, threads=1, dtype="float16")
     options = PredictOptions.from_params(params)
     assert options.embeddings is True and options.threads == 1
-    assert DTYPES[options.dtype] is not None
+    assert DTYPES[options.dtype] is np.float16
 
 
 @pytest.mark.parametrize(
